@@ -1,0 +1,33 @@
+# The two commands of the README: `make book` and `make test`.
+# Each creates .venv when it is missing and installs everything in ONE pip resolution
+# (torchattacks pins requests~=2.25.1; installing in steps leaves `pip check` broken).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PROFILE ?= cpu
+SHARED_DATA := $(abspath ../shared/data)
+export RNORM_DATA ?= $(if $(wildcard $(SHARED_DATA)),$(SHARED_DATA),$(abspath data))
+
+.PHONY: book test bench venv clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -e ".[book,dev]"
+	$(PY) -m pip check
+	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $@
+
+venv: $(VENV)/.installed
+
+book: venv
+	$(VENV)/bin/rnorm book --profile $(PROFILE)
+
+test: venv
+	$(PY) -m pytest -q
+
+bench: venv
+	$(PY) -m benchmarks
+
+clean:
+	rm -rf _build

@@ -1,0 +1,75 @@
+"""Small helpers that turn a bad argument into one clear error.
+
+Every public entry point of rnorm checks its arguments with these, so a user mistake fails at
+once with a message that names the parameter, the value given and what is allowed (with a
+close-match suggestion for a misspelled name), instead of a traceback from deep inside torch.
+"""
+from __future__ import annotations
+
+import difflib
+import numbers
+from typing import Iterable
+
+
+class ConfigError(ValueError):
+    """A parameter has a value that is not allowed. Subclass of ValueError."""
+
+
+def suggest(value, allowed: Iterable[str]) -> str:
+    """Return " Did you mean 'x'?" for the closest allowed name, or "" when none is close."""
+    if not isinstance(value, str):
+        return ""
+    close = difflib.get_close_matches(value.lower(), [str(a) for a in allowed], n=1, cutoff=0.6)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
+
+def check_choice(param: str, value, allowed: Iterable[str]):
+    """Return `value` if it is one of `allowed`, else raise ConfigError naming all three."""
+    allowed = tuple(allowed)
+    if not isinstance(value, str) or value not in allowed:
+        raise ConfigError(
+            f"{param}={value!r} is not allowed; choose one of {', '.join(map(repr, allowed))}."
+            + suggest(value, allowed)
+        )
+    return value
+
+
+def check_int(param: str, value, *, min_value: int | None = 1, max_value: int | None = None) -> int:
+    """Return `value` as int if it is an integer (not bool) within [min_value, max_value]."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        else:
+            raise ConfigError(f"{param}={value!r} must be an integer{_range_text(min_value, max_value)}.")
+    value = int(value)
+    if (min_value is not None and value < min_value) or (max_value is not None and value > max_value):
+        raise ConfigError(f"{param}={value!r} is out of range; allowed: an integer{_range_text(min_value, max_value)}.")
+    return value
+
+
+def check_float(param: str, value, *, min_value: float | None = None, max_value: float | None = None,
+                min_inclusive: bool = True, max_inclusive: bool = True) -> float:
+    """Return `value` as float if it is a real number within the given bounds."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ConfigError(f"{param}={value!r} must be a number{_range_text(min_value, max_value, min_inclusive, max_inclusive)}.")
+    value = float(value)
+    bad = value != value  # NaN
+    if min_value is not None:
+        bad |= value < min_value if min_inclusive else value <= min_value
+    if max_value is not None:
+        bad |= value > max_value if max_inclusive else value >= max_value
+    if bad:
+        raise ConfigError(
+            f"{param}={value!r} is out of range; allowed: a number{_range_text(min_value, max_value, min_inclusive, max_inclusive)}."
+        )
+    return value
+
+
+def _range_text(lo, hi, lo_inc: bool = True, hi_inc: bool = True) -> str:
+    if lo is None and hi is None:
+        return ""
+    if hi is None:
+        return f" {'>=' if lo_inc else '>'} {lo}"
+    if lo is None:
+        return f" {'<=' if hi_inc else '<'} {hi}"
+    return f" in {'[' if lo_inc else '('}{lo}, {hi}{']' if hi_inc else ')'}"

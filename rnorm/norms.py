@@ -1,0 +1,477 @@
+"""Normalization layers with a statistics mode: BatchNorm, RobustNorm, multi-branch BatchNorm.
+
+Three layers, one registry and three model-wide switches:
+
+* :class:`BatchNorm2d` -- ``nn.BatchNorm2d`` plus a *statistics mode* used at inference.
+* :class:`RobustNorm2d` -- the range-based normalization of RobustNorm (Awais et al. 2020).
+* :class:`MultiBatchNorm2d` -- a main BatchNorm plus named auxiliary BatchNorms (AdvProp, EBN),
+  with whole-batch routing to one branch or a split of one batch into per-branch slices.
+* :func:`make_norm` / :func:`convert_norms` build layers by name or swap them into any model;
+  :func:`use_stats` and :func:`route` set the statistics mode / branch of every layer of a model,
+  as a plain call or as a context manager that restores the previous setting.
+
+Statistics modes (what the layer normalizes with when it is in ``eval()`` mode):
+
+``population``       the running estimates from training: what BatchNorm does at inference
+                     (reference code ``BN`` / ``RNT``).
+``batch``            the statistics of the current inference batch: the papers' "stats swap"
+                     (reference ``BNwoT`` / ``RN``). Never updates the running buffers.
+``population_mean``  running mean with the batch's scale (variance or range) (``BNM`` / ``RNM``).
+
+In ``train()`` mode every layer uses batch statistics and updates its running buffers, exactly
+as ``nn.BatchNorm2d`` does, whatever the statistics mode. To compute on a batch with batch
+statistics *without* touching the buffers (what an attack inside training needs), put the model
+in ``eval()`` and use ``stats="batch"``; torchattacks calls ``model.eval()`` itself.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Iterable, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ._validate import ConfigError, check_choice, check_float, suggest
+
+STATS_MODES = ("population", "batch", "population_mean")
+SHARE_MODES = ("none", "affine", "stats")
+MAIN = "main"
+
+
+def _check_stats(stats) -> str:
+    return check_choice("stats", stats, STATS_MODES)
+
+
+class _StatsModeMixin:
+    """Holds the validated ``stats`` attribute shared by every layer of this module."""
+
+    _stats: str
+
+    @property
+    def stats(self) -> str:
+        return self._stats
+
+    @stats.setter
+    def stats(self, value: str) -> None:
+        self._stats = _check_stats(value)
+
+
+def _bn_eval(x, running_mean, running_var, weight, bias, eps: float, stats: str):
+    """BatchNorm at inference with the given statistics mode; never writes a buffer."""
+    if stats == "population":
+        return F.batch_norm(x, running_mean, running_var, weight, bias, False, 0.0, eps)
+    if stats == "batch":
+        # training=True with no buffers: normalize with the batch's mean and biased variance.
+        return F.batch_norm(x, None, None, weight, bias, True, 0.0, eps)
+    # population_mean: running mean, batch variance (biased, about the batch mean).
+    var = x.var(dim=(0, 2, 3), unbiased=False)
+    scale = torch.rsqrt(var + eps)
+    if weight is not None:
+        scale = scale * weight
+    shift = -running_mean * scale + (bias if bias is not None else 0.0)
+    return x * scale.to(x.dtype)[None, :, None, None] + shift.to(x.dtype)[None, :, None, None]
+
+
+class BatchNorm2d(_StatsModeMixin, nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` with a statistics mode for inference.
+
+    Training mode (and eval mode with ``stats="population"``) is exactly ``nn.BatchNorm2d``:
+    same code path, same outputs, same running-buffer updates. In eval mode ``stats="batch"``
+    normalizes with the current batch's mean and (biased) variance and ``"population_mean"``
+    with the running mean and the batch variance; neither touches the running buffers.
+
+    Departure from the RobustNorm reference code: its BN baseline divides by ``sqrt(var) + eps``
+    with an unbiased variance; we keep PyTorch's ``sqrt(var + eps)`` so that models match
+    ``nn.BatchNorm2d`` and torchvision exactly.
+    """
+
+    def __init__(self, num_features: int, stats: str = "population", **bn_kwargs):
+        super().__init__(num_features, **bn_kwargs)
+        self.stats = stats
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training or self._stats == "population" or not self.track_running_stats:
+            return super().forward(x)
+        self._check_input_dim(x)
+        return _bn_eval(x, self.running_mean, self.running_var, self.weight, self.bias, self.eps, self._stats)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", stats={self._stats!r}"
+
+
+class RobustNorm2d(_StatsModeMixin, nn.Module):
+    """RobustNorm (Awais et al., arXiv 2006.11007), following the reference ``models/norm.py``.
+
+    Per channel, over the N*H*W values of a batch::
+
+        y = weight * (x - mean) / (range ** p + eps) + bias,   range = max(x) - min(x)
+
+    Where it differs from BatchNorm: the scale is the *range* raised to a power ``p`` (0.2 by
+    default; the reference ``run.sh`` also uses 1.0) instead of the standard deviation, and
+    ``eps`` is added *after* the power, outside any square root. In training the batch mean and
+    range are used and the running mean and running *range* follow an EMA with ``momentum``
+    (``running = (1 - momentum) * running + momentum * batch``); the running range starts at 1.
+    At inference the power is applied to the running range (not a running average of powers).
+
+    Statistics modes: ``population`` = reference ``RNT`` (running mean and range), ``batch`` =
+    ``RN`` (batch mean and range), ``population_mean`` = ``RNM`` (running mean, batch range).
+    Min and max come from one fused ``torch.aminmax`` pass over a channels-first view.
+    """
+
+    def __init__(self, num_features: int, p: float = 0.2, eps: float = 1e-5, momentum: float = 0.1,
+                 stats: str = "population", affine: bool = True, device=None, dtype=None):
+        super().__init__()
+        from ._validate import check_int
+        self.num_features = check_int("num_features", num_features, min_value=1)
+        self.p = check_float("p", p, min_value=0.0, min_inclusive=False)
+        self.eps = check_float("eps", eps, min_value=0.0)
+        self.momentum = check_float("momentum", momentum, min_value=0.0, max_value=1.0)
+        self.affine = affine
+        self.stats = stats
+        factory = {"device": device, "dtype": dtype}
+        if affine:
+            self.weight = nn.Parameter(torch.ones(num_features, **factory))
+            self.bias = nn.Parameter(torch.zeros(num_features, **factory))
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        self.register_buffer("running_mean", torch.zeros(num_features, **factory))
+        self.register_buffer("running_range", torch.ones(num_features, **factory))
+        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+
+    @staticmethod
+    def batch_mean_range(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel mean and max - min of ``x`` ([N, C, H, W]) over N, H and W."""
+        flat = x.transpose(0, 1).reshape(x.shape[1], -1)
+        lo, hi = torch.aminmax(flat, dim=1)
+        return flat.mean(dim=1), hi - lo
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4:
+            raise ValueError(f"RobustNorm2d expects a 4-D input [N, C, H, W]; got shape {tuple(x.shape)}.")
+        if self.training or self._stats != "population":
+            mean, rng = self.batch_mean_range(x)
+        if self.training:
+            with torch.no_grad():
+                m = self.momentum
+                self.running_mean.mul_(1 - m).add_(mean.detach().to(self.running_mean.dtype), alpha=m)
+                self.running_range.mul_(1 - m).add_(rng.detach().to(self.running_range.dtype), alpha=m)
+                self.num_batches_tracked.add_(1)
+        elif self._stats == "population":
+            mean, rng = self.running_mean, self.running_range
+        elif self._stats == "population_mean":
+            mean = self.running_mean
+        scale = rng.pow(self.p) + self.eps
+        if self.affine:
+            w = self.weight / scale
+            b = self.bias - mean * w
+        else:
+            w = 1.0 / scale
+            b = -mean * w
+        return x * w.to(x.dtype)[None, :, None, None] + b.to(x.dtype)[None, :, None, None]
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, p={self.p}, eps={self.eps}, momentum={self.momentum}, stats={self._stats!r}"
+
+
+def _normalize_route(route, branches: Sequence[str]):
+    """Validate a route: a branch name, a sequence of names (equal split), or (name, size) pairs."""
+    if isinstance(route, str):
+        return check_choice("branch", route, branches)
+    if isinstance(route, dict):
+        route = list(route.items())
+    try:
+        items = list(route)
+    except TypeError:
+        raise ConfigError(f"branch={route!r} must be a branch name, a list of names or a list of (name, size) pairs; "
+                          f"branches: {', '.join(map(repr, branches))}.") from None
+    if not items:
+        raise ConfigError("branch=[] is empty; give at least one branch.")
+    out = []
+    for item in items:
+        if isinstance(item, str):
+            out.append((check_choice("branch", item, branches), None))
+        else:
+            name, size = item
+            check_choice("branch", name, branches)
+            if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+                raise ConfigError(f"branch size for {name!r} is {size!r}; allowed: an integer >= 0.")
+            out.append((name, size))
+    if len({s is None for _, s in out}) > 1:
+        raise ConfigError(f"branch={route!r} mixes names with and without sizes; give all sizes or none.")
+    return tuple(out)
+
+
+class MultiBatchNorm2d(BatchNorm2d):
+    """A main BatchNorm plus named auxiliary BatchNorms, for AdvProp (Xie et al. 2020) and EBN.
+
+    The main branch is this module itself, so its parameters and buffers keep the state-dict
+    keys of a plain BatchNorm (``weight``, ``running_mean``, ...); auxiliary branch ``b`` lives
+    at ``aux.<b>.*``. Routing (set with :func:`route`) decides which branch normalizes what:
+
+    * a branch name (``"main"``, ``"adv"``, ``"easy"``): the whole batch goes through it;
+    * a list of names, e.g. ``["main", "adv"]``: the batch is split into equal slices, slice i
+      through branch i (timm's ``SplitBatchNorm2d``), in one forward pass of the network;
+    * a list of ``(name, size)`` pairs: slices of the given sizes.
+
+    Unlike timm, the split applies in eval mode too (so an attack can be run on a split batch)
+    and every branch honours the statistics mode.
+
+    ``share`` is the ablation of Zhang et al. (2024): ``"none"`` (separate statistics and affine
+    parameters), ``"affine"`` (separate statistics, the main branch's weight and bias for all
+    branches), ``"stats"`` (one set of statistics -- computed over the whole input in training
+    and kept in the main running buffers -- with separate affine parameters per branch).
+    """
+
+    def __init__(self, num_features: int, branches: Iterable[str] = ("adv", "easy"), stats: str = "population",
+                 share: str = "none", **bn_kwargs):
+        branches = tuple(branches)
+        for b in branches:
+            if not isinstance(b, str) or not b.isidentifier() or b == MAIN:
+                raise ConfigError(f"branches={branches!r}: each auxiliary branch needs a name that is a Python "
+                                  f"identifier other than 'main'; got {b!r}.")
+        if len(set(branches)) != len(branches):
+            raise ConfigError(f"branches={branches!r} repeats a name.")
+        super().__init__(num_features, stats=stats, **bn_kwargs)
+        self.share = check_choice("share", share, SHARE_MODES)
+        aux_kwargs = dict(bn_kwargs)
+        if share == "affine":
+            aux_kwargs["affine"] = False
+        self.aux = nn.ModuleDict({b: BatchNorm2d(num_features, stats=stats, **aux_kwargs) for b in branches})
+        if share == "stats":
+            for m in self.aux.values():  # only their affine parameters are used
+                m.track_running_stats = False
+                m.running_mean = m.running_var = m.num_batches_tracked = None
+        self._route = MAIN
+
+    @property
+    def branches(self) -> tuple[str, ...]:
+        return (MAIN,) + tuple(self.aux.keys())
+
+    @BatchNorm2d.stats.setter
+    def stats(self, value: str) -> None:
+        self._stats = _check_stats(value)
+        if "aux" in self._modules:
+            for m in self._modules["aux"].values():
+                m.stats = value
+
+    @property
+    def route(self):
+        return self._route
+
+    @route.setter
+    def route(self, value) -> None:
+        self._route = _normalize_route(value, self.branches)
+
+    def _affine(self, branch: str):
+        if branch == MAIN or self.share == "affine":
+            return self.weight, self.bias
+        m = self.aux[branch]
+        return m.weight, m.bias
+
+    def _forward_branch(self, branch: str, x: torch.Tensor) -> torch.Tensor:
+        if branch == MAIN:
+            return BatchNorm2d.forward(self, x)
+        if self.share == "affine":
+            y = self.aux[branch](x)
+            return y * self.weight[None, :, None, None] + self.bias[None, :, None, None] if self.affine else y
+        if self.share == "stats":
+            w, b = self._affine(branch)
+            return self._shared_stats_forward(x, [(w, b, x.shape[0])])
+        return self.aux[branch](x)
+
+    def _shared_stats_forward(self, x, affines):
+        """Normalize all of x with the main statistics, then apply each slice's own affine."""
+        if self.training or self._stats == "population":
+            xn = F.batch_norm(x, self.running_mean, self.running_var, None, None,
+                              self.training, 0.0 if self.momentum is None else self.momentum, self.eps)
+            if self.training:
+                self.num_batches_tracked.add_(1)
+        else:
+            xn = _bn_eval(x, self.running_mean, self.running_var, None, None, self.eps, self._stats)
+        outs, start = [], 0
+        for w, b, n in affines:
+            sl = xn[start:start + n]
+            outs.append(sl * w[None, :, None, None] + b[None, :, None, None] if w is not None else sl)
+            start += n
+        return torch.cat(outs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        r = self._route
+        if isinstance(r, str):
+            return self._forward_branch(r, x)
+        n = x.shape[0]
+        if r[0][1] is None:
+            if n % len(r):
+                raise ValueError(f"cannot split a batch of {n} into {len(r)} equal slices for branches "
+                                 f"{[b for b, _ in r]}; route with (name, size) pairs instead.")
+            sizes = [n // len(r)] * len(r)
+        else:
+            sizes = [s for _, s in r]
+            if sum(sizes) != n:
+                raise ValueError(f"route sizes {sizes} sum to {sum(sizes)} but the batch has {n} images.")
+        names = [b for b, _ in r]
+        if self.share == "stats":
+            return self._shared_stats_forward(x, [(*self._affine(b), s) for b, s in zip(names, sizes)])
+        parts = [self._forward_branch(b, c) for b, c in zip(names, x.split(sizes)) if c.shape[0] > 0]
+        return torch.cat(parts)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", branches={self.branches}, share={self.share!r}"
+
+
+class NoNorm2d(nn.Identity):
+    """No normalization (identity); takes ``num_features`` so it fits wherever a norm does."""
+
+    def __init__(self, num_features: int | None = None, **_ignored):
+        super().__init__()
+        self.num_features = num_features
+
+
+NORMS = {"bn": BatchNorm2d, "robustnorm": RobustNorm2d, "multibn": MultiBatchNorm2d, "none": NoNorm2d}
+STATEFUL = (BatchNorm2d, RobustNorm2d)
+
+
+def _allowed_kwargs(cls) -> set[str]:
+    names = set(inspect.signature(cls.__init__).parameters) - {"self", "num_features", "bn_kwargs", "_ignored"}
+    if issubclass(cls, nn.BatchNorm2d):
+        names |= {"eps", "momentum", "affine", "track_running_stats", "device", "dtype"}
+    return names
+
+
+def make_norm(name: str, num_features: int, **kw) -> nn.Module:
+    """Build a normalization layer by name: ``bn``, ``robustnorm``, ``multibn`` or ``none``.
+
+    Keyword arguments go to the layer (e.g. ``p`` for RobustNorm, ``branches`` for multibn,
+    ``stats`` for all but ``none``); an argument the layer does not take is an error.
+    """
+    cls = NORMS[check_choice("norm", name, tuple(NORMS))]
+    if cls is not NoNorm2d:
+        allowed = _allowed_kwargs(cls)
+        for k in kw:
+            if k not in allowed:
+                raise ConfigError(f"norm {name!r} takes no argument {k}={kw[k]!r}; allowed: "
+                                  f"{', '.join(sorted(allowed))}." + suggest(k, allowed))
+    return cls(num_features, **kw)
+
+
+def convert_norms(model: nn.Module, name: str, **kw) -> nn.Module:
+    """Replace every ``nn.BatchNorm2d`` of ``model`` (any model, e.g. torchvision's ResNet) in place.
+
+    The new layer takes the old one's ``num_features``, ``eps`` and ``momentum`` (unless given),
+    its affine parameters and its running mean and variance (for ``multibn`` the auxiliary
+    branches start as copies of the main one). RobustNorm has no variance buffer: its running
+    mean is copied and its running range starts at 1, as in the reference code. Returns ``model``.
+    """
+    check_choice("norm", name, tuple(NORMS))
+    for parent in list(model.modules()):
+        for child_name, child in list(parent.named_children()):
+            if isinstance(child, nn.BatchNorm2d):
+                setattr(parent, child_name, _converted(child, name, kw))
+    return model
+
+
+def _converted(old: nn.BatchNorm2d, name: str, kw: dict) -> nn.Module:
+    opts = dict(kw)
+    opts.setdefault("eps", old.eps)
+    if old.momentum is not None:
+        opts.setdefault("momentum", old.momentum)
+    if name == "none":
+        return NoNorm2d(old.num_features)
+    if name in ("bn", "multibn"):
+        opts.setdefault("affine", old.affine)
+    new = make_norm(name, old.num_features, **opts)
+    new = new.to(device=old.weight.device if old.weight is not None else None)
+    with torch.no_grad():
+        targets = [new] + (list(new.aux.values()) if isinstance(new, MultiBatchNorm2d) else [])
+        for t in targets:
+            if old.affine and getattr(t, "weight", None) is not None:
+                t.weight.copy_(old.weight)
+                t.bias.copy_(old.bias)
+            if old.track_running_stats and getattr(t, "running_mean", None) is not None:
+                t.running_mean.copy_(old.running_mean)
+                if getattr(t, "running_var", None) is not None:
+                    t.running_var.copy_(old.running_var)
+                    t.num_batches_tracked.copy_(old.num_batches_tracked)
+    new.train(old.training)
+    return new
+
+
+def norm_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The (name, module) pairs of every rnorm normalization layer of ``model``, in order.
+
+    Auxiliary branches inside a MultiBatchNorm2d are not listed separately.
+    """
+    out = []
+    for name, m in model.named_modules():
+        if isinstance(m, STATEFUL) and not _is_aux(name):
+            out.append((name, m))
+    return out
+
+
+def _is_aux(name: str) -> bool:
+    return ".aux." in f".{name}"
+
+
+class _Setting:
+    """Applies a setting at once; used as a context manager, restores the previous values on exit."""
+
+    def __init__(self, model: nn.Module, layers, attr: str, value):
+        self.model = model
+        self._saved = [(m, getattr(m, attr)) for m in layers]
+        self._attr = attr
+        for m in layers:
+            setattr(m, attr, value)
+
+    def __enter__(self) -> nn.Module:
+        return self.model
+
+    def __exit__(self, *exc) -> None:
+        for m, old in self._saved:
+            setattr(m, self._attr, old)
+
+
+def _refuse_plain_bn(model: nn.Module, what: str) -> None:
+    plain = [n for n, m in model.named_modules()
+             if isinstance(m, nn.modules.batchnorm._NormBase) and not isinstance(m, STATEFUL)]
+    if plain:
+        raise TypeError(f"{what} needs rnorm normalization layers, but {plain[0]!r} is a plain "
+                        f"{type(dict(model.named_modules())[plain[0]]).__name__}; call "
+                        f"rnorm.norms.convert_norms(model, 'bn') first.")
+
+
+def use_stats(model: nn.Module, stats: str) -> _Setting:
+    """Set the statistics mode of every normalization layer of ``model``.
+
+    ``use_stats(model, "batch")`` sets it for good; ``with use_stats(model, "batch"):`` restores
+    the previous modes on exit. A model without normalization layers is left as it is; a model
+    with plain ``nn.BatchNorm2d`` layers is refused (they would silently ignore the mode).
+    """
+    _check_stats(stats)
+    _refuse_plain_bn(model, "use_stats")
+    layers = [m for n, m in model.named_modules() if isinstance(m, STATEFUL) and not _is_aux(n)]
+    return _Setting(model, layers, "stats", stats)
+
+
+def route(model: nn.Module, branch) -> _Setting:
+    """Route batches through branches of every MultiBatchNorm2d of ``model``.
+
+    ``branch`` is a name (``"main"``, ``"adv"``, ``"easy"``), a list of names (equal split of
+    the batch, slice i through branch i) or a list of ``(name, size)`` pairs. Plain call or
+    context manager, as :func:`use_stats`. Routing a model without multi-branch layers to any
+    branch other than ``"main"`` is an error (it would silently use the main statistics).
+    """
+    layers = [m for m in model.modules() if isinstance(m, MultiBatchNorm2d)]
+    if not layers:
+        _normalize_route(branch, (MAIN,))  # only "main" makes sense without branches
+        return _Setting(model, [], "route", None)
+    for m in layers:
+        _normalize_route(branch, m.branches)
+    return _Setting(model, layers, "route", branch)
+
+
+def branches_of(model: nn.Module) -> tuple[str, ...]:
+    """The branch names shared by every MultiBatchNorm2d of ``model`` (``("main",)`` if none)."""
+    layers = [m for m in model.modules() if isinstance(m, MultiBatchNorm2d)]
+    return layers[0].branches if layers else (MAIN,)
