@@ -50,8 +50,13 @@ class Attack:
             return images.detach().clone()
         if images.dtype != torch.float32 and images.dtype != torch.float64:
             raise TypeError(f"attack {self.name!r} needs float images in [0, 1]; got dtype {images.dtype}.")
-        with torch.autocast(images.device.type, enabled=False):
-            return self._impl(images, labels)
+        # An attack needs input gradients: switch autograd back on when called under torch.no_grad()
+        # (a usual evaluation context, where torchattacks fails with "does not require grad").
+        with torch.enable_grad(), torch.autocast(images.device.type, enabled=False):
+            adv = self._impl(images, labels)
+        # torchattacks' AutoAttack returns a tensor still attached to the attack's graph; detach
+        # it so that training on it neither backpropagates into the attack nor keeps the graph.
+        return adv.detach()
 
     def __repr__(self) -> str:
         extra = "".join(f", {k}={v!r}" for k, v in self.params.items())

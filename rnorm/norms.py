@@ -195,6 +195,11 @@ def _normalize_route(route, branches: Sequence[str]):
         else:
             name, size = item
             check_choice("branch", name, branches)
+            if size is None:
+                # (name, None) is the normalized form of a plain name (equal split): accept it so
+                # that a route read back from a layer can be set again (route() restores it).
+                out.append((name, None))
+                continue
             if isinstance(size, bool) or not isinstance(size, int) or size < 0:
                 raise ConfigError(f"branch size for {name!r} is {size!r}; allowed: an integer >= 0.")
             out.append((name, size))
@@ -284,10 +289,15 @@ class MultiBatchNorm2d(BatchNorm2d):
     def _shared_stats_forward(self, x, affines):
         """Normalize all of x with the main statistics, then apply each slice's own affine."""
         if self.training or self._stats == "population":
-            xn = F.batch_norm(x, self.running_mean, self.running_var, None, None,
-                              self.training, 0.0 if self.momentum is None else self.momentum, self.eps)
+            factor = 0.0 if self.momentum is None else self.momentum
             if self.training:
+                # As nn.BatchNorm2d: count the batch first, and momentum=None means a cumulative
+                # average with factor 1/num_batches_tracked (passing 0.0 froze the buffers).
                 self.num_batches_tracked.add_(1)
+                if self.momentum is None:
+                    factor = 1.0 / float(self.num_batches_tracked)
+            xn = F.batch_norm(x, self.running_mean, self.running_var, None, None,
+                              self.training, factor, self.eps)
         else:
             xn = _bn_eval(x, self.running_mean, self.running_var, None, None, self.eps, self._stats)
         outs, start = [], 0
@@ -324,7 +334,7 @@ class MultiBatchNorm2d(BatchNorm2d):
 class NoNorm2d(nn.Identity):
     """No normalization (identity); takes ``num_features`` so it fits wherever a norm does."""
 
-    def __init__(self, num_features: int | None = None, **_ignored):
+    def __init__(self, num_features: int | None = None):
         super().__init__()
         self.num_features = num_features
 
@@ -347,12 +357,11 @@ def make_norm(name: str, num_features: int, **kw) -> nn.Module:
     ``stats`` for all but ``none``); an argument the layer does not take is an error.
     """
     cls = NORMS[check_choice("norm", name, tuple(NORMS))]
-    if cls is not NoNorm2d:
-        allowed = _allowed_kwargs(cls)
-        for k in kw:
-            if k not in allowed:
-                raise ConfigError(f"norm {name!r} takes no argument {k}={kw[k]!r}; allowed: "
-                                  f"{', '.join(sorted(allowed))}." + suggest(k, allowed))
+    allowed = _allowed_kwargs(cls)
+    for k in kw:
+        if k not in allowed:
+            raise ConfigError(f"norm {name!r} takes no argument {k}={kw[k]!r}; allowed: "
+                              f"{', '.join(sorted(allowed)) or 'none'}." + suggest(k, allowed))
     return cls(num_features, **kw)
 
 
@@ -381,8 +390,13 @@ def _converted(old: nn.BatchNorm2d, name: str, kw: dict) -> nn.Module:
         return NoNorm2d(old.num_features)
     if name in ("bn", "multibn"):
         opts.setdefault("affine", old.affine)
+        # Without running stats nn.BatchNorm2d uses batch statistics in eval too; keep that.
+        opts.setdefault("track_running_stats", old.track_running_stats)
     new = make_norm(name, old.num_features, **opts)
-    new = new.to(device=old.weight.device if old.weight is not None else None)
+    # Keep the old layer's device *and* dtype (a float64 model stayed float32 before and failed).
+    ref = next((t for t in (old.weight, old.running_mean) if t is not None), None)
+    if ref is not None:
+        new = new.to(device=ref.device, dtype=ref.dtype)
     with torch.no_grad():
         targets = [new] + (list(new.aux.values()) if isinstance(new, MultiBatchNorm2d) else [])
         for t in targets:

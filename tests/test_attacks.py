@@ -1,0 +1,374 @@
+"""Tests of rnorm.attacks and of how rnorm's norm layers behave under torchattacks.
+
+The reference for every attack is a hand-written loop (FGSM, PGD, PGD targeted at the true
+label) in float64, and for the statistics modes a copy of the model whose BatchNorms are
+replaced by a hand computation of batch (or running) statistics.
+"""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchattacks
+
+from rnorm._validate import ConfigError
+from rnorm.attacks import Attack, format_eps, make_attack, parse_eps
+from rnorm.models import resnet20
+from rnorm.norms import BatchNorm2d, MultiBatchNorm2d, route, use_stats
+
+EPS = 8 / 255
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These tensors are tiny: one intra-op thread avoids OpenMP spin-waits on a busy 2-core box."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _data(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 10, (n,), generator=g)
+    # a learnable signal: the class shifts the brightness of one channel; then clip to [0, 1]
+    x = torch.rand(n, 3, 32, 32, generator=g) * 0.6 + 0.2
+    x[torch.arange(n), y % 3] += (y[:, None, None].float() - 4.5) / 20
+    x[:, :, :2] = 0.0  # some pixels at the bounds so that clipping to [0, 1] matters
+    x[:, :, -2:] = 1.0
+    return x.clamp(0, 1), y
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """resnet20 (depth 8, width 8, BN) trained for 20 SGD steps on seeded synthetic data."""
+    torch.manual_seed(0)
+    model = resnet20(width=8, depth=8, norm="bn")
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    model.train()
+    for step in range(20):
+        x, y = _data(32, seed=step)
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    x, y = _data(16, seed=1000)
+    return model, x, y
+
+
+@pytest.fixture
+def model(trained):
+    m, x, y = trained
+    return copy.deepcopy(m).eval(), x.clone(), y.clone()
+
+
+def ce(model, x, y):
+    with torch.no_grad():
+        return F.cross_entropy(model(x), y).item()
+
+
+# ----------------------------------------------------------------------------- hand-made references
+
+def hand_pgd(model, x, y, eps, alpha, steps, targeted=False):
+    """PGD (no random start) written out: signed-gradient steps, projection, clipping."""
+    adv = x.clone()
+    for _ in range(steps):
+        adv.requires_grad_(True)
+        loss = F.cross_entropy(model(adv), y)
+        (g,) = torch.autograd.grad(-loss if targeted else loss, adv)
+        adv = adv.detach() + alpha * g.sign()
+        adv = (x + (adv - x).clamp(-eps, eps)).clamp(0, 1)
+    return adv.detach()
+
+
+class HandBN(nn.Module):
+    """BatchNorm by hand: the batch's mean and biased variance (``batch``) or the running ones."""
+
+    def __init__(self, bn: nn.BatchNorm2d, mode: str):
+        super().__init__()
+        self.mode = mode
+        self.eps = bn.eps
+        for k in ("weight", "bias", "running_mean", "running_var"):
+            self.register_buffer(k, getattr(bn, k).detach().clone())
+
+    def forward(self, x):
+        if self.mode == "batch":
+            mean = x.mean(dim=(0, 2, 3))
+            var = ((x - mean[None, :, None, None]) ** 2).mean(dim=(0, 2, 3))
+        else:
+            mean, var = self.running_mean, self.running_var
+        y = (x - mean[None, :, None, None]) / torch.sqrt(var[None, :, None, None] + self.eps)
+        return y * self.weight[None, :, None, None] + self.bias[None, :, None, None]
+
+
+def with_hand_bn(model, mode):
+    twin = copy.deepcopy(model)
+    for parent in list(twin.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.BatchNorm2d):
+                setattr(parent, name, HandBN(child, mode))
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in twin.modules())
+    return twin
+
+
+def buffers(model):
+    return {k: v.clone() for k, v in model.named_buffers()}
+
+
+def assert_same_buffers(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"buffer {k} changed"
+
+
+# ----------------------------------------------------------------------------- the attacks themselves
+
+@pytest.mark.parametrize("name", ["fgsm", "pgd", "easy"])
+def test_attack_stays_in_the_ball_and_in_range(model, name):
+    m, x, y = model
+    torch.manual_seed(0)
+    adv = make_attack(name, m, EPS)(x, y)
+    assert adv.shape == x.shape and adv.dtype == x.dtype and not adv.requires_grad
+    assert (adv - x).abs().max().item() <= EPS + 1e-6
+    assert adv.min().item() >= 0.0 and adv.max().item() <= 1.0
+    assert (adv - x).abs().max().item() > EPS / 2  # it did move
+    # pixels at the bounds stay at the bounds on the side that is clipped
+    assert (adv[:, :, :2] >= 0).all() and (adv[:, :, -2:] <= 1).all()
+
+
+def test_pgd_raises_the_loss_and_easy_lowers_it(model):
+    m, x, y = model
+    clean = ce(m, x, y)
+    torch.manual_seed(0)
+    up = ce(m, make_attack("pgd", m, EPS, steps=10)(x, y), y)
+    torch.manual_seed(0)
+    down = ce(m, make_attack("easy", m, EPS)(x, y), y)
+    torch.manual_seed(0)
+    fgsm = ce(m, make_attack("fgsm", m, EPS)(x, y), y)
+    assert up > clean * 1.2, (clean, up)
+    assert down < clean * 0.8, (clean, down)
+    assert fgsm > clean
+    with torch.no_grad():  # an attack called under no_grad still gets its gradients
+        torch.manual_seed(0)
+        x_easy = make_attack("easy", m, EPS)(x, y)
+        # the easy examples are classified at least as often correctly
+        assert (m(x_easy).argmax(1) == y).float().mean() >= (m(x).argmax(1) == y).float().mean()
+    assert ce(m, x_easy, y) == pytest.approx(down, rel=1e-6)
+
+
+@pytest.mark.parametrize("name,targeted", [("pgd", False), ("easy", True)])
+def test_pgd_and_easy_equal_a_hand_written_loop(model, name, targeted):
+    m, x, y = model
+    m, x = m.double(), x.double()
+    atk = make_attack(name, m, EPS, steps=4, alpha=EPS / 3, random_start=False)
+    torch.testing.assert_close(atk(x, y), hand_pgd(m, x, y, EPS, EPS / 3, 4, targeted), rtol=0, atol=1e-12)
+
+
+def test_fgsm_equals_a_hand_written_step(model):
+    m, x, y = model
+    m, x = m.double(), x.double()
+    xr = x.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(F.cross_entropy(m(xr), y), xr)
+    torch.testing.assert_close(make_attack("fgsm", m, EPS)(x, y), (x + EPS * g.sign()).clamp(0, 1), rtol=0, atol=1e-12)
+
+
+def test_defaults_and_repr(model):
+    m, _, _ = model
+    pgd = make_attack("pgd", m, EPS)
+    assert pgd.params == {"steps": 20, "alpha": 2.5 * EPS / 20, "random_start": True}
+    assert pgd._impl.steps == 20 and pgd._impl.alpha == pytest.approx(2.5 * EPS / 20) and pgd._impl.eps == EPS
+    easy = make_attack("easy", m, EPS)
+    assert easy.params["steps"] == 10 and easy._impl.targeted and not pgd._impl.targeted
+    assert make_attack("pgd", m, EPS, alpha=EPS / 10).params["alpha"] == EPS / 10
+    assert repr(pgd).startswith("Attack('pgd', eps=0.0313725, steps=20")
+    aa = make_attack("autoattack", m, EPS)
+    assert aa.params == {"version": "standard", "seed": 0, "n_classes": 10}
+
+
+@pytest.mark.parametrize("name", ["fgsm", "pgd", "easy", "autoattack"])
+def test_eps_zero_returns_the_input(model, name):
+    m, x, y = model
+    adv = make_attack(name, m, 0)(x, y)
+    assert torch.equal(adv, x) and adv is not x
+    assert not adv.requires_grad
+
+
+def test_autocast_is_switched_off_inside_the_attack(model):
+    m, x, y = model
+    torch.manual_seed(0)
+    ref = make_attack("pgd", m, EPS, steps=3)(x, y)
+    torch.manual_seed(0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        adv = make_attack("pgd", m, EPS, steps=3)(x, y)
+    assert adv.dtype == torch.float32
+    torch.testing.assert_close(adv, ref, rtol=0, atol=0)
+    with pytest.raises(TypeError, match="dtype torch.float16"):
+        make_attack("pgd", m, EPS)(x.half(), y)
+
+
+def _check_autoattack(m, x, y):
+    adv = make_attack("autoattack", m, EPS, version="standard", seed=0)(x, y)
+    assert adv.shape == x.shape and not adv.requires_grad and adv.grad_fn is None
+    assert (adv - x).abs().max().item() <= EPS + 1e-6
+    assert adv.min().item() >= 0 and adv.max().item() <= 1
+    with torch.no_grad():  # AutoAttack keeps an image only where it fools the model
+        assert (m(adv).argmax(1) == y).sum() <= (m(x).argmax(1) == y).sum()
+    return adv
+
+
+def test_autoattack_stays_in_the_ball():
+    """An untrained tiny model: APGD-CE fools every image, so only the first attack runs."""
+    torch.manual_seed(0)
+    m = resnet20(width=4, depth=8, norm="bn").eval()
+    x, y = _data(8, seed=5)
+    adv = _check_autoattack(m, x, y)
+    assert (adv - x).abs().max().item() > EPS / 2
+
+
+@pytest.mark.slow
+def test_autoattack_full_pipeline_stays_in_the_ball(trained):
+    """The trained model resists APGD-CE on some images: APGD-T, FAB-T and Square run too (~7 s)."""
+    m, x, y = trained
+    _check_autoattack(copy.deepcopy(m), x[:8], y[:8])
+
+
+# ----------------------------------------------------------------------------- eps and argument checks
+
+@pytest.mark.parametrize("text,value", [("8/255", 8 / 255), (" 4/255 ", 4 / 255), ("0.03", 0.03), (0.5, 0.5),
+                                        (0, 0.0), ("1", 1.0), ("0/255", 0.0)])
+def test_parse_eps(text, value):
+    assert parse_eps(text) == value
+
+
+@pytest.mark.parametrize("bad,pattern", [
+    (-0.1, r"eps=-0.1 is out of range"), (1.5, r"eps=1.5 is out of range"), ("abc", r"eps='abc' is not a number"),
+    ("8/0", r"eps='8/0'"), ("1/2/3", r"eps='1/2/3'"), ("-8/255", r"eps=-0.03"), ("nan", r"eps=nan"),
+    (True, r"eps=True"), (None, r"eps=None"),
+])
+def test_parse_eps_rejects_bad_values(bad, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        parse_eps(bad)
+
+
+@pytest.mark.parametrize("eps,text", [(8 / 255, "8/255"), (1 / 255, "1/255"), (16 / 255, "16/255"), (0.03, "0.03"),
+                                      (0.1, "0.1"), (1 / 7, "0.1429"), (0.3, "0.3")])
+def test_format_eps(eps, text):
+    assert format_eps(eps) == text
+    if "/" in text:
+        assert parse_eps(format_eps(eps)) == pytest.approx(eps, abs=1e-15)
+
+
+@pytest.mark.parametrize("bad,pattern", [(-0.1, "eps=-0.1"), (1.5, "eps=1.5"), ("abc", "eps='abc'")])
+def test_make_attack_rejects_bad_eps(model, bad, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        make_attack("pgd", model[0], bad)
+
+
+def test_unknown_attack_and_parameters(model):
+    m = model[0]
+    with pytest.raises(ConfigError, match=r"attack='pdg'.*Did you mean 'pgd'"):
+        make_attack("pdg", m, EPS)
+    with pytest.raises(ConfigError, match=r"attack 'pgd' takes no parameter step=5.*Did you mean 'steps'"):
+        make_attack("pgd", m, EPS, step=5)
+    with pytest.raises(ConfigError, match=r"attack 'fgsm' takes no parameter steps=5; allowed: none"):
+        make_attack("fgsm", m, EPS, steps=5)
+    with pytest.raises(ConfigError, match=r"attack 'autoattack' takes no parameter alpha"):
+        make_attack("autoattack", m, EPS, alpha=0.1)
+    with pytest.raises(ConfigError, match=r"steps=0"):
+        make_attack("pgd", m, EPS, steps=0)
+    with pytest.raises(ConfigError, match=r"alpha=-1.0"):
+        make_attack("easy", m, EPS, alpha=-1.0)
+    with pytest.raises(ConfigError, match=r"version='fast'"):
+        make_attack("autoattack", m, EPS, version="fast")
+    with pytest.raises(ConfigError, match=r"model=function"):
+        make_attack("pgd", lambda x: x, EPS)
+    assert isinstance(make_attack("pgd", m, EPS), Attack)
+
+
+# ----------------------------------------------------------------------------- statistics modes, branches, torchattacks
+
+def test_batch_stats_give_a_different_attack_than_population(model):
+    m, x, y = model
+    assert not m.training
+    torch.manual_seed(0)
+    pop = make_attack("pgd", m, EPS, steps=5)(x, y)
+    torch.manual_seed(0)
+    with use_stats(m, "batch"):
+        bat = make_attack("pgd", m, EPS, steps=5)(x, y)
+    torch.manual_seed(0)
+    pop2 = make_attack("pgd", m, EPS, steps=5)(x, y)
+    assert torch.equal(pop, pop2)  # same seed, same mode: identical
+    assert (pop - bat).abs().max().item() > 1e-3
+    assert (bat - x).abs().max().item() <= EPS + 1e-6
+
+
+@pytest.mark.parametrize("stats", ["population", "batch"])
+def test_torchattacks_on_a_training_model_leaves_buffers_and_mode(model, stats):
+    """A model in train() attacked with torchattacks PGD: eval() inside the attack, with the
+    statistics mode of our layers; running buffers untouched; train() again afterwards."""
+    m, x, y = model
+    m, x = m.double().train(), x.double()
+    before = buffers(m)
+    hand = with_hand_bn(m, stats).eval()
+    with use_stats(m, stats):
+        adv = torchattacks.PGD(m, eps=EPS, alpha=EPS / 4, steps=3, random_start=False)(x, y)
+        assert m.training and all(mod.training for mod in m.modules())
+        assert_same_buffers(before, buffers(m))
+        # the attack's forward used the statistics we asked for: a hand-made BN model agrees
+        ref = torchattacks.PGD(hand, eps=EPS, alpha=EPS / 4, steps=3, random_start=False)(x, y)
+        torch.testing.assert_close(adv, ref, rtol=0, atol=1e-12)
+        # and so does the loss gradient with respect to the input
+        m.eval()
+        xs = [x.clone().requires_grad_(True) for _ in range(2)]
+        grads = [torch.autograd.grad(F.cross_entropy(net(xi), y), xi)[0] for net, xi in zip((m, hand), xs)]
+        torch.testing.assert_close(grads[0], grads[1], rtol=1e-9, atol=1e-12)
+        m.train()
+    other = with_hand_bn(m, "population" if stats == "batch" else "batch").eval()
+    ref_other = torchattacks.PGD(other, eps=EPS, alpha=EPS / 4, steps=3, random_start=False)(x, y)
+    assert (adv - ref_other).abs().max().item() > 1e-3  # the two modes really differ here
+    assert_same_buffers(before, buffers(m))
+    assert all(mod.stats == "population" for mod in m.modules() if isinstance(mod, BatchNorm2d))
+
+
+def test_make_attack_on_a_training_model_leaves_buffers_and_mode(model):
+    m, x, y = model
+    m.train()
+    before = buffers(m)
+    torch.manual_seed(0)
+    with use_stats(m, "batch"):
+        adv = make_attack("pgd", m, EPS, steps=3)(x, y)
+    assert m.training
+    assert_same_buffers(before, buffers(m))
+    m.eval()
+    torch.manual_seed(0)
+    with use_stats(m, "batch"):
+        assert torch.equal(adv, make_attack("pgd", m, EPS, steps=3)(x, y))  # train or eval: same attack
+
+
+def test_attack_runs_against_the_routed_branch():
+    torch.manual_seed(0)
+
+    def net(norm):
+        return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), norm, nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                             nn.Linear(6, 10)).double()
+
+    multi = net(MultiBatchNorm2d(6, branches=("adv",)))
+    with torch.no_grad():
+        a = multi[1].aux["adv"]
+        a.weight.uniform_(0.5, 2.0), a.bias.normal_(), a.running_mean.normal_(), a.running_var.uniform_(0.5, 2.0)
+    plain = net(BatchNorm2d(6))
+    plain.load_state_dict({k.replace("1.aux.adv.", "1."): v for k, v in multi.state_dict().items()
+                           if not k.startswith("1.") or k.startswith("1.aux.adv.")})
+    multi.eval(), plain.eval()
+    x, y = _data(8, seed=3)
+    x = x.double()
+    kw = dict(steps=3, alpha=EPS / 3, random_start=False)
+    with route(multi, "adv"):
+        adv = make_attack("pgd", multi, EPS, **kw)(x, y)
+    torch.testing.assert_close(adv, make_attack("pgd", plain, EPS, **kw)(x, y), rtol=0, atol=1e-12)
+    main = make_attack("pgd", multi, EPS, **kw)(x, y)
+    assert (main - adv).abs().max().item() > 1e-3
