@@ -311,8 +311,8 @@ def batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int, *,
       epoch (the last, smaller batch is dropped only with ``drop_last``). Deterministic on CPU.
     * ``augment``: per image, a random crop of the zero-padded image (``pad`` pixels on every
       side, offsets uniform in ``0..2*pad``) and, if ``flip``, a horizontal flip with
-      probability 1/2. Done for the whole batch at once (pad once, gather with advanced
-      indexing), driven by the same generator, drawn after the permutation.
+      probability 1/2. Done for the whole batch at once (pad once, then ``unfold`` + one
+      advanced-indexing gather), driven by the same generator, drawn after the permutation.
     * Images are converted from uint8 to float (/255) one batch at a time, on ``device``.
 
     Arguments are validated when this is called, not at the first ``next()``.
@@ -351,20 +351,20 @@ def _batch_iter(images, labels, batch_size, shuffle, seed, epoch, augment, pad, 
 
 
 def _augment(x: torch.Tensor, pad: int, flip: bool, g: torch.Generator) -> torch.Tensor:
-    """Random zero-padded crop + optional horizontal flip, per image, vectorized."""
+    """Random zero-padded crop + optional horizontal flip, per image, vectorized.
+
+    The batch is padded once; ``unfold`` gives a view of every crop position
+    ``[B, C, 2*pad+1, 2*pad+1, H, W]`` and one advanced-indexing gather picks each image's crop.
+    """
     b, c, h, w = x.shape
-    offsets = torch.randint(0, 2 * pad + 1, (b, 2), generator=g)
-    flips = torch.rand(b, generator=g) < 0.5 if flip else torch.zeros(b, dtype=torch.bool)
-    dev = x.device
-    offsets, flips = offsets.to(dev), flips.to(dev)
+    offsets = torch.randint(0, 2 * pad + 1, (b, 2), generator=g).to(x.device)
     xp = F.pad(x, (pad, pad, pad, pad)) if pad else x
-    ar_h = torch.arange(h, device=dev)
-    ar_w = torch.arange(w, device=dev)
-    rows = offsets[:, :1] + ar_h                                        # [B, H]
-    cols = offsets[:, 1:] + torch.where(flips[:, None], (w - 1) - ar_w, ar_w)   # [B, W]
-    bi = torch.arange(b, device=dev)[:, None, None, None]
-    ci = torch.arange(c, device=dev)[None, :, None, None]
-    return xp[bi, ci, rows[:, None, :, None], cols[:, None, None, :]]
+    crops = xp.unfold(2, h, 1).unfold(3, w, 1)
+    out = crops[torch.arange(b, device=x.device), :, offsets[:, 0], offsets[:, 1]]
+    if flip:
+        flips = (torch.rand(b, generator=g) < 0.5).to(x.device)
+        out[flips] = out[flips].flip(-1)
+    return out
 
 
 def subset(images: torch.Tensor, labels: torch.Tensor, n: int, seed: int = 0,
@@ -710,6 +710,7 @@ def _write_cache(path: Path, images: torch.Tensor, labels: torch.Tensor,
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the cache is not secret
         with os.fdopen(fd, "wb") as f:
             torch.save({"version": _CACHE_VERSION, "manifest_sha256": manifest_hash,
                         "images": images, "labels": labels}, f)
