@@ -1,0 +1,241 @@
+"""Small file-system helpers: atomic writes and an inter-process lock file.
+
+* :func:`atomic_write_bytes`, :func:`atomic_write_text`, :func:`atomic_torch_save` write to a
+  temporary file in the *same* folder, flush and fsync it, then ``os.replace`` it over the
+  target, so a reader (or a process restarted after a crash) sees either the old file or the
+  new one, never a torn one.
+* :class:`FileLock` is a lock file created with ``O_CREAT | O_EXCL`` holding the owner's pid,
+  hostname and a random token. A second process waits (polling) until it is released. A lock
+  left behind by a dead process on this host (its pid no longer exists) is *stale* and is
+  recovered; the check-and-remove runs under a ``flock`` on a sibling guard file (released by
+  the kernel if its holder dies), so two waiters cannot both remove a lock and then both take it.
+  A lock held from another host is never declared stale (its pid cannot be checked): remove it
+  by hand if that host is gone.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Callable
+
+try:  # POSIX only; without it stale-lock recovery is not guarded against a concurrent recoverer.
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # pragma: no cover - e.g. platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path, write: Callable[[object], None], mode: str) -> Path:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def atomic_write_bytes(path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (temp file in the same folder + ``os.replace``)."""
+    return _atomic_write(path, lambda f: f.write(data), "wb")
+
+
+def atomic_write_text(path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_torch_save(obj, path) -> Path:
+    """``torch.save(obj)`` to ``path`` atomically."""
+    import torch
+
+    return _atomic_write(path, lambda f: torch.save(obj, f), "wb")
+
+
+class LockTimeout(TimeoutError):
+    """Waiting for a :class:`FileLock` took longer than its ``timeout``."""
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this host (a zombie counts as alive)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def read_lock(path) -> dict | None:
+    """The owner record of lock file ``path`` (``pid``, ``host``, ``token``, ``time``).
+
+    ``None`` if there is no lock; ``{}`` if it exists but cannot be parsed (being written, or its
+    writer died between creating and writing it).
+    """
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return {}
+    try:
+        rec = json.loads(text)
+    except ValueError:
+        return {}
+    return rec if isinstance(rec, dict) else {}
+
+
+class FileLock:
+    """An inter-process lock held by the existence of a file (``O_CREAT | O_EXCL``).
+
+    Use as a context manager or with :meth:`acquire` / :meth:`release`. While another process
+    holds it, :meth:`acquire` polls every ``poll`` seconds and calls ``on_wait(message)`` once
+    (default: print to stderr); after ``timeout`` seconds (``None`` = forever) it raises
+    :class:`LockTimeout`. A lock whose owner is a dead process on this host, or an unreadable
+    lock file older than ``empty_grace`` seconds, is removed and the acquisition retried.
+    Not re-entrant.
+    """
+
+    def __init__(self, path, *, poll: float = 1.0, timeout: float | None = None,
+                 on_wait: Callable[[str], None] | None = None, empty_grace: float = 30.0):
+        self.path = Path(path)
+        self.poll = float(poll)
+        self.timeout = timeout
+        self.on_wait = on_wait if on_wait is not None else _print_stderr
+        self.empty_grace = float(empty_grace)
+        self.token: str | None = None
+        self.recovered_stale = False
+
+    # -- acquisition --------------------------------------------------------------------------
+    def _try_create(self) -> bool:
+        token = uuid.uuid4().hex
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        rec = {"pid": os.getpid(), "host": socket.gethostname(), "token": token, "time": time.time()}
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(rec))
+            f.flush()
+            os.fsync(f.fileno())
+        self.token = token
+        return True
+
+    def _is_stale(self, rec: dict | None) -> bool:
+        if rec is None:
+            return False
+        if not rec:  # exists but unreadable: stale only once old enough
+            try:
+                age = time.time() - self.path.stat().st_mtime
+            except FileNotFoundError:
+                return False
+            return age > self.empty_grace
+        if rec.get("host") != socket.gethostname():
+            return False
+        pid = rec.get("pid")
+        return isinstance(pid, int) and not pid_alive(pid)
+
+    def _recover_stale(self) -> bool:
+        """Remove the lock if it is stale; True if removed. Guarded by flock on ``<lock>.guard``."""
+        guard_path = self.path.with_name(self.path.name + ".guard")
+        gfd = os.open(guard_path, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            if fcntl is not None:
+                fcntl.flock(gfd, fcntl.LOCK_EX)
+            rec = read_lock(self.path)  # re-read under the guard
+            if not self._is_stale(rec):
+                return False
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                return False
+            self.recovered_stale = True
+            return True
+        finally:
+            if fcntl is not None:
+                fcntl.flock(gfd, fcntl.LOCK_UN)
+            os.close(gfd)
+
+    def describe_owner(self, rec: dict | None = None) -> str:
+        rec = read_lock(self.path) if rec is None else rec
+        if not rec:
+            return "an unknown process"
+        return f"pid {rec.get('pid')} on host {rec.get('host')!r}"
+
+    def acquire(self) -> "FileLock":
+        if self.token is not None:
+            raise RuntimeError(f"lock {self.path} is already held by this object")
+        start = time.monotonic()
+        told = False
+        while True:
+            if self._try_create():
+                return self
+            rec = read_lock(self.path)
+            if self._is_stale(rec) and self._recover_stale():
+                continue
+            if rec is None:  # released between our attempt and the read
+                continue
+            if not told:
+                self.on_wait(f"waiting for lock {self.path} held by {self.describe_owner(rec)} "
+                             f"(polling every {self.poll:g} s; remove the file if that process is gone)")
+                told = True
+            if self.timeout is not None and time.monotonic() - start > self.timeout:
+                raise LockTimeout(f"lock {self.path} still held by {self.describe_owner()} after "
+                                  f"{self.timeout:g} s")
+            time.sleep(self.poll)
+
+    def release(self) -> None:
+        if self.token is None:
+            return
+        rec = read_lock(self.path)
+        if rec and rec.get("token") == self.token:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+        self.token = None
+
+    @property
+    def held(self) -> bool:
+        return self.token is not None
+
+    def __enter__(self) -> "FileLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _print_stderr(message: str) -> None:
+    import sys
+
+    print(message, file=sys.stderr, flush=True)

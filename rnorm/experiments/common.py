@@ -1,0 +1,76 @@
+"""Pieces shared by the experiments: training the runs a notebook needs, devices, test sets."""
+from __future__ import annotations
+
+import torch
+
+from ..runs import RunConfig, train
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` is CUDA when available, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def setup(params) -> torch.device:
+    """Apply a notebook's ``threads`` setting (torch's intra-op threads) and resolve its device.
+
+    On a busy 2-core machine two intra-op threads can be many times slower than one (the threads
+    spin-wait for a core); profiles set ``threads`` where that was measured.
+    """
+    if params.threads is not None:
+        torch.set_num_threads(params.threads)
+    return resolve_device(params.device)
+
+
+def train_runs(configs, *, device: str = "auto", progress: bool = False) -> dict:
+    """Train (or load from the cache) every config; returns ``{config: Run}`` in order."""
+    out = {}
+    for cfg in configs:
+        if cfg not in out:
+            out[cfg] = train(cfg, device=device, progress=progress)
+    return out
+
+
+def run_record(run) -> dict:
+    """A short record of a run for provenance.json: its folder name and config."""
+    return {"path": str(run.path.name), "config": run.config.to_dict()}
+
+
+def mean_std(frame, value: str, by: list[str]):
+    """Mean and standard deviation (over seeds) of ``value`` grouped by ``by``; n = count."""
+    g = frame.groupby(by, dropna=False, sort=False)[value]
+    out = g.agg(["mean", "std", "count"]).reset_index().rename(columns={"count": "n_seeds"})
+    out["std"] = out["std"].fillna(0.0)
+    return out
+
+
+def fmt_pct(mean: float, std: float | None = None) -> str:
+    """``"87.3 ± 0.4"`` (percent) from fractions."""
+    if std is None:
+        return f"{100 * mean:.1f}"
+    return f"{100 * mean:.1f} ± {100 * std:.1f}"
+
+
+__all__ = ["RunConfig", "resolve_device", "train_runs", "run_record", "mean_std", "fmt_pct"]
+
+
+def dataset_label(name: str) -> str:
+    """How a dataset is named in figures and tables; the lossy JPEG copy always says so."""
+    from ..data import info
+    d = info(name)
+    if name == "cifar10_jpeg":
+        return "CIFAR-10 (lossy JPEG copy)"
+    return {"fashion_mnist": "FashionMNIST", "cifar10": "CIFAR-10"}.get(name, d.name)
+
+
+def dataset_note(names) -> str:
+    """A markdown admonition for notebooks whose numbers come from the lossy CIFAR-10 copy ("" if none)."""
+    names = [names] if isinstance(names, str) else list(names)
+    if "cifar10_jpeg" not in names:
+        return ""
+    return ("```{warning}\nNumbers labelled *CIFAR-10 (lossy JPEG copy)* come from a third-party JPEG "
+            "re-encoding of CIFAR-10 (quality 75, 4:2:0 chroma), not from the original CIFAR-10 files, which "
+            "could not be obtained offline. They are not CIFAR-10 numbers and should not be compared with "
+            "published CIFAR-10 results as if they were.\n```")

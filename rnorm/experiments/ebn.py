@@ -1,0 +1,135 @@
+"""Notebook 04, claims C4 and C5: Easy Batch Normalization against AdvProp and standard training.
+
+Standard training, AdvProp, EBN and AdvProp+EBN on each dataset and architecture, over several
+seeds: clean, FGSM and PGD accuracy through the main branch (what the papers deploy), the same
+through each auxiliary branch, and an ablation in which the EBN branches share either their
+affine parameters or their statistics (Zhang et al. 2024).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import pandas as pd
+
+from ..attacks import parse_eps
+from ..evaluate import evaluate, test_subset
+from ..runs import RunConfig
+from ..train import branches_for
+from .common import setup, run_record, train_runs
+from .params import (NotebookParams, check_int, check_training, choice_list, eps_list)
+
+RECIPES = ("standard", "pgd_at", "advprop", "ebn", "advprop_ebn")
+RECIPE_LABELS = {"standard": "standard", "pgd_at": "PGD-AT", "advprop": "AdvProp", "ebn": "EBN",
+                 "advprop_ebn": "AdvProp+EBN"}
+
+
+@dataclasses.dataclass(frozen=True)
+class EBNParams(NotebookParams):
+    """Parameters of ``04_easy_batchnorm``."""
+
+    NOTEBOOK = "04_easy_batchnorm"
+    datasets: tuple = ("fashion_mnist",)
+    archs: tuple = ("resnet18",)
+    recipes: tuple = ("standard", "advprop", "ebn", "advprop_ebn")
+    width: int = 8
+    epochs: int = 1
+    batch_size: int = 128
+    lr: float = 0.1
+    train_subset: int | None = 1000
+    seeds: tuple = (0,)
+    precision: str = "fp32"
+    channels_last: bool = False
+    train_eps: str = "2/255"
+    train_steps: int = 3
+    attacks: tuple = ("fgsm", "pgd")
+    epsilons: tuple = ("1/255", "4/255")
+    pgd_steps: int = 10
+    test_n: int = 128
+    eval_batch: int = 64
+    ablation: bool = True
+
+    def _check(self):
+        from ..data import DATASETS
+        from ..models import ARCHS
+        self._set("datasets", choice_list("datasets", self.datasets, tuple(DATASETS)))
+        self._set("archs", choice_list("archs", self.archs, ARCHS))
+        self._set("recipes", choice_list("recipes", self.recipes, RECIPES))
+        check_training(self, dataset_field=None)
+        self._set("train_eps", parse_eps(self.train_eps))
+        check_int("train_steps", self.train_steps, min_value=1)
+        self._set("attacks", choice_list("attacks", self.attacks, ("fgsm", "pgd")))
+        self._set("epsilons", eps_list("epsilons", self.epsilons))
+        check_int("pgd_steps", self.pgd_steps, min_value=1)
+        check_int("test_n", self.test_n, min_value=1)
+        check_int("eval_batch", self.eval_batch, min_value=1)
+
+
+def _config(p: EBNParams, dataset: str, arch: str, recipe: str, seed: int, share: str = "none") -> RunConfig:
+    return RunConfig(dataset=dataset, arch=arch, width=p.width, norm="multibn" if branches_for(recipe) else "bn",
+                     share=share, recipe=recipe, epochs=p.epochs, batch_size=p.batch_size, lr=p.lr,
+                     subset=p.train_subset, seed=seed, precision=p.precision, channels_last=p.channels_last,
+                     train_eps=p.train_eps, train_steps=p.train_steps)
+
+
+def ablation_setting(p: EBNParams) -> tuple[str, str] | None:
+    """The (dataset, arch) of the sharing ablation: the first of each, when EBN is in the recipes."""
+    return (p.datasets[0], p.archs[0]) if p.ablation and "ebn" in p.recipes else None
+
+
+def runs(p: EBNParams) -> list[RunConfig]:
+    out = [_config(p, d, a, r, s) for d in p.datasets for a in p.archs for s in p.seeds for r in p.recipes]
+    setting = ablation_setting(p)
+    if setting:
+        out += [_config(p, *setting, "ebn", s, share=share) for s in p.seeds for share in ("affine", "stats")]
+    return out
+
+
+def run(p: EBNParams) -> dict:
+    device = setup(p)
+    trained = train_runs(runs(p), device=p.device, progress=p.progress)
+    tests = {d: test_subset(d, p.test_n, seed=0) for d in p.datasets}
+    frames = []
+    for cfg, r in trained.items():
+        model = r.model(device=device)
+        x, y = tests[cfg.dataset]
+        branches = ("main",) + branches_for(cfg.recipe)
+        df = evaluate(model, x, y, attacks=("clean",) + tuple(p.attacks), eps=p.epsilons, stats=("population",),
+                      batch_sizes=(p.eval_batch,), branches=branches, attack_params={"pgd": {"steps": p.pgd_steps}},
+                      device=p.device, seed=cfg.seed, progress=p.progress)
+        df["dataset"], df["arch"], df["seed"] = cfg.dataset, cfg.arch, cfg.seed
+        df["recipe"] = RECIPE_LABELS[cfg.recipe]
+        df["share"] = cfg.share
+        frames.append(df)
+    acc = pd.concat(frames, ignore_index=True)
+    return {"accuracy": acc, "device": str(device), "runs": [run_record(r) for r in trained.values()]}
+
+
+def main_table(acc: pd.DataFrame, branch: str = "main") -> pd.DataFrame:
+    """Accuracy (%) "mean ± std" over seeds per dataset, arch and recipe (no ablation rows)."""
+    from ..attacks import format_eps
+    sub = acc[(acc["branch"] == branch) & (acc["share"] == "none")].copy()
+    sub["column"] = sub.apply(lambda r: "clean" if r["attack"] == "clean" else f"{r['attack'].upper()} {format_eps(r['eps'])}",
+                              axis=1)
+    stat = sub.groupby(["dataset", "arch", "recipe", "column"], sort=False)["accuracy"].agg(["mean", "std"]).reset_index()
+    stat["std"] = stat["std"].fillna(0.0)
+    stat["value"] = stat.apply(lambda r: f"{100 * r['mean']:.1f} ± {100 * r['std']:.1f}", axis=1)
+    return stat.pivot(index=["dataset", "arch", "recipe"], columns="column", values="value").reset_index()
+
+
+def summary(p: EBNParams, acc: pd.DataFrame) -> dict:
+    """Per (dataset, arch): mean/std over seeds of clean and PGD (largest eps) accuracy per recipe."""
+    eps = max(p.epsilons)
+    main = acc[(acc["branch"] == "main") & (acc["share"] == "none")]
+    out = {"eps": eps, "settings": []}
+    for (d, a), sub in main.groupby(["dataset", "arch"], sort=False):
+        entry = {"dataset": d, "arch": a, "recipes": {}}
+        for recipe, rs in sub.groupby("recipe", sort=False):
+            clean = rs[rs["attack"] == "clean"]["accuracy"]
+            pgd = rs[(rs["attack"] == "pgd") & ((rs["eps"] - eps).abs() < 1e-9)]["accuracy"]
+            entry["recipes"][recipe] = {
+                "clean_mean": float(clean.mean()), "clean_std": float(clean.std(ddof=1)) if len(clean) > 1 else 0.0,
+                "pgd_mean": float(pgd.mean()) if len(pgd) else None,
+                "pgd_std": (float(pgd.std(ddof=1)) if len(pgd) > 1 else 0.0) if len(pgd) else None,
+                "n_seeds": int(len(clean))}
+        out["settings"].append(entry)
+    return out

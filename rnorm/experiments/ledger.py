@@ -1,0 +1,206 @@
+"""The claims ledger: a verdict for each claim C1-C5, computed from the notebooks' summaries.
+
+Every verdict follows a rule written here (and printed in the book beside it), applied to the
+``summary.json`` files the notebooks write; nothing is typed by hand. An effect counts when it is
+larger than the spread over seeds: ``|difference of means| > 2 * pooled std`` (with one seed the
+spread is unknown, which the ledger says). Verdicts: ``reproduced``, ``partly``,
+``not reproduced``, or ``not run`` when the results are missing.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from ..attacks import format_eps
+
+REPRODUCED, PARTLY, NOT, NOT_RUN = "reproduced", "partly", "not reproduced", "not run"
+
+CLAIMS = {
+    "C1": "Adversarial images shift the distribution of BatchNorm inputs, so the population statistics "
+          "estimated in training are inaccurate for them.",
+    "C2": "Evaluating BatchNorm with the statistics of the inference batch (stats swap) makes its adversarial "
+          "vulnerability disappear: about as robust as a network without BN, at about the same clean accuracy.",
+    "C3": "RobustNorm is more robust than BatchNorm under attack while keeping BatchNorm's clean accuracy "
+          "and training speed.",
+    "C4": "An auxiliary BatchNorm for easy examples (EBN) improves both clean and robust accuracy over AdvProp "
+          "in most settings of dataset x architecture.",
+    "C5": "AdvProp (adversarial examples through an auxiliary BN) improves clean accuracy over standard training.",
+}
+
+RULES = {
+    "C1": "reproduced if, for PGD at the largest epsilon, the adversarial batch's statistics are on average at "
+          "least twice as far from the population statistics as the clean batch's (mean over layers of the "
+          "per-layer ratio), for both the mean and the variance, against both the EMA and PreciseBN statistics; "
+          "partly if that holds for some of these four comparisons; not reproduced if for none.",
+    "C2": "reproduced if white-box PGD accuracy with batch statistics is within 5 points of (or above) the "
+          "no-norm model's and clearly above BN with population statistics, at clean accuracy within 2 points of "
+          "BN's; partly if only the transferred attack (gradient from population statistics) is defeated; not "
+          "reproduced otherwise.",
+    "C3": "reproduced if RobustNorm (some p, population statistics) beats BatchNorm's PGD accuracy by more than "
+          "the seed spread while its clean accuracy is within 2 points of BatchNorm's; partly if it beats BN on "
+          "only one of the two; not reproduced otherwise.",
+    "C4": "reproduced if EBN beats AdvProp on both clean and PGD accuracy in more than half of the settings; "
+          "partly if on at least one; not reproduced otherwise (a setting counts as a win when the mean is higher; "
+          "a win larger than the seed spread is reported separately).",
+    "C5": "reproduced if AdvProp's clean accuracy beats standard training's in more than half of the settings; "
+          "partly if in at least one; not reproduced otherwise.",
+}
+
+
+def pooled_std(*stds) -> float:
+    vals = [s for s in stds if s is not None and not math.isnan(s)]
+    return math.sqrt(sum(s * s for s in vals) / len(vals)) if vals else 0.0
+
+
+def load_summaries(results_root) -> dict:
+    """Read ``<root>/<notebook>/summary.json`` for every notebook that has one."""
+    out = {}
+    for f in sorted(Path(results_root).glob("*/summary.json")):
+        out[f.parent.name] = json.loads(f.read_text())
+    return out
+
+
+def verdict_c1(s: dict | None) -> dict:
+    if not s:
+        return {"verdict": NOT_RUN}
+    pgd = {k: v for k, v in s.items() if isinstance(v, dict) and v.get("tag", "").startswith("pgd")}
+    if not pgd:
+        return {"verdict": NOT_RUN}
+    largest = max(pgd.values(), key=lambda v: _eps_of(v["tag"]))["tag"]
+    comps = [v for v in pgd.values() if v["tag"] == largest and v["statistic"] in ("mean", "var")]
+    ok = [v["ratio_adv_to_clean"] >= 2 for v in comps]
+    verdict = REPRODUCED if ok and all(ok) else PARTLY if any(ok) else NOT
+    effect = "; ".join(f"{v['statistic']} vs {v['reference'].split()[0]}: {v['ratio_adv_to_clean']:.2f}×" for v in comps)
+    return {"verdict": verdict, "effect": f"{largest}: adversarial/clean distance {effect}", "spread": "one model"}
+
+
+def _eps_of(tag: str) -> float:
+    try:
+        num, den = tag.split()[-1].split("/")
+        return float(num) / float(den)
+    except ValueError:
+        return float(tag.split()[-1])
+
+
+def verdict_c2(s: dict | None) -> dict:
+    need = ("clean_population", "clean_batch", "pgd_population", "pgd_batch_whitebox", "pgd_batch_transfer")
+    if not s or any(k not in s for k in need):
+        return {"verdict": NOT_RUN}
+    pop, wb, tr = s["pgd_population"]["mean"], s["pgd_batch_whitebox"]["mean"], s["pgd_batch_transfer"]["mean"]
+    clean_gap = abs(s["clean_batch"]["mean"] - s["clean_population"]["mean"])
+    spread = pooled_std(s["pgd_population"]["std"], s["pgd_batch_whitebox"]["std"])
+    nonorm = s.get("pgd_nonorm", {}).get("mean")
+    clearly_above = wb - pop > max(2 * spread, 0.02)
+    near_nonorm = nonorm is None or wb >= nonorm - 0.05
+    if clearly_above and near_nonorm and clean_gap <= 0.02:
+        verdict = REPRODUCED
+    elif tr - pop > max(2 * spread, 0.02):
+        verdict = PARTLY
+    else:
+        verdict = NOT
+    eps = format_eps(s["pgd_eps"])
+    effect = (f"PGD {eps}: population {100 * pop:.1f}%, batch white-box {100 * wb:.1f}%, batch transfer "
+              f"{100 * tr:.1f}%" + (f", no norm {100 * nonorm:.1f}%" if nonorm is not None else "")
+              + f"; clean gap {100 * clean_gap:.1f} points")
+    return {"verdict": verdict, "effect": effect, "spread": _spread_text(s["pgd_batch_whitebox"])}
+
+
+def _spread_text(entry: dict) -> str:
+    n = entry.get("n_seeds", 1)
+    return f"± {100 * entry['std']:.1f} (sd over {n} seeds)" if n > 1 else "one seed: spread unknown"
+
+
+def verdict_c3(s: dict | None) -> dict:
+    if not s or "BatchNorm" not in s.get("models", {}):
+        return {"verdict": NOT_RUN}
+    bn = s["models"]["BatchNorm"]
+    best = None
+    for name, m in s["models"].items():
+        if name.startswith("RobustNorm") and m["pgd_mean"] is not None:
+            if best is None or m["pgd_mean"] > best[1]["pgd_mean"]:
+                best = (name, m)
+    if best is None:
+        return {"verdict": NOT_RUN}
+    name, rn = best
+    spread = pooled_std(bn["pgd_std"], rn["pgd_std"])
+    robust_win = rn["pgd_mean"] - bn["pgd_mean"] > 2 * spread and rn["pgd_mean"] > bn["pgd_mean"]
+    clean_ok = rn["clean_mean"] >= bn["clean_mean"] - 0.02
+    verdict = REPRODUCED if robust_win and clean_ok else PARTLY if (robust_win or (clean_ok and rn["pgd_mean"] > bn["pgd_mean"])) else NOT
+    speed = rn["images_per_s"] / bn["images_per_s"] if bn["images_per_s"] else float("nan")
+    effect = (f"PGD {format_eps(s['eps'])}: {name} {100 * rn['pgd_mean']:.1f}% vs BN {100 * bn['pgd_mean']:.1f}%; "
+              f"clean {100 * rn['clean_mean']:.1f}% vs {100 * bn['clean_mean']:.1f}%; training speed {speed:.2f}× BN's")
+    n = bn["n_seeds"]
+    return {"verdict": verdict, "effect": effect,
+            "spread": f"pooled sd {100 * spread:.1f} points over {n} seeds" if n > 1 else "one seed: spread unknown"}
+
+
+def _settings(s: dict):
+    for entry in s.get("settings", []):
+        yield f"{entry['dataset']} / {entry['arch']}", entry["recipes"]
+
+
+def verdict_c4(s: dict | None) -> dict:
+    if not s:
+        return {"verdict": NOT_RUN}
+    wins, clear, total, parts = 0, 0, 0, []
+    for label, rec in _settings(s):
+        if "EBN" not in rec or "AdvProp" not in rec:
+            continue
+        e, a = rec["EBN"], rec["AdvProp"]
+        total += 1
+        dc, dr = e["clean_mean"] - a["clean_mean"], (e["pgd_mean"] or 0) - (a["pgd_mean"] or 0)
+        win = dc > 0 and dr > 0
+        wins += win
+        clear += win and dc > 2 * pooled_std(e["clean_std"], a["clean_std"]) and dr > 2 * pooled_std(e["pgd_std"], a["pgd_std"])
+        parts.append(f"{label}: clean {100 * dc:+.1f}, PGD {100 * dr:+.1f} points")
+    if not total:
+        return {"verdict": NOT_RUN}
+    verdict = REPRODUCED if wins > total / 2 else PARTLY if wins else NOT
+    return {"verdict": verdict, "effect": f"EBN − AdvProp: {'; '.join(parts)}",
+            "spread": _wins_text(wins, clear, total, s)}
+
+
+def _wins_text(wins: int, clear: int, total: int, s: dict) -> str:
+    seeds = min((r.get("n_seeds", 1) for _, rec in _settings(s) for r in rec.values()), default=1)
+    if seeds < 2:
+        return f"wins in {wins}/{total} settings; one seed: spread unknown"
+    return f"wins in {wins}/{total} settings, {clear} beyond 2× the seed spread ({seeds} seeds)"
+
+
+def verdict_c5(s: dict | None) -> dict:
+    if not s:
+        return {"verdict": NOT_RUN}
+    wins, clear, total, parts = 0, 0, 0, []
+    for label, rec in _settings(s):
+        if "AdvProp" not in rec or "standard" not in rec:
+            continue
+        a, b = rec["AdvProp"], rec["standard"]
+        total += 1
+        d = a["clean_mean"] - b["clean_mean"]
+        wins += d > 0
+        clear += d > 2 * pooled_std(a["clean_std"], b["clean_std"])
+        parts.append(f"{label}: clean {100 * d:+.1f} points")
+    if not total:
+        return {"verdict": NOT_RUN}
+    verdict = REPRODUCED if wins > total / 2 else PARTLY if wins else NOT
+    return {"verdict": verdict, "effect": f"AdvProp − standard: {'; '.join(parts)}",
+            "spread": _wins_text(wins, clear, total, s)}
+
+
+SOURCES = {"C1": "01_distribution_shift", "C2": "02_stats_swap", "C3": "03_robustnorm",
+           "C4": "04_easy_batchnorm", "C5": "04_easy_batchnorm"}
+VERDICTS = {"C1": verdict_c1, "C2": verdict_c2, "C3": verdict_c3, "C4": verdict_c4, "C5": verdict_c5}
+
+
+def ledger(results_root) -> pd.DataFrame:
+    """One row per claim: claim, experiment (notebook), measured effect, spread, verdict, rule."""
+    summaries = load_summaries(results_root)
+    rows = []
+    for cid, claim in CLAIMS.items():
+        v = VERDICTS[cid](summaries.get(SOURCES[cid]))
+        rows.append({"claim": cid, "statement": claim, "experiment": SOURCES[cid], "effect": v.get("effect", "—"),
+                     "spread": v.get("spread", "—"), "verdict": v["verdict"], "rule": RULES[cid]})
+    return pd.DataFrame(rows)

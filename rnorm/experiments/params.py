@@ -1,0 +1,145 @@
+"""Validated parameters of the book's notebooks.
+
+Each notebook has a frozen dataclass of parameters (subclass of :class:`NotebookParams`) whose
+defaults are the cheap ones in the notebook's ``parameters`` cell. Constructing it validates
+every value, so a bad parameter stops the run at the top of the notebook with one message naming
+the parameter, the value and what is allowed. :meth:`NotebookParams.from_namespace` reads the
+values from the notebook's globals after papermill has injected its parameters.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from .._validate import ConfigError, check_choice, check_float, check_int, suggest
+from ..attacks import ATTACKS, parse_eps
+from ..data import DATASETS
+from ..models import ARCHS
+from ..norms import NORMS
+
+PRECISIONS = ("fp32", "bf16")
+
+
+def eps_list(param: str, values) -> tuple[float, ...]:
+    """A non-empty list of epsilons (numbers or strings like "8/255"), each in [0, 1]."""
+    if isinstance(values, (str, int, float)):
+        values = [values]
+    try:
+        values = list(values)
+    except TypeError:
+        raise ConfigError(f"{param}={values!r} must be a list of epsilons such as ['2/255', '8/255'].") from None
+    if not values:
+        raise ConfigError(f"{param}=[] is empty; give at least one epsilon such as '8/255'.")
+    out = []
+    for v in values:
+        try:
+            out.append(parse_eps(v))
+        except ConfigError as e:
+            raise ConfigError(f"{param}: {e}") from None
+    return tuple(out)
+
+
+def choice_list(param: str, values, allowed, *, min_len: int = 1) -> tuple[str, ...]:
+    """A list of names, each one of ``allowed``."""
+    if isinstance(values, str):
+        values = [values]
+    try:
+        values = list(values)
+    except TypeError:
+        raise ConfigError(f"{param}={values!r} must be a list drawn from {', '.join(map(repr, allowed))}.") from None
+    if len(values) < min_len:
+        raise ConfigError(f"{param}={values!r} needs at least {min_len} entries from {', '.join(map(repr, allowed))}.")
+    for v in values:
+        if not isinstance(v, str) or v not in allowed:
+            raise ConfigError(f"{param} contains {v!r}, which is not allowed; choose from "
+                              f"{', '.join(map(repr, allowed))}." + suggest(v, allowed))
+    return tuple(values)
+
+
+def int_list(param: str, values, *, min_value: int = 1, min_len: int = 1) -> tuple[int, ...]:
+    if isinstance(values, int) and not isinstance(values, bool):
+        values = [values]
+    try:
+        values = list(values)
+    except TypeError:
+        raise ConfigError(f"{param}={values!r} must be a list of integers >= {min_value}.") from None
+    if len(values) < min_len:
+        raise ConfigError(f"{param}={values!r} needs at least {min_len} integers >= {min_value}.")
+    return tuple(check_int(f"{param}[{i}]", v, min_value=min_value) for i, v in enumerate(values))
+
+
+@dataclasses.dataclass(frozen=True)
+class NotebookParams:
+    """Common parameters; subclasses add their own fields and checks in ``_check``."""
+
+    device: str = "auto"
+    results_dir: str | None = None
+    profile: str | None = None
+    progress: bool = False
+    threads: int | None = None
+
+    NOTEBOOK = ""
+
+    def __post_init__(self):
+        check_device(self.device)
+        if self.threads is not None:
+            check_int("threads", self.threads, min_value=1)
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, list):  # keep the dataclass hashable and immutable
+                object.__setattr__(self, f.name, tuple(v))
+        self._check()
+
+    def _check(self) -> None:  # pragma: no cover - overridden
+        pass
+
+    def _set(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def from_namespace(cls, namespace: dict) -> "NotebookParams":
+        """Build from a notebook's globals (the parameters cell plus papermill's injection)."""
+        return cls(**{k: namespace[k] for k in cls.field_names() if k in namespace})
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "NotebookParams":
+        """Build from a mapping, refusing unknown keys with a close-match suggestion."""
+        names = cls.field_names()
+        for k in values:
+            if k not in names:
+                raise ConfigError(f"notebook {cls.NOTEBOOK!r} has no parameter {k!r}; its parameters are "
+                                  f"{', '.join(names)}." + suggest(k, names))
+        return cls(**values)
+
+    def as_dict(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
+
+
+def check_device(device) -> str:
+    if not isinstance(device, str) or not (device in ("auto", "cpu", "cuda", "mps") or device.startswith("cuda:")):
+        raise ConfigError(f"device={device!r} is not allowed; use 'auto', 'cpu', 'cuda' or 'cuda:N'.")
+    return device
+
+
+def check_training(p, *, dataset_field="dataset") -> None:
+    """Checks shared by notebooks that train models."""
+    if dataset_field:
+        check_choice(dataset_field, getattr(p, dataset_field), tuple(DATASETS))
+    if hasattr(p, "arch"):
+        check_choice("arch", p.arch, ARCHS)
+    check_int("width", p.width, min_value=1)
+    check_int("epochs", p.epochs, min_value=1)
+    check_int("batch_size", p.batch_size, min_value=1)
+    check_float("lr", p.lr, min_value=0.0, min_inclusive=False)
+    if p.train_subset is not None:
+        check_int("train_subset", p.train_subset, min_value=10)
+    check_choice("precision", p.precision, PRECISIONS)
+    p._set("seeds", int_list("seeds", p.seeds, min_value=0))
+
+
+__all__ = ["NotebookParams", "eps_list", "choice_list", "int_list", "check_training", "check_device",
+           "ATTACKS", "NORMS", "PRECISIONS", "ConfigError", "check_choice", "check_int", "check_float"]

@@ -1,0 +1,191 @@
+"""Figures of the book: one function per figure kind, each taking a tidy frame.
+
+Every function returns a matplotlib ``Figure``; :func:`save` writes it as PDF, SVG and PNG next
+to the CSV it was drawn from, so a reader can lift the figure, or redraw it from the data with
+the same function. One style for the whole book (:func:`use_style`): seaborn's ``colorblind``
+palette, labelled axes with units, vector output with text kept as text.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use(os.environ.get("MPLBACKEND", "Agg"))
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from ._io import atomic_write_bytes  # noqa: E402
+
+FORMATS = ("pdf", "svg", "png")
+STATS_LABELS = {
+    "population": "population stats (BN at inference)",
+    "batch": "batch stats (stats swap)",
+    "population_mean": "running mean, batch scale",
+    "precise": "PreciseBN population stats",
+}
+
+
+def use_style() -> None:
+    """Apply the book's figure style (call once per notebook; :func:`save` also calls it)."""
+    sns.set_theme(context="paper", style="whitegrid", palette="colorblind", font_scale=1.1)
+    matplotlib.rcParams.update({"svg.fonttype": "none", "pdf.fonttype": 42, "figure.dpi": 110,
+                                "savefig.bbox": "tight", "axes.titlesize": "medium"})
+
+
+def save(fig, path, *, data: pd.DataFrame | None = None) -> list[Path]:
+    """Write ``fig`` as ``<path>.pdf``, ``.svg`` and ``.png`` (and ``data`` as ``<path>.csv``).
+
+    ``path`` is given without a suffix. Every file is written atomically. Returns the paths.
+    """
+    import io
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out = []
+    for fmt in FORMATS:
+        buf = io.BytesIO()
+        fig.savefig(buf, format=fmt, dpi=200 if fmt == "png" else None, metadata=_metadata(fmt))
+        target = path.with_suffix(f".{fmt}")
+        atomic_write_bytes(target, buf.getvalue())
+        out.append(target)
+    if data is not None:
+        target = path.with_suffix(".csv")
+        atomic_write_bytes(target, data.to_csv(index=False).encode())
+        out.append(target)
+    return out
+
+
+def _metadata(fmt: str) -> dict:
+    # Fixed metadata keeps the vector files byte-stable across rebuilds.
+    if fmt == "pdf":
+        return {"CreationDate": None, "Producer": "rnorm"}
+    if fmt == "svg":
+        return {"Date": None}
+    return {}
+
+
+def shift_by_layer(distances: pd.DataFrame, *, title: str | None = None):
+    """Distance of batch statistics from population statistics per layer (claim C1).
+
+    ``distances`` comes from :func:`rnorm.probes.shift_distance`: columns ``layer_index``,
+    ``statistic`` (mean / var), ``distance`` and ``tag`` (kind of batch, e.g. clean / fgsm / pgd).
+    """
+    use_style()
+    stats = list(dict.fromkeys(distances["statistic"]))
+    fig, axes = plt.subplots(1, len(stats), figsize=(4.2 * len(stats), 3.3), squeeze=False, sharex=True)
+    ylabels = {"mean": "|μ_batch − μ_pop| / σ_pop  (mean over channels)",
+               "var": "|log(σ²_batch / σ²_pop)|  (mean over channels)",
+               "range": "|log(r_batch / r_pop)|  (mean over channels)"}
+    for ax, stat in zip(axes[0], stats):
+        sub = distances[distances["statistic"] == stat]
+        sns.lineplot(data=sub, x="layer_index", y="distance", hue="tag", style="tag", markers=True,
+                     dashes=False, ax=ax, errorbar=None)
+        ax.set_xlabel("normalization layer (input → output)")
+        ax.set_ylabel(ylabels.get(stat, stat))
+        ax.set_title(f"batch {stat} vs population {stat}")
+        ax.legend(title="batch")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def channel_scatter(record: pd.DataFrame, layers, *, statistic: str = "mean"):
+    """Per-channel batch statistic against the population statistic for chosen layers."""
+    use_style()
+    layers = list(layers)
+    fig, axes = plt.subplots(1, len(layers), figsize=(3.6 * len(layers), 3.4), squeeze=False)
+    for ax, layer in zip(axes[0], layers):
+        sub = record[(record["layer_index"] == layer) & (record["statistic"] == statistic)]
+        sns.scatterplot(data=sub, x="running", y="value", hue="tag", style="tag", ax=ax, s=18, alpha=0.8)
+        lo = min(sub["running"].min(), sub["value"].min())
+        hi = max(sub["running"].max(), sub["value"].max())
+        ax.plot([lo, hi], [lo, hi], color="0.4", lw=0.8, ls="--", label="y = x")
+        name = sub["layer"].iloc[0] if len(sub) else layer
+        ax.set_title(f"layer {layer}: {name}", fontsize="small")
+        ax.set_xlabel(f"population {statistic} (per channel)")
+        ax.set_ylabel(f"batch {statistic} (per channel)")
+        ax.legend(fontsize="x-small", title=None)
+    fig.tight_layout()
+    return fig
+
+
+def accuracy_vs_eps(frame: pd.DataFrame, *, hue: str = "stats", style: str | None = None,
+                    col: str | None = "attack", title: str | None = None):
+    """Accuracy (%) against epsilon (in /255 units), one line per ``hue`` value."""
+    use_style()
+    df = frame.copy()
+    df["eps (/255)"] = df["eps"] * 255
+    df["accuracy (%)"] = df["accuracy"] * 100
+    cols = list(dict.fromkeys(df[col])) if col else [None]
+    fig, axes = plt.subplots(1, len(cols), figsize=(4.2 * len(cols), 3.4), squeeze=False, sharey=True)
+    for ax, c in zip(axes[0], cols):
+        sub = df if c is None else df[df[col] == c]
+        sns.lineplot(data=sub, x="eps (/255)", y="accuracy (%)", hue=hue, style=style or hue, markers=True,
+                     dashes=False, ax=ax, errorbar=("sd") if "seed" in sub and sub["seed"].nunique() > 1 else None)
+        ax.set_xlabel("ε (pixel scale, ×1/255)")
+        ax.set_ylabel("accuracy (%)")
+        ax.set_ylim(-2, 102)
+        if c is not None:
+            ax.set_title(str(c).upper() if col == "attack" else f"{col} = {c}")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def accuracy_vs_batch_size(frame: pd.DataFrame, *, hue: str = "gradient", style: str = "makeup",
+                           title: str | None = None):
+    """Robust accuracy (%) against the inference batch size (log scale)."""
+    use_style()
+    df = frame.copy()
+    df["accuracy (%)"] = df["accuracy"] * 100
+    fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    sns.lineplot(data=df, x="batch_size", y="accuracy (%)", hue=hue, style=style, markers=True, dashes=True,
+                 ax=ax, errorbar=None)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("inference batch size (images)")
+    ax.set_ylabel("robust accuracy (%)")
+    ax.set_ylim(-2, 102)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def training_curves(history: pd.DataFrame, *, hue: str = "model", y: str = "loss", ylabel: str = "training loss"):
+    """A per-epoch training metric for several models (``history`` has ``epoch``, ``hue``, ``y``)."""
+    use_style()
+    fig, ax = plt.subplots(figsize=(5.0, 3.4))
+    sns.lineplot(data=history, x="epoch", y=y, hue=hue, style=hue, markers=True, dashes=False, ax=ax,
+                 errorbar="sd" if "seed" in history and history["seed"].nunique() > 1 else None)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    fig.tight_layout()
+    return fig
+
+
+def accuracy_bars(frame: pd.DataFrame, *, x: str = "recipe", hue: str = "attack", col: str | None = None,
+                  title: str | None = None):
+    """Mean accuracy (%) with the standard deviation over seeds as error bars."""
+    use_style()
+    df = frame.copy()
+    df["accuracy (%)"] = df["accuracy"] * 100
+    cols = list(dict.fromkeys(df[col])) if col else [None]
+    fig, axes = plt.subplots(1, len(cols), figsize=(4.4 * len(cols), 3.6), squeeze=False, sharey=True)
+    for ax, c in zip(axes[0], cols):
+        sub = df if c is None else df[df[col] == c]
+        sns.barplot(data=sub, x=x, y="accuracy (%)", hue=hue, ax=ax, errorbar="sd", capsize=0.1, err_kws={"linewidth": 1})
+        ax.set_xlabel(x)
+        ax.set_ylabel("accuracy (%)")
+        ax.set_ylim(0, 100)
+        if c is not None:
+            ax.set_title(str(c))
+        ax.tick_params(axis="x", labelrotation=20)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig

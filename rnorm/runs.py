@@ -1,0 +1,549 @@
+"""Training runs keyed by the hash of their configuration: train once, reuse everywhere.
+
+``train(RunConfig(...))`` trains a model (or returns the finished run if it exists) in
+``<runs_dir>/<name>-<key>/``, where ``runs_dir`` is the argument, else ``$RNORM_RUNS``, else
+``./runs``, ``name`` is readable (``fashion_mnist-resnet18w16-bn-standard-e1-s0``) and ``key`` is
+12 hex digits of the sha256 of the canonical JSON of the config and :data:`SCHEMA_VERSION`.
+Device, threads and progress display are not part of the key.
+
+A run folder holds:
+
+``config.json``       the configuration (``RunConfig.from_dict`` reads it back)
+``environment.json``  torch version, device, threads, CPU name, precision, rnorm version
+``history.csv``       one row per epoch: ``epoch``, ``loss`` (the summed loss minimized), per
+                      branch ``loss_<b>`` and ``acc_<b>`` (training accuracy on that slice), ``lr``
+                      (at the epoch's first step), ``images``, and the timing columns
+                      ``images_per_s`` (clean training images per second, attacks included),
+                      ``epoch_seconds``, ``wall_seconds`` (cumulative training time)
+``checkpoint.pt``     written atomically at the end of every epoch: model, optimizer and
+                      scheduler state, epoch, RNG states, history, config key
+``model.pt``, ``done`` the final weights and the completion marker
+``lock``              present while a process trains the run (pid, host); see :class:`rnorm._io.FileLock`
+
+Reproducibility: the model is initialised from ``seed``; every epoch reseeds the global torch RNG
+from ``(seed, epoch)`` and draws data order and augmentation from ``(seed, epoch)``
+(:func:`rnorm.data.batches`), so a run resumed from a checkpoint at an epoch boundary ends with
+the same weights and history (timing columns aside) as an uninterrupted run on CPU (same thread
+count). A training subset (``subset=n``) is a stratified sample drawn with a fixed seed (0),
+the same for every ``seed``, so a seed sweep measures training randomness, not which images.
+Every file is loadable with ``torch.load(..., weights_only=True)``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import platform
+import socket
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from . import _io
+from . import train as _train
+from ._validate import ConfigError, check_choice, check_float, check_int, suggest
+from .norms import NORMS, SHARE_MODES
+
+SCHEMA_VERSION = 1
+TIMING_COLUMNS = ("images_per_s", "epoch_seconds", "wall_seconds")
+NORM_NAMES = tuple(NORMS)
+_SUBSET_SEED = 0
+
+
+class RunError(RuntimeError):
+    """A run folder cannot be used: not writable, incomplete, or its files do not match its key."""
+
+
+def _datasets() -> tuple[str, ...]:
+    from .data import DATASETS
+    return tuple(DATASETS)
+
+
+def _archs() -> tuple[str, ...]:
+    from .models import ARCHS
+    return ARCHS
+
+
+def _check_bool(name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name}={value!r} must be True or False.")
+    return value
+
+
+def _check_eps(name: str, value) -> float:
+    if isinstance(value, str):
+        from .attacks import parse_eps
+        try:
+            value = parse_eps(value)
+        except ConfigError:
+            raise ConfigError(f"{name}={value!r} is not a number in [0, 1]; write e.g. 0.03 or '8/255'.") from None
+    return check_float(name, value, min_value=0.0, max_value=1.0)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that determines a trained model. Validated on construction.
+
+    Fields: ``dataset`` (``fashion_mnist``, ``cifar10``, ``cifar10_jpeg``), ``arch``
+    (``resnet18``, ``resnet50``, ``resnet20``), ``width`` (base channels), ``norm`` (``bn``,
+    ``robustnorm``, ``multibn``, ``none``), ``norm_p`` (RobustNorm's power, > 0; used only by
+    ``robustnorm``), ``share`` (multibn ablation ``none``/``affine``/``stats``; only with
+    ``multibn``), ``recipe`` (see :data:`rnorm.train.RECIPES`; ``advprop``, ``ebn`` and
+    ``advprop_ebn`` need ``norm="multibn"``, whose branches the recipe decides), ``epochs``,
+    ``batch_size``, ``lr``, ``momentum``, ``weight_decay``, ``schedule`` (``cosine``, ``step``:
+    x0.1 at 50 % and 75 % of training, ``constant``; stepped per iteration), ``warmup_epochs``
+    (linear warmup), ``train_eps`` (L-inf radius in [0, 1]; ``"8/255"`` accepted), ``train_steps``,
+    ``train_alpha`` (None: ``2.5 * eps / steps``), ``attack_stats`` (``batch`` or ``population``:
+    the statistics the training attacks see), ``seed``, ``precision`` (``fp32``, ``bf16``
+    autocast), ``channels_last``, ``subset`` (None or number of training images), ``augment``
+    (None: the dataset's default).
+    """
+
+    dataset: str = "fashion_mnist"
+    arch: str = "resnet18"
+    width: int = 16
+    norm: str = "bn"
+    norm_p: float = 0.2
+    share: str = "none"
+    recipe: str = "standard"
+    epochs: int = 1
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    warmup_epochs: int = 0
+    train_eps: float = 8 / 255
+    train_steps: int = 5
+    train_alpha: float | None = None
+    attack_stats: str = "batch"
+    seed: int = 0
+    precision: str = "fp32"
+    channels_last: bool = False
+    subset: int | None = None
+    augment: bool | None = None
+
+    def __post_init__(self):
+        s = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 - frozen dataclass
+        check_choice("dataset", self.dataset, _datasets())
+        check_choice("arch", self.arch, _archs())
+        s("width", check_int("width", self.width, min_value=1))
+        check_choice("norm", self.norm, NORM_NAMES)
+        s("norm_p", check_float("norm_p", self.norm_p, min_value=0.0, min_inclusive=False))
+        check_choice("share", self.share, SHARE_MODES)
+        if self.share != "none" and self.norm != "multibn":
+            raise ConfigError(f"share={self.share!r} applies only to norm='multibn' (got norm={self.norm!r}); "
+                              f"use share='none'.")
+        check_choice("recipe", self.recipe, tuple(_train.RECIPES))
+        rec = _train.RECIPES[self.recipe]
+        if rec.needs_multibn and self.norm != "multibn":
+            raise ConfigError(f"recipe={self.recipe!r} trains auxiliary branches {rec.branches} and needs "
+                              f"norm='multibn'; got norm={self.norm!r}.")
+        s("epochs", check_int("epochs", self.epochs, min_value=1))
+        s("batch_size", check_int("batch_size", self.batch_size, min_value=2))
+        s("lr", check_float("lr", self.lr, min_value=0.0, min_inclusive=False))
+        s("momentum", check_float("momentum", self.momentum, min_value=0.0, max_value=1.0, max_inclusive=False))
+        s("weight_decay", check_float("weight_decay", self.weight_decay, min_value=0.0))
+        check_choice("schedule", self.schedule, _train.SCHEDULES)
+        s("warmup_epochs", check_int("warmup_epochs", self.warmup_epochs, min_value=0, max_value=self.epochs))
+        s("train_eps", _check_eps("train_eps", self.train_eps))
+        s("train_steps", check_int("train_steps", self.train_steps, min_value=1))
+        if self.train_alpha is not None:
+            alpha = _check_eps("train_alpha", self.train_alpha)
+            if alpha == 0:
+                raise ConfigError("train_alpha=0.0 is out of range; allowed: None (2.5*eps/steps) or a number in (0, 1].")
+            s("train_alpha", alpha)
+        check_choice("attack_stats", self.attack_stats, _train.ATTACK_STATS)
+        s("seed", check_int("seed", self.seed, min_value=0))
+        check_choice("precision", self.precision, _train.PRECISIONS)
+        _check_bool("channels_last", self.channels_last)
+        if self.subset is not None:
+            s("subset", check_int("subset", self.subset, min_value=1))
+        if self.augment is not None:
+            _check_bool("augment", self.augment)
+
+    # -- construction --------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunConfig":
+        """Build from a dict (e.g. a profile or ``config.json``); unknown keys are errors."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"a run config must be a dict of fields; got {type(d).__name__}.")
+        names = [f.name for f in dataclasses.fields(cls)]
+        for k in d:
+            if k not in names:
+                raise ConfigError(f"unknown run config field {k!r}; allowed: {', '.join(names)}." + suggest(k, names))
+        return cls(**d)
+
+    @classmethod
+    def make(cls, **kw) -> "RunConfig":
+        """``RunConfig.from_dict(kw)``: keyword form with the same checks."""
+        return cls.from_dict(kw)
+
+    def replace(self, **kw) -> "RunConfig":
+        """A copy with some fields changed (validated)."""
+        return type(self).from_dict({**self.to_dict(), **kw})
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    # -- identity ------------------------------------------------------------------------------
+    def canonical_json(self) -> str:
+        """Sorted-key JSON of the config and the schema version (floats written by ``repr``, exact)."""
+        return json.dumps({"schema": SCHEMA_VERSION, "config": self.to_dict()}, sort_keys=True,
+                          separators=(",", ":"), allow_nan=False)
+
+    def key(self) -> str:
+        """12 hex digits of the sha256 of :meth:`canonical_json`."""
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:12]
+
+    def name(self) -> str:
+        """A readable folder prefix, e.g. ``fashion_mnist-resnet18w16-bn-standard-e1-s0``."""
+        return f"{self.dataset}-{self.arch}w{self.width}-{self.norm}-{self.recipe}-e{self.epochs}-s{self.seed}"
+
+    def folder_name(self) -> str:
+        return f"{self.name()}-{self.key()}"
+
+    @property
+    def branches(self) -> tuple[str, ...]:
+        """Auxiliary branches of the model (from the recipe; ``()`` unless ``norm='multibn'``)."""
+        return _train.branches_for(self.recipe) if self.norm == "multibn" else ()
+
+    def resolved_augment(self) -> bool:
+        from .data import info
+        return info(self.dataset).augment_default if self.augment is None else self.augment
+
+
+def build_model(config: RunConfig) -> torch.nn.Module:
+    """The (untrained) model of a config: :func:`rnorm.models.for_dataset` with the config's norm."""
+    from .models import for_dataset
+
+    kw = {}
+    if config.norm == "robustnorm":
+        kw["p"] = config.norm_p
+    elif config.norm == "multibn":
+        kw["branches"] = config.branches
+        kw["share"] = config.share
+    return for_dataset(config.arch, config.dataset, width=config.width, norm=config.norm, **kw)
+
+
+# ------------------------------------------------------------------------------------- devices
+def resolve_device(device="auto") -> torch.device:
+    """``"auto"`` -> cuda if available else cpu; otherwise ``cpu``, ``cuda``, ``cuda:N`` or ``mps``."""
+    if isinstance(device, torch.device):
+        text = str(device)
+    elif isinstance(device, str):
+        text = device.strip().lower()
+    else:
+        raise ConfigError(f"device={device!r} must be a string: 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'.")
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    base, _, idx = text.partition(":")
+    allowed = ("auto", "cpu", "cuda", "mps")
+    if base not in allowed[1:] or (idx and (not idx.isdigit() or base != "cuda")):
+        raise ConfigError(f"device={device!r} is not allowed; choose 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'."
+                          + suggest(base, allowed))
+    if base == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device={device!r} requested but CUDA is not available; use 'cpu' or 'auto'.")
+        if idx and int(idx) >= torch.cuda.device_count():
+            raise ConfigError(f"device={device!r}: only {torch.cuda.device_count()} CUDA device(s) present.")
+    if base == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError(f"device={device!r} requested but MPS is not available; use 'cpu' or 'auto'.")
+    return torch.device(text)
+
+
+def runs_root(runs_dir=None) -> Path:
+    """The runs folder: ``runs_dir``, else ``$RNORM_RUNS``, else ``./runs`` (absolute)."""
+    if runs_dir is None:
+        runs_dir = os.environ.get("RNORM_RUNS") or "runs"
+    return Path(os.path.expanduser(os.fspath(runs_dir))).absolute()
+
+
+def _ensure_writable(folder: Path) -> None:
+    hint = "pass runs_dir=... or set RNORM_RUNS to a writable folder"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunError(f"runs folder {str(folder)!r} cannot be created ({e.strerror or e}); {hint}.") from None
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise RunError(f"runs folder {str(folder)!r} is not writable ({e.strerror or e}); {hint}.") from None
+
+
+# ------------------------------------------------------------------------------------- runs
+@dataclass
+class Run:
+    """A finished training run: its config, folder, per-epoch history and environment."""
+
+    config: RunConfig
+    path: Path
+    history: "object"  # pandas.DataFrame
+    environment: dict = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return self.config.key()
+
+    def state_dict(self) -> dict:
+        """The final weights (loaded with ``weights_only=True`` and checked against the key)."""
+        blob = torch.load(self.path / "model.pt", map_location="cpu", weights_only=True)
+        if blob.get("config_key") != self.key:
+            raise RunError(f"{self.path / 'model.pt'} belongs to config {blob.get('config_key')!r}, "
+                           f"not to this run's {self.key!r}; delete the folder and train again.")
+        return blob["model"]
+
+    def model(self, device="cpu") -> torch.nn.Module:
+        """The trained model on ``device``, in ``eval()`` mode (inference through the main branch)."""
+        dev = resolve_device(device)
+        m = build_model(self.config)
+        m.load_state_dict(self.state_dict())
+        return m.to(dev).eval()
+
+    def __repr__(self) -> str:
+        return f"Run({self.config.folder_name()!r}, epochs={len(self.history)}, path={str(self.path)!r})"
+
+
+def _run_path(config: RunConfig, runs_dir=None) -> Path:
+    return runs_root(runs_dir) / config.folder_name()
+
+
+def is_complete(path) -> bool:
+    path = Path(path)
+    return (path / "done").exists() and (path / "model.pt").exists()
+
+
+def _read_config(path: Path) -> RunConfig:
+    try:
+        d = json.loads((path / "config.json").read_text())
+    except FileNotFoundError:
+        raise RunError(f"{path} has no config.json; it is not a run folder.") from None
+    cfg = RunConfig.from_dict(d)
+    if not path.name.endswith("-" + cfg.key()):
+        raise RunError(f"{path / 'config.json'} hashes to {cfg.key()!r}, which does not match the folder "
+                       f"name {path.name!r}; the folder was edited or renamed. Delete it and train again.")
+    return cfg
+
+
+def _read_history(path: Path):
+    import pandas as pd
+
+    f = path / "history.csv"
+    if not f.exists():
+        return pd.DataFrame()
+    # exact float round trip: pandas >= 3 does it by default (and deprecates the option)
+    exact = {} if int(pd.__version__.split(".")[0]) >= 3 else {"float_precision": "round_trip"}
+    return pd.read_csv(f, **exact)
+
+
+def load_run(path) -> Run:
+    """Load a finished run from its folder (checks that config, folder name and weights agree)."""
+    path = Path(path).absolute()
+    cfg = _read_config(path)
+    if not is_complete(path):
+        raise RunError(f"run {path} is not complete (no 'done' marker); call rnorm.runs.train(config) to "
+                       f"finish it.")
+    env = {}
+    if (path / "environment.json").exists():
+        env = json.loads((path / "environment.json").read_text())
+    return Run(cfg, path, _read_history(path), env)
+
+
+def find_run(config: RunConfig, runs_dir=None) -> Run | None:
+    """The finished run of ``config`` under ``runs_dir``, or None if absent or incomplete."""
+    path = _run_path(config, runs_dir)
+    return load_run(path) if is_complete(path) else None
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment(device: torch.device, precision: str) -> dict:
+    """What the run was trained on (not part of the key)."""
+    env = {
+        "rnorm_version": __version__,
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+        "platform": platform.platform(),
+        "hostname": socket.gethostname(),
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "cpu": _cpu_name(),
+        "precision": precision,
+    }
+    if device.type == "cuda":
+        env["cuda_device"] = torch.cuda.get_device_name(device)
+        env["cuda_version"] = torch.version.cuda
+    return env
+
+
+def _rng_state() -> dict:
+    st = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        st["cuda"] = list(torch.cuda.get_rng_state_all())
+    return st
+
+
+def _set_rng_state(st: dict) -> None:
+    torch.set_rng_state(st["torch"])
+    if "cuda" in st and torch.cuda.is_available() and len(st["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+def save_checkpoint(path: Path, blob: dict) -> None:
+    """Write ``checkpoint.pt`` atomically."""
+    _io.atomic_torch_save(blob, path / "checkpoint.pt")
+
+
+def load_checkpoint(path: Path, config: RunConfig) -> dict:
+    """Read ``checkpoint.pt`` with ``weights_only=True``; refuse one that belongs to another config."""
+    f = Path(path) / "checkpoint.pt"
+    blob = torch.load(f, map_location="cpu", weights_only=True)
+    if blob.get("config_key") != config.key() or blob.get("schema") != SCHEMA_VERSION:
+        raise RunError(f"checkpoint {f} was written for config key {blob.get('config_key')!r} (schema "
+                       f"{blob.get('schema')!r}), but this run's key is {config.key()!r} (schema "
+                       f"{SCHEMA_VERSION}); refusing to resume from it. Delete the file to start over.")
+    return blob
+
+
+def _write_history(path: Path, rows: list[dict]) -> None:
+    import pandas as pd
+
+    _io.atomic_write_text(path / "history.csv", pd.DataFrame(rows).to_csv(index=False))
+
+
+def _load_data(config: RunConfig):
+    from . import data
+
+    images, labels = data.load(config.dataset, "train")
+    if config.subset is not None:
+        if config.subset > labels.shape[0]:
+            raise ConfigError(f"subset={config.subset} is larger than the {config.dataset!r} train split "
+                              f"({labels.shape[0]} images); use subset <= {labels.shape[0]} or None.")
+        images, labels = data.subset(images, labels, config.subset, seed=_SUBSET_SEED, stratified=True)
+    return images, labels
+
+
+def train(config: RunConfig, *, runs_dir=None, device="auto", progress=None, threads=None) -> Run:
+    """Train ``config`` (or reuse its finished run) and return the :class:`Run`.
+
+    * A finished run in ``<runs_dir>/<name>-<key>/`` is loaded, without training.
+    * A run with a ``checkpoint.pt`` resumes from it (after checking it belongs to this config).
+    * Another process training the same run holds its ``lock``: this call waits for it, then
+      loads the result. A lock left by a dead process is recovered.
+
+    ``device``: ``"auto"`` (cuda if available), ``"cpu"``, ``"cuda[:N]"``, ``"mps"``. ``threads``:
+    ``torch.set_num_threads`` for the duration of the call. ``progress``: a tqdm bar per epoch
+    (None: only when stderr is a terminal; False: silent). None of these enter the key.
+    """
+    if not isinstance(config, RunConfig):
+        raise ConfigError(f"config must be a RunConfig; got {type(config).__name__} (use RunConfig.from_dict).")
+    dev = resolve_device(device)
+    if threads is not None:
+        threads = check_int("threads", threads, min_value=1)
+    if progress is None:
+        progress = bool(getattr(sys.stderr, "isatty", lambda: False)())
+    elif not isinstance(progress, bool):
+        raise ConfigError(f"progress={progress!r} must be None, True or False.")
+    root = runs_root(runs_dir)
+    _ensure_writable(root)
+    path = root / config.folder_name()
+    if is_complete(path):
+        return load_run(path)
+    path.mkdir(exist_ok=True)
+
+    def waiting(msg):
+        print(f"[rnorm] {config.folder_name()}: another process is training this run; {msg}",
+                  file=sys.stderr, flush=True)
+
+    with _io.FileLock(path / "lock", poll=1.0, on_wait=waiting):
+        if is_complete(path):
+            return load_run(path)
+        old_threads = torch.get_num_threads()
+        if threads is not None:
+            torch.set_num_threads(threads)
+        try:
+            _train_locked(config, path, dev, progress)
+        finally:
+            if threads is not None:
+                torch.set_num_threads(old_threads)
+    return load_run(path)
+
+
+def _train_locked(config: RunConfig, path: Path, dev: torch.device, progress: bool) -> None:
+    for tmp in path.glob(".*.tmp"):  # temp files of an atomic write interrupted by a crash
+        tmp.unlink(missing_ok=True)
+    images, labels = _load_data(config)  # data errors (e.g. subset too large) before any file is written
+    cfg_json = json.dumps(config.to_dict(), indent=2, sort_keys=True)
+    if (path / "config.json").exists():
+        _read_config(path)  # refuses a config.json that does not hash to the folder name
+    else:
+        _io.atomic_write_text(path / "config.json", cfg_json + "\n")
+
+    torch.manual_seed(_train.derive_seed(config.seed, "init"))
+    model = build_model(config)
+    model = model.to(dev)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = _train.make_optimizer(model, config.lr, config.momentum, config.weight_decay)
+    per_epoch, _ = _train.epoch_plan(labels.shape[0], config.batch_size)
+    scheduler = _train.make_scheduler(optimizer, config.schedule, per_epoch * config.epochs,
+                                      per_epoch * config.warmup_epochs)
+    start, rows, wall = 0, [], 0.0
+    env = environment(dev, config.precision)
+    if (path / "checkpoint.pt").exists():
+        blob = load_checkpoint(path, config)
+        model.load_state_dict(blob["model"])
+        optimizer.load_state_dict(blob["optimizer"])
+        scheduler.load_state_dict(blob["scheduler"])
+        _set_rng_state(blob["rng"])
+        start, rows, wall = int(blob["epoch"]), list(blob["history"]), float(blob["wall_seconds"])
+        env["resumed_at_epoch"] = start
+    _io.atomic_write_text(path / "environment.json", json.dumps(env, indent=2) + "\n")
+
+    augment = config.resolved_augment()
+    for epoch in range(start, config.epochs):
+        row = _train.run_epoch(model, optimizer, scheduler, images, labels, recipe=config.recipe, cfg=config,
+                               batch_size=config.batch_size, seed=config.seed, epoch=epoch, augment=augment,
+                               device=dev, progress=progress,
+                               desc=f"{config.name()} epoch {epoch + 1}/{config.epochs}")
+        wall += row["epoch_seconds"]
+        rows.append({"epoch": epoch + 1, **row, "wall_seconds": wall})
+        blob = {
+            "schema": SCHEMA_VERSION,
+            "config_key": config.key(),
+            "config": cfg_json,
+            "epoch": epoch + 1,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": _rng_state(),
+            "data_seed": config.seed,
+            "history": rows,
+            "wall_seconds": wall,
+        }
+        save_checkpoint(path, blob)
+        _write_history(path, rows)
+    if start == config.epochs and not rows:
+        raise RunError(f"{path}: nothing to train and no history")  # pragma: no cover
+    final = {"schema": SCHEMA_VERSION, "config_key": config.key(),
+             "model": {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}}
+    _io.atomic_torch_save(final, path / "model.pt")
+    _write_history(path, rows)
+    _io.atomic_write_text(path / "done", time.strftime("%Y-%m-%dT%H:%M:%S%z") + "\n")

@@ -1,0 +1,335 @@
+"""One training loop, five recipes: what each batch is made of and which branch sees it.
+
+Recipes (:data:`RECIPES`), each a list of *slices* ``(branch, kind)``; ``kind`` is ``clean``
+(the batch itself), ``adv`` (untargeted L-inf PGD with random start, :func:`rnorm.attacks.make_attack`
+``"pgd"``) or ``easy`` (PGD *targeted at the true label*, ``"easy"``: EBN's easy examples as
+we read the paper):
+
+==============  =====================================  ==================================
+recipe          slices (branch <- images)              norm
+==============  =====================================  ==================================
+``standard``    main <- clean                          any
+``pgd_at``      main <- adv (Madry et al.: PGD only)    any
+``advprop``     main <- clean, adv <- adv               ``multibn`` with branch ``adv``
+``ebn``         main <- clean, easy <- easy             ``multibn`` with branch ``easy``
+``advprop_ebn`` main <- clean, adv <- adv, easy <- easy ``multibn`` with ``adv``, ``easy``
+==============  =====================================  ==================================
+
+How a step runs (:func:`train_step`):
+
+1. **Example generation** (:func:`make_examples`) for every non-clean slice, against the branch
+   that will see the examples: the whole batch is routed to that branch, the model is put in
+   ``eval()`` with ``use_stats(model, attack_stats)`` -- by default ``"batch"``, i.e. the
+   branch's statistics of the batch being attacked -- so the attack's forward passes never touch
+   a running buffer (torchattacks calls ``eval()`` itself as well); then ``train()`` is
+   restored. ``attack_stats="population"`` attacks through the running estimates instead. The
+   papers leave this open; AdvProp's reference implementation attacks the auxiliary branch
+   without updating its statistics, which is our default. For ``pgd_at`` the (single) norm's
+   batch statistics are used likewise. Generation always runs in fp32 (autocast disabled).
+2. **One forward pass** over ``cat([x, x_adv, x_easy])`` (the slices the recipe has), routed
+   with ``[("main", n), ("adv", n), ("easy", n)]``: each slice is normalized by its own branch,
+   in train mode, so each branch's running statistics move only with its own slice.
+3. **Loss** = the *sum over slices of the per-slice mean cross-entropy*:
+   ``CE(main(x)) + CE(adv(x_adv)) [+ CE(easy(x_easy))]``. The AdvProp reference takes the mean
+   over the concatenated batch instead, which for two equal slices is half our sum: the same
+   gradient direction, with an effective learning rate twice as large here (three times for
+   ``advprop_ebn``). We keep the sum, as written in the EBN/AdvProp equations. The forward and
+   loss may run under bf16 autocast (``precision="bf16"``); weights and optimizer stay fp32.
+
+Randomness: PGD's random start draws from the global torch RNG; :func:`run_epoch` reseeds it
+from ``(seed, epoch)`` at the start of every epoch, and the data order/augmentation come from
+:func:`rnorm.data.batches` with the same ``(seed, epoch)``, so an epoch can be replayed on its
+own (what resuming from a checkpoint relies on).
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import attacks as _attacks
+from ._validate import ConfigError, check_choice, check_float, check_int
+from .norms import MAIN, route, use_stats
+
+KINDS = ("clean", "adv", "easy")
+ATTACK_STATS = ("batch", "population")
+PRECISIONS = ("fp32", "bf16")
+SCHEDULES = ("cosine", "step", "constant")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A recipe: the slices of a training batch as ``(branch, kind)`` pairs."""
+
+    name: str
+    slices: tuple[tuple[str, str], ...]
+    description: str
+
+    @property
+    def branches(self) -> tuple[str, ...]:
+        """Auxiliary branches the model needs (every slice branch except ``main``)."""
+        return tuple(b for b, _ in self.slices if b != MAIN)
+
+    @property
+    def needs_multibn(self) -> bool:
+        return bool(self.branches)
+
+
+RECIPES: dict[str, Recipe] = {
+    "standard": Recipe("standard", ((MAIN, "clean"),), "clean images through the main norm"),
+    "pgd_at": Recipe("pgd_at", ((MAIN, "adv"),),
+                     "PGD adversarial training (Madry et al.): PGD examples only, main norm"),
+    "advprop": Recipe("advprop", ((MAIN, "clean"), ("adv", "adv")),
+                      "AdvProp: clean through main, PGD examples through branch 'adv'"),
+    "ebn": Recipe("ebn", ((MAIN, "clean"), ("easy", "easy")),
+                  "EBN: clean through main, easy examples (PGD targeted at the true label) through 'easy'"),
+    "advprop_ebn": Recipe("advprop_ebn", ((MAIN, "clean"), ("adv", "adv"), ("easy", "easy")),
+                          "AdvProp + EBN: clean/main, PGD/adv, easy/easy; sum of the three losses"),
+}
+
+
+def get_recipe(recipe) -> Recipe:
+    """The :class:`Recipe` for a name (or the recipe itself)."""
+    if isinstance(recipe, Recipe):
+        return recipe
+    return RECIPES[check_choice("recipe", recipe, tuple(RECIPES))]
+
+
+def branches_for(recipe) -> tuple[str, ...]:
+    """Auxiliary branches a recipe trains: ``()``, ``("adv",)``, ``("easy",)`` or ``("adv", "easy")``."""
+    return get_recipe(recipe).branches
+
+
+def metric_columns(recipe) -> list[str]:
+    """The per-step / per-epoch metric names of a recipe: ``loss`` then ``loss_<b>``, ``acc_<b>``."""
+    cols = ["loss"]
+    for b, _ in get_recipe(recipe).slices:
+        cols += [f"loss_{b}", f"acc_{b}"]
+    return cols
+
+
+# ---------------------------------------------------------------------------------- settings
+@dataclass(frozen=True)
+class StepSettings:
+    """What :func:`train_step` needs from a config (a :class:`rnorm.runs.RunConfig` has all)."""
+
+    train_eps: float = 8 / 255
+    train_steps: int = 5
+    train_alpha: float | None = None
+    attack_stats: str = "batch"
+    precision: str = "fp32"
+    channels_last: bool = False
+
+    def __post_init__(self):
+        object.__setattr__(self, "train_eps", check_float("train_eps", self.train_eps, min_value=0.0, max_value=1.0))
+        object.__setattr__(self, "train_steps", check_int("train_steps", self.train_steps, min_value=1))
+        if self.train_alpha is not None:
+            object.__setattr__(self, "train_alpha", check_float("train_alpha", self.train_alpha, min_value=0.0,
+                                                                 max_value=1.0, min_inclusive=False))
+        check_choice("attack_stats", self.attack_stats, ATTACK_STATS)
+        check_choice("precision", self.precision, PRECISIONS)
+        if not isinstance(self.channels_last, bool):
+            raise ConfigError(f"channels_last={self.channels_last!r} must be True or False.")
+
+    @property
+    def alpha(self) -> float:
+        """PGD step size: ``train_alpha`` or ``2.5 * eps / steps`` (Madry et al.)."""
+        return 2.5 * self.train_eps / self.train_steps if self.train_alpha is None else self.train_alpha
+
+    @classmethod
+    def of(cls, cfg) -> "StepSettings":
+        """From a RunConfig-like object, a dict, ``None`` (defaults) or a StepSettings."""
+        if cfg is None:
+            return cls()
+        if isinstance(cfg, cls):
+            return cfg
+        names = cls.__dataclass_fields__
+        if isinstance(cfg, dict):
+            return cls(**{k: v for k, v in cfg.items() if k in names})
+        return cls(**{k: getattr(cfg, k) for k in names if hasattr(cfg, k)})
+
+
+# ---------------------------------------------------------------------------------- examples
+def make_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, kind: str, branch: str, cfg=None) -> torch.Tensor:
+    """The images of one slice: ``x`` itself (``clean``) or PGD / easy examples made against ``branch``.
+
+    The attack sees the whole batch routed to ``branch``, the model in ``eval()`` with
+    ``use_stats(model, cfg.attack_stats)`` (``"batch"`` by default: the branch's statistics of
+    the batch being attacked), so no running buffer changes. Training mode, statistics mode and
+    routing are restored afterwards. Runs in fp32 (autocast off). Returns a detached tensor.
+    """
+    check_choice("kind", kind, KINDS)
+    if kind == "clean":
+        return x
+    s = StepSettings.of(cfg)
+    attack = _attacks.make_attack("pgd" if kind == "adv" else "easy", model, s.train_eps,
+                                  steps=s.train_steps, alpha=s.alpha, random_start=True)
+    was_training = model.training
+    model.eval()
+    try:
+        with use_stats(model, s.attack_stats), route(model, branch), torch.autocast(x.device.type, enabled=False):
+            out = attack(x, y)
+    finally:
+        model.train(was_training)
+    return out.detach()
+
+
+def _autocast(device_type: str, precision: str):
+    if precision == "bf16":
+        return torch.autocast(device_type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+# ---------------------------------------------------------------------------------- one step
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+               recipe, cfg=None) -> dict[str, float]:
+    """One optimizer step of ``recipe`` on the batch ``(x, y)`` (images in [0, 1]).
+
+    Makes each slice's images (:func:`make_examples`), runs one forward pass in train mode over
+    their concatenation routed slice by slice to the branches, and steps ``optimizer`` on the
+    sum of the per-slice mean cross-entropies. ``cfg`` is anything :meth:`StepSettings.of`
+    takes (a RunConfig, a dict, None for defaults).
+
+    Returns floats: ``loss`` (the summed loss that was minimized), and per slice ``loss_<branch>``
+    and ``acc_<branch>`` (mean CE and accuracy of that slice; for ``pgd_at`` ``loss_main`` is the
+    loss on the PGD examples), plus ``n`` (images in the batch).
+    """
+    rec = get_recipe(recipe)
+    s = StepSettings.of(cfg)
+    n = x.shape[0]
+    parts = [make_examples(model, x, y, kind, branch, s) for branch, kind in rec.slices]
+    model.train()
+    xs = parts[0] if len(parts) == 1 else torch.cat(parts)
+    if s.channels_last:
+        xs = xs.contiguous(memory_format=torch.channels_last)
+    plan = [(b, n) for b, _ in rec.slices]
+    optimizer.zero_grad(set_to_none=True)
+    with route(model, plan if len(plan) > 1 else plan[0][0]), _autocast(x.device.type, s.precision):
+        logits = model(xs)
+        losses = [F.cross_entropy(lg.float(), y) for lg in logits.split(n)]
+        loss = sum(losses[1:], losses[0])
+    loss.backward()
+    optimizer.step()
+    out = {"loss": float(loss.detach())}
+    with torch.no_grad():
+        for (b, _), lg, l in zip(rec.slices, logits.detach().split(n), losses):
+            out[f"loss_{b}"] = float(l.detach())
+            out[f"acc_{b}"] = float((lg.argmax(1) == y).float().mean())
+    out["n"] = n
+    return out
+
+
+# ---------------------------------------------------------------------------------- schedule
+class LRShape:
+    """Learning-rate factor per *iteration*, for ``torch.optim.lr_scheduler.LambdaLR``.
+
+    Linear warmup over ``warmup_iters`` (factor (i+1)/warmup), then ``cosine`` (from 1 to 0 over
+    the remaining iterations), ``step`` (x0.1 at 50 % and 75 % of all iterations) or
+    ``constant``. A plain object with int/str attributes so the scheduler's state dict stays
+    loadable with ``weights_only=True``.
+    """
+
+    def __init__(self, schedule: str, total_iters: int, warmup_iters: int = 0):
+        self.schedule = check_choice("schedule", schedule, SCHEDULES)
+        self.total_iters = int(total_iters)
+        self.warmup_iters = int(warmup_iters)
+
+    def __call__(self, it: int) -> float:
+        if it < self.warmup_iters:
+            return (it + 1) / self.warmup_iters
+        if self.schedule == "constant":
+            return 1.0
+        if self.schedule == "step":
+            return 0.1 ** ((it >= self.total_iters // 2) + (it >= (3 * self.total_iters) // 4))
+        span = max(1, self.total_iters - self.warmup_iters)
+        t = min(1.0, (it - self.warmup_iters) / span)
+        return 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+def make_optimizer(model: nn.Module, lr: float, momentum: float, weight_decay: float) -> torch.optim.SGD:
+    """SGD (no Nesterov) over all parameters, weight decay on all of them (as the reference code)."""
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=False)
+
+
+def make_scheduler(optimizer, schedule: str, total_iters: int, warmup_iters: int = 0):
+    """A per-iteration ``LambdaLR`` with :class:`LRShape`; call ``.step()`` after every optimizer step."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, LRShape(schedule, total_iters, warmup_iters))
+
+
+# ---------------------------------------------------------------------------------- one epoch
+def epoch_plan(n: int, batch_size: int) -> tuple[int, bool]:
+    """``(batches per epoch, drop_last)`` for ``n`` training images: the last batch is dropped only
+    when it would hold a single image (BatchNorm cannot train on one image)."""
+    from . import data as _data
+
+    drop_last = n > 1 and n % batch_size == 1
+    return _data.num_batches(n, batch_size, drop_last=drop_last), drop_last
+
+
+def derive_seed(*parts) -> int:
+    """A 63-bit seed from a stable hash of ``parts`` (not Python's salted ``hash``)."""
+    text = "rnorm.train:" + ":".join(str(p) for p in parts)
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") & (2**63 - 1)
+
+
+def run_epoch(model: nn.Module, optimizer, scheduler, images: torch.Tensor, labels: torch.Tensor, *,
+              recipe, cfg, batch_size: int, seed: int, epoch: int, augment: bool, device,
+              progress: bool = False, desc: str = "", step_fn: Callable | None = None) -> dict[str, float]:
+    """Train one epoch (``epoch`` counts from 0) and return its metrics.
+
+    Reseeds the global torch RNG from ``(seed, epoch)`` first (PGD random starts), takes batches
+    from :func:`rnorm.data.batches` with ``seed``/``epoch`` (order and augmentation), steps the
+    scheduler after every batch. A last batch of a single image is dropped (BatchNorm cannot
+    train on one image). Metrics are image-weighted means of the per-step values
+    (:func:`metric_columns`), plus ``lr`` (at the epoch's first step), ``images`` (clean training
+    images seen), ``epoch_seconds`` and ``images_per_s`` (clean images per second, attacks
+    included).
+    """
+    from . import data as _data
+
+    rec = get_recipe(recipe)
+    step = step_fn if step_fn is not None else train_step
+    torch.manual_seed(derive_seed(seed, "epoch", epoch))
+    total_batches, drop_last = epoch_plan(labels.shape[0], batch_size)
+    it = _data.batches(images, labels, batch_size, shuffle=True, seed=seed, epoch=epoch, augment=augment,
+                       drop_last=drop_last, device=device)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=total_batches, desc=desc or f"epoch {epoch + 1}", unit="batch", leave=False,
+                   file=sys.stderr, dynamic_ncols=True)
+    cols = metric_columns(rec)
+    sums = {c: 0.0 for c in cols}
+    seen = 0
+    lr0 = float(optimizer.param_groups[0]["lr"])
+    model.train()
+    t0 = time.perf_counter()
+    try:
+        for x, y in it:
+            m = step(model, optimizer, x, y, rec, cfg)
+            scheduler.step()
+            b = int(m.get("n", y.shape[0]))
+            for c in cols:
+                sums[c] += m[c] * b
+            seen += b
+            if bar is not None:
+                el = time.perf_counter() - t0
+                bar.update(1)
+                bar.set_postfix(loss=f"{sums['loss'] / seen:.3f}", img_s=f"{seen / max(el, 1e-9):.0f}")
+    finally:
+        if bar is not None:
+            bar.close()
+    if device is not None and torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+    secs = time.perf_counter() - t0
+    row = {c: sums[c] / max(seen, 1) for c in cols}
+    row.update(lr=lr0, images=seen, epoch_seconds=secs, images_per_s=seen / max(secs, 1e-9))
+    return row

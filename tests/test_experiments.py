@@ -1,0 +1,227 @@
+"""Notebook parameters, profiles, the CLI's error handling and the claims ledger's rules."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import nbformat
+import pytest
+
+from rnorm import book, cli
+from rnorm._validate import ConfigError
+from rnorm.experiments import NOTEBOOKS, ledger, planned_runs
+from rnorm.experiments.ebn import EBNParams
+from rnorm.experiments.robustnorm import RobustNormParams
+from rnorm.experiments.shift import ShiftParams
+from rnorm.experiments.stats_swap import StatsSwapParams
+
+REPO = book.REPO
+
+
+# --- the parameters cell of every template equals its parameter class's defaults -------------
+
+@pytest.mark.parametrize("name", list(NOTEBOOKS))
+def test_parameters_cell_matches_defaults(name):
+    cls, _ = NOTEBOOKS[name]
+    nb = nbformat.read(REPO / "notebooks" / f"{name}.ipynb", as_version=4)
+    cells = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(cells) == 1
+    ns: dict = {}
+    exec(cells[0].source, ns)
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+    got = {k: (tuple(v) if isinstance(v, list) else v) for k, v in ns.items() if k in defaults}
+    assert got == defaults
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "templates must be stripped"
+
+
+def test_templates_are_what_the_generator_writes(tmp_path, monkeypatch):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("make_templates", REPO / "notebooks" / "make_templates.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    monkeypatch.setattr(mod, "OUT", tmp_path)
+    mod.main()
+    for f in sorted(tmp_path.glob("*.ipynb")):
+        assert f.read_text() == (REPO / "notebooks" / f.name).read_text(), f"{f.name} is stale: run notebooks/make_templates.py"
+
+
+# --- bad notebook parameters: one clear error naming the parameter ---------------------------
+
+BAD_PARAMS = [
+    (ShiftParams, {"dataset": "fasion_mnist"}, "dataset", "fashion_mnist"),
+    (ShiftParams, {"arch": "resnet19"}, "arch", "resnet18"),
+    (ShiftParams, {"eps": ["-1/255"]}, "eps", None),
+    (ShiftParams, {"eps": [1.5]}, "eps", None),
+    (ShiftParams, {"eps": ["abc"]}, "eps", None),
+    (ShiftParams, {"attacks": ["pgdd"]}, "attacks", "pgd"),
+    (ShiftParams, {"epochs": 0}, "epochs", None),
+    (ShiftParams, {"width": -4}, "width", None),
+    (ShiftParams, {"seeds": [0, 1]}, "seeds", None),
+    (ShiftParams, {"precision": "fp16"}, "precision", None),
+    (ShiftParams, {"device": "gpu"}, "device", None),
+    (StatsSwapParams, {"batch_sizes": [0, 8]}, "batch_sizes", None),
+    (StatsSwapParams, {"batch_sizes": [8, 4096]}, "batch_sizes", None),
+    (StatsSwapParams, {"adv_fraction": 0}, "adv_fraction", None),
+    (StatsSwapParams, {"pgd_steps": 0}, "pgd_steps", None),
+    (StatsSwapParams, {"epsilons": []}, "epsilons", None),
+    (StatsSwapParams, {"batch_size": 0}, "batch_size", None),
+    (StatsSwapParams, {"epochs": 1.5}, "epochs", None),
+    (RobustNormParams, {"powers": [0.0]}, "powers", None),
+    (RobustNormParams, {"powers": [-1]}, "powers", None),
+    (RobustNormParams, {"stats_modes": ["batchh"]}, "stats_modes", "batch"),
+    (RobustNormParams, {"train_subset": 0}, "train_subset", None),
+    (RobustNormParams, {"lr": 0}, "lr", None),
+    (EBNParams, {"recipes": ["advprob"]}, "recipes", "advprop"),
+    (EBNParams, {"datasets": ["cifar100"]}, "datasets", None),
+    (EBNParams, {"archs": ["vgg16"]}, "archs", None),
+    (EBNParams, {"train_eps": "9/0"}, "eps", None),
+    (EBNParams, {"train_steps": -1}, "train_steps", None),
+    (EBNParams, {"test_n": 0}, "test_n", None),
+]
+
+
+@pytest.mark.parametrize("cls,bad,param,suggestion", BAD_PARAMS)
+def test_bad_notebook_parameter(cls, bad, param, suggestion):
+    with pytest.raises(ConfigError) as info:
+        cls(**bad)
+    msg = str(info.value)
+    assert param in msg
+    if suggestion:
+        assert f"Did you mean {suggestion!r}" in msg or suggestion in msg
+
+
+def test_unknown_parameter_key_suggests():
+    with pytest.raises(ConfigError, match="datset.*Did you mean 'dataset'"):
+        ShiftParams.from_dict({"datset": "fashion_mnist"})
+
+
+def test_from_namespace_reads_only_fields():
+    p = StatsSwapParams.from_namespace({"dataset": "fashion_mnist", "test_n": 64, "eval_batch": 32,
+                                        "batch_sizes": [8, 16], "unrelated": 1})
+    assert p.test_n == 64 and p.batch_sizes == (8, 16)
+
+
+# --- planned runs -----------------------------------------------------------------------------
+
+def test_planned_runs_share_models_across_notebooks():
+    shift = planned_runs("01_distribution_shift", {})
+    swap = planned_runs("02_stats_swap", {})
+    assert shift[0] in swap  # the BN model of notebook 01 is reused by notebook 02
+    ebn = planned_runs("04_easy_batchnorm", {"seeds": [0, 1]})
+    recipes = sorted({c.recipe for c in ebn})
+    assert recipes == ["advprop", "advprop_ebn", "ebn", "standard"]
+    assert {c.share for c in ebn if c.recipe == "ebn"} == {"none", "affine", "stats"}
+    assert all(c.norm == "multibn" for c in ebn if c.recipe != "standard")
+
+
+# --- profiles -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["smoke", "cpu", "paper"])
+def test_shipped_profiles_are_valid(name):
+    prof = book.load_profile(name)
+    assert set(prof["notebooks"]) == set(NOTEBOOKS)
+
+
+def test_unknown_profile(tmp_path):
+    with pytest.raises(ConfigError, match="profile='cpux'.*Did you mean 'cpu'"):
+        book.load_profile("cpux")
+
+
+@pytest.mark.parametrize("text,match", [
+    ("jobz: 2\n", "unknown key 'jobz'"),
+    ("notebooks:\n  02_stat_swap: {}\n", "unknown notebook '02_stat_swap'"),
+    ("notebooks:\n  02_stats_swap: {test_nn: 3}\n", "test_nn"),
+    ("defaults: {widht: 3}\n", "widht"),
+    ("notebooks:\n  03_robustnorm: {powers: [0]}\n", "powers"),
+    ("jobs: 0\n", "jobs"),
+    ("- a\n- b\n", "mapping"),
+    ("a: [\n", "not valid YAML"),
+])
+def test_bad_profile_files(tmp_path, text, match):
+    f = tmp_path / "mine.yaml"
+    f.write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        book.load_profile(str(f))
+
+
+def test_cli_reports_user_errors_without_traceback(capsys):
+    assert cli.main(["run", "02_stats_swap", "--profile", "smoke", "-p", "dataset", "mnist"]) == 2
+    err = capsys.readouterr().err
+    assert "dataset='mnist'" in err and "Traceback" not in err
+    assert cli.main(["run", "02_stats_swp", "--profile", "smoke"]) == 2
+    assert "Did you mean '02_stats_swap'" in capsys.readouterr().err
+    assert cli.main(["run", "02_stats_swap", "--profile", "smoke", "-p", "epsilons", "[0.1,"]) == 2
+    assert "not valid YAML" in capsys.readouterr().err
+    assert cli.main(["book", "--profile", "nope"]) == 2
+    assert cli.main(["run", "05_claims_ledger", "--profile", "smoke", "-p", "x", "1"]) == 2
+
+
+def test_cli_plan_lists_runs(capsys):
+    assert cli.main(["plan", "--profile", "smoke"]) == 0
+    out = capsys.readouterr().out
+    assert "runs" in out and "fashion_mnist" in out
+
+
+# --- the ledger's rules -------------------------------------------------------------------------
+
+def _write(root, nb, obj):
+    (root / nb).mkdir(parents=True, exist_ok=True)
+    (root / nb / "summary.json").write_text(json.dumps(obj))
+
+
+def _c2(wb, tr, pop=0.05, nonorm=0.10, clean_pop=0.90, clean_batch=0.895):
+    e = lambda m: {"mean": m, "std": 0.01, "n_seeds": 2}  # noqa: E731
+    return {"pgd_eps": 4 / 255, "clean_population": e(clean_pop), "clean_batch": e(clean_batch),
+            "pgd_population": e(pop), "pgd_batch_whitebox": e(wb), "pgd_batch_transfer": e(tr), "pgd_nonorm": e(nonorm)}
+
+
+@pytest.mark.parametrize("summary,expected", [
+    (_c2(wb=0.40, tr=0.60), ledger.REPRODUCED),
+    (_c2(wb=0.05, tr=0.60), ledger.PARTLY),
+    (_c2(wb=0.05, tr=0.06), ledger.NOT),
+    (_c2(wb=0.40, tr=0.60, clean_batch=0.80), ledger.PARTLY),  # robust, but clean accuracy dropped
+])
+def test_c2_rule(tmp_path, summary, expected):
+    _write(tmp_path, "02_stats_swap", summary)
+    row = ledger.ledger(tmp_path).set_index("claim").loc["C2"]
+    assert row["verdict"] == expected
+
+
+def _ebn_setting(name, std=0.005, **means):
+    return {"dataset": name, "arch": "resnet18", "recipes": {
+        r: {"clean_mean": c, "clean_std": std, "pgd_mean": p, "pgd_std": std, "n_seeds": 2}
+        for r, (c, p) in means.items()}}
+
+
+def test_c4_c5_rules(tmp_path):
+    s = {"eps": 4 / 255, "settings": [
+        _ebn_setting("a", standard=(0.80, 0.1), AdvProp=(0.82, 0.2), EBN=(0.83, 0.25)),
+        _ebn_setting("b", standard=(0.80, 0.1), AdvProp=(0.79, 0.2), EBN=(0.78, 0.25)),
+        _ebn_setting("c", standard=(0.80, 0.1), AdvProp=(0.81, 0.2), EBN=(0.85, 0.30)),
+    ]}
+    _write(tmp_path, "04_easy_batchnorm", s)
+    t = ledger.ledger(tmp_path).set_index("claim")
+    assert t.loc["C4", "verdict"] == ledger.REPRODUCED  # EBN wins both in 2 of 3
+    assert t.loc["C5", "verdict"] == ledger.REPRODUCED  # AdvProp wins clean in 2 of 3
+    s["settings"] = s["settings"][1:2]
+    _write(tmp_path, "04_easy_batchnorm", s)
+    t = ledger.ledger(tmp_path).set_index("claim")
+    assert t.loc["C4", "verdict"] == ledger.NOT and t.loc["C5", "verdict"] == ledger.NOT
+
+
+def test_c1_and_c3_rules_and_missing(tmp_path):
+    t = ledger.ledger(tmp_path).set_index("claim")
+    assert (t["verdict"] == ledger.NOT_RUN).all()
+    c1 = {f"{ref}_{stat}": {"reference": f"{ref.upper()} stats", "statistic": stat, "tag": "pgd 8/255",
+                             "ratio_adv_to_clean": r, "adv_distance": 1.0, "clean_distance": 0.5}
+          for (ref, stat, r) in [("ema", "mean", 3.0), ("ema", "var", 2.5), ("precise", "mean", 1.1), ("precise", "var", 2.2)]}
+    _write(tmp_path, "01_distribution_shift", c1)
+    m = lambda c, p, s=0.01: {"clean_mean": c, "clean_std": s, "pgd_mean": p, "pgd_std": s, "n_seeds": 2, "images_per_s": 100.0}  # noqa: E731
+    _write(tmp_path, "03_robustnorm", {"eps": 8 / 255, "models": {"BatchNorm": m(0.9, 0.05),
+                                                                     "RobustNorm p=0.2": m(0.895, 0.15)}})
+    t = ledger.ledger(tmp_path).set_index("claim")
+    assert t.loc["C1", "verdict"] == ledger.PARTLY  # 3 of 4 comparisons at least 2x
+    assert t.loc["C3", "verdict"] == ledger.REPRODUCED
+    _write(tmp_path, "03_robustnorm", {"eps": 8 / 255, "models": {"BatchNorm": m(0.9, 0.05),
+                                                                     "RobustNorm p=0.2": m(0.8, 0.051)}})
+    assert ledger.ledger(tmp_path).set_index("claim").loc["C3", "verdict"] == ledger.NOT
