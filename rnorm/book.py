@@ -129,6 +129,11 @@ def pretrain(profile: dict, *, jobs: int | None = None, device: str = "auto", no
     return configs
 
 
+def _planned(profile: dict, notebook: str) -> list:
+    from .experiments import planned_runs
+    return planned_runs(notebook, profile["notebooks"][notebook])
+
+
 def _worker_init():
     import torch
     torch.set_num_threads(1)
@@ -163,16 +168,15 @@ def run_notebook(notebook: str, params: dict, *, out_dir: Path | None = None, lo
         raise ConfigError(f"notebook={notebook!r}: no file {src}; notebooks: {', '.join(ALL_NOTEBOOKS)}.")
     target = executed / f"{notebook}.ipynb"
     tmp = executed / f".{notebook}.tmp.ipynb"
-    env_results = os.environ.get("RNORM_RESULTS")
-    os.environ["RNORM_RESULTS"] = str((out_dir / "results").resolve())
-    try:
-        pm.execute_notebook(str(src), str(tmp), parameters=params, cwd=str(REPO), kernel_name="python3",
-                            progress_bar=False, log_output=log_output, report_mode=False)
-    finally:
-        if env_results is None:
-            os.environ.pop("RNORM_RESULTS", None)
-        else:
-            os.environ["RNORM_RESULTS"] = env_results
+    params = dict(params)
+    if params.get("results_dir") is None:
+        results = (out_dir / "results").resolve()
+        try:  # relative to the repository when inside it, so provenance holds no machine paths
+            params["results_dir"] = str(results.relative_to(REPO))
+        except ValueError:
+            params["results_dir"] = str(results)
+    pm.execute_notebook(str(src), str(tmp), parameters=params, cwd=str(REPO), kernel_name="python3",
+                        progress_bar=False, log_output=log_output, report_mode=False)
     _hide_parameter_cells(tmp)
     os.replace(tmp, target)
     return target
@@ -214,11 +218,23 @@ def run_book(profile_name: str, *, jobs: int | None = None, build: bool = True, 
     t0 = time.time()
     pretrain(profile, jobs=jobs, device=device, notebooks=chosen)
     timings["pretrain"] = round(time.time() - t0, 1)
-    for nb in chosen:
+    # The notebooks only evaluate (training is cached), and each is independent of the others:
+    # run `jobs` of them at once (each kernel uses the profile's `threads`).
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(nb):
         t = time.time()
         print(f"running {nb} ...", flush=True)
         run_notebook(nb, notebook_params(profile, nb, {"device": device}), out_dir=out_dir)
-        timings[nb] = round(time.time() - t, 1)
+        print(f"finished {nb} in {time.time() - t:.0f} s", flush=True)
+        return nb, round(time.time() - t, 1)
+
+    t_nb = time.time()
+    longest_first = sorted(chosen, key=lambda nb: -sum(_cost(c) for c in _planned(profile, nb)))
+    with ThreadPoolExecutor(max(1, jobs or profile["jobs"])) as pool:
+        for nb, seconds in pool.map(one, longest_first):
+            timings[nb] = seconds
+    timings["notebooks_wall"] = round(time.time() - t_nb, 1)
     record = {"profile": profile["name"], "jobs": jobs or profile["jobs"], "seconds": timings,
               "cpu_count": os.cpu_count()}
     timings_file = out_dir / "results" / f"timings-{profile['name']}.json"

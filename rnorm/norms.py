@@ -250,7 +250,11 @@ class RobustNorm2d(_StatsModeMixin, nn.Module):
 
     @staticmethod
     def batch_mean_range(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-channel mean and max - min of ``x`` ([N, C, H, W]) over N, H and W (differentiable)."""
+        """Per-channel mean and max - min of ``x`` ([N, C, H, W]) over N, H and W, differentiable.
+
+        A helper for callers; :meth:`forward` computes the same statistics inside
+        :class:`_RobustNormFn`.
+        """
         lo, hi, _, _ = _channel_extremes(x)
         return x.mean(dim=(0, 2, 3)), hi - lo
 

@@ -67,6 +67,17 @@ def _metadata(fmt: str) -> dict:
     return {}
 
 
+def _one_legend(fig, axes, title=None):
+    """Keep one legend, outside the plotting area on the right, so it never covers data."""
+    axes = list(axes)
+    handles, labels = axes[0].get_legend_handles_labels()
+    for ax in axes:
+        if ax.get_legend() is not None:
+            ax.get_legend().remove()
+    if handles:
+        fig.legend(handles, labels, title=title, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+
+
 def shift_by_layer(distances: pd.DataFrame, *, title: str | None = None):
     """Distance of batch statistics from population statistics per layer (claim C1).
 
@@ -76,19 +87,19 @@ def shift_by_layer(distances: pd.DataFrame, *, title: str | None = None):
     use_style()
     stats = list(dict.fromkeys(distances["statistic"]))
     fig, axes = plt.subplots(1, len(stats), figsize=(4.2 * len(stats), 3.3), squeeze=False, sharex=True)
-    ylabels = {"mean": "|μ_batch − μ_pop| / σ_pop  (mean over channels)",
-               "var": "|log(σ²_batch / σ²_pop)|  (mean over channels)",
-               "range": "|log(r_batch / r_pop)|  (mean over channels)"}
+    titles = {"mean": "mean: |μ_batch − μ_pop| / σ_pop",
+              "var": "variance: |log(σ²_batch / σ²_pop)|",
+              "range": "range: |log(r_batch / r_pop)|"}
     for ax, stat in zip(axes[0], stats):
         sub = distances[distances["statistic"] == stat]
         sns.lineplot(data=sub, x="layer_index", y="distance", hue="tag", style="tag", markers=True,
                      dashes=False, ax=ax, errorbar=None)
         ax.set_xlabel("normalization layer (input → output)")
-        ax.set_ylabel(ylabels.get(stat, stat))
-        ax.set_title(f"batch {stat} vs population {stat}")
-        ax.legend(title="batch")
+        ax.set_ylabel("distance (mean over channels)")
+        ax.set_title(titles.get(stat, stat))
+    _one_legend(fig, axes[0], title="batch")
     if title:
-        fig.suptitle(title)
+        fig.suptitle(title, y=1.02)
     fig.tight_layout()
     return fig
 
@@ -108,7 +119,7 @@ def channel_scatter(record: pd.DataFrame, layers, *, statistic: str = "mean"):
         ax.set_title(f"layer {layer}: {name}", fontsize="small")
         ax.set_xlabel(f"population {statistic} (per channel)")
         ax.set_ylabel(f"batch {statistic} (per channel)")
-        ax.legend(fontsize="x-small", title=None)
+    _one_legend(fig, axes[0], title="batch")
     fig.tight_layout()
     return fig
 
@@ -131,8 +142,9 @@ def accuracy_vs_eps(frame: pd.DataFrame, *, hue: str = "stats", style: str | Non
         ax.set_ylim(-2, 102)
         if c is not None:
             ax.set_title(str(c).upper() if col == "attack" else f"{col} = {c}")
+    _one_legend(fig, axes[0], title=hue)
     if title:
-        fig.suptitle(title)
+        fig.suptitle(title, y=1.02)
     fig.tight_layout()
     return fig
 
@@ -152,6 +164,7 @@ def accuracy_vs_batch_size(frame: pd.DataFrame, *, hue: str = "gradient", style:
     ax.set_ylim(-2, 102)
     if title:
         ax.set_title(title)
+    _one_legend(fig, [ax])
     fig.tight_layout()
     return fig
 
@@ -164,6 +177,7 @@ def training_curves(history: pd.DataFrame, *, hue: str = "model", y: str = "loss
                  errorbar="sd" if "seed" in history and history["seed"].nunique() > 1 else None)
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
+    _one_legend(fig, [ax], title=hue)
     fig.tight_layout()
     return fig
 
@@ -185,7 +199,8 @@ def accuracy_bars(frame: pd.DataFrame, *, x: str = "recipe", hue: str = "attack"
         if c is not None:
             ax.set_title(str(c))
         ax.tick_params(axis="x", labelrotation=20)
+    _one_legend(fig, axes[0], title=hue)
     if title:
-        fig.suptitle(title)
+        fig.suptitle(title, y=1.02)
     fig.tight_layout()
     return fig

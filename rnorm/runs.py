@@ -204,7 +204,12 @@ class RunConfig:
 
     def name(self) -> str:
         """A readable folder prefix, e.g. ``fashion_mnist-resnet18w16-bn-standard-e1-s0``."""
-        return f"{self.dataset}-{self.arch}w{self.width}-{self.norm}-{self.recipe}-e{self.epochs}-s{self.seed}"
+        norm = self.norm
+        if norm == "robustnorm":
+            norm += f"p{self.norm_p:g}"
+        if norm == "multibn" and self.share != "none":
+            norm += f"-share{self.share}"
+        return f"{self.dataset}-{self.arch}w{self.width}-{norm}-{self.recipe}-e{self.epochs}-s{self.seed}"
 
     def folder_name(self) -> str:
         return f"{self.name()}-{self.key()}"

@@ -1,0 +1,306 @@
+"""Throughput benchmarks of rnorm, measured as ratios of interleaved timings.
+
+``python -m benchmarks`` (``make bench``) runs everything in one process (plus the worker
+processes of the process-scaling benchmark) and writes, into ``--out`` (default
+``benchmarks/results/``; ``benchmarks/results/quick/`` with ``--quick``):
+
+* ``<YYYY-MM-DD>-<machine>.json`` -- environment (torch version, threads, CPU model and flags,
+  load average before and after) and one entry per benchmark with a numeric ``value``, its
+  ``unit``, ``target`` and ``met`` plus the per-round details;
+* ``<YYYY-MM-DD>-<machine>.md`` and ``latest.md`` -- the table: benchmark, measured, target, met?
+
+The benchmarks (see :mod:`benchmarks.suite`):
+
+1. ``train_step_vs_torchvision`` -- rnorm's resnet18(width=16, norm="bn") training step vs the
+   same network built from torchvision's ``ResNet`` with ``nn.BatchNorm2d`` (target >= 0.95).
+2. ``multibn_split_vs_bn`` -- multibn forward+backward over a [clean; adv; easy] batch routed to
+   three branches vs the plain BN network over the same batch (target >= 0.90).
+3. ``robustnorm_vs_bn`` -- robustnorm vs bn training step (target <= 1.3x the time), with the
+   earlier RobustNorm implementation timed alongside (before/after).
+4. ``pgd_wrapper_vs_torchattacks`` -- ``make_attack("pgd")`` vs ``torchattacks.PGD`` (target >= 1
+   within noise, same adversarial accuracy).
+5. ``recipe_throughput`` + ``matmul_peak`` -- one epoch per recipe in fp32 and bf16+channels-last,
+   GFLOP/s as a share of the measured matmul peak.
+6. ``data_pipeline_share`` -- share of an epoch spent in ``rnorm.data.batches`` (target < 5 %).
+7. ``scaling_dataset_size`` (epoch time vs images, R^2), ``scaling_processes`` (two 1-thread
+   processes vs one 2-thread process, which also runs with ``OMP_WAIT_POLICY=PASSIVE``) and
+   ``threads_two_vs_one`` (2 vs 1 torch threads for the same step, in this process).
+
+Also ``bf16_eval_attack``: robust accuracy with bf16 evaluation attacks vs fp32 (same images).
+
+Threads: ``--threads N``; by default all cores on an idle machine and one thread when the
+1-minute load average is >= 0.5 at start (see :func:`choose_threads`). The choice and the reason
+are in the JSON. With one thread, ratios are taken on process CPU time (see
+:mod:`benchmarks.timing`).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import re
+import shutil
+import sys
+import time
+import traceback
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> dict:
+    flags = set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    return {k: k in flags for k in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")}
+
+
+def machine_name() -> str:
+    """A short machine slug: the CPU model and core count (``amd-epyc-2c``); host names of
+    virtual machines (``vm``, ``localhost``) say nothing about the hardware."""
+    slug = re.sub(r"[^a-z0-9]+", "-", cpu_model().lower())
+    slug = re.sub(r"-(processor|cpu|with-radeon-graphics)\b", "", slug).strip("-")[:40].strip("-")
+    return f"{slug or 'cpu'}-{os.cpu_count()}c"
+
+
+LOADED = 0.5  # 1-minute load average from which the machine counts as shared
+
+
+def choose_threads(requested: int | None, load1: float) -> tuple[int, str]:
+    """The torch thread count for the run, and why.
+
+    ``requested`` wins. Otherwise all cores on an idle machine; one thread on a loaded one: with
+    2 threads on 2 cores and another busy process, OpenMP's spinning barriers stall every
+    parallel region for a scheduler time slice (measured here: a training step 10-100x slower
+    than with one thread; see the ``threads_two_vs_one`` benchmark).
+    """
+    if requested is not None:
+        return requested, "--threads"
+    if load1 >= LOADED:
+        return 1, f"machine loaded at start (1-min load {load1:.2f} >= {LOADED}): 1 thread"
+    return os.cpu_count() or 1, f"machine idle at start (1-min load {load1:.2f}): all cores"
+
+
+def environment() -> dict:
+    import torch
+
+    load = os.getloadavg()
+    return {
+        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "cpu_model": cpu_model(),
+        "cpu_flags": cpu_flags(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "node": platform.node(),
+        "platform": platform.platform(),
+        "loadavg_before": list(load),
+        "loaded_before": load[0] >= LOADED,
+        "rnorm_data": os.environ.get("RNORM_DATA"),
+    }
+
+
+def _fmt_ratio(e: dict, key: str = "ratio") -> str:
+    r = e.get(key) or {}
+    if not r:
+        return f"{e['value']:.3g}"
+    clock = f", {r['clock']} time" if "clock" in r else ""
+    return (f"{r['median']:.3f} (IQR {r['q1']:.2f}–{r['q3']:.2f}, range {r['min']:.2f}–{r['max']:.2f}, "
+            f"{r['rounds']} rounds{clock})")
+
+
+def _yes(met) -> str:
+    return "—" if met is None else ("yes" if met else "**no**")
+
+
+def table_rows(results: dict) -> list[tuple[str, str, str, str]]:
+    """(benchmark, measured, target, met?) rows of the markdown table."""
+    b = results["benchmarks"]
+    rows = []
+
+    def add(name, measured, target, met):
+        rows.append((name, measured, target or "(reported)", _yes(met)))
+
+    def err(k):
+        e = b.get(k, {})
+        if "error" in e:
+            add(k, f"ERROR: {e['error'].splitlines()[-1][:120]}", "", False)
+            return True
+        return k not in b
+
+    if not err("train_step_vs_torchvision"):
+        e = b["train_step_vs_torchvision"]
+        ips = e["images_per_s"]
+        add("1. train step, rnorm resnet18-w16 bn / torchvision + nn.BatchNorm2d (throughput ratio)",
+            f"{_fmt_ratio(e)}; {ips['rnorm']:.0f} vs {ips['torchvision']:.0f} img/s", "≥ 0.95", e["met"])
+    if not err("multibn_split_vs_bn"):
+        e = b["multibn_split_vs_bn"]
+        add(f"2. multibn split fwd+bwd [clean; adv; easy] (3×{e['batch'] // 3}) / plain BN (throughput ratio)",
+            _fmt_ratio(e), "≥ 0.90", e["met"])
+    if not err("robustnorm_vs_bn"):
+        e = b["robustnorm_vs_bn"]
+        prev = e["before_change"]["time_ratio"]
+        add("3. robustnorm / bn train step (time ratio)",
+            f"{_fmt_ratio(e, 'time_ratio')}; before the change: {prev['median']:.3f}", "≤ 1.3", e["met"])
+    if not err("pgd_wrapper_vs_torchattacks"):
+        e = b["pgd_wrapper_vs_torchattacks"]
+        acc = e["adversarial_accuracy_pct"]
+        add(f"4. make_attack('pgd') / torchattacks.PGD, {e['steps']} steps (throughput ratio; adv. acc.)",
+            f"{_fmt_ratio(e)}; adv. acc. {acc['make_attack']:.1f} % vs {acc['torchattacks']:.1f} %",
+            f"≥ 1.0 within noise (±{e['noise_tolerance']:.2f}), same adv. acc.", e["met"])
+    if not err("matmul_peak"):
+        e = b["matmul_peak"]
+        mm, bst = e["mm_peak_gflops"], e["best_gflops"]
+        add(f"5. peak GFLOP/s, {e['threads']} thread(s): torch.mm {e['mm_n']}²; 3×3 conv (oneDNN)",
+            f"mm fp32 {mm['fp32']:.0f}, bf16 {mm['bf16']:.0f}; conv fp32 {bst['conv_fp32']:.0f}, "
+            f"bf16 {bst['conv_bf16']:.0f}", None, None)
+    if not err("recipe_throughput"):
+        e = b["recipe_throughput"]
+        for r, d in e["recipes"].items():
+            f, h = d["fp32"], d["bf16_cl"]
+            add(f"5. recipe {r}: one epoch ({e['epoch_images']} img, train_steps={e['train_steps']}); "
+                "% of best peak (of torch.mm peak)",
+                f"fp32 {f['images_per_s']:.0f} img/s, {f['gflops_per_s']:.0f} GFLOP/s = "
+                f"{100 * f['fraction_of_peak']:.0f} % ({100 * f['fraction_of_mm_peak']:.0f} %); "
+                f"bf16+CL {h['images_per_s']:.0f} img/s, {h['gflops_per_s']:.0f} GFLOP/s = "
+                f"{100 * h['fraction_of_peak']:.0f} % ({100 * h['fraction_of_mm_peak']:.0f} %); "
+                f"bf16/fp32 {d['bf16_over_fp32']['median']:.2f}", None, None)
+    if not err("data_pipeline_share"):
+        e = b["data_pipeline_share"]
+        add("6. data pipeline (rnorm.data.batches incl. crop+flip) share of an epoch",
+            f"{e['value']:.2f} %", "< 5 %", e["met"])
+    if not err("scaling_dataset_size"):
+        e = b["scaling_dataset_size"]
+        add(f"7. epoch time vs training-set size ({', '.join(map(str, e['sizes']))} images)",
+            f"R² = {e['value']:.4f}; {e['slope_ms_per_image']:.2f} ms/image + {e['intercept_s']:.2f} s",
+            None, None)
+    if not err("scaling_processes"):
+        e = b["scaling_processes"]
+        ips = e["images_per_s"]
+        add("7. two 1-thread processes / one 2-thread process, same jobs (throughput ratio)",
+            f"{_fmt_ratio(e)}; {ips['two_1thread_processes']:.0f} vs {ips['one_2thread_process']:.0f} img/s; "
+            f"vs the 2-thread process with OMP_WAIT_POLICY=PASSIVE: {e['ratio_vs_passive']['median']:.2f} "
+            f"({ips['one_2thread_process_passive']:.0f} img/s)", None, None)
+    if not err("threads_two_vs_one"):
+        e = b["threads_two_vs_one"]
+        sec = e["seconds"]
+        add(f"7. train step with {e['threads']} threads / 1 thread, same process (throughput ratio)",
+            f"{_fmt_ratio(e)}; " + ", ".join(f"{k.replace('_', ' ')} {1000 * v:.0f} ms" for k, v in sec.items()),
+            None, None)
+    if not err("bf16_eval_attack"):
+        e = b["bf16_eval_attack"]
+        parts = [f"{r['eps']}: fp32 {r['robust_acc_fp32_pct']:.1f} % vs bf16 {r['robust_acc_bf16_pct']:.1f} %"
+                 for r in e["per_eps"]]
+        add(f"bf16 vs fp32 evaluation attack (PGD, {e['test_images']} test images): robust accuracy",
+            "; ".join(parts) + f" (max |Δ| {e['value']:.1f} pt)", "|Δ| ≤ 0.5 pt", e["met"])
+    return rows
+
+
+def markdown(results: dict) -> str:
+    env = results["environment"]
+    lines = [
+        f"# rnorm benchmarks — {env['date'][:10]}, {results['machine']} ({results['mode']} mode)",
+        "",
+        f"torch {env['torch_version']}, {env['threads']} thread(s) ({env['threads_reason']}), CPU: {env['cpu_model']} "
+        f"({env['cpu_count']} cores, {env['cpu_capability']}); load average before "
+        f"{', '.join(f'{x:.2f}' for x in env['loadavg_before'])}, after "
+        f"{', '.join(f'{x:.2f}' for x in env.get('loadavg_after', []))}"
+        f"{' — the machine was shared with other jobs' if env['loaded_before'] else ''}. "
+        f"Total {results['total_seconds']:.0f} s. Ratios are medians of per-round ratios of "
+        "interleaved timings (A, B, B, A, ...); with one thread on process CPU time (other jobs' "
+        "time slices left out), else on wall time; the JSON has both.",
+        "",
+        "| benchmark | measured | target | met? |",
+        "| --- | --- | --- | --- |",
+    ]
+    for row in table_rows(results):
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in row) + " |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def run(quick: bool = False, out=None, threads: int | None = None, only=None, log=sys.stderr) -> dict:
+    """Run the benchmarks and write the JSON and markdown files; returns the results dict
+    (with ``paths``)."""
+    import torch
+
+    from . import suite, workload
+
+    workload.default_data_root()
+    settings = suite.Settings.quick() if quick else suite.Settings()
+    out = Path(out) if out is not None else (RESULTS / "quick" if quick else RESULTS)
+    load1 = os.getloadavg()[0]
+    default_threads = torch.get_num_threads()
+    n_threads, why = choose_threads(threads, load1)
+    torch.set_num_threads(n_threads)
+    env = environment()
+    env.update(threads_default=default_threads, threads_reason=why)
+    results = {"schema": 1, "mode": settings.mode, "machine": machine_name(), "environment": env,
+               "settings": settings.to_dict(), "benchmarks": {}}
+    ctx: dict = {}
+    t_all = time.perf_counter()
+    names = list(suite.BENCHMARKS) if only is None else list(only)
+    for name in names:
+        t0 = time.perf_counter()
+        load0 = list(os.getloadavg())
+        print(f"[bench] {name} ...", file=log, flush=True)
+        try:
+            entry = suite.BENCHMARKS[name](settings, ctx)
+        except Exception as exc:  # noqa: BLE001 - record it, go on with the others
+            entry = {"error": "".join(traceback.format_exception_only(type(exc), exc)).strip(),
+                     "traceback": traceback.format_exc()}
+        entry["wall_seconds"] = time.perf_counter() - t0
+        entry["loadavg_at_start"] = load0
+        results["benchmarks"][name] = entry
+        status = "ERROR " + entry["error"] if "error" in entry else f"{entry['value']:.4g} {entry['unit']}"
+        print(f"[bench] {name}: {status} ({entry['wall_seconds']:.1f} s)", file=log, flush=True)
+    env["loadavg_after"] = list(os.getloadavg())
+    results["total_seconds"] = time.perf_counter() - t_all
+    torch.set_num_threads(default_threads)
+
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"{env['date'][:10]}-{results['machine']}"
+    json_path, md_path = out / f"{stem}.json", out / f"{stem}.md"
+    text = json.dumps(results, indent=2, allow_nan=False, default=float)
+    json_path.write_text(text + "\n")
+    md_path.write_text(markdown(results))
+    shutil.copyfile(md_path, out / "latest.md")
+    results["paths"] = {"json": str(json_path), "markdown": str(md_path), "latest": str(out / "latest.md")}
+    return results
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="tiny sizes, 1-2 rounds (well under a minute)")
+    ap.add_argument("--out", default=None, help="output folder (default benchmarks/results, "
+                                                "or benchmarks/results/quick with --quick)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads (default: all cores on an idle machine, 1 on a loaded one)")
+    a = ap.parse_args(argv)
+    if a.threads is not None and a.threads < 1:
+        ap.error(f"--threads {a.threads}: give a number >= 1")
+    res = run(quick=a.quick, out=a.out, threads=a.threads)
+    print(markdown(res))
+    print(f"wrote {res['paths']['json']}, {res['paths']['markdown']}, {res['paths']['latest']}")
+    return 1 if any("error" in e for e in res["benchmarks"].values()) else 0

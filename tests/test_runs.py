@@ -1,0 +1,426 @@
+"""Tests of rnorm.runs and rnorm._io: config validation, hashing, caching, resume, locking."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from rnorm import _io, runs
+from rnorm import train as T
+from rnorm._validate import ConfigError
+from rnorm.runs import RunConfig, RunError
+
+HERE = Path(__file__).resolve().parent
+CHILD = HERE / "_train_child.py"
+TIMING = list(runs.TIMING_COLUMNS)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    """RNORM_DATA with FashionMNIST: the real files if present, else tiny fake IDX files."""
+    root = Path(os.environ.get("RNORM_DATA", "data")).absolute()
+    raw = root / "FashionMNIST" / "raw"
+    if not any((raw / f).exists() for f in ("train-images-idx3-ubyte", "train-images-idx3-ubyte.gz")):
+        sys.path.insert(0, str(HERE))
+        from _datafiles import write_idx_fashion
+        root = tmp_path_factory.mktemp("data")
+        write_idx_fashion(root, 600, 100)
+    return root
+
+
+@pytest.fixture
+def env(data_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("RNORM_DATA", str(data_root))
+    monkeypatch.setenv("RNORM_RUNS", str(tmp_path / "runs"))
+    return tmp_path
+
+
+def tiny(**kw) -> RunConfig:
+    base = dict(arch="resnet20", width=4, subset=192, batch_size=64, epochs=2, train_steps=1)
+    base.update(kw)
+    return RunConfig(**base)
+
+
+def weights(run) -> dict:
+    return run.state_dict()
+
+
+def assert_same_weights(a: dict, b: dict):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def non_timing(df):
+    return df.drop(columns=TIMING)
+
+
+def child_env(data_root):
+    e = dict(os.environ)
+    e["RNORM_DATA"] = str(data_root)
+    e["OMP_NUM_THREADS"] = "1"
+    e.pop("RNORM_RUNS", None)
+    return e
+
+
+def start_child(runs_dir, cfg: RunConfig, data_root, *extra):
+    return subprocess.Popen([sys.executable, str(CHILD), str(runs_dir), json.dumps(cfg.to_dict()), *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env(data_root))
+
+
+def child_result(proc, timeout=240):
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, err
+    return json.loads(out.strip().splitlines()[-1]), err
+
+
+# ------------------------------------------------------------------------------ validation
+BAD = [
+    (dict(dataset="mnist"), "dataset"),
+    (dict(dataset="fashion-mnist"), "dataset"),
+    (dict(arch="resnet34"), "arch"),
+    (dict(norm="batchnorm"), "norm"),
+    (dict(norm="robustnrom"), "norm"),
+    (dict(recipe="adversarial"), "recipe"),
+    (dict(recipe="advprop"), "recipe"),  # needs norm="multibn"
+    (dict(recipe="ebn", norm="robustnorm"), "recipe"),
+    (dict(schedule="cos"), "schedule"),
+    (dict(precision="fp16"), "precision"),
+    (dict(train_eps=-0.1), "train_eps"),
+    (dict(train_eps=1.5), "train_eps"),
+    (dict(train_eps="8/0"), "train_eps"),
+    (dict(epochs=0), "epochs"),
+    (dict(epochs=1.5), "epochs"),
+    (dict(epochs="3"), "epochs"),
+    (dict(batch_size=-1), "batch_size"),
+    (dict(width=0), "width"),
+    (dict(norm="robustnorm", norm_p=0), "norm_p"),
+    (dict(lr=0), "lr"),
+    (dict(momentum=1.0), "momentum"),
+    (dict(weight_decay=-1e-4), "weight_decay"),
+    (dict(train_steps=0), "train_steps"),
+    (dict(train_alpha=0.0), "train_alpha"),
+    (dict(attack_stats="running"), "attack_stats"),
+    (dict(seed=-1), "seed"),
+    (dict(subset=0), "subset"),
+    (dict(augment="yes"), "augment"),
+    (dict(channels_last=1), "channels_last"),
+    (dict(share="affine"), "share"),  # only with multibn
+    (dict(norm="multibn", share="both"), "share"),
+    (dict(warmup_epochs=3, epochs=2), "warmup_epochs"),
+]
+
+
+@pytest.mark.parametrize("kw,field", BAD, ids=[f"{f}={kw[f]!r}" for kw, f in BAD])
+def test_bad_config_raises_config_error_naming_the_field(kw, field):
+    with pytest.raises(ConfigError, match=field) as e:
+        RunConfig(**kw)
+    assert repr(kw[field]).strip("'") in str(e.value) or str(kw[field]) in str(e.value)
+
+
+@pytest.mark.parametrize("kw,hint", [(dict(dataset="fashion_mist"), "fashion_mnist"), (dict(norm="robustnrom"), "robustnorm"),
+                                     (dict(recipe="advprob"), "advprop"), (dict(schedule="cosin"), "cosine")])
+def test_misspelled_names_get_a_suggestion(kw, hint):
+    with pytest.raises(ConfigError, match=f"Did you mean '{hint}'"):
+        RunConfig(**kw)
+
+
+def test_from_dict_rejects_unknown_keys_with_suggestion():
+    with pytest.raises(ConfigError, match="epoch.*Did you mean 'epochs'"):
+        RunConfig.from_dict({"epoch": 3})
+    with pytest.raises(ConfigError, match="learning_rate"):
+        RunConfig.from_dict({"learning_rate": 0.1})
+
+
+def test_eps_strings_ints_and_floats_normalize_to_one_key():
+    a = RunConfig.from_dict({"train_eps": "8/255", "lr": 1, "epochs": 2.0})
+    b = RunConfig(train_eps=8 / 255, lr=1.0, epochs=2)
+    assert a == b and a.key() == b.key()
+    assert isinstance(a.lr, float) and isinstance(a.epochs, int)
+    assert RunConfig.make(train_eps="0.5").train_eps == 0.5
+
+
+def test_key_and_name():
+    c = RunConfig()
+    assert c.name() == "fashion_mnist-resnet18w16-bn-standard-e1-s0"
+    assert len(c.key()) == 12 and int(c.key(), 16) >= 0
+    assert c.key() == RunConfig().key()
+    assert c.key() != RunConfig(seed=1).key() != RunConfig(lr=0.1000001).key()
+    assert c.key() != RunConfig(train_eps=4 / 255).key()
+    assert RunConfig.from_dict(json.loads(json.dumps(c.to_dict()))).key() == c.key()
+    assert runs.SCHEMA_VERSION == json.loads(c.canonical_json())["schema"]
+    assert c.replace(norm="multibn", recipe="advprop").branches == ("adv",)
+    assert RunConfig(norm="multibn").branches == ()
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:x", "cpu:0", 3, "tpu"])
+def test_bad_device(device, env):
+    with pytest.raises(ConfigError, match="device"):
+        runs.train(tiny(), device=device)
+
+
+def test_device_resolution():
+    assert runs.resolve_device("auto").type in ("cpu", "cuda")
+    assert runs.resolve_device("CPU") == torch.device("cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA is not available"):
+            runs.resolve_device("cuda")
+
+
+def test_bad_threads_and_progress(env):
+    with pytest.raises(ConfigError, match="threads"):
+        runs.train(tiny(), threads=0)
+    with pytest.raises(ConfigError, match="progress"):
+        runs.train(tiny(), progress="yes")
+
+
+# ------------------------------------------------------------------------------ runs
+def test_train_writes_a_complete_run_and_reuses_it(env, monkeypatch):
+    cfg = tiny()
+    run = runs.train(cfg, device="cpu", progress=False)
+    p = run.path
+    assert p == env / "runs" / f"{cfg.name()}-{cfg.key()}"
+    for f in ("config.json", "checkpoint.pt", "history.csv", "environment.json", "done", "model.pt"):
+        assert (p / f).exists(), f
+    assert not (p / "lock").exists()
+    assert RunConfig.from_dict(json.loads((p / "config.json").read_text())) == cfg
+    h = run.history
+    assert list(h.columns) == ["epoch", "loss", "loss_main", "acc_main", "lr", "images", "epoch_seconds",
+                               "images_per_s", "wall_seconds"]
+    assert h["epoch"].tolist() == [1, 2] and (h["images"] == 192).all()
+    assert h["wall_seconds"].is_monotonic_increasing
+    assert h["lr"].iloc[0] == pytest.approx(0.1) and h["lr"].iloc[1] == pytest.approx(0.05)
+    e = run.environment
+    for k in ("torch_version", "device", "threads", "cpu", "precision", "rnorm_version"):
+        assert k in e
+    assert e["device"] == "cpu" and e["precision"] == "fp32"
+
+    model = run.model()
+    assert not model.training
+    x = torch.rand(4, 1, 28, 28)
+    assert model(x).shape == (4, 10)
+
+    # second call: no training at all, same run
+    def boom(*a, **k):
+        raise AssertionError("train_step must not be called for a finished run")
+
+    monkeypatch.setattr(T, "train_step", boom)
+    again = runs.train(cfg, device="cpu", progress=False)
+    assert again.path == p
+    assert_same_weights(weights(run), weights(again))
+    assert runs.find_run(cfg).path == p
+    assert runs.load_run(p).config == cfg
+    assert runs.find_run(cfg.replace(seed=5)) is None
+
+
+def test_same_seed_same_numbers_different_config_different_numbers(env):
+    cfg = tiny(norm="multibn", recipe="advprop", epochs=1)
+    a = runs.train(cfg, runs_dir=env / "a", device="cpu", progress=False)
+    b = runs.train(cfg, runs_dir=env / "b", device="cpu", progress=False)
+    assert_same_weights(weights(a), weights(b))
+    assert non_timing(a.history).equals(non_timing(b.history))
+    other = cfg.replace(seed=1)
+    assert other.key() != cfg.key()
+    c = runs.train(other, runs_dir=env / "a", device="cpu", progress=False)
+    assert c.path != a.path
+    assert not torch.equal(weights(a)["net.fc.weight"], weights(c)["net.fc.weight"])
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resume_after_interruption_is_bit_identical(env, monkeypatch):
+    cfg = tiny(epochs=3, norm="multibn", recipe="ebn", schedule="step", warmup_epochs=1)
+    ref = runs.train(cfg, runs_dir=env / "ref", device="cpu", progress=False)
+
+    real_save = runs.save_checkpoint
+    calls = []
+
+    def save_then_die(path, blob):
+        real_save(path, blob)
+        calls.append(blob["epoch"])
+        if blob["epoch"] == 1:
+            raise Interrupt()
+
+    monkeypatch.setattr(runs, "save_checkpoint", save_then_die)
+    with pytest.raises(Interrupt):
+        runs.train(cfg, runs_dir=env / "cut", device="cpu", progress=False)
+    folder = env / "cut" / cfg.folder_name()
+    assert not (folder / "lock").exists(), "lock released on error"
+    assert not runs.is_complete(folder) and runs.find_run(cfg, env / "cut") is None
+    with pytest.raises(RunError, match="not complete"):
+        runs.load_run(folder)
+    (folder / ".checkpoint.pt.crashed.tmp").write_bytes(b"torn")  # left by a crash mid-write
+    resumed = runs.train(cfg, runs_dir=env / "cut", device="cpu", progress=False)
+    assert not list(folder.glob(".*.tmp"))
+    assert calls == [1, 2, 3]  # epochs 2 and 3 only were trained again
+    assert resumed.environment["resumed_at_epoch"] == 1
+    assert_same_weights(weights(ref), weights(resumed))
+    assert non_timing(ref.history).equals(non_timing(resumed.history))
+
+
+def test_checkpoint_and_model_load_with_weights_only(env):
+    run = runs.train(tiny(epochs=1, norm="robustnorm"), device="cpu", progress=False)
+    ck = torch.load(run.path / "checkpoint.pt", weights_only=True)
+    for k in ("schema", "config_key", "epoch", "model", "optimizer", "scheduler", "rng", "data_seed", "history"):
+        assert k in ck, k
+    assert ck["config_key"] == run.config.key() and ck["epoch"] == 1
+    assert isinstance(ck["rng"]["torch"], torch.Tensor)
+    m = torch.load(run.path / "model.pt", weights_only=True)
+    assert m["config_key"] == run.config.key()
+    assert "net.bn1.running_range" in m["model"]
+
+
+def test_checkpoint_of_another_config_is_refused(env):
+    a, b = tiny(epochs=1), tiny(epochs=1, seed=3)
+    ra = runs.train(a, device="cpu", progress=False)
+    folder_b = env / "runs" / b.folder_name()
+    folder_b.mkdir(parents=True)
+    shutil.copy(ra.path / "checkpoint.pt", folder_b / "checkpoint.pt")
+    with pytest.raises(RunError, match=f"{a.key()}.*{b.key()}"):
+        runs.train(b, device="cpu", progress=False)
+    # an edited config.json is refused too
+    (ra.path / "config.json").write_text(json.dumps(a.replace(lr=0.2).to_dict()))
+    with pytest.raises(RunError, match="does not match the folder"):
+        runs.load_run(ra.path)
+
+
+def test_subset_larger_than_split_is_a_clear_error(env):
+    with pytest.raises(ConfigError, match="subset=10000000"):
+        runs.train(tiny(subset=10_000_000), device="cpu", progress=False)
+
+
+def test_unwritable_runs_folder_fails_before_training(env, monkeypatch):
+    blocker = env / "not-a-folder"
+    blocker.write_text("x")
+    monkeypatch.setattr(T, "train_step", lambda *a, **k: pytest.fail("trained"))
+    with pytest.raises(RunError, match="not-a-folder.*RNORM_RUNS"):
+        runs.train(tiny(), runs_dir=blocker / "runs", device="cpu", progress=False)
+    monkeypatch.setenv("RNORM_RUNS", str(blocker))
+    with pytest.raises(RunError, match="RNORM_RUNS"):
+        runs.train(tiny(), device="cpu", progress=False)
+
+
+def test_bf16_channels_last_run(env):
+    run = runs.train(tiny(epochs=1, precision="bf16", channels_last=True), device="cpu", progress=False)
+    assert run.environment["precision"] == "bf16"
+    assert all(v.dtype in (torch.float32, torch.int64) for v in run.state_dict().values())
+    assert run.model()(torch.rand(2, 1, 28, 28)).dtype == torch.float32
+
+
+def test_progress_bar_writes_to_stderr(env, capsys):
+    runs.train(tiny(epochs=1), device="cpu", progress=True)
+    assert "epoch 1/1" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ locks
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_file_lock_waits_for_a_live_owner_and_recovers_a_dead_one(tmp_path):
+    path = tmp_path / "lock"
+    path.write_text(json.dumps({"pid": os.getpid(), "host": __import__("socket").gethostname(), "token": "x"}))
+    told = []
+    with pytest.raises(_io.LockTimeout):
+        _io.FileLock(path, poll=0.05, timeout=0.2, on_wait=told.append).acquire()
+    assert told and str(os.getpid()) in told[0]
+    path.write_text(json.dumps({"pid": _dead_pid(), "host": __import__("socket").gethostname(), "token": "y"}))
+    lock = _io.FileLock(path, poll=0.05, timeout=2)
+    with lock:
+        assert lock.recovered_stale
+        assert _io.read_lock(path)["pid"] == os.getpid()
+    assert not path.exists()
+    # an unreadable lock file is stale only when old
+    path.write_text("")
+    with pytest.raises(_io.LockTimeout):
+        _io.FileLock(path, poll=0.05, timeout=0.2, on_wait=lambda m: None, empty_grace=60).acquire()
+    with _io.FileLock(path, poll=0.05, timeout=2, empty_grace=0.0):
+        pass
+
+
+def test_atomic_writes(tmp_path):
+    _io.atomic_write_text(tmp_path / "a.txt", "hello")
+    _io.atomic_write_bytes(tmp_path / "b.bin", b"\x00\x01")
+    _io.atomic_torch_save({"t": torch.arange(3)}, tmp_path / "c.pt")
+    assert (tmp_path / "a.txt").read_text() == "hello"
+    assert (tmp_path / "b.bin").read_bytes() == b"\x00\x01"
+    assert torch.equal(torch.load(tmp_path / "c.pt", weights_only=True)["t"], torch.arange(3))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.bin", "c.pt"]  # no temp files left
+
+    class Bad:
+        def __reduce__(self):
+            raise RuntimeError("cannot pickle")
+
+    with pytest.raises(RuntimeError):
+        _io.atomic_torch_save({"x": Bad()}, tmp_path / "c.pt")
+    assert torch.equal(torch.load(tmp_path / "c.pt", weights_only=True)["t"], torch.arange(3))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.bin", "c.pt"]
+
+
+def test_stale_lock_of_a_dead_process_is_recovered_by_train(env, capsys):
+    cfg = tiny(epochs=1)
+    folder = env / "runs" / cfg.folder_name()
+    folder.mkdir(parents=True)
+    (folder / "lock").write_text(json.dumps({"pid": _dead_pid(), "host": __import__("socket").gethostname(),
+                                             "token": "old"}))
+    run = runs.train(cfg, device="cpu", progress=False)
+    assert runs.is_complete(run.path) and not (folder / "lock").exists()
+
+
+def test_two_processes_asking_for_the_same_run_train_it_once(env, data_root):
+    cfg = tiny(epochs=2)
+    # whoever trains sleeps 2 s after each checkpoint, so the other one surely meets the lock
+    procs = [start_child(env / "runs", cfg, data_root, "--sleep-after-checkpoint", "2") for _ in range(2)]
+    results = [child_result(p) for p in procs]
+    steps = sorted(r["steps"] for r, _ in results)
+    assert steps[0] == 0 and steps[1] > 0, results
+    assert results[0][0]["digest"] == results[1][0]["digest"]
+    waiter_err = [err for r, err in results if r["steps"] == 0][0]
+    assert "waiting for lock" in waiter_err and "another process is training this run" in waiter_err
+
+
+def test_killed_training_resumes_to_the_same_weights(env, data_root):
+    """SIGKILL a child after its first checkpoint, restart it: same final weights as uninterrupted."""
+    cfg = tiny(epochs=3, norm="multibn", recipe="advprop")
+    cut = env / "cut"
+    proc = start_child(cut, cfg, data_root, "--sleep-after-checkpoint", "120")
+    ck = cut / cfg.folder_name() / "checkpoint.pt"
+    deadline = time.time() + 180
+    while not ck.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.1)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+    folder = cut / cfg.folder_name()
+    assert (folder / "lock").exists() and not runs.is_complete(folder)
+    assert torch.load(ck, weights_only=True)["epoch"] == 1
+
+    restarted, _ = child_result(start_child(cut, cfg, data_root))
+    assert restarted["steps"] == 2 * 3  # 192 images / 64 per batch = 3 steps, epochs 2 and 3
+    assert json.loads((folder / "environment.json").read_text())["resumed_at_epoch"] == 1
+    ref = runs.train(cfg, runs_dir=env / "ref", device="cpu", progress=False, threads=1)
+    got = runs.load_run(folder)
+    assert_same_weights(weights(ref), weights(got))
+    assert non_timing(ref.history).equals(non_timing(got.history))
