@@ -225,3 +225,21 @@ def test_c1_and_c3_rules_and_missing(tmp_path):
     _write(tmp_path, "03_robustnorm", {"eps": 8 / 255, "models": {"BatchNorm": m(0.9, 0.05),
                                                                      "RobustNorm p=0.2": m(0.8, 0.051)}})
     assert ledger.ledger(tmp_path).set_index("claim").loc["C3", "verdict"] == ledger.NOT
+
+
+def test_unwritable_results_folder_fails_before_any_work(tmp_path):
+    from rnorm.results import ResultsDir
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(PermissionError, match="not writable.*results_dir"):
+        ResultsDir("02_stats_swap", blocker / "results")
+
+
+def test_results_are_written_atomically_and_provenance_is_complete(tmp_path):
+    import pandas as pd
+    from rnorm.results import ResultsDir
+    out = ResultsDir("x", tmp_path)
+    out.csv("t", pd.DataFrame({"a": [1, 2]}))
+    prov = json.loads(out.provenance({"p": 1}, profile="smoke", device="cpu").read_text())
+    assert prov["parameters"] == {"p": 1} and prov["versions"]["torch"] and prov["profile"] == "smoke"
+    assert sorted(p.name for p in (tmp_path / "x").iterdir()) == ["provenance.json", "t.csv"]  # no temp files left

@@ -35,6 +35,7 @@ class EBNParams(NotebookParams):
     epochs: int = 1
     batch_size: int = 128
     lr: float = 0.1
+    warmup_epochs: int = 0
     train_subset: int | None = 1000
     seeds: tuple = (0,)
     precision: str = "fp32"
@@ -66,7 +67,7 @@ class EBNParams(NotebookParams):
 
 def _config(p: EBNParams, dataset: str, arch: str, recipe: str, seed: int, share: str = "none") -> RunConfig:
     return RunConfig(dataset=dataset, arch=arch, width=p.width, norm="multibn" if branches_for(recipe) else "bn",
-                     share=share, recipe=recipe, epochs=p.epochs, batch_size=p.batch_size, lr=p.lr,
+                     share=share, recipe=recipe, epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, warmup_epochs=p.warmup_epochs,
                      subset=p.train_subset, seed=seed, precision=p.precision, channels_last=p.channels_last,
                      train_eps=p.train_eps, train_steps=p.train_steps)
 

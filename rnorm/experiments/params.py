@@ -135,6 +135,7 @@ def check_training(p, *, dataset_field="dataset") -> None:
     check_int("epochs", p.epochs, min_value=1)
     check_int("batch_size", p.batch_size, min_value=1)
     check_float("lr", p.lr, min_value=0.0, min_inclusive=False)
+    check_int("warmup_epochs", p.warmup_epochs, min_value=0, max_value=p.epochs - 1)
     if p.train_subset is not None:
         check_int("train_subset", p.train_subset, min_value=10)
     check_choice("precision", p.precision, PRECISIONS)

@@ -29,6 +29,7 @@ class RobustNormParams(NotebookParams):
     epochs: int = 1
     batch_size: int = 128
     lr: float = 0.1
+    warmup_epochs: int = 0
     train_subset: int | None = 1000
     seeds: tuple = (0,)
     precision: str = "fp32"
@@ -62,7 +63,7 @@ def model_label(cfg: RunConfig) -> str:
 
 def runs(p: RobustNormParams) -> list[RunConfig]:
     base = dict(dataset=p.dataset, arch=p.arch, width=p.width, recipe="standard", epochs=p.epochs,
-                batch_size=p.batch_size, lr=p.lr, subset=p.train_subset, precision=p.precision,
+                batch_size=p.batch_size, lr=p.lr, warmup_epochs=p.warmup_epochs, subset=p.train_subset, precision=p.precision,
                 channels_last=p.channels_last)
     out = []
     for s in p.seeds:

@@ -35,6 +35,7 @@ class ShiftParams(NotebookParams):
     epochs: int = 1
     batch_size: int = 128
     lr: float = 0.1
+    warmup_epochs: int = 0
     train_subset: int | None = 1000
     seeds: tuple = (0,)
     precision: str = "fp32"
@@ -60,7 +61,7 @@ class ShiftParams(NotebookParams):
 def runs(p: ShiftParams) -> list[RunConfig]:
     """The training runs the notebook needs: one BN model, trained normally."""
     return [RunConfig(dataset=p.dataset, arch=p.arch, width=p.width, norm="bn", recipe="standard", epochs=p.epochs,
-                      batch_size=p.batch_size, lr=p.lr, subset=p.train_subset, seed=p.seeds[0],
+                      batch_size=p.batch_size, lr=p.lr, warmup_epochs=p.warmup_epochs, subset=p.train_subset, seed=p.seeds[0],
                       precision=p.precision, channels_last=p.channels_last)]
 
 

@@ -34,6 +34,7 @@ class StatsSwapParams(NotebookParams):
     epochs: int = 1
     batch_size: int = 128
     lr: float = 0.1
+    warmup_epochs: int = 0
     train_subset: int | None = 1000
     seeds: tuple = (0,)
     precision: str = "fp32"
@@ -68,7 +69,7 @@ def runs(p: StatsSwapParams) -> list[RunConfig]:
     """BN and (optionally) no-normalization models, trained normally, one per seed."""
     norms = ("bn", "none") if p.include_nonorm else ("bn",)
     return [RunConfig(dataset=p.dataset, arch=p.arch, width=p.width, norm=n, recipe="standard", epochs=p.epochs,
-                      batch_size=p.batch_size, lr=p.lr, subset=p.train_subset, seed=s, precision=p.precision,
+                      batch_size=p.batch_size, lr=p.lr, warmup_epochs=p.warmup_epochs, subset=p.train_subset, seed=s, precision=p.precision,
                       channels_last=p.channels_last)
             for s in p.seeds for n in norms]
 
