@@ -243,3 +243,17 @@ def test_results_are_written_atomically_and_provenance_is_complete(tmp_path):
     prov = json.loads(out.provenance({"p": 1}, profile="smoke", device="cpu").read_text())
     assert prov["parameters"] == {"p": 1} and prov["versions"]["torch"] and prov["profile"] == "smoke"
     assert sorted(p.name for p in (tmp_path / "x").iterdir()) == ["provenance.json", "t.csv"]  # no temp files left
+
+
+def test_stats_swap_findings_quote_the_summary():
+    from rnorm.experiments import stats_swap
+    s = {"pgd_eps": 4 / 255, "pgd_population": {"mean": 0.012}, "pgd_batch_whitebox": {"mean": 0.034},
+         "pgd_batch_transfer": {"mean": 0.456}, "pgd_nonorm": {"mean": 0.078},
+         "batch_sweep": [{"batch_size": 8, "makeup": "all", "gradient": "white-box", "mean": 0.25},
+                         {"batch_size": 512, "makeup": "all", "gradient": "white-box", "mean": 0.05},
+                         {"batch_size": 8, "makeup": "all", "gradient": "transfer", "mean": 0.99}]}
+    text = stats_swap.findings(s)
+    for piece in ("4/255", "1.2%", "45.6% (+44.4 points)", "3.4% (+2.2 points)", "7.8%",
+                  "between 5.0% (batch 512) and 25.0% (batch 8)"):
+        assert piece in text, piece
+    assert "99.0" not in text  # transfer rows are not part of the white-box sweep line

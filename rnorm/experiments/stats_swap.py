@@ -147,3 +147,30 @@ def summary(p: StatsSwapParams, eps_sweep: pd.DataFrame, batch_sweep: pd.DataFra
     per = mean_std(bs, "accuracy", ["batch_size", "makeup", "gradient"])
     out["batch_sweep"] = per.to_dict(orient="records")
     return out
+
+
+def findings(summary: dict) -> str:
+    """The notebook's findings as markdown bullet points, every number taken from ``summary``."""
+    def pct(key):
+        return 100 * summary[key]["mean"] if key in summary else None
+
+    pop, wb, tr, nonorm = pct("pgd_population"), pct("pgd_batch_whitebox"), pct("pgd_batch_transfer"), pct("pgd_nonorm")
+    eps = f"{summary['pgd_eps'] * 255:.0f}/255"
+    lines = [f"- **BN as deployed** (population statistics): PGD at ε = {eps} leaves {pop:.1f}% accuracy."]
+    if tr is not None:
+        lines.append(f"- **Transferred attack, batch statistics**: {tr:.1f}% ({tr - pop:+.1f} points): what an attack "
+                     f"that ignores the swap measures.")
+    if wb is not None:
+        lines.append(f"- **White-box attack through the batch statistics**: {wb:.1f}% ({wb - pop:+.1f} points).")
+    if nonorm is not None:
+        lines.append(f"- **No normalization**, same attack: {nonorm:.1f}%.")
+    rows = [r for r in summary.get("batch_sweep", []) if r["gradient"] == "white-box"]
+    for makeup, text in (("all", "all-adversarial batches"), ("mixed", "a few adversarial images among clean ones")):
+        sub = [r for r in rows if r["makeup"] == makeup]
+        if sub:
+            lo, hi = min(sub, key=lambda r: r["mean"]), max(sub, key=lambda r: r["mean"])
+            lines.append(f"- Over inference batch sizes {min(r['batch_size'] for r in sub)}–"
+                         f"{max(r['batch_size'] for r in sub)} with {text}, white-box PGD leaves between "
+                         f"{100 * lo['mean']:.1f}% (batch {lo['batch_size']}) and {100 * hi['mean']:.1f}% "
+                         f"(batch {hi['batch_size']}).")
+    return "\n".join(lines)
