@@ -257,3 +257,19 @@ def test_stats_swap_findings_quote_the_summary():
                   "between 5.0% (batch 512) and 25.0% (batch 8)"):
         assert piece in text, piece
     assert "99.0" not in text  # transfer rows are not part of the white-box sweep line
+
+
+def test_c4_c5_exclude_settings_at_chance(tmp_path):
+    s = {"eps": 2 / 255, "settings": [
+        _ebn_setting("fmnist", standard=(0.80, 0.1), AdvProp=(0.82, 0.2), EBN=(0.83, 0.25)),
+        _ebn_setting("chance", standard=(0.11, 0.1), AdvProp=(0.10, 0.0), EBN=(0.12, 0.05)),
+    ]}
+    _write(tmp_path, "04_easy_batchnorm", s)
+    t = ledger.ledger(tmp_path).set_index("claim")
+    assert "excluded" in t.loc["C4", "effect"] and "chance / resnet18" in t.loc["C4", "effect"]
+    assert "chance / resnet18: clean" not in t.loc["C4", "effect"]
+    assert t.loc["C4", "verdict"] == ledger.REPRODUCED  # decided by the one informative setting
+    s["settings"] = s["settings"][1:]
+    _write(tmp_path, "04_easy_batchnorm", s)
+    t = ledger.ledger(tmp_path).set_index("claim")
+    assert t.loc["C4", "verdict"] == ledger.NOT_RUN and "no informative setting" in t.loc["C4", "effect"]

@@ -42,10 +42,12 @@ RULES = {
     "C3": "reproduced if RobustNorm (some p, population statistics) beats BatchNorm's PGD accuracy by more than "
           "the seed spread while its clean accuracy is within 2 points of BatchNorm's; partly if it beats BN on "
           "only one of the two; not reproduced otherwise.",
-    "C4": "reproduced if EBN beats AdvProp on both clean and PGD accuracy in more than half of the settings; "
+    "C4": "over the settings where some recipe reached at least twice chance clean accuracy (others are excluded "
+          "and named): reproduced if EBN beats AdvProp on both clean and PGD accuracy in more than half of them; "
           "partly if on at least one; not reproduced otherwise (a setting counts as a win when the mean is higher; "
           "a win larger than the seed spread is reported separately).",
-    "C5": "reproduced if AdvProp's clean accuracy beats standard training's in more than half of the settings; "
+    "C5": "over the same informative settings: reproduced if AdvProp's clean accuracy beats standard training's "
+          "in more than half of them; "
           "partly if in at least one; not reproduced otherwise.",
 }
 
@@ -137,16 +139,31 @@ def verdict_c3(s: dict | None) -> dict:
             "spread": f"pooled sd {100 * spread:.1f} points over {n} seeds" if n > 1 else "one seed: spread unknown"}
 
 
-def _settings(s: dict):
+CHANCE_FACTOR = 2.0  # a setting whose best clean accuracy is below twice chance taught us nothing
+
+
+def _settings(s: dict, *, informative_only: bool = False):
     for entry in s.get("settings", []):
+        if informative_only and not _informative(entry):
+            continue
         yield f"{entry['dataset']} / {entry['arch']}", entry["recipes"]
+
+
+def _informative(entry: dict, num_classes: int = 10) -> bool:
+    best = max((r["clean_mean"] for r in entry["recipes"].values()), default=0.0)
+    return best >= CHANCE_FACTOR / num_classes
+
+
+def _excluded_text(s: dict) -> str:
+    out = [f"{e['dataset']} / {e['arch']}" for e in s.get("settings", []) if not _informative(e)]
+    return f" — excluded, no recipe reached twice chance accuracy: {', '.join(out)}" if out else ""
 
 
 def verdict_c4(s: dict | None) -> dict:
     if not s:
         return {"verdict": NOT_RUN}
     wins, clear, total, parts = 0, 0, 0, []
-    for label, rec in _settings(s):
+    for label, rec in _settings(s, informative_only=True):
         if "EBN" not in rec or "AdvProp" not in rec:
             continue
         e, a = rec["EBN"], rec["AdvProp"]
@@ -157,9 +174,9 @@ def verdict_c4(s: dict | None) -> dict:
         clear += win and dc > 2 * pooled_std(e["clean_std"], a["clean_std"]) and dr > 2 * pooled_std(e["pgd_std"], a["pgd_std"])
         parts.append(f"{label}: clean {100 * dc:+.1f}, PGD {100 * dr:+.1f} points")
     if not total:
-        return {"verdict": NOT_RUN}
+        return {"verdict": NOT_RUN, "effect": "no informative setting" + _excluded_text(s)}
     verdict = REPRODUCED if wins > total / 2 else PARTLY if wins else NOT
-    return {"verdict": verdict, "effect": f"EBN − AdvProp: {'; '.join(parts)}",
+    return {"verdict": verdict, "effect": f"EBN − AdvProp: {'; '.join(parts)}{_excluded_text(s)}",
             "spread": _wins_text(wins, clear, total, s)}
 
 
@@ -174,7 +191,7 @@ def verdict_c5(s: dict | None) -> dict:
     if not s:
         return {"verdict": NOT_RUN}
     wins, clear, total, parts = 0, 0, 0, []
-    for label, rec in _settings(s):
+    for label, rec in _settings(s, informative_only=True):
         if "AdvProp" not in rec or "standard" not in rec:
             continue
         a, b = rec["AdvProp"], rec["standard"]
@@ -184,9 +201,9 @@ def verdict_c5(s: dict | None) -> dict:
         clear += d > 2 * pooled_std(a["clean_std"], b["clean_std"])
         parts.append(f"{label}: clean {100 * d:+.1f} points")
     if not total:
-        return {"verdict": NOT_RUN}
+        return {"verdict": NOT_RUN, "effect": "no informative setting" + _excluded_text(s)}
     verdict = REPRODUCED if wins > total / 2 else PARTLY if wins else NOT
-    return {"verdict": verdict, "effect": f"AdvProp − standard: {'; '.join(parts)}",
+    return {"verdict": verdict, "effect": f"AdvProp − standard: {'; '.join(parts)}{_excluded_text(s)}",
             "spread": _wins_text(wins, clear, total, s)}
 
 
