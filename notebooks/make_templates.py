@@ -435,7 +435,7 @@ pd.DataFrame(lines)
 """, tags=["hide-input"]),
         code("""
 from rnorm.experiments import ledger
-dead = [f"{common.dataset_label(e['dataset'])} / {e['arch']}" for e in summary["settings"] if not ledger._informative(e)]
+dead = [f"{common.dataset_label(e['dataset'])} / {e['arch']}" for e in summary["settings"] if not ledger.informative(e)]
 if dead:
     display(Markdown("```{important}\nIn " + ", ".join(dead) + " no recipe reached twice chance clean accuracy at "
                      "this scale: these models did not learn enough for a comparison, and the claims ledger leaves "

@@ -144,18 +144,19 @@ CHANCE_FACTOR = 2.0  # a setting whose best clean accuracy is below twice chance
 
 def _settings(s: dict, *, informative_only: bool = False):
     for entry in s.get("settings", []):
-        if informative_only and not _informative(entry):
+        if informative_only and not informative(entry):
             continue
         yield f"{entry['dataset']} / {entry['arch']}", entry["recipes"]
 
 
-def _informative(entry: dict, num_classes: int = 10) -> bool:
+def informative(entry: dict, num_classes: int = 10) -> bool:
+    """True when some recipe of a setting reached at least twice chance clean accuracy."""
     best = max((r["clean_mean"] for r in entry["recipes"].values()), default=0.0)
     return best >= CHANCE_FACTOR / num_classes
 
 
 def _excluded_text(s: dict) -> str:
-    out = [f"{e['dataset']} / {e['arch']}" for e in s.get("settings", []) if not _informative(e)]
+    out = [f"{e['dataset']} / {e['arch']}" for e in s.get("settings", []) if not informative(e)]
     return f" — excluded, no recipe reached twice chance accuracy: {', '.join(out)}" if out else ""
 
 
