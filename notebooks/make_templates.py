@@ -437,9 +437,9 @@ pd.DataFrame(lines)
 from rnorm.experiments import ledger
 dead = [f"{common.dataset_label(e['dataset'])} / {e['arch']}" for e in summary["settings"] if not ledger.informative(e)]
 if dead:
-    display(Markdown("```{important}\nIn " + ", ".join(dead) + " no recipe reached twice chance clean accuracy at "
+    display(Markdown("```{important}\\nIn " + ", ".join(dead) + " no recipe reached twice chance clean accuracy at "
                      "this scale: these models did not learn enough for a comparison, and the claims ledger leaves "
-                     "these settings out of C4 and C5.\n```"))
+                     "these settings out of C4 and C5.\\n```"))
 """, tags=["remove-input"]),
         code(PROVENANCE, tags=["remove-cell"]),
     ]
