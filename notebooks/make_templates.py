@@ -513,7 +513,8 @@ if tf.exists():
         times.insert(0, {"step": f"training all runs ({t['jobs']} worker(s))", "minutes": round(t["seconds"]["pretrain"] / 60, 1)})
 times = pd.DataFrame(times)
 if len(times):
-    times.loc[len(times)] = {"step": "total", "minutes": round(times["minutes"].sum(), 1)}
+    times.loc[len(times)] = {"step": "sum of the steps (notebooks run two at a time, so less wall time)",
+                             "minutes": round(times["minutes"].sum(), 1)}
 glue("scale-table", scale.style.hide(axis="index"), display=False)
 glue("timings-table", times.style.hide(axis="index"), display=False)
 glue("profile-name", str(prof), display=False)
