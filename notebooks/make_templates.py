@@ -507,8 +507,10 @@ scale = pd.DataFrame(scale)
 prof = profile or (json.loads((Path(root) / "01_distribution_shift" / "provenance.json").read_text())["profile"]
                    if (Path(root) / "01_distribution_shift" / "provenance.json").exists() else None)
 tf = Path(root) / f"timings-{prof}.json"
+timings_note = "Measured by `rnorm book` on this machine."
 if tf.exists():
     t = json.loads(tf.read_text())
+    timings_note = t.get("source", timings_note)
     if "pretrain" in t["seconds"]:
         times.insert(0, {"step": f"training all runs ({t['jobs']} worker(s))", "minutes": round(t["seconds"]["pretrain"] / 60, 1)})
 times = pd.DataFrame(times)
@@ -518,6 +520,7 @@ if len(times):
 glue("scale-table", scale.style.hide(axis="index"), display=False)
 glue("timings-table", times.style.hide(axis="index"), display=False)
 glue("profile-name", str(prof), display=False)
+glue("timings-note", timings_note, display=False)
 scale.style.hide(axis="index")
 """, tags=["remove-input"]),
         md("""
