@@ -273,3 +273,29 @@ def test_c4_c5_exclude_settings_at_chance(tmp_path):
     _write(tmp_path, "04_easy_batchnorm", s)
     t = ledger.ledger(tmp_path).set_index("claim")
     assert t.loc["C4", "verdict"] == ledger.NOT_RUN and "no informative setting" in t.loc["C4", "effect"]
+
+
+def test_evaluation_is_cached_by_its_inputs(tmp_path, monkeypatch):
+    import types
+
+    import pandas as pd
+    import torch
+
+    import rnorm.evaluate as ev
+    from rnorm.experiments.common import cached_evaluate
+    from rnorm.models import resnet20
+
+    torch.manual_seed(0)
+    model = resnet20(width=4, in_channels=1, mean=(0.5,), std=(0.5,)).eval()
+    x, y = torch.rand(16, 1, 28, 28), torch.randint(0, 10, (16,))
+    run = types.SimpleNamespace(path=tmp_path, config=types.SimpleNamespace(key=lambda: "abc"))
+    kw = dict(attacks=("clean", "fgsm"), eps=(8 / 255,), stats=("population", "batch"), batch_sizes=(8,), device="cpu")
+    first = cached_evaluate(run, model, x, y, **kw)
+    assert len(list(tmp_path.glob("eval-*.csv"))) == 1
+    monkeypatch.setattr(ev, "evaluate", lambda *a, **k: (_ for _ in ()).throw(AssertionError("not cached")))
+    again = cached_evaluate(run, model, x, y, **{**kw, "device": "auto"})  # device is not part of the key
+    pd.testing.assert_frame_equal(first.reset_index(drop=True), again, check_dtype=False)
+    with pytest.raises(AssertionError, match="not cached"):  # other images: another key
+        cached_evaluate(run, model, x.flip(0), y, **kw)
+    with pytest.raises(AssertionError, match="not cached"):  # other arguments: another key
+        cached_evaluate(run, model, x, y, **{**kw, "eps": (4 / 255,)})

@@ -74,3 +74,37 @@ def dataset_note(names) -> str:
             "re-encoding of CIFAR-10 (quality 75, 4:2:0 chroma), not from the original CIFAR-10 files, which "
             "could not be obtained offline. They are not CIFAR-10 numbers and should not be compared with "
             "published CIFAR-10 results as if they were.\n```")
+
+
+EVAL_CACHE_VERSION = 1
+_UNCACHED_KEYS = ("device", "progress")
+
+
+def cached_evaluate(run, model, images, labels, **kwargs):
+    """:func:`rnorm.evaluate.evaluate`, cached in the run's folder by the hash of everything it depends on.
+
+    The key hashes the run's config key, the test images and labels (their bytes), every keyword
+    argument except ``device`` and ``progress``, and a cache version. A cached frame is read back from
+    ``<run>/eval-<key>.csv`` (written atomically); re-running a notebook then skips its evaluation.
+    """
+    import hashlib
+    import json
+
+    import pandas as pd
+
+    from .._io import atomic_write_text
+    from ..evaluate import evaluate
+
+    h = hashlib.sha256()
+    h.update(f"v{EVAL_CACHE_VERSION}:{run.config.key()}".encode())
+    for t in (images, labels):
+        h.update(str(tuple(t.shape)).encode() + str(t.dtype).encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    args = {k: v for k, v in kwargs.items() if k not in _UNCACHED_KEYS}
+    h.update(json.dumps(args, sort_keys=True, default=repr).encode())
+    path = run.path / f"eval-{h.hexdigest()[:16]}.csv"
+    if path.is_file():
+        return pd.read_csv(path, keep_default_na=False, na_values=[""])
+    frame = evaluate(model, images, labels, **kwargs)
+    atomic_write_text(path, frame.to_csv(index=False))
+    return frame

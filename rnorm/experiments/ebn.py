@@ -12,10 +12,10 @@ import dataclasses
 import pandas as pd
 
 from ..attacks import parse_eps
-from ..evaluate import evaluate, test_subset
+from ..evaluate import test_subset
 from ..runs import RunConfig
 from ..train import branches_for
-from .common import setup, run_record, train_runs
+from .common import cached_evaluate, setup, run_record, train_runs
 from .params import (NotebookParams, check_int, check_training, choice_list, eps_list)
 
 RECIPES = ("standard", "pgd_at", "advprop", "ebn", "advprop_ebn")
@@ -94,7 +94,7 @@ def run(p: EBNParams) -> dict:
         model = r.model(device=device)
         x, y = tests[cfg.dataset]
         branches = ("main",) + branches_for(cfg.recipe)
-        df = evaluate(model, x, y, attacks=("clean",) + tuple(p.attacks), eps=p.epsilons, stats=("population",),
+        df = cached_evaluate(r, model, x, y, attacks=("clean",) + tuple(p.attacks), eps=p.epsilons, stats=("population",),
                       batch_sizes=(p.eval_batch,), branches=branches, attack_params={"pgd": {"steps": p.pgd_steps}},
                       device=p.device, seed=cfg.seed, progress=p.progress)
         df["dataset"], df["arch"], df["seed"] = cfg.dataset, cfg.arch, cfg.seed

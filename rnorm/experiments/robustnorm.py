@@ -12,9 +12,9 @@ import dataclasses
 
 import pandas as pd
 
-from ..evaluate import evaluate, test_subset
+from ..evaluate import test_subset
 from ..runs import RunConfig
-from .common import setup, run_record, train_runs
+from .common import cached_evaluate, setup, run_record, train_runs
 from .params import (NotebookParams, check_float, check_int, check_training, choice_list, eps_list)
 
 
@@ -82,7 +82,7 @@ def run(p: RobustNormParams) -> dict:
     for cfg, r in trained.items():
         model = r.model(device=device)
         stats = p.stats_modes if cfg.norm != "none" else ("population",)
-        df = evaluate(model, x, y, attacks=("clean",) + tuple(p.attacks), eps=p.epsilons, stats=stats,
+        df = cached_evaluate(r, model, x, y, attacks=("clean",) + tuple(p.attacks), eps=p.epsilons, stats=stats,
                       batch_sizes=(p.eval_batch,), attack_params={"pgd": {"steps": p.pgd_steps}},
                       device=p.device, seed=cfg.seed, progress=p.progress)
         df["model"], df["seed"] = model_label(cfg), cfg.seed

@@ -16,9 +16,9 @@ import dataclasses
 import pandas as pd
 
 from ..attacks import parse_eps
-from ..evaluate import evaluate, test_subset
+from ..evaluate import test_subset
 from ..runs import RunConfig
-from .common import mean_std, setup, run_record, train_runs
+from .common import cached_evaluate, mean_std, setup, run_record, train_runs
 from .params import (ConfigError, NotebookParams, check_float, check_int, check_training, choice_list,
                      eps_list, int_list)
 
@@ -85,13 +85,13 @@ def run(p: StatsSwapParams) -> dict:
         label = "BN" if cfg.norm == "bn" else "no norm"
         stats = ("population", "batch", "population_mean") if cfg.norm == "bn" else ("population",)
         gradients = ("white-box", "transfer") if cfg.norm == "bn" else ("white-box",)
-        df = evaluate(model, x, y, attacks=("clean",) + tuple(p.attacks), eps=p.epsilons, stats=stats,
+        df = cached_evaluate(r, model, x, y, attacks=("clean",) + tuple(p.attacks), eps=p.epsilons, stats=stats,
                       batch_sizes=(p.eval_batch,), gradients=gradients, attack_params=attack_params,
                       device=p.device, seed=cfg.seed, progress=p.progress)
         df["model"], df["seed"] = label, cfg.seed
         sweeps.append(df)
         if cfg.norm == "bn":
-            df = evaluate(model, x, y, attacks=("clean", "pgd"), eps=(p.sweep_eps,), stats=("population", "batch"),
+            df = cached_evaluate(r, model, x, y, attacks=("clean", "pgd"), eps=(p.sweep_eps,), stats=("population", "batch"),
                           batch_sizes=p.batch_sizes, makeups=("all", "mixed"), gradients=("white-box", "transfer"),
                           adv_fraction=p.adv_fraction, attack_params=attack_params, device=p.device,
                           seed=cfg.seed, progress=p.progress)
