@@ -81,39 +81,34 @@ def _entry(value, unit, target, met, **details) -> dict:
     return {"value": float(value), "unit": unit, "target": target, "met": met, **details}
 
 
+def _loss(model: nn.Module, x, y, branch=None):
+    """Cross-entropy of ``model`` on ``(x, y)``, routed to ``branch`` if given."""
+    if branch is None:
+        return F.cross_entropy(model(x), y)
+    from rnorm.norms import route
+    with route(model, branch):
+        return F.cross_entropy(model(x), y)
+
+
 def _sgd_step(model: nn.Module, x, y, branch=None):
     """A closure: one SGD step of ``model`` on ``(x, y)`` (routed to ``branch`` if given)."""
-    from rnorm.norms import route
-
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     model.train()
 
     def step():
         opt.zero_grad(set_to_none=True)
-        if branch is None:
-            loss = F.cross_entropy(model(x), y)
-        else:
-            with route(model, branch):
-                loss = F.cross_entropy(model(x), y)
-        loss.backward()
+        _loss(model, x, y, branch).backward()
         opt.step()
     return step
 
 
 def _fwd_bwd(model: nn.Module, x, y, branch=None):
     """A closure: forward, loss and backward (no optimizer step), routed to ``branch`` if given."""
-    from rnorm.norms import route
-
     model.train()
 
     def run():
         model.zero_grad(set_to_none=True)
-        if branch is None:
-            loss = F.cross_entropy(model(x), y)
-        else:
-            with route(model, branch):
-                loss = F.cross_entropy(model(x), y)
-        loss.backward()
+        _loss(model, x, y, branch).backward()
     return run
 
 

@@ -199,10 +199,7 @@ label = common.dataset_label(P.dataset)
 """, tags=["hide-input"]),
         code("""
 eps_rows = res["eps_sweep"]
-clean = eps_rows[eps_rows["attack"] == "clean"].copy()
-adv = eps_rows[eps_rows["attack"] != "clean"]
-# draw each condition's clean accuracy at eps = 0 so the curves start from it
-curves = pd.concat([adv] + [clean.assign(attack=a) for a in P.attacks], ignore_index=True)
+curves = plots.with_clean_start(eps_rows, P.attacks)
 fig = plots.accuracy_vs_eps(curves, hue="condition", col="attack",
                             title=f"{label}, {P.arch} width {P.width}, inference batch {P.eval_batch}")
 out.figure("accuracy_vs_eps", fig, data=curves)
@@ -302,9 +299,7 @@ for s in P.stats_modes:
         display(tables[s])
 """, tags=["hide-input"]),
         code("""
-acc = res["accuracy"]
-clean = acc[acc["attack"] == "clean"]
-curves = pd.concat([acc[acc["attack"] != "clean"]] + [clean.assign(attack=a) for a in P.attacks], ignore_index=True)
+curves = plots.with_clean_start(res["accuracy"], P.attacks)
 pop = curves[curves["stats"] == "population"]
 fig = plots.accuracy_vs_eps(pop, hue="model", col="attack", title=f"{label}, {P.arch} width {P.width}, population statistics")
 out.figure("accuracy_vs_eps", fig, data=pop)

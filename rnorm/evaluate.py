@@ -47,12 +47,12 @@ import torch.nn as nn
 from . import norms as _norms
 from ._validate import ConfigError, check_choice, check_float, check_int
 from .attacks import ATTACKS, format_eps, make_attack, parse_eps
+from .runs import resolve_device
 
 EVAL_ATTACKS = ("clean",) + ATTACKS
 EVAL_STATS = _norms.STATS_MODES + ("precise",)
 MAKEUPS = ("all", "mixed")
 GRADIENTS = ("white-box", "transfer")
-DEVICES = ("auto", "cpu", "cuda", "mps")
 COLUMNS = ["attack", "eps", "eps_label", "stats", "batch_size", "branch", "makeup", "gradient",
            "n", "correct", "accuracy", "seconds", "params"]
 MEASURES = ("n", "correct", "accuracy", "seconds", "params", "seed", "mean", "std", "n_seeds")
@@ -83,15 +83,6 @@ def _nonempty(param: str, value) -> tuple:
     return tuple(dict.fromkeys(out))  # drop repeats, keep order
 
 
-def _resolve_device(device) -> torch.device:
-    if isinstance(device, torch.device):
-        return device
-    if not isinstance(device, str):
-        raise ConfigError(f"device={device!r} must be a string such as 'auto', 'cpu' or 'cuda:0'.")
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    check_choice("device", device.split(":")[0], DEVICES[1:])
-    return torch.device(device)
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -311,7 +302,7 @@ def precise_bn(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | No
     if isinstance(branch, str):
         check_choice("branch", branch, _norms.branches_of(model))
     seed = check_int("seed", seed, min_value=0)
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
 
     out = copy.deepcopy(model).to(dev)
     flags = [(m, m.training) for m in out.modules()]
@@ -502,7 +493,7 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
     gradients = tuple(check_choice("gradients", g, GRADIENTS) for g in _nonempty("gradients", gradients))
     adv_fraction = check_float("adv_fraction", adv_fraction, min_value=0.0, max_value=1.0, min_inclusive=False)
     seed = check_int("seed", seed, min_value=0)
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     if _plain_bn(model):
         for s in stats:
             if s not in ("population", "precise"):

@@ -124,6 +124,15 @@ def channel_scatter(record: pd.DataFrame, layers, *, statistic: str = "mean"):
     return fig
 
 
+def with_clean_start(frame: pd.DataFrame, attacks) -> pd.DataFrame:
+    """The attack rows of an evaluation frame plus its clean rows copied under each attack name,
+    so that every accuracy-vs-ε curve drawn by :func:`accuracy_vs_eps` starts at ε = 0 from the
+    clean accuracy."""
+    clean = frame[frame["attack"] == "clean"]
+    return pd.concat([frame[frame["attack"] != "clean"]] + [clean.assign(attack=a) for a in attacks],
+                     ignore_index=True)
+
+
 def accuracy_vs_eps(frame: pd.DataFrame, *, hue: str = "stats", style: str | None = None,
                     col: str | None = "attack", title: str | None = None):
     """Accuracy (%) against epsilon (in /255 units), one line per ``hue`` value."""

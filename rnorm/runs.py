@@ -368,7 +368,8 @@ def find_run(config: RunConfig, runs_dir=None) -> Run | None:
     return load_run(path) if is_complete(path) else None
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo, else what platform reports."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -389,7 +390,7 @@ def environment(device: torch.device, precision: str) -> dict:
         "hostname": socket.gethostname(),
         "device": str(device),
         "threads": torch.get_num_threads(),
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "precision": precision,
     }
     if device.type == "cuda":

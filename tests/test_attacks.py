@@ -22,14 +22,6 @@ from rnorm.norms import BatchNorm2d, MultiBatchNorm2d, route, use_stats
 EPS = 8 / 255
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: one intra-op thread avoids OpenMP spin-waits on a busy 2-core box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _data(n, seed):
     g = torch.Generator().manual_seed(seed)

@@ -18,14 +18,6 @@ NORM_CLASS = {"bn": BatchNorm2d, "robustnorm": RobustNorm2d, "multibn": MultiBat
 N_NORMS = {"resnet18": 1 + 8 * 2 + 3, "resnet50": 1 + 16 * 3 + 4, "resnet20": 1 + 9 * 2 + 2}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: one intra-op thread avoids OpenMP spin-waits on a busy 2-core box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.mark.parametrize("in_channels,size", [(1, 28), (3, 32)])
 @pytest.mark.parametrize("norm", ["bn", "robustnorm", "multibn", "none"])

@@ -15,13 +15,6 @@ from rnorm._validate import ConfigError
 from rnorm.probes import compare_batches, make_batches, record_norm_inputs, shift_distance
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 def tiny(norm=norms.BatchNorm2d) -> nn.Sequential:
     torch.manual_seed(0)

@@ -23,13 +23,6 @@ CHILD = HERE / "_train_child.py"
 TIMING = list(runs.TIMING_COLUMNS)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):

@@ -17,14 +17,6 @@ from rnorm.norms import MultiBatchNorm2d, route, use_stats
 EPS = 8 / 255
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One thread: faster and immune to OpenMP oversubscription when other jobs share the CPU."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 def tiny(norm="multibn", branches=("adv", "easy"), **kw):
     torch.manual_seed(0)

@@ -3,14 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ..runs import RunConfig, train
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` is CUDA when available, else the CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+from ..runs import RunConfig, resolve_device, train
 
 
 def setup(params) -> torch.device:
@@ -38,22 +31,7 @@ def run_record(run) -> dict:
     return {"path": str(run.path.name), "config": run.config.to_dict()}
 
 
-def mean_std(frame, value: str, by: list[str]):
-    """Mean and standard deviation (over seeds) of ``value`` grouped by ``by``; n = count."""
-    g = frame.groupby(by, dropna=False, sort=False)[value]
-    out = g.agg(["mean", "std", "count"]).reset_index().rename(columns={"count": "n_seeds"})
-    out["std"] = out["std"].fillna(0.0)
-    return out
-
-
-def fmt_pct(mean: float, std: float | None = None) -> str:
-    """``"87.3 ± 0.4"`` (percent) from fractions."""
-    if std is None:
-        return f"{100 * mean:.1f}"
-    return f"{100 * mean:.1f} ± {100 * std:.1f}"
-
-
-__all__ = ["RunConfig", "resolve_device", "train_runs", "run_record", "mean_std", "fmt_pct"]
+__all__ = ["RunConfig", "resolve_device", "setup", "train_runs", "run_record"]
 
 
 def dataset_label(name: str) -> str:

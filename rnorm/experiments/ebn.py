@@ -16,7 +16,7 @@ from ..evaluate import test_subset
 from ..runs import RunConfig
 from ..train import branches_for
 from .common import cached_evaluate, setup, run_record, train_runs
-from .params import (NotebookParams, check_int, check_training, choice_list, eps_list)
+from .params import (TrainingParams, check_int, choice_list, eps_list)
 
 RECIPES = ("standard", "pgd_at", "advprop", "ebn", "advprop_ebn")
 RECIPE_LABELS = {"standard": "standard", "pgd_at": "PGD-AT", "advprop": "AdvProp", "ebn": "EBN",
@@ -24,22 +24,13 @@ RECIPE_LABELS = {"standard": "standard", "pgd_at": "PGD-AT", "advprop": "AdvProp
 
 
 @dataclasses.dataclass(frozen=True)
-class EBNParams(NotebookParams):
+class EBNParams(TrainingParams):
     """Parameters of ``04_easy_batchnorm``."""
 
     NOTEBOOK = "04_easy_batchnorm"
     datasets: tuple = ("fashion_mnist",)
     archs: tuple = ("resnet18",)
     recipes: tuple = ("standard", "advprop", "ebn", "advprop_ebn")
-    width: int = 8
-    epochs: int = 1
-    batch_size: int = 128
-    lr: float = 0.1
-    warmup_epochs: int = 0
-    train_subset: int | None = 1000
-    seeds: tuple = (0,)
-    precision: str = "fp32"
-    channels_last: bool = False
     train_eps: str = "2/255"
     train_steps: int = 3
     attacks: tuple = ("fgsm", "pgd")
@@ -55,7 +46,7 @@ class EBNParams(NotebookParams):
         self._set("datasets", choice_list("datasets", self.datasets, tuple(DATASETS)))
         self._set("archs", choice_list("archs", self.archs, ARCHS))
         self._set("recipes", choice_list("recipes", self.recipes, RECIPES))
-        check_training(self, dataset_field=None)
+        super()._check()
         self._set("train_eps", parse_eps(self.train_eps))
         check_int("train_steps", self.train_steps, min_value=1)
         self._set("attacks", choice_list("attacks", self.attacks, ("fgsm", "pgd")))
@@ -66,10 +57,8 @@ class EBNParams(NotebookParams):
 
 
 def _config(p: EBNParams, dataset: str, arch: str, recipe: str, seed: int, share: str = "none") -> RunConfig:
-    return RunConfig(dataset=dataset, arch=arch, width=p.width, norm="multibn" if branches_for(recipe) else "bn",
-                     share=share, recipe=recipe, epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, warmup_epochs=p.warmup_epochs,
-                     subset=p.train_subset, seed=seed, precision=p.precision, channels_last=p.channels_last,
-                     train_eps=p.train_eps, train_steps=p.train_steps)
+    return p.run_config(dataset=dataset, arch=arch, norm="multibn" if branches_for(recipe) else "bn", share=share,
+                        recipe=recipe, seed=seed, train_eps=p.train_eps, train_steps=p.train_steps)
 
 
 def ablation_setting(p: EBNParams) -> tuple[str, str] | None:

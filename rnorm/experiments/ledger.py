@@ -160,24 +160,27 @@ def _excluded_text(s: dict) -> str:
     return f" — excluded, no recipe reached twice chance accuracy: {', '.join(out)}" if out else ""
 
 
-def verdict_c4(s: dict | None) -> dict:
+def _compare_recipes(s: dict | None, new: str, old: str, compare) -> dict:
+    """Count the informative settings where recipe ``new`` beats ``old``; ``compare`` judges one setting.
+
+    ``compare(new_entry, old_entry)`` returns ``(win, clear_win, text)``; the verdict is
+    reproduced for wins in more than half of the settings, partly for at least one.
+    """
     if not s:
         return {"verdict": NOT_RUN}
     wins, clear, total, parts = 0, 0, 0, []
     for label, rec in _settings(s, informative_only=True):
-        if "EBN" not in rec or "AdvProp" not in rec:
+        if new not in rec or old not in rec:
             continue
-        e, a = rec["EBN"], rec["AdvProp"]
+        win, clear_win, text = compare(rec[new], rec[old])
         total += 1
-        dc, dr = e["clean_mean"] - a["clean_mean"], (e["pgd_mean"] or 0) - (a["pgd_mean"] or 0)
-        win = dc > 0 and dr > 0
         wins += win
-        clear += win and dc > 2 * pooled_std(e["clean_std"], a["clean_std"]) and dr > 2 * pooled_std(e["pgd_std"], a["pgd_std"])
-        parts.append(f"{label}: clean {100 * dc:+.1f}, PGD {100 * dr:+.1f} points")
+        clear += clear_win
+        parts.append(f"{label}: {text}")
     if not total:
         return {"verdict": NOT_RUN, "effect": "no informative setting" + _excluded_text(s)}
     verdict = REPRODUCED if wins > total / 2 else PARTLY if wins else NOT
-    return {"verdict": verdict, "effect": f"EBN − AdvProp: {'; '.join(parts)}{_excluded_text(s)}",
+    return {"verdict": verdict, "effect": f"{new} − {old}: {'; '.join(parts)}{_excluded_text(s)}",
             "spread": _wins_text(wins, clear, total, s)}
 
 
@@ -188,24 +191,24 @@ def _wins_text(wins: int, clear: int, total: int, s: dict) -> str:
     return f"wins in {wins}/{total} settings, {clear} beyond 2× the seed spread ({seeds} seeds)"
 
 
+def _clean_and_robust(e: dict, a: dict):
+    dc, dr = e["clean_mean"] - a["clean_mean"], (e["pgd_mean"] or 0) - (a["pgd_mean"] or 0)
+    win = dc > 0 and dr > 0
+    clear = win and dc > 2 * pooled_std(e["clean_std"], a["clean_std"]) and dr > 2 * pooled_std(e["pgd_std"], a["pgd_std"])
+    return win, clear, f"clean {100 * dc:+.1f}, PGD {100 * dr:+.1f} points"
+
+
+def _clean_only(a: dict, b: dict):
+    d = a["clean_mean"] - b["clean_mean"]
+    return d > 0, d > 2 * pooled_std(a["clean_std"], b["clean_std"]), f"clean {100 * d:+.1f} points"
+
+
+def verdict_c4(s: dict | None) -> dict:
+    return _compare_recipes(s, "EBN", "AdvProp", _clean_and_robust)
+
+
 def verdict_c5(s: dict | None) -> dict:
-    if not s:
-        return {"verdict": NOT_RUN}
-    wins, clear, total, parts = 0, 0, 0, []
-    for label, rec in _settings(s, informative_only=True):
-        if "AdvProp" not in rec or "standard" not in rec:
-            continue
-        a, b = rec["AdvProp"], rec["standard"]
-        total += 1
-        d = a["clean_mean"] - b["clean_mean"]
-        wins += d > 0
-        clear += d > 2 * pooled_std(a["clean_std"], b["clean_std"])
-        parts.append(f"{label}: clean {100 * d:+.1f} points")
-    if not total:
-        return {"verdict": NOT_RUN, "effect": "no informative setting" + _excluded_text(s)}
-    verdict = REPRODUCED if wins > total / 2 else PARTLY if wins else NOT
-    return {"verdict": verdict, "effect": f"AdvProp − standard: {'; '.join(parts)}{_excluded_text(s)}",
-            "spread": _wins_text(wins, clear, total, s)}
+    return _compare_recipes(s, "AdvProp", "standard", _clean_only)
 
 
 SOURCES = {"C1": "01_distribution_shift", "C2": "02_stats_swap", "C3": "03_robustnorm",

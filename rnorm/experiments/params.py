@@ -125,22 +125,46 @@ def check_device(device) -> str:
     return device
 
 
-def check_training(p, *, dataset_field="dataset") -> None:
-    """Checks shared by notebooks that train models."""
-    if dataset_field:
-        check_choice(dataset_field, getattr(p, dataset_field), tuple(DATASETS))
-    if hasattr(p, "arch"):
-        check_choice("arch", p.arch, ARCHS)
-    check_int("width", p.width, min_value=1)
-    check_int("epochs", p.epochs, min_value=1)
-    check_int("batch_size", p.batch_size, min_value=1)
-    check_float("lr", p.lr, min_value=0.0, min_inclusive=False)
-    check_int("warmup_epochs", p.warmup_epochs, min_value=0, max_value=p.epochs - 1)
-    if p.train_subset is not None:
-        check_int("train_subset", p.train_subset, min_value=10)
-    check_choice("precision", p.precision, PRECISIONS)
-    p._set("seeds", int_list("seeds", p.seeds, min_value=0))
+@dataclasses.dataclass(frozen=True)
+class TrainingParams(NotebookParams):
+    """The training parameters shared by every notebook that trains models.
+
+    :meth:`run_config` turns them into a :class:`rnorm.runs.RunConfig`, so every notebook trains
+    with the same fields and none can forget one.
+    """
+
+    width: int = 8
+    epochs: int = 1
+    batch_size: int = 128
+    lr: float = 0.1
+    warmup_epochs: int = 0
+    train_subset: int | None = 1000
+    seeds: tuple = (0,)
+    precision: str = "fp32"
+    channels_last: bool = False
+
+    def _check(self) -> None:
+        if hasattr(self, "dataset"):
+            check_choice("dataset", self.dataset, tuple(DATASETS))
+        if hasattr(self, "arch"):
+            check_choice("arch", self.arch, ARCHS)
+        check_int("width", self.width, min_value=1)
+        check_int("epochs", self.epochs, min_value=1)
+        check_int("batch_size", self.batch_size, min_value=1)
+        check_float("lr", self.lr, min_value=0.0, min_inclusive=False)
+        check_int("warmup_epochs", self.warmup_epochs, min_value=0, max_value=self.epochs - 1)
+        if self.train_subset is not None:
+            check_int("train_subset", self.train_subset, min_value=10)
+        check_choice("precision", self.precision, PRECISIONS)
+        self._set("seeds", int_list("seeds", self.seeds, min_value=0))
+
+    def run_config(self, **fields):
+        """A RunConfig with this notebook's training parameters plus ``fields`` (dataset, norm, seed, ...)."""
+        from ..runs import RunConfig
+        return RunConfig(width=self.width, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
+                         warmup_epochs=self.warmup_epochs, subset=self.train_subset, precision=self.precision,
+                         channels_last=self.channels_last, **fields)
 
 
-__all__ = ["NotebookParams", "eps_list", "choice_list", "int_list", "check_training", "check_device",
+__all__ = ["NotebookParams", "TrainingParams", "eps_list", "choice_list", "int_list", "check_device",
            "ATTACKS", "NORMS", "PRECISIONS", "ConfigError", "check_choice", "check_int", "check_float"]

@@ -15,25 +15,16 @@ import pandas as pd
 from ..evaluate import test_subset
 from ..runs import RunConfig
 from .common import cached_evaluate, setup, run_record, train_runs
-from .params import (NotebookParams, check_float, check_int, check_training, choice_list, eps_list)
+from .params import (TrainingParams, check_float, check_int, choice_list, eps_list)
 
 
 @dataclasses.dataclass(frozen=True)
-class RobustNormParams(NotebookParams):
+class RobustNormParams(TrainingParams):
     """Parameters of ``03_robustnorm``."""
 
     NOTEBOOK = "03_robustnorm"
     dataset: str = "fashion_mnist"
     arch: str = "resnet20"
-    width: int = 8
-    epochs: int = 1
-    batch_size: int = 128
-    lr: float = 0.1
-    warmup_epochs: int = 0
-    train_subset: int | None = 1000
-    seeds: tuple = (0,)
-    precision: str = "fp32"
-    channels_last: bool = False
     powers: tuple = (0.2, 1.0)
     include_nonorm: bool = True
     stats_modes: tuple = ("population", "batch", "population_mean")
@@ -44,7 +35,7 @@ class RobustNormParams(NotebookParams):
     eval_batch: int = 64
 
     def _check(self):
-        check_training(self)
+        super()._check()
         powers = self.powers if isinstance(self.powers, (list, tuple)) else (self.powers,)
         self._set("powers", tuple(check_float("powers", v, min_value=0.0, min_inclusive=False) for v in powers))
         self._set("stats_modes", choice_list("stats_modes", self.stats_modes, ("population", "batch", "population_mean")))
@@ -62,15 +53,13 @@ def model_label(cfg: RunConfig) -> str:
 
 
 def runs(p: RobustNormParams) -> list[RunConfig]:
-    base = dict(dataset=p.dataset, arch=p.arch, width=p.width, recipe="standard", epochs=p.epochs,
-                batch_size=p.batch_size, lr=p.lr, warmup_epochs=p.warmup_epochs, subset=p.train_subset, precision=p.precision,
-                channels_last=p.channels_last)
+    base = dict(dataset=p.dataset, arch=p.arch, recipe="standard")
     out = []
     for s in p.seeds:
         if p.include_nonorm:
-            out.append(RunConfig(norm="none", seed=s, **base))
-        out.append(RunConfig(norm="bn", seed=s, **base))
-        out += [RunConfig(norm="robustnorm", norm_p=pw, seed=s, **base) for pw in p.powers]
+            out.append(p.run_config(norm="none", seed=s, **base))
+        out.append(p.run_config(norm="bn", seed=s, **base))
+        out += [p.run_config(norm="robustnorm", norm_p=pw, seed=s, **base) for pw in p.powers]
     return out
 
 

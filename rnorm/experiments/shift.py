@@ -20,26 +20,17 @@ from ..norms import use_stats
 from ..probes import record_norm_inputs, shift_distance
 from ..runs import RunConfig
 from .common import setup, run_record, train_runs
-from .params import (ATTACKS, ConfigError, NotebookParams, check_int, check_training, choice_list,
+from .params import (ATTACKS, ConfigError, TrainingParams, check_int, choice_list,
                      eps_list)
 
 
 @dataclasses.dataclass(frozen=True)
-class ShiftParams(NotebookParams):
+class ShiftParams(TrainingParams):
     """Parameters of ``01_distribution_shift``."""
 
     NOTEBOOK = "01_distribution_shift"
     dataset: str = "fashion_mnist"
     arch: str = "resnet18"
-    width: int = 8
-    epochs: int = 1
-    batch_size: int = 128
-    lr: float = 0.1
-    warmup_epochs: int = 0
-    train_subset: int | None = 1000
-    seeds: tuple = (0,)
-    precision: str = "fp32"
-    channels_last: bool = False
     attacks: tuple = ("fgsm", "pgd")
     eps: tuple = ("2/255", "8/255")
     pgd_steps: int = 10
@@ -48,7 +39,7 @@ class ShiftParams(NotebookParams):
     show_layers: tuple = (0, 3, -1)
 
     def _check(self):
-        check_training(self)
+        super()._check()
         self._set("attacks", choice_list("attacks", self.attacks, tuple(a for a in ATTACKS if a in ("fgsm", "pgd"))))
         self._set("eps", eps_list("eps", self.eps))
         check_int("pgd_steps", self.pgd_steps, min_value=1)
@@ -60,9 +51,7 @@ class ShiftParams(NotebookParams):
 
 def runs(p: ShiftParams) -> list[RunConfig]:
     """The training runs the notebook needs: one BN model, trained normally."""
-    return [RunConfig(dataset=p.dataset, arch=p.arch, width=p.width, norm="bn", recipe="standard", epochs=p.epochs,
-                      batch_size=p.batch_size, lr=p.lr, warmup_epochs=p.warmup_epochs, subset=p.train_subset, seed=p.seeds[0],
-                      precision=p.precision, channels_last=p.channels_last)]
+    return [p.run_config(dataset=p.dataset, arch=p.arch, norm="bn", recipe="standard", seed=p.seeds[0])]
 
 
 def run(p: ShiftParams) -> dict:

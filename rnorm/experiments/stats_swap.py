@@ -16,29 +16,20 @@ import dataclasses
 import pandas as pd
 
 from ..attacks import parse_eps
-from ..evaluate import test_subset
+from ..evaluate import summarize, test_subset
 from ..runs import RunConfig
-from .common import cached_evaluate, mean_std, setup, run_record, train_runs
-from .params import (ConfigError, NotebookParams, check_float, check_int, check_training, choice_list,
+from .common import cached_evaluate, setup, run_record, train_runs
+from .params import (ConfigError, TrainingParams, check_float, check_int, choice_list,
                      eps_list, int_list)
 
 
 @dataclasses.dataclass(frozen=True)
-class StatsSwapParams(NotebookParams):
+class StatsSwapParams(TrainingParams):
     """Parameters of ``02_stats_swap``."""
 
     NOTEBOOK = "02_stats_swap"
     dataset: str = "fashion_mnist"
     arch: str = "resnet18"
-    width: int = 8
-    epochs: int = 1
-    batch_size: int = 128
-    lr: float = 0.1
-    warmup_epochs: int = 0
-    train_subset: int | None = 1000
-    seeds: tuple = (0,)
-    precision: str = "fp32"
-    channels_last: bool = False
     attacks: tuple = ("fgsm", "pgd")
     epsilons: tuple = ("1/255", "2/255", "4/255", "8/255")
     pgd_steps: int = 10
@@ -50,7 +41,7 @@ class StatsSwapParams(NotebookParams):
     include_nonorm: bool = True
 
     def _check(self):
-        check_training(self)
+        super()._check()
         self._set("attacks", choice_list("attacks", self.attacks, ("fgsm", "pgd")))
         self._set("epsilons", eps_list("epsilons", self.epsilons))
         self._set("batch_sizes", int_list("batch_sizes", self.batch_sizes, min_value=1))
@@ -68,9 +59,7 @@ class StatsSwapParams(NotebookParams):
 def runs(p: StatsSwapParams) -> list[RunConfig]:
     """BN and (optionally) no-normalization models, trained normally, one per seed."""
     norms = ("bn", "none") if p.include_nonorm else ("bn",)
-    return [RunConfig(dataset=p.dataset, arch=p.arch, width=p.width, norm=n, recipe="standard", epochs=p.epochs,
-                      batch_size=p.batch_size, lr=p.lr, warmup_epochs=p.warmup_epochs, subset=p.train_subset, seed=s, precision=p.precision,
-                      channels_last=p.channels_last)
+    return [p.run_config(dataset=p.dataset, arch=p.arch, norm=n, recipe="standard", seed=s)
             for s in p.seeds for n in norms]
 
 
@@ -144,7 +133,7 @@ def summary(p: StatsSwapParams, eps_sweep: pd.DataFrame, batch_sweep: pd.DataFra
             out[key] = {"mean": float(acc.mean()), "std": float(acc.std(ddof=1)) if len(acc) > 1 else 0.0,
                         "n_seeds": int(len(acc))}
     bs = batch_sweep[(batch_sweep["attack"] == "pgd") & (batch_sweep["stats"] == "batch")]
-    per = mean_std(bs, "accuracy", ["batch_size", "makeup", "gradient"])
+    per = summarize(bs, ["batch_size", "makeup", "gradient"]).fillna({"std": 0.0})
     out["batch_sweep"] = per.to_dict(orient="records")
     return out
 
