@@ -153,7 +153,7 @@ _ARCH_COST = {"resnet20": 0.6, "resnet18": 1.0, "resnet50": 2.5}
 def _cost(cfg) -> float:
     """A rough relative cost of a run, to schedule the longest first."""
     steps = 0 if cfg.recipe == "standard" else cfg.train_steps * (1 if cfg.recipe != "advprop_ebn" else 2)
-    n = cfg.subset or 60000
+    n = cfg.train_subset or 60000
     return n * cfg.epochs * (_RECIPE_COST[cfg.recipe] + 0.7 * steps) * _ARCH_COST.get(cfg.arch, 1.0) * (cfg.width / 16) ** 2
 
 

@@ -377,6 +377,25 @@ def subset(images: torch.Tensor, labels: torch.Tensor, n: int, seed: int = 0,
     uniform random sample. ``n`` larger than the split raises ``ValueError``.
     """
     images, labels = _check_pair(images, labels)
+    sel = _subset_indices(labels, n, seed, stratified)
+    return images[sel.to(images.device)], labels[sel.to(labels.device)]
+
+
+def split_off(images: torch.Tensor, labels: torch.Tensor, n: int, seed: int = 0
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(held_images, held_labels, rest_images, rest_labels)``: the stratified :func:`subset` of
+    ``n`` examples and everything else, disjoint, both in the stored order."""
+    images, labels = _check_pair(images, labels)
+    sel = _subset_indices(labels, n, seed, True)
+    keep = torch.ones(labels.shape[0], dtype=torch.bool)
+    keep[sel] = False
+    rest = torch.nonzero(keep, as_tuple=True)[0]
+    return (images[sel.to(images.device)], labels[sel.to(labels.device)],
+            images[rest.to(images.device)], labels[rest.to(labels.device)])
+
+
+def _subset_indices(labels: torch.Tensor, n, seed, stratified) -> torch.Tensor:
+    """Sorted indices of the seeded subset (see :func:`subset`)."""
     n = _check_int("n", n, 0)
     seed = _check_int("seed", seed)
     stratified = _check_bool("stratified", stratified)
@@ -413,9 +432,7 @@ def subset(images: torch.Tensor, labels: torch.Tensor, n: int, seed: int = 0,
                 perm = torch.randperm(members.numel(), generator=g)[:alloc[k]]
                 parts.append(members[perm])
         sel = torch.cat(parts)
-    sel = torch.sort(sel).values
-    sel_dev = sel.to(images.device)
-    return images[sel_dev], labels[sel.to(labels.device)]
+    return torch.sort(sel).values
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -9,10 +9,15 @@ Device, threads and progress display are not part of the key.
 A run folder holds:
 
 ``config.json``       the configuration (``RunConfig.from_dict`` reads it back)
-``environment.json``  torch version, device, threads, CPU name, precision, rnorm version
-``history.csv``       one row per epoch: ``epoch``, ``loss`` (the summed loss minimized), per
+``environment.json``  torch version, device, threads, CPU name and flags, precision (resolved),
+                      memory layout (``channels_last``), rnorm version
+``history.csv``       one row per epoch: ``epoch``, ``loss`` (the loss minimized), per
                       branch ``loss_<b>`` and ``acc_<b>`` (training accuracy on that slice), ``lr``
-                      (at the epoch's first step), ``images``, and the timing columns
+                      (at the epoch's first step), ``images``, ``test_acc`` (clean accuracy of the
+                      main branch on a fixed 1,000-image stratified test subset, population
+                      statistics: a learning curve for "epochs to an accuracy"; nothing is chosen
+                      on it), ``val_acc`` (the same on the held-out images, when ``holdout > 0``:
+                      what a learning-rate sweep selects on), and the timing columns
                       ``images_per_s`` (clean training images per second, attacks included),
                       ``epoch_seconds``, ``wall_seconds`` (cumulative training time)
 ``checkpoint.pt``     written atomically at the end of every epoch: model, optimizer and
@@ -24,8 +29,14 @@ Reproducibility: the model is initialised from ``seed``; every epoch reseeds the
 from ``(seed, epoch)`` and draws data order and augmentation from ``(seed, epoch)``
 (:func:`rnorm.data.batches`), so a run resumed from a checkpoint at an epoch boundary ends with
 the same weights and history (timing columns aside) as an uninterrupted run on CPU (same thread
-count). A training subset (``subset=n``) is a stratified sample drawn with a fixed seed (0),
+count). A training subset (``train_subset=n``) is a stratified sample drawn with a fixed seed (0),
 the same for every ``seed``, so a seed sweep measures training randomness, not which images.
+``holdout=k`` first sets aside a stratified sample of ``k`` training images (also seed 0) for
+validation; the run trains on the rest.
+
+Schema 2 (this version) renamed ``subset`` to ``train_subset``, added ``holdout`` and
+``loss_weighting``, made ``precision`` default to ``"auto"`` (resolved before hashing, so the key
+holds ``fp32`` or ``bf16``) and moved ``channels_last`` out of the key into :func:`train`.
 Every file is loadable with ``torch.load(..., weights_only=True)``.
 """
 from __future__ import annotations
@@ -34,8 +45,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import platform
-import socket
 import sys
 import tempfile
 import time
@@ -44,13 +53,13 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
 from . import _io
+from . import hardware
 from . import train as _train
 from ._validate import ConfigError, check_choice, check_float, check_int, suggest
 from .norms import NORMS, SHARE_MODES
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 TIMING_COLUMNS = ("images_per_s", "epoch_seconds", "wall_seconds")
 NORM_NAMES = tuple(NORMS)
 _SUBSET_SEED = 0
@@ -100,9 +109,16 @@ class RunConfig:
     x0.1 at 50 % and 75 % of training, ``constant``; stepped per iteration), ``warmup_epochs``
     (linear warmup), ``train_eps`` (L-inf radius in [0, 1]; ``"8/255"`` accepted), ``train_steps``,
     ``train_alpha`` (None: ``2.5 * eps / steps``), ``attack_stats`` (``batch`` or ``population``:
-    the statistics the training attacks see), ``seed``, ``precision`` (``fp32``, ``bf16``
-    autocast), ``channels_last``, ``subset`` (None or number of training images), ``augment``
-    (None: the dataset's default).
+    the statistics the training attacks see), ``loss_weighting`` (``mean``: the mean over the
+    recipe's slices of their mean cross-entropies, so every recipe takes gradient steps of the
+    same scale at one learning rate -- this equals the AdvProp reference implementation's mean
+    over the concatenated batch; ``sum``: the sum of the per-slice means, as the AdvProp/EBN
+    equations are written, an effective learning rate 2x (3x) larger for two (three) slices),
+    ``seed``, ``precision`` (``auto``, ``fp32``, ``bf16`` autocast; ``auto`` is resolved on
+    construction by :func:`rnorm.hardware.resolve_precision`, so the stored value and the key are
+    always ``fp32`` or ``bf16``), ``train_subset`` (None or number of training images),
+    ``holdout`` (training images set aside for validation), ``augment`` (None: the dataset's
+    default).
     """
 
     dataset: str = "fashion_mnist"
@@ -123,10 +139,11 @@ class RunConfig:
     train_steps: int = 5
     train_alpha: float | None = None
     attack_stats: str = "batch"
+    loss_weighting: str = "mean"
     seed: int = 0
-    precision: str = "fp32"
-    channels_last: bool = False
-    subset: int | None = None
+    precision: str = "auto"
+    train_subset: int | None = None
+    holdout: int = 0
     augment: bool | None = None
 
     def __post_init__(self):
@@ -160,11 +177,12 @@ class RunConfig:
                 raise ConfigError("train_alpha=0.0 is out of range; allowed: None (2.5*eps/steps) or a number in (0, 1].")
             s("train_alpha", alpha)
         check_choice("attack_stats", self.attack_stats, _train.ATTACK_STATS)
+        check_choice("loss_weighting", self.loss_weighting, _train.LOSS_WEIGHTINGS)
         s("seed", check_int("seed", self.seed, min_value=0))
-        check_choice("precision", self.precision, _train.PRECISIONS)
-        _check_bool("channels_last", self.channels_last)
-        if self.subset is not None:
-            s("subset", check_int("subset", self.subset, min_value=1))
+        s("precision", hardware.resolve_precision(self.precision))
+        if self.train_subset is not None:
+            s("train_subset", check_int("train_subset", self.train_subset, min_value=1))
+        s("holdout", check_int("holdout", self.holdout, min_value=0))
         if self.augment is not None:
             _check_bool("augment", self.augment)
 
@@ -368,35 +386,9 @@ def find_run(config: RunConfig, runs_dir=None) -> Run | None:
     return load_run(path) if is_complete(path) else None
 
 
-def cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo, else what platform reports."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def environment(device: torch.device, precision: str) -> dict:
-    """What the run was trained on (not part of the key)."""
-    env = {
-        "rnorm_version": __version__,
-        "torch_version": torch.__version__,
-        "python_version": platform.python_version(),
-        "platform": platform.platform(),
-        "hostname": socket.gethostname(),
-        "device": str(device),
-        "threads": torch.get_num_threads(),
-        "cpu": cpu_name(),
-        "precision": precision,
-    }
-    if device.type == "cuda":
-        env["cuda_device"] = torch.cuda.get_device_name(device)
-        env["cuda_version"] = torch.version.cuda
-    return env
+def environment(device: torch.device, precision: str, channels_last: bool) -> dict:
+    """What the run was trained on (not part of the key): :func:`rnorm.hardware.environment`."""
+    return hardware.environment(device, precision=precision, channels_last=channels_last)
 
 
 def _rng_state() -> dict:
@@ -435,18 +427,48 @@ def _write_history(path: Path, rows: list[dict]) -> None:
 
 
 def _load_data(config: RunConfig):
+    """``(train_images, train_labels, holdout_images, holdout_labels)`` of a config (holdout may be empty)."""
     from . import data
 
     images, labels = data.load(config.dataset, "train")
-    if config.subset is not None:
-        if config.subset > labels.shape[0]:
-            raise ConfigError(f"subset={config.subset} is larger than the {config.dataset!r} train split "
-                              f"({labels.shape[0]} images); use subset <= {labels.shape[0]} or None.")
-        images, labels = data.subset(images, labels, config.subset, seed=_SUBSET_SEED, stratified=True)
-    return images, labels
+    n = labels.shape[0]
+    wanted = config.holdout + (config.train_subset or 0)
+    if config.holdout and wanted > n - 1:
+        raise ConfigError(f"holdout={config.holdout} (+ train_subset={config.train_subset}) leaves no training "
+                          f"images in the {config.dataset!r} train split ({n} images).")
+    hold_x, hold_y = images[:0], labels[:0]
+    if config.holdout:
+        hold_x, hold_y, images, labels = data.split_off(images, labels, config.holdout, seed=_SUBSET_SEED)
+    if config.train_subset is not None:
+        if config.train_subset > labels.shape[0]:
+            raise ConfigError(f"train_subset={config.train_subset} is larger than the {config.dataset!r} train "
+                              f"split ({labels.shape[0]} images after the holdout); use train_subset <= "
+                              f"{labels.shape[0]} or None.")
+        images, labels = data.subset(images, labels, config.train_subset, seed=_SUBSET_SEED, stratified=True)
+    return images, labels, hold_x, hold_y
 
 
-def train(config: RunConfig, *, runs_dir=None, device="auto", progress=None, threads=None) -> Run:
+MONITOR_N = 1000
+
+
+def _monitor_set(config: RunConfig):
+    """The fixed test images of the ``test_acc`` learning curve (stratified, seed 0; at most MONITOR_N)."""
+    from .data import load
+    from .evaluate import test_subset
+    return test_subset(config.dataset, min(MONITOR_N, load(config.dataset, "test")[1].shape[0]), seed=0)
+
+
+def _clean_accuracy(model, images, labels, device) -> float:
+    from .evaluate import accuracy
+    was = model.training
+    try:
+        return accuracy(model.eval(), images.to(device), labels.to(device))
+    finally:
+        model.train(was)
+
+
+def train(config: RunConfig, *, runs_dir=None, device="auto", progress=None, threads=None,
+          channels_last="auto") -> Run:
     """Train ``config`` (or reuse its finished run) and return the :class:`Run`.
 
     * A finished run in ``<runs_dir>/<name>-<key>/`` is loaded, without training.
@@ -456,7 +478,9 @@ def train(config: RunConfig, *, runs_dir=None, device="auto", progress=None, thr
 
     ``device``: ``"auto"`` (cuda if available), ``"cpu"``, ``"cuda[:N]"``, ``"mps"``. ``threads``:
     ``torch.set_num_threads`` for the duration of the call. ``progress``: a tqdm bar per epoch
-    (None: only when stderr is a terminal; False: silent). None of these enter the key.
+    (None: only when stderr is a terminal; False: silent). ``channels_last``: True, False or
+    ``"auto"`` (measured, :func:`rnorm.hardware.resolve_channels_last`). None of these enter the
+    key; the resolved values are recorded in ``environment.json``.
     """
     if not isinstance(config, RunConfig):
         raise ConfigError(f"config must be a RunConfig; got {type(config).__name__} (use RunConfig.from_dict).")
@@ -467,6 +491,7 @@ def train(config: RunConfig, *, runs_dir=None, device="auto", progress=None, thr
         progress = bool(getattr(sys.stderr, "isatty", lambda: False)())
     elif not isinstance(progress, bool):
         raise ConfigError(f"progress={progress!r} must be None, True or False.")
+    hardware.check_layout(channels_last)
     root = runs_root(runs_dir)
     _ensure_writable(root)
     path = root / config.folder_name()
@@ -485,17 +510,29 @@ def train(config: RunConfig, *, runs_dir=None, device="auto", progress=None, thr
         if threads is not None:
             torch.set_num_threads(threads)
         try:
-            _train_locked(config, path, dev, progress)
+            layout = _layout(config, channels_last, dev)
+            _train_locked(config, path, dev, progress, layout)
         finally:
             if threads is not None:
                 torch.set_num_threads(old_threads)
     return load_run(path)
 
 
-def _train_locked(config: RunConfig, path: Path, dev: torch.device, progress: bool) -> None:
+def _layout(config: RunConfig, channels_last, dev: torch.device) -> bool:
+    """``channels_last`` resolved for this config's network, batch and precision (measured once per machine)."""
+    from .data import info
+    d = info(config.dataset)
+    shape = (config.batch_size, d.in_channels, d.image_size, d.image_size)
+    model_id = f"{config.arch}w{config.width}-{config.norm}"
+    return hardware.resolve_channels_last(channels_last, dev, config.precision, make_model=lambda: build_model(config),
+                                          input_shape=shape, model_id=model_id)
+
+
+def _train_locked(config: RunConfig, path: Path, dev: torch.device, progress: bool, channels_last: bool) -> None:
     for tmp in path.glob(".*.tmp"):  # temp files of an atomic write interrupted by a crash
         tmp.unlink(missing_ok=True)
-    images, labels = _load_data(config)  # data errors (e.g. subset too large) before any file is written
+    images, labels, hold_x, hold_y = _load_data(config)  # data errors before any file is written
+    mon_x, mon_y = _monitor_set(config)
     cfg_json = json.dumps(config.to_dict(), indent=2, sort_keys=True)
     if (path / "config.json").exists():
         _read_config(path)  # refuses a config.json that does not hash to the folder name
@@ -505,14 +542,14 @@ def _train_locked(config: RunConfig, path: Path, dev: torch.device, progress: bo
     torch.manual_seed(_train.derive_seed(config.seed, "init"))
     model = build_model(config)
     model = model.to(dev)
-    if config.channels_last:
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = _train.make_optimizer(model, config.lr, config.momentum, config.weight_decay)
     per_epoch, _ = _train.epoch_plan(labels.shape[0], config.batch_size)
     scheduler = _train.make_scheduler(optimizer, config.schedule, per_epoch * config.epochs,
                                       per_epoch * config.warmup_epochs)
     start, rows, wall = 0, [], 0.0
-    env = environment(dev, config.precision)
+    env = environment(dev, config.precision, channels_last)
     if (path / "checkpoint.pt").exists():
         blob = load_checkpoint(path, config)
         model.load_state_dict(blob["model"])
@@ -527,9 +564,12 @@ def _train_locked(config: RunConfig, path: Path, dev: torch.device, progress: bo
     for epoch in range(start, config.epochs):
         row = _train.run_epoch(model, optimizer, scheduler, images, labels, recipe=config.recipe, cfg=config,
                                batch_size=config.batch_size, seed=config.seed, epoch=epoch, augment=augment,
-                               device=dev, progress=progress,
+                               device=dev, progress=progress, channels_last=channels_last,
                                desc=f"{config.name()} epoch {epoch + 1}/{config.epochs}")
         wall += row["epoch_seconds"]
+        row["test_acc"] = _clean_accuracy(model, mon_x, mon_y, dev)
+        if config.holdout:
+            row["val_acc"] = _clean_accuracy(model, hold_x, hold_y, dev)
         rows.append({"epoch": epoch + 1, **row, "wall_seconds": wall})
         blob = {
             "schema": SCHEMA_VERSION,

@@ -29,12 +29,15 @@ How a step runs (:func:`train_step`):
 2. **One forward pass** over ``cat([x, x_adv, x_easy])`` (the slices the recipe has), routed
    with ``[("main", n), ("adv", n), ("easy", n)]``: each slice is normalized by its own branch,
    in train mode, so each branch's running statistics move only with its own slice.
-3. **Loss** = the *sum over slices of the per-slice mean cross-entropy*:
-   ``CE(main(x)) + CE(adv(x_adv)) [+ CE(easy(x_easy))]``. The AdvProp reference takes the mean
-   over the concatenated batch instead, which for two equal slices is half our sum: the same
-   gradient direction, with an effective learning rate twice as large here (three times for
-   ``advprop_ebn``). We keep the sum, as written in the EBN/AdvProp equations. The forward and
-   loss may run under bf16 autocast (``precision="bf16"``); weights and optimizer stay fp32.
+3. **Loss** (``loss_weighting``): by default (``"mean"``) the *mean over slices of the per-slice
+   mean cross-entropy*, ``(CE(main(x)) + CE(adv(x_adv)) [+ CE(easy(x_easy))]) / k`` for ``k``
+   slices. For equal slices this is the AdvProp reference implementation's mean over the
+   concatenated batch, and it gives every recipe gradient steps of the same scale at one
+   learning rate, so recipes trained with one learning rate are comparable. ``"sum"`` is the
+   sum of the per-slice means, as the AdvProp and EBN equations are written: at one learning
+   rate it takes k times the step of ``standard`` on the shared weights (an effective learning
+   rate 2x for AdvProp and EBN, 3x for AdvProp+EBN). The forward and loss may run under bf16
+   autocast (``precision="bf16"``); weights and optimizer stay fp32.
 
 Randomness: PGD's random start draws from the global torch RNG; :func:`run_epoch` reseeds it
 from ``(seed, epoch)`` at the start of every epoch, and the data order/augmentation come from
@@ -44,6 +47,7 @@ own (what resuming from a checkpoint relies on).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import math
 import sys
@@ -56,12 +60,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import attacks as _attacks
+from .hardware import resolve_precision
 from ._validate import ConfigError, check_choice, check_float, check_int
 from .norms import MAIN, route, use_stats
 
 KINDS = ("clean", "adv", "easy")
 ATTACK_STATS = ("batch", "population")
-PRECISIONS = ("fp32", "bf16")
+LOSS_WEIGHTINGS = ("mean", "sum")
 SCHEDULES = ("cosine", "step", "constant")
 
 
@@ -125,6 +130,7 @@ class StepSettings:
     train_steps: int = 5
     train_alpha: float | None = None
     attack_stats: str = "batch"
+    loss_weighting: str = "mean"
     precision: str = "fp32"
     channels_last: bool = False
 
@@ -135,7 +141,8 @@ class StepSettings:
             object.__setattr__(self, "train_alpha", check_float("train_alpha", self.train_alpha, min_value=0.0,
                                                                  max_value=1.0, min_inclusive=False))
         check_choice("attack_stats", self.attack_stats, ATTACK_STATS)
-        check_choice("precision", self.precision, PRECISIONS)
+        check_choice("loss_weighting", self.loss_weighting, LOSS_WEIGHTINGS)
+        object.__setattr__(self, "precision", resolve_precision(self.precision))
         if not isinstance(self.channels_last, bool):
             raise ConfigError(f"channels_last={self.channels_last!r} must be True or False.")
 
@@ -195,10 +202,10 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tens
 
     Makes each slice's images (:func:`make_examples`), runs one forward pass in train mode over
     their concatenation routed slice by slice to the branches, and steps ``optimizer`` on the
-    sum of the per-slice mean cross-entropies. ``cfg`` is anything :meth:`StepSettings.of`
+    mean (``loss_weighting="mean"``) or the sum (``"sum"``) of the per-slice mean cross-entropies. ``cfg`` is anything :meth:`StepSettings.of`
     takes (a RunConfig, a dict, None for defaults).
 
-    Returns floats: ``loss`` (the summed loss that was minimized), and per slice ``loss_<branch>``
+    Returns floats: ``loss`` (the loss that was minimized), and per slice ``loss_<branch>``
     and ``acc_<branch>`` (mean CE and accuracy of that slice; for ``pgd_at`` ``loss_main`` is the
     loss on the PGD examples), plus ``n`` (images in the batch).
     """
@@ -216,6 +223,8 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tens
         logits = model(xs)
         losses = [F.cross_entropy(lg.float(), y) for lg in logits.split(n)]
         loss = sum(losses[1:], losses[0])
+        if s.loss_weighting == "mean":
+            loss = loss / len(losses)
     loss.backward()
     optimizer.step()
     out = {"loss": float(loss.detach())}
@@ -282,7 +291,8 @@ def derive_seed(*parts) -> int:
 
 def run_epoch(model: nn.Module, optimizer, scheduler, images: torch.Tensor, labels: torch.Tensor, *,
               recipe, cfg, batch_size: int, seed: int, epoch: int, augment: bool, device,
-              progress: bool = False, desc: str = "", step_fn: Callable | None = None) -> dict[str, float]:
+              progress: bool = False, desc: str = "", step_fn: Callable | None = None,
+              channels_last: bool | None = None) -> dict[str, float]:
     """Train one epoch (``epoch`` counts from 0) and return its metrics.
 
     Reseeds the global torch RNG from ``(seed, epoch)`` first (PGD random starts), takes batches
@@ -296,6 +306,8 @@ def run_epoch(model: nn.Module, optimizer, scheduler, images: torch.Tensor, labe
     from . import data as _data
 
     rec = get_recipe(recipe)
+    if channels_last is not None:  # a run-time choice of rnorm.runs.train, not a field of the config
+        cfg = dataclasses.replace(StepSettings.of(cfg), channels_last=channels_last)
     step = step_fn if step_fn is not None else train_step
     torch.manual_seed(derive_seed(seed, "epoch", epoch))
     total_batches, drop_last = epoch_plan(labels.shape[0], batch_size)

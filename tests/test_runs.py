@@ -45,7 +45,7 @@ def env(data_root, tmp_path, monkeypatch):
 
 
 def tiny(**kw) -> RunConfig:
-    base = dict(arch="resnet20", width=4, subset=192, batch_size=64, epochs=2, train_steps=1)
+    base = dict(arch="resnet20", width=4, train_subset=192, batch_size=64, epochs=2, train_steps=1, precision="fp32")
     base.update(kw)
     return RunConfig(**base)
 
@@ -111,9 +111,10 @@ BAD = [
     (dict(train_alpha=0.0), "train_alpha"),
     (dict(attack_stats="running"), "attack_stats"),
     (dict(seed=-1), "seed"),
-    (dict(subset=0), "subset"),
+    (dict(train_subset=0), "train_subset"),
     (dict(augment="yes"), "augment"),
-    (dict(channels_last=1), "channels_last"),
+    (dict(loss_weighting="avg"), "loss_weighting"),
+    (dict(holdout=-1), "holdout"),
     (dict(share="affine"), "share"),  # only with multibn
     (dict(norm="multibn", share="both"), "share"),
     (dict(warmup_epochs=3, epochs=2), "warmup_epochs"),
@@ -195,14 +196,15 @@ def test_train_writes_a_complete_run_and_reuses_it(env, monkeypatch):
     assert RunConfig.from_dict(json.loads((p / "config.json").read_text())) == cfg
     h = run.history
     assert list(h.columns) == ["epoch", "loss", "loss_main", "acc_main", "lr", "images", "epoch_seconds",
-                               "images_per_s", "wall_seconds"]
+                               "images_per_s", "test_acc", "wall_seconds"]
+    assert h["test_acc"].between(0, 1).all()
     assert h["epoch"].tolist() == [1, 2] and (h["images"] == 192).all()
     assert h["wall_seconds"].is_monotonic_increasing
     assert h["lr"].iloc[0] == pytest.approx(0.1) and h["lr"].iloc[1] == pytest.approx(0.05)
     e = run.environment
     for k in ("torch_version", "device", "threads", "cpu", "precision", "rnorm_version"):
         assert k in e
-    assert e["device"] == "cpu" and e["precision"] == "fp32"
+    assert e["device"] == "cpu" and e["precision"] == "fp32" and isinstance(e["channels_last"], bool)
 
     model = run.model()
     assert not model.training
@@ -296,8 +298,8 @@ def test_checkpoint_of_another_config_is_refused(env):
 
 
 def test_subset_larger_than_split_is_a_clear_error(env):
-    with pytest.raises(ConfigError, match="subset=10000000"):
-        runs.train(tiny(subset=10_000_000), device="cpu", progress=False)
+    with pytest.raises(ConfigError, match="train_subset=10000000"):
+        runs.train(tiny(train_subset=10_000_000), device="cpu", progress=False)
 
 
 def test_unwritable_runs_folder_fails_before_training(env, monkeypatch):
@@ -312,8 +314,8 @@ def test_unwritable_runs_folder_fails_before_training(env, monkeypatch):
 
 
 def test_bf16_channels_last_run(env):
-    run = runs.train(tiny(epochs=1, precision="bf16", channels_last=True), device="cpu", progress=False)
-    assert run.environment["precision"] == "bf16"
+    run = runs.train(tiny(epochs=1, precision="bf16"), device="cpu", progress=False, channels_last=True)
+    assert run.environment["precision"] == "bf16" and run.environment["channels_last"] is True
     assert all(v.dtype in (torch.float32, torch.int64) for v in run.state_dict().values())
     assert run.model()(torch.rand(2, 1, 28, 28)).dtype == torch.float32
 
@@ -417,3 +419,17 @@ def test_killed_training_resumes_to_the_same_weights(env, data_root):
     got = runs.load_run(folder)
     assert_same_weights(weights(ref), weights(got))
     assert non_timing(ref.history).equals(non_timing(got.history))
+
+
+def test_holdout_is_disjoint_from_training_and_recorded(env):
+    from rnorm.data import load, split_off
+    x, y = load("fashion_mnist", "train")
+    hx, hy, rx, ry = split_off(x, y, 60, seed=0)
+    assert len(hy) == 60 and len(ry) == len(y) - 60
+    assert torch.bincount(hy, minlength=10).max() - torch.bincount(hy, minlength=10).min() <= 1  # stratified
+    rows = {tuple(r.flatten().tolist()) for r in hx}
+    assert not any(tuple(r.flatten().tolist()) in rows for r in rx[:200])
+    run = runs.train(tiny(epochs=1, holdout=60), device="cpu", progress=False)
+    assert run.history["val_acc"].between(0, 1).all()
+    with pytest.raises(ConfigError, match="holdout"):
+        runs.train(tiny(holdout=len(y)), device="cpu", progress=False)

@@ -96,7 +96,8 @@ def test_each_branch_running_stats_move_only_with_its_slice(recipe, monkeypatch)
         h.remove()
     slices = T.RECIPES[recipe].slices
     assert set(out) == {"n", *T.metric_columns(recipe)}
-    assert out["loss"] == pytest.approx(sum(out[f"loss_{b}"] for b, _ in slices))
+    # default loss weighting: the mean over slices of the per-slice mean cross-entropies
+    assert out["loss"] == pytest.approx(sum(out[f"loss_{b}"] for b, _ in slices) / len(slices))
 
     # 1) First norm layer: its input does not depend on routing, so compare with plain
     #    nn.BatchNorm2d layers fed each slice on their own.
@@ -213,7 +214,7 @@ def test_each_recipe_lowers_the_training_loss(recipe, norm):
 def test_bf16_channels_last_step_runs_and_learns():
     torch.manual_seed(0)
     model = tiny(branches=("adv",)).to(memory_format=torch.channels_last)
-    opt = sgd(model, lr=0.05)
+    opt = sgd(model, lr=0.1)  # the two slices' losses are averaged: 0.1 here is the step of 0.05 on their sum
     x, y = real_batch(64)
     cfg = {"train_steps": 1, "precision": "bf16", "channels_last": True}
     seen = []
@@ -282,3 +283,24 @@ def test_step_settings_validation():
     with pytest.raises(T.ConfigError, match="train_eps"):
         T.StepSettings(train_eps=2.0)
     assert T.StepSettings(train_eps=0.1, train_steps=5).alpha == pytest.approx(0.05)
+
+
+# ------------------------------------------------------------------------------------ loss weighting
+def _shared_weight_grad(recipe, loss_weighting, monkeypatch):
+    """The gradient on the first convolution's weight after one step on identical slices."""
+    monkeypatch.setattr(T, "make_examples", lambda model, x, y, kind, branch, cfg=None: x)  # every slice = x
+    model = tiny(norm="multibn" if T.branches_for(recipe) else "bn", branches=T.branches_for(recipe))
+    x, y = real_batch(16)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: the step leaves the weights, .grad stays
+    T.train_step(model, opt, x, y, recipe, {"train_steps": 1, "loss_weighting": loss_weighting})
+    return model.net.conv1.weight.grad.clone()
+
+
+@pytest.mark.parametrize("recipe,k", [("advprop", 2), ("ebn", 2), ("advprop_ebn", 3)])
+def test_mean_weighting_gives_every_recipe_the_gradient_scale_of_standard(recipe, k, monkeypatch):
+    """On identical slices every branch sees the same images and statistics, so with the default
+    ("mean") the shared weight's gradient equals standard training's; with "sum" it is k times it."""
+    standard = _shared_weight_grad("standard", "mean", monkeypatch)
+    assert standard.abs().sum() > 0
+    torch.testing.assert_close(_shared_weight_grad(recipe, "mean", monkeypatch), standard, rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(_shared_weight_grad(recipe, "sum", monkeypatch), k * standard, rtol=1e-4, atol=1e-7)

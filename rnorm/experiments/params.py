@@ -162,8 +162,8 @@ class TrainingParams(NotebookParams):
         """A RunConfig with this notebook's training parameters plus ``fields`` (dataset, norm, seed, ...)."""
         from ..runs import RunConfig
         return RunConfig(width=self.width, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
-                         warmup_epochs=self.warmup_epochs, subset=self.train_subset, precision=self.precision,
-                         channels_last=self.channels_last, **fields)
+                         warmup_epochs=self.warmup_epochs, train_subset=self.train_subset,
+                         precision=self.precision, **fields)
 
 
 __all__ = ["NotebookParams", "TrainingParams", "eps_list", "choice_list", "int_list", "check_device",
