@@ -8,7 +8,7 @@ PROFILE ?= cpu
 SHARED_DATA := $(abspath ../shared/data)
 export RNORM_DATA ?= $(if $(wildcard $(SHARED_DATA)),$(SHARED_DATA),$(abspath data))
 
-.PHONY: book test bench venv clean
+.PHONY: book reproduce test bench venv clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,8 +20,13 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
+# Brings the book up to date: re-executes only the notebooks whose source, parameters or code changed.
 book: venv
 	$(VENV)/bin/rnorm book --profile $(PROFILE)
+
+# Re-executes every notebook of the profile from scratch (trains whatever is not cached in RNORM_RUNS).
+reproduce: venv
+	$(VENV)/bin/rnorm book --profile $(PROFILE) --rerun
 
 test: venv
 	$(PY) -m pytest -q

@@ -47,21 +47,15 @@ import time
 import traceback
 from pathlib import Path
 
-from rnorm.runs import cpu_name as cpu_model
+from rnorm.hardware import cpu_name as cpu_model
+from rnorm.hardware import native_bf16, resolve_precision
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def cpu_flags() -> dict:
-    flags = set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    break
-    except OSError:
-        pass
+    from rnorm.hardware import cpu_flags as flags_of
+    flags = flags_of()
     return {k: k in flags for k in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")}
 
 
@@ -104,6 +98,8 @@ def environment() -> dict:
         "cpu_model": cpu_model(),
         "cpu_flags": cpu_flags(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "native_bf16": native_bf16(),
+        "precision_auto_resolves_to": resolve_precision("auto", "cpu"),
         "node": platform.node(),
         "platform": platform.platform(),
         "loadavg_before": list(load),
@@ -214,7 +210,9 @@ def markdown(results: dict) -> str:
         f"# rnorm benchmarks — {env['date'][:10]}, {results['machine']} ({results['mode']} mode)",
         "",
         f"torch {env['torch_version']}, {env['threads']} thread(s) ({env['threads_reason']}), CPU: {env['cpu_model']} "
-        f"({env['cpu_count']} cores, {env['cpu_capability']}); load average before "
+        f"({env['cpu_count']} cores, {env['cpu_capability']}, native bf16: "
+        f"{'yes' if env.get('native_bf16') else 'no'}; `precision: auto` resolves to "
+        f"**{env.get('precision_auto_resolves_to', 'n/a')}** here); load average before "
         f"{', '.join(f'{x:.2f}' for x in env['loadavg_before'])}, after "
         f"{', '.join(f'{x:.2f}' for x in env.get('loadavg_after', []))}"
         f"{' — the machine was shared with other jobs' if env['loaded_before'] else ''}. "

@@ -43,16 +43,33 @@ def images(split: str, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tenso
                 torch.randint(0, 10, (n,), generator=g), "random")
 
 
-def config(**kw):
-    """A :class:`rnorm.runs.RunConfig` on FashionMNIST (resnet18, width 16 unless given)."""
+class Workload:
+    """A :class:`rnorm.runs.RunConfig` plus the memory layout to time it in (a run-time choice that
+    :func:`rnorm.runs.train` makes, not a field of the config); reads every other field from the config."""
+
+    def __init__(self, cfg, channels_last: bool = False):
+        self.cfg, self.channels_last = cfg, channels_last
+
+    def __getattr__(self, name):
+        return getattr(self.cfg, name)
+
+    def __repr__(self) -> str:
+        return f"Workload({self.cfg.name()}, channels_last={self.channels_last})"
+
+
+def config(*, channels_last: bool = False, subset=None, **kw) -> Workload:
+    """A :class:`Workload` on FashionMNIST (resnet18, width 16 unless given); ``precision`` fp32 unless given."""
     from rnorm.runs import RunConfig
 
     kw.setdefault("dataset", DATASET)
     kw.setdefault("arch", "resnet18")
     kw.setdefault("width", 16)
+    kw.setdefault("precision", "fp32")
+    if subset is not None:
+        kw["train_subset"] = subset
     if kw.get("recipe", "standard") in ("advprop", "ebn", "advprop_ebn"):
         kw.setdefault("norm", "multibn")
-    return RunConfig(**kw)
+    return Workload(RunConfig(**kw), channels_last)
 
 
 def build(cfg) -> torch.nn.Module:
@@ -61,7 +78,7 @@ def build(cfg) -> torch.nn.Module:
     from rnorm.train import derive_seed
 
     torch.manual_seed(derive_seed(cfg.seed, "init"))
-    model = runs.build_model(cfg)
+    model = runs.build_model(getattr(cfg, "cfg", cfg))
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model

@@ -9,13 +9,18 @@
   left behind by a dead process on this host (its pid no longer exists) is *stale* and is
   recovered; the check-and-remove runs under a ``flock`` on a sibling guard file (released by
   the kernel if its holder dies), so two waiters cannot both remove a lock and then both take it.
+  The owner is identified by its pid *and* its start time and the host's boot id (read from
+  /proc where there is one), so a lock whose pid was reused by another process after a restart
+  is recognised as stale too.
   A lock held from another host is never declared stale (its pid cannot be checked): remove it
   by hand if that host is gone.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import socket
 import tempfile
 import time
@@ -42,6 +47,10 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+class DiskFullError(OSError):
+    """No space was left on the device while writing a file; names the file."""
+
+
 def _atomic_write(path, write: Callable[[object], None], mode: str) -> Path:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -51,14 +60,30 @@ def _atomic_write(path, write: Callable[[object], None], mode: str) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if _disk_full(exc, path.parent):
+            raise DiskFullError(errno.ENOSPC, f"disk full while writing {path} (the previous version, if any, is "
+                                              f"intact); free some space and run again") from exc
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def _disk_full(exc: BaseException, folder: Path) -> bool:
+    """ENOSPC, or an error from a writer that hides it (torch.save reports 'unexpected pos')
+    while the file system has (almost) no free space."""
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return True
+    if isinstance(exc, (OSError, RuntimeError)):
+        try:
+            return shutil.disk_usage(folder).free < 1 << 20
+        except OSError:
+            return False
+    return False
 
 
 def atomic_write_bytes(path, data: bytes) -> Path:
@@ -78,8 +103,71 @@ def atomic_torch_save(obj, path) -> Path:
     return _atomic_write(path, lambda f: torch.save(obj, f), "wb")
 
 
+def replace_dir(staged, target) -> Path:
+    """Put the folder ``staged`` in the place of ``target`` (which may exist), all or nothing.
+
+    ``staged`` must be a sibling of ``target`` (same file system). The old folder is first
+    renamed aside to ``.<name>.old``, the staged one renamed into place, then the old one
+    removed; a crash in between leaves either the complete old or the complete new folder under
+    ``target`` (an aside left by a crash is restored or removed by the next call). Readers never
+    see old and new files mixed.
+    """
+    staged, target = Path(staged), Path(target)
+    aside = target.with_name(f".{target.name}.old")
+    if aside.exists():
+        if target.exists():
+            shutil.rmtree(aside)
+        else:  # a crash after moving the old folder aside: put it back first
+            os.replace(aside, target)
+    if target.exists():
+        os.replace(target, aside)
+    os.replace(staged, target)
+    _fsync_dir(target.parent)
+    if aside.exists():
+        shutil.rmtree(aside)
+    return target
+
+
 class LockTimeout(TimeoutError):
     """Waiting for a :class:`FileLock` took longer than its ``timeout``."""
+
+
+def process_start(pid: int) -> int | None:
+    """The start time of process ``pid`` in clock ticks since boot (``/proc/<pid>/stat`` field 22),
+    or None where it cannot be read (no such process, or no /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            text = f.read()
+    except OSError:
+        return None
+    try:  # the command name (field 2) may hold spaces and parentheses: split after the last ')'
+        return int(text[text.rindex(")") + 2:].split()[19])
+    except (ValueError, IndexError):
+        return None
+
+
+def boot_id() -> str | None:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def owner_alive(rec: dict) -> bool:
+    """Whether the process that wrote a lock record still runs: its pid exists *and*, where the record
+    has them, the host booted with the same boot id and the pid's start time is the recorded one (a
+    pid reused after a restart, common in containers, is not the owner)."""
+    pid = rec.get("pid")
+    if not isinstance(pid, int) or not pid_alive(pid):
+        return False
+    if rec.get("boot_id") is not None and boot_id() is not None and rec["boot_id"] != boot_id():
+        return False
+    if rec.get("start") is not None:
+        now = process_start(pid)
+        if now is not None and now != rec["start"]:
+            return False
+    return True
 
 
 def pid_alive(pid: int) -> bool:
@@ -142,7 +230,8 @@ class FileLock:
             fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             return False
-        rec = {"pid": os.getpid(), "host": socket.gethostname(), "token": token, "time": time.time()}
+        rec = {"pid": os.getpid(), "host": socket.gethostname(), "token": token, "time": time.time(),
+               "start": process_start(os.getpid()), "boot_id": boot_id()}
         with os.fdopen(fd, "w") as f:
             f.write(json.dumps(rec))
             f.flush()
@@ -161,8 +250,7 @@ class FileLock:
             return age > self.empty_grace
         if rec.get("host") != socket.gethostname():
             return False
-        pid = rec.get("pid")
-        return isinstance(pid, int) and not pid_alive(pid)
+        return not owner_alive(rec)
 
     def _recover_stale(self) -> bool:
         """Remove the lock if it is stale; True if removed. Guarded by flock on ``<lock>.guard``."""

@@ -7,6 +7,7 @@ close-match suggestion for a misspelled name), instead of a traceback from deep 
 from __future__ import annotations
 
 import difflib
+import math
 import numbers
 from typing import Iterable
 
@@ -34,6 +35,13 @@ def check_choice(param: str, value, allowed: Iterable[str]):
     return value
 
 
+def check_bool(param: str, value) -> bool:
+    """Return ``value`` if it is exactly True or False; strings like 'False' or 'yes' and 0/1 are refused."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"{param}={value!r} must be True or False (a boolean, not {type(value).__name__}).")
+    return value
+
+
 def check_int(param: str, value, *, min_value: int | None = 1, max_value: int | None = None) -> int:
     """Return `value` as int if it is an integer (not bool) within [min_value, max_value]."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
@@ -49,11 +57,25 @@ def check_int(param: str, value, *, min_value: int | None = 1, max_value: int | 
 
 def check_float(param: str, value, *, min_value: float | None = None, max_value: float | None = None,
                 min_inclusive: bool = True, max_inclusive: bool = True) -> float:
-    """Return `value` as float if it is a real number within the given bounds."""
+    """Return `value` as float if it is a finite real number within the given bounds.
+
+    The one numeric validator: NaN and infinities are refused (they pass a one-sided range check
+    and fail much later), booleans are not numbers, and a string written in decimal or scientific
+    notation (``"1e-3"``, which YAML 1.1 and some command lines leave as a string) is read as the
+    number it spells.
+    """
+    rng = _range_text(min_value, max_value, min_inclusive, max_inclusive)
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            raise ConfigError(f"{param}={value!r} must be a number{rng}.") from None
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ConfigError(f"{param}={value!r} must be a number{_range_text(min_value, max_value, min_inclusive, max_inclusive)}.")
+        raise ConfigError(f"{param}={value!r} must be a number{rng}.")
     value = float(value)
-    bad = value != value  # NaN
+    if not math.isfinite(value):
+        raise ConfigError(f"{param}={value!r} is not a finite number; allowed: a finite number{rng}.")
+    bad = False
     if min_value is not None:
         bad |= value < min_value if min_inclusive else value <= min_value
     if max_value is not None:

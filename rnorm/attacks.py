@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torchattacks
 
-from ._validate import ConfigError, check_choice, check_float, check_int, suggest
+from ._validate import ConfigError, check_bool, check_choice, check_float, check_int, suggest
 
 ATTACKS = ("fgsm", "pgd", "easy", "autoattack")
 _PARAMS = {
@@ -87,7 +87,7 @@ def make_attack(name: str, model: nn.Module, eps: float, **params) -> Attack:
         steps = check_int("steps", params.get("steps", 20 if name == "pgd" else 10), min_value=1)
         alpha = params.get("alpha")
         alpha = 2.5 * eps / steps if alpha is None else check_float("alpha", alpha, min_value=0.0, max_value=1.0)
-        random_start = bool(params.get("random_start", True))
+        random_start = check_bool("random_start", params.get("random_start", True))
         impl = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=random_start)
         if name == "easy":
             impl.set_mode_targeted_by_label(quiet=True)

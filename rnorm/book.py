@@ -1,16 +1,31 @@
-"""Profiles -> papermill runs -> Jupyter Book build.
+"""Profiles -> papermill runs -> Jupyter Book build, re-executing only what changed.
 
 A *profile* (``profiles/<name>.yaml``) fixes the parameters of every notebook for one scale of
-the study: ``smoke`` (CI), ``cpu`` (the published build) and ``paper`` (the papers' scale, for a
-GPU). :func:`load_profile` validates it completely before anything runs. :func:`run_book` trains
-every run the profile needs up front (in parallel single-thread workers when ``jobs > 1``; the
-runs cache makes the notebooks reuse them), executes each notebook with papermill into
-``book/executed/`` and builds the HTML book.
+the study: ``smoke`` (CI), ``cpu`` (the published build, :data:`PUBLISHED_PROFILE`) and
+``paper`` (the papers' scale, for a GPU). :func:`load_profile` validates it completely before
+anything runs.
+
+Up to date, like ``make``. Every executed notebook's ``provenance.json`` records a *key*
+(:func:`notebook_key`): the hash of the notebook's source (``notebooks/<name>.md``), of its
+resolved parameters (without the run-time ones: device, threads, progress, memory layout,
+results folder) and of the code of the ``rnorm`` modules it imports, directly or not (their
+syntax trees without docstrings, so a comment or a docstring changes nothing).
+:func:`run_book` re-executes exactly the notebooks whose key changed or whose outputs are
+missing (plus the ledger when any study re-ran), trains only the runs those need, then builds.
+``rerun=True`` re-executes every notebook of the profile.
+
+Where results go. ``rnorm book --profile NAME`` builds the book from that profile, in ``book/``.
+:func:`run_notebook` (``rnorm run``) writes into ``book/`` only when the parameters are exactly
+those of the published profile (:data:`PUBLISHED_PROFILE`); anything else goes to
+``_scratch/<profile or custom>/`` unless told otherwise (:func:`default_out_dir`).
 """
 from __future__ import annotations
 
+import ast
+import hashlib
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -19,11 +34,31 @@ import yaml
 
 from ._io import atomic_write_text
 from ._validate import ConfigError, check_int, suggest
-from .experiments import LEDGER_NOTEBOOK, NOTEBOOKS
+from .experiments import REGISTRY, execution_order, get
 
 REPO = Path(__file__).resolve().parent.parent
+PUBLISHED_PROFILE = "cpu"
 PROFILE_KEYS = ("description", "jobs", "defaults", "notebooks")
-ALL_NOTEBOOKS = tuple(NOTEBOOKS) + (LEDGER_NOTEBOOK,)
+RUNTIME_PARAMS = ("device", "results_dir", "progress", "threads", "channels_last")
+ALL_NOTEBOOKS = tuple(REGISTRY)
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """YAML 1.1 reads ``1e-3`` as a string; this loader reads it as the float it means."""
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                  |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                  |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                  |[-+]?\.(?:inf|Inf|INF)
+                  |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def read_yaml(text: str):
+    return yaml.load(text, Loader=_YamlLoader)
 
 
 def profiles_dir() -> Path:
@@ -40,15 +75,17 @@ def load_profile(name_or_path: str) -> dict:
     Every notebook's parameters are checked by its parameter class; unknown keys, notebooks or
     profiles raise :class:`ConfigError` naming them.
     """
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise ConfigError(f"profile={name_or_path!r} must be a profile name or a path to a .yaml file.")
     path = Path(name_or_path)
     if path.suffix not in (".yaml", ".yml"):
         path = profiles_dir() / f"{name_or_path}.yaml"
     if not path.is_file():
         names = available_profiles()
-        raise ConfigError(f"profile={name_or_path!r} not found (looked for {path}); available profiles: "
+        raise ConfigError(f"profile={str(name_or_path)!r} not found (looked for {path}); available profiles: "
                           f"{', '.join(names) or 'none'}." + suggest(str(name_or_path), names))
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = read_yaml(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"profile file {path} is not valid YAML: {e}") from None
     if not isinstance(raw, dict):
@@ -59,20 +96,22 @@ def load_profile(name_or_path: str) -> dict:
                               f"{', '.join(PROFILE_KEYS)}." + suggest(k, PROFILE_KEYS))
     defaults = raw.get("defaults") or {}
     per_nb = raw.get("notebooks") or {}
+    for section, value in (("defaults", defaults), ("notebooks", per_nb)):
+        if not isinstance(value, dict):
+            raise ConfigError(f"profile file {path}: {section!r} must be a mapping; got {value!r}.")
     for nb in per_nb:
-        if nb not in NOTEBOOKS:
+        if nb not in REGISTRY:
             raise ConfigError(f"profile file {path} names an unknown notebook {nb!r}; notebooks: "
-                              f"{', '.join(NOTEBOOKS)}." + suggest(nb, NOTEBOOKS))
+                              f"{', '.join(REGISTRY)}." + suggest(nb, REGISTRY))
     for k in defaults:
-        if not any(k in cls.field_names() for cls, _ in NOTEBOOKS.values()):
+        if not any(k in n.params.field_names() for n in REGISTRY.values()):
             raise ConfigError(f"profile file {path}: default {k!r} is a parameter of no notebook.")
     notebooks = {}
-    for nb, (cls, _) in NOTEBOOKS.items():
-        params = {k: v for k, v in defaults.items() if k in cls.field_names()}
+    for nb, entry in REGISTRY.items():
+        params = {k: v for k, v in defaults.items() if k in entry.params.field_names()}
         params.update(per_nb.get(nb) or {})
-        params["profile"] = path.stem
         try:
-            cls.from_dict(params)
+            entry.params.from_dict(params)
         except ConfigError as e:
             raise ConfigError(f"profile {path.stem!r}, notebook {nb!r}: {e}") from None
         notebooks[nb] = params
@@ -82,34 +121,160 @@ def load_profile(name_or_path: str) -> dict:
 
 
 def parse_cli_value(text: str):
-    """A ``-p name value`` value, read as YAML (``"[0.01, 0.03]"`` is a list, ``8/255`` a string)."""
+    """A ``-p name value`` value, read as YAML (``"[0.01, 0.03]"`` is a list, ``8/255`` a string, ``1e-3`` a float)."""
     try:
-        return yaml.safe_load(text)
+        return read_yaml(text)
     except yaml.YAMLError as e:
-        raise ConfigError(f"-p value {text!r} is not valid YAML ({e.problem}); write lists like "
+        raise ConfigError(f"-p value {text!r} is not valid YAML ({getattr(e, 'problem', e)}); write lists like "
                           f"\"[0.01, 0.03]\" and strings like 8/255.") from None
 
 
 def notebook_params(profile: dict, notebook: str, overrides: dict | None = None) -> dict:
     """The validated parameters of ``notebook`` under ``profile`` with ``overrides`` applied."""
-    if notebook not in NOTEBOOKS:
-        raise ConfigError(f"notebook={notebook!r} is not one of {', '.join(ALL_NOTEBOOKS)}." + suggest(notebook, ALL_NOTEBOOKS))
-    params = dict(profile["notebooks"][notebook])
+    entry = get(notebook)
+    params = dict(profile["notebooks"][entry.name])
     params.update(overrides or {})
-    cls, _ = NOTEBOOKS[notebook]
-    cls.from_dict(params)
+    entry.params.from_dict(params)
     return params
 
 
-def pretrain(profile: dict, *, jobs: int | None = None, device: str = "auto", notebooks=None) -> list:
-    """Train every run the profile's notebooks need, longest first, in ``jobs`` worker processes.
+# ------------------------------------------------------------------------------------- keys
+def result_params(notebook: str, params: dict) -> dict:
+    """The validated parameters that determine a notebook's results (run-time ones left out)."""
+    resolved = get(notebook).params.from_dict({k: v for k, v in params.items()}).as_dict()
+    return {k: v for k, v in resolved.items() if k not in RUNTIME_PARAMS}
 
-    Each worker uses one thread (on small models two 1-thread processes beat one 2-thread process;
-    see the benchmarks). Finished runs are cached, so the notebooks then only load them.
+
+def matching_profile(notebook: str, params: dict) -> str | None:
+    """The profile whose parameters for ``notebook`` equal ``params`` (run-time ones aside), else None.
+
+    This is how results are labelled with a profile: ``-p`` overrides that change anything make
+    the results custom (None), so smoke-scale numbers can never be labelled as the published ones.
+    Notebooks that only read other notebooks' results (the ledger) return None.
+    """
+    entry = get(notebook)
+    if entry.reads:
+        return None
+    mine = result_params(notebook, params)
+    for name in available_profiles():
+        try:
+            theirs = result_params(notebook, load_profile(name)["notebooks"][notebook])
+        except ConfigError:
+            continue
+        if theirs == mine:
+            return name
+    return None
+
+
+def _module_file(name: str) -> Path | None:
+    rel = name.split(".")
+    for cand in (REPO.joinpath(*rel).with_suffix(".py"), REPO.joinpath(*rel, "__init__.py")):
+        if cand.is_file():
+            return cand
+    return None
+
+
+def _rnorm_imports(tree: ast.AST, package: str) -> set[str]:
+    """Modules of the rnorm package that ``tree`` imports (absolute or relative)."""
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name.split(".")[0] == "rnorm"}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            if mod.split(".")[0] != "rnorm":
+                continue
+            out.add(mod)
+            out |= {f"{mod}.{a.name}" for a in node.names}  # `from rnorm import plots` names a module
+    return {m for m in out if _module_file(m)}
+
+
+def _code_fingerprint(tree: ast.AST) -> str:
+    """The syntax tree without docstrings: comments and docstrings do not change a result."""
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) and \
+                isinstance(getattr(body[0], "value", None), ast.Constant) and isinstance(body[0].value.value, str):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree, include_attributes=False)
+
+
+def code_version(source_code: str) -> dict[str, str]:
+    """``{module: hash}`` of every rnorm module the code imports, transitively (``rnorm`` parents included)."""
+    todo = _rnorm_imports(ast.parse(source_code), "rnorm")
+    seen: dict[str, str] = {}
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        parts = name.split(".")
+        todo |= {".".join(parts[:i]) for i in range(1, len(parts))} - set(seen)
+        f = _module_file(name)
+        tree = ast.parse(f.read_text())
+        seen[name] = hashlib.sha256(_code_fingerprint(tree).encode()).hexdigest()[:16]
+        pkg = name if f.name == "__init__.py" else name.rsplit(".", 1)[0]
+        todo |= _rnorm_imports(ast.parse(f.read_text()), pkg) - set(seen)
+    return dict(sorted(seen.items()))
+
+
+def notebook_source(notebook: str) -> Path:
+    return REPO / "notebooks" / f"{get(notebook).name}.md"
+
+
+def _notebook_code(notebook: str) -> str:
+    import jupytext
+    nb = jupytext.read(notebook_source(notebook))
+    return "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+
+
+def notebook_key(notebook: str, params: dict) -> str:
+    """16 hex digits identifying what a notebook's results depend on (module docstring)."""
+    src = notebook_source(notebook).read_text()
+    blob = json.dumps({"source": hashlib.sha256(src.encode()).hexdigest(),
+                       "params": result_params(notebook, params),
+                       "code": code_version(_notebook_code(notebook))}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def recorded_key(notebook: str, out_dir) -> str | None:
+    """The key in ``<out_dir>/results/<notebook>/provenance.json`` (None when it or the executed notebook is missing)."""
+    out_dir = Path(out_dir)
+    prov = out_dir / "results" / notebook / "provenance.json"
+    if not prov.is_file() or not (out_dir / "executed" / f"{notebook}.ipynb").is_file():
+        return None
+    try:
+        return json.loads(prov.read_text()).get("key")
+    except (OSError, ValueError):
+        return None
+
+
+def stale_notebooks(profile: dict, notebooks=None, out_dir=None) -> list[str]:
+    """The notebooks of ``profile`` (in execution order) whose outputs are missing or whose key changed;
+    a notebook that reads a stale one is stale too."""
+    out_dir = Path(out_dir or REPO / "book")
+    stale: list[str] = []
+    for nb in execution_order(notebooks or REGISTRY):
+        expected = notebook_key(nb, profile["notebooks"][nb])
+        if recorded_key(nb, out_dir) != expected or any(r in stale for r in get(nb).reads):
+            stale.append(nb)
+    return stale
+
+
+# ------------------------------------------------------------------------------------- training
+def pretrain(profile: dict, *, jobs: int | None = None, device: str = "auto", notebooks=None) -> list:
+    """Train every run the given notebooks need, longest first, in ``jobs`` worker processes.
+
+    Each worker uses one thread: on 2 cores two 1-thread processes train about twice as many
+    images per second as one 2-thread process (measured on a quiet machine; see the benchmarks).
+    Finished runs are cached, so the notebooks then only load them.
     """
     from .experiments import planned_runs
     configs = []
-    for nb in notebooks or NOTEBOOKS:
+    for nb in notebooks if notebooks is not None else REGISTRY:
         for cfg in planned_runs(nb, profile["notebooks"][nb]):
             if cfg not in configs:
                 configs.append(cfg)
@@ -127,11 +292,6 @@ def pretrain(profile: dict, *, jobs: int | None = None, device: str = "auto", no
         for i, name in enumerate(pool.imap_unordered(_train_one, [(c, device) for c in configs]), 1):
             print(f"[{i}/{len(configs)}] trained {name}", flush=True)
     return configs
-
-
-def _planned(profile: dict, notebook: str) -> list:
-    from .experiments import planned_runs
-    return planned_runs(notebook, profile["notebooks"][notebook])
 
 
 def _worker_init():
@@ -157,17 +317,78 @@ def _cost(cfg) -> float:
     return n * cfg.epochs * (_RECIPE_COST[cfg.recipe] + 0.7 * steps) * _ARCH_COST.get(cfg.arch, 1.0) * (cfg.width / 16) ** 2
 
 
+# ------------------------------------------------------------------------------------- notebooks
+def preflight(notebook: str, params: dict, out_dir: Path | None = None) -> None:
+    """Every check that can be made before a kernel starts or a model trains, as one ConfigError.
+
+    The parameters (by the notebook's class), the device (CUDA requested without a GPU), the runs
+    folder (writable), the data (every dataset the notebook reads is loaded and verified, so a
+    missing file or ``RNORM_DATA`` pointing at a file is named here) and the sizes that depend
+    on it (``test_n``, ``probe_n``, ``precise_n``, ``train_subset`` within the splits), and the
+    results folder (writable).
+    """
+    from . import data
+    from .runs import RunError, _ensure_writable, resolve_device, runs_root
+
+    entry = get(notebook)
+    p = entry.params.from_dict(params)
+    if not entry.trains:
+        return
+    resolve_device(p.device)
+    try:
+        _ensure_writable(runs_root())
+    except RunError as e:
+        raise ConfigError(str(e)) from None
+    datasets = getattr(p, "datasets", None) or (p.dataset,)
+    for d in datasets:
+        try:
+            n_train = data.load(d, "train")[1].shape[0]
+            n_test = data.load(d, "test")[1].shape[0]
+        except data.DataError as e:
+            raise ConfigError(f"dataset {d!r}: {e}") from None
+        for name, limit in (("test_n", n_test), ("probe_n", n_test), ("precise_n", n_train),
+                            ("train_subset", n_train)):
+            value = getattr(p, name, None)
+            if value is not None and value > limit:
+                raise ConfigError(f"{name}={value} is larger than the {d!r} {'test' if limit == n_test else 'train'} "
+                                  f"split ({limit} images); allowed: up to {limit}.")
+    if out_dir is not None:
+        import tempfile
+        folder = Path(out_dir)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-test-")
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as e:
+            raise ConfigError(f"output folder {folder} is not writable ({e.strerror or e}); pass --out-dir.") from None
+
+
+def default_out_dir(notebook: str, params: dict) -> Path:
+    """``book/`` for the published profile's exact parameters, else ``_scratch/<profile or custom>/``."""
+    prof = matching_profile(notebook, params)
+    return REPO / "book" if prof == PUBLISHED_PROFILE else REPO / "_scratch" / (prof or "custom")
+
+
 def run_notebook(notebook: str, params: dict, *, out_dir: Path | None = None, log_output: bool = False) -> Path:
-    """Execute ``notebooks/<notebook>.ipynb`` with papermill into ``<out_dir>/executed/``."""
+    """Execute ``notebooks/<notebook>.md`` (read with jupytext) with papermill into ``<out_dir>/executed/``.
+
+    ``out_dir`` defaults to :func:`default_out_dir`. The executed notebook is written atomically.
+    """
+    import jupytext
     import papermill as pm
-    out_dir = Path(out_dir or REPO / "book")
-    executed = out_dir / "executed"
-    executed.mkdir(parents=True, exist_ok=True)
-    src = REPO / "notebooks" / f"{notebook}.ipynb"
+
+    entry = get(notebook)
+    out_dir = Path(out_dir) if out_dir is not None else default_out_dir(notebook, params)
+    src = notebook_source(entry.name)
     if not src.is_file():
         raise ConfigError(f"notebook={notebook!r}: no file {src}; notebooks: {', '.join(ALL_NOTEBOOKS)}.")
-    target = executed / f"{notebook}.ipynb"
-    tmp = executed / f".{notebook}.tmp.ipynb"
+    preflight(entry.name, params, out_dir)
+    executed = out_dir / "executed"
+    executed.mkdir(parents=True, exist_ok=True)
+    target = executed / f"{entry.name}.ipynb"
+    tmp_src = executed / f".{entry.name}.source.ipynb"
+    tmp = executed / f".{entry.name}.tmp.ipynb"
     params = dict(params)
     if params.get("results_dir") is None:
         results = (out_dir / "results").resolve()
@@ -175,10 +396,15 @@ def run_notebook(notebook: str, params: dict, *, out_dir: Path | None = None, lo
             params["results_dir"] = str(results.relative_to(REPO))
         except ValueError:
             params["results_dir"] = str(results)
-    pm.execute_notebook(str(src), str(tmp), parameters=params, cwd=str(REPO), kernel_name="python3",
-                        progress_bar=False, log_output=log_output, report_mode=False)
-    _hide_parameter_cells(tmp)
-    os.replace(tmp, target)
+    jupytext.write(jupytext.read(src), tmp_src, fmt="ipynb")
+    try:
+        pm.execute_notebook(str(tmp_src), str(tmp), parameters=params, cwd=str(REPO), kernel_name="python3",
+                            progress_bar=False, log_output=log_output, report_mode=False)
+        _hide_parameter_cells(tmp)
+        os.replace(tmp, target)
+    finally:
+        for f in (tmp_src, tmp):
+            f.unlink(missing_ok=True)
     return target
 
 
@@ -205,45 +431,55 @@ def build_book(*, warnings_as_errors: bool = True, builder: str = "html") -> Pat
 
 
 def run_book(profile_name: str, *, jobs: int | None = None, build: bool = True, notebooks=None,
-             device: str = "auto", out_dir=None) -> dict:
-    """Pre-train, execute every notebook of the profile (then the claims ledger) and build the book.
+             device: str = "auto", out_dir=None, rerun: bool = False) -> dict:
+    """Bring the profile's executed notebooks up to date, then build the book.
 
-    ``out_dir`` (default ``book/``) receives ``executed/`` and ``results/``; the HTML build always
-    renders the repository's ``book/``.
+    Re-executes the notebooks whose key changed or whose outputs are missing (all of them with
+    ``rerun``), after training only the runs those need. ``out_dir`` (default ``book/``: naming a
+    profile here is an explicit request to build the book from it) receives ``executed/`` and
+    ``results/``; the HTML build always renders the repository's ``book/``. Returns a record with
+    the notebooks executed and the seconds per step.
     """
     profile = load_profile(profile_name)
     out_dir = Path(out_dir or REPO / "book")
-    chosen = list(notebooks or NOTEBOOKS)
-    timings = {}
-    t0 = time.time()
-    pretrain(profile, jobs=jobs, device=device, notebooks=chosen)
-    timings["pretrain"] = round(time.time() - t0, 1)
-    # The notebooks only evaluate (training is cached), and each is independent of the others:
-    # run `jobs` of them at once (each kernel uses the profile's `threads`).
-    from concurrent.futures import ThreadPoolExecutor
-
-    def one(nb):
-        t = time.time()
-        print(f"running {nb} ...", flush=True)
-        run_notebook(nb, notebook_params(profile, nb, {"device": device}), out_dir=out_dir)
-        print(f"finished {nb} in {time.time() - t:.0f} s", flush=True)
-        return nb, round(time.time() - t, 1)
-
-    t_nb = time.time()
-    longest_first = sorted(chosen, key=lambda nb: -sum(_cost(c) for c in _planned(profile, nb)))
-    with ThreadPoolExecutor(max(1, jobs or profile["jobs"])) as pool:
-        for nb, seconds in pool.map(one, longest_first):
-            timings[nb] = seconds
-    timings["notebooks_wall"] = round(time.time() - t_nb, 1)
-    record = {"profile": profile["name"], "jobs": jobs or profile["jobs"], "seconds": timings,
+    chosen = execution_order(notebooks or REGISTRY)
+    todo = chosen if rerun else stale_notebooks(profile, chosen, out_dir)
+    timings: dict = {}
+    record = {"profile": profile["name"], "jobs": jobs or profile["jobs"], "executed": todo, "seconds": timings,
               "cpu_count": os.cpu_count()}
-    timings_file = out_dir / "results" / f"timings-{profile['name']}.json"
-    atomic_write_text(timings_file, json.dumps(record, indent=2) + "\n")  # the ledger reads it
-    t = time.time()
-    run_notebook(LEDGER_NOTEBOOK, {"profile": profile["name"]}, out_dir=out_dir)
-    timings[LEDGER_NOTEBOOK] = round(time.time() - t, 1)
+    t0 = time.time()
+    if not todo:
+        print(f"every notebook of profile {profile['name']!r} is up to date in {out_dir}; nothing to execute.")
+    else:
+        for nb in todo:  # every mistake that can be caught before training is caught here
+            preflight(nb, notebook_params(profile, nb, {"device": device} if get(nb).trains else {}), out_dir)
+        print(f"executing {', '.join(todo)}", flush=True)
+        pretrain(profile, jobs=jobs, device=device, notebooks=[nb for nb in todo if get(nb).trains])
+        timings["pretrain"] = round(time.time() - t0, 1)
+        from concurrent.futures import ThreadPoolExecutor
+
+        def one(nb):
+            t = time.time()
+            print(f"running {nb} ...", flush=True)
+            run_notebook(nb, notebook_params(profile, nb, {"device": device} if get(nb).trains else {}),
+                         out_dir=out_dir)
+            print(f"finished {nb} in {time.time() - t:.0f} s", flush=True)
+            return nb, round(time.time() - t, 1)
+
+        studies = [nb for nb in todo if get(nb).trains]
+        with ThreadPoolExecutor(max(1, jobs or profile["jobs"])) as pool:
+            for nb, seconds in pool.map(one, studies):
+                timings[nb] = seconds
+        timings_file = out_dir / "results" / f"timings-{profile['name']}.json"
+        if studies:
+            timings_file.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(timings_file, json.dumps(record, indent=2) + "\n")  # the ledger reads it
+        for nb in todo:
+            if not get(nb).trains:
+                timings[nb] = one(nb)[1]
     timings["total_before_build"] = round(time.time() - t0, 1)
-    atomic_write_text(timings_file, json.dumps(record, indent=2) + "\n")
     if build:
+        t = time.time()
         build_book()
+        timings["build"] = round(time.time() - t, 1)
     return record

@@ -1,17 +1,23 @@
 """The ``rnorm`` command line: run notebooks with a profile, build the book, list what exists.
 
     rnorm run 02_stats_swap --profile cpu -p dataset cifar10_jpeg -p epsilons "[0.01, 0.03]"
-    rnorm book --profile cpu [--jobs 2] [--no-build]
+    rnorm book --profile cpu [--jobs 2] [--no-build] [--rerun]
     rnorm build                      # only jupyter-book build, from what is executed
     rnorm profiles                   # list profiles and what they are for
     rnorm plan --profile cpu         # the training runs a profile needs
 
 A user mistake (unknown profile, notebook or parameter, a malformed value) ends with one line
 naming it and exit status 2, never a traceback.
+
+``rnorm run`` writes into the published ``book/`` only when the parameters are exactly those of
+the published profile (``cpu``); anything else goes to ``_scratch/<profile or custom>/`` unless
+``--out-dir`` says otherwise. ``rnorm book`` re-executes only the notebooks whose inputs changed
+(``--rerun``: all of them).
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from ._validate import ConfigError
@@ -21,18 +27,22 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rnorm", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
 
-    r = sub.add_parser("run", help="execute one notebook with papermill into book/executed/")
+    r = sub.add_parser("run", help="execute one notebook with papermill (into _scratch/<profile>/ unless it is "
+                                   "the published profile's exact parameters)")
     r.add_argument("notebook", help="e.g. 02_stats_swap")
     r.add_argument("--profile", default="smoke", help="profile name or path (default: smoke)")
     r.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                    help="override a parameter; VALUE is read as YAML")
-    r.add_argument("--out-dir", default=None, help="folder for executed/ and results/ (default: book/)")
+    r.add_argument("--out-dir", default=None, help="folder for executed/ and results/ (default: book/ for the "
+                                                   "published profile's exact parameters, else _scratch/<profile>/)")
     r.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N")
 
     b = sub.add_parser("book", help="run every notebook of a profile, then build the book")
     b.add_argument("--profile", default="cpu")
     b.add_argument("--jobs", type=int, default=None, help="parallel training workers (default: the profile's)")
     b.add_argument("--no-build", action="store_true", help="run the notebooks but do not build the HTML")
+    b.add_argument("--rerun", action="store_true", help="re-execute every notebook, not only those whose inputs changed")
+    b.add_argument("--out-dir", default=None, help="folder for executed/ and results/ (default: book/)")
     b.add_argument("--only", nargs="+", default=None, help="run only these notebooks")
     b.add_argument("--device", default="auto")
 
@@ -45,9 +55,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
+    from ._io import DiskFullError
+    from .data import DataError
+    from .runs import RunError
     try:
         return _dispatch(args)
-    except ConfigError as e:
+    except (ConfigError, DataError, RunError, DiskFullError) as e:
         print(f"rnorm: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -57,6 +70,7 @@ def main(argv=None) -> int:
 
 def _dispatch(args) -> int:
     from . import book
+    from .experiments import REGISTRY, get, planned_runs
     if args.command == "profiles":
         for name in book.available_profiles():
             prof = book.load_profile(name)
@@ -64,9 +78,8 @@ def _dispatch(args) -> int:
         return 0
     if args.command == "plan":
         prof = book.load_profile(args.profile)
-        from .experiments import NOTEBOOKS, planned_runs
         seen = []
-        for nb in NOTEBOOKS:
+        for nb in REGISTRY:
             for cfg in planned_runs(nb, prof["notebooks"][nb]):
                 if cfg not in seen:
                     seen.append(cfg)
@@ -77,35 +90,26 @@ def _dispatch(args) -> int:
         book.build_book()
         return 0
     if args.command == "run":
+        entry = get(args.notebook)
         prof = book.load_profile(args.profile)
-        overrides = {}
-        for name, value in args.param:
-            overrides[name] = book.parse_cli_value(value)
+        overrides = {name: book.parse_cli_value(value) for name, value in args.param}
         if args.device:
             overrides["device"] = args.device
-        params = book.notebook_params(prof, args.notebook, overrides) if args.notebook in prof["notebooks"] \
-            else _ledger_params(args.notebook, prof, overrides)
-        out = book.run_notebook(args.notebook, params, out_dir=args.out_dir)
+        params = book.notebook_params(prof, entry.name, overrides)
+        out = book.run_notebook(entry.name, params, out_dir=args.out_dir)
         print(f"wrote {out}")
         return 0
     if args.command == "book":
-        if args.jobs is not None and args.jobs < 1:
-            raise ConfigError(f"--jobs={args.jobs} must be an integer >= 1.")
+        if args.jobs is not None:
+            from ._validate import check_int
+            check_int("--jobs", args.jobs, min_value=1, max_value=4 * (os.cpu_count() or 1))
+        for nb in args.only or ():
+            get(nb)
         record = book.run_book(args.profile, jobs=args.jobs, build=not args.no_build, notebooks=args.only,
-                               device=args.device)
-        print(f"done: {record['seconds']}")
+                               device=args.device, out_dir=args.out_dir, rerun=args.rerun)
+        print(f"done: executed {', '.join(record['executed']) or 'nothing'}; seconds {record['seconds']}")
         return 0
     raise AssertionError(args.command)
-
-
-def _ledger_params(notebook, prof, overrides):
-    from .book import ALL_NOTEBOOKS, LEDGER_NOTEBOOK
-    from ._validate import suggest
-    if notebook != LEDGER_NOTEBOOK:
-        raise ConfigError(f"notebook={notebook!r} is not one of {', '.join(ALL_NOTEBOOKS)}." + suggest(notebook, ALL_NOTEBOOKS))
-    if overrides:
-        raise ConfigError(f"notebook {LEDGER_NOTEBOOK!r} takes no parameters; got {', '.join(overrides)}.")
-    return {"profile": prof["name"]}
 
 
 if __name__ == "__main__":

@@ -40,9 +40,19 @@ Caching
   sha256 of the manifest's lines for that split, and ``cache_dir`` is ``$RNORM_CACHE``, else
   ``<root>/.rnorm-cache`` when the root is writable, else ``~/.cache/rnorm``. A root whose
   permission bits grant no write access (for example a read-only shared data folder) counts as
-  not writable even for root. The cache **trusts the manifest hash**: the per-file checks
-  (file set and sha256) run when the cache is built, not when it is read. A cache file that
-  cannot be read or has the wrong shapes/labels is deleted and rebuilt.
+  not writable even for root. The cache records the size and modification time of every file
+  it was built from. **Every load** (the in-process memo included) lists the split's folder
+  again and proves the files are the ones the cache was made from: the set of files must be the
+  manifest's (a deleted class folder or a stray file is an error), and any file whose size or
+  modification time changed is re-hashed against the manifest (a flipped JPEG is an error; a
+  file only touched is accepted). Listing and stat-ing the 50,000 training files takes about a
+  quarter of a second. A cache file that cannot be read or has the wrong shapes/labels is
+  deleted and rebuilt.
+* Checksum lists: where the data root holds a ``SHA256SUMS`` file (``<sha256>  <relative
+  path>`` lines, as ``sha256sum -c`` reads), every listed file a loader reads is verified
+  against it on every load -- hashed when its size or modification time differs from the last
+  verified one (recorded in ``<cache_dir>/verified-<root hash>.json``), so a flipped label byte
+  in FashionMNIST is an error, not a silently wrong dataset.
 
 Where this departs from torchvision
 -----------------------------------
@@ -67,6 +77,7 @@ from __future__ import annotations
 import difflib
 import gzip
 import hashlib
+import json
 import io
 import math
 import os
@@ -174,7 +185,7 @@ _SPLITS = ("train", "test")
 # (dataset, split, resolved root) -> (images, labels). See the module docstring.
 _MEMO: dict[tuple[str, str, str], tuple[torch.Tensor, torch.Tensor]] = {}
 
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: records the size and mtime of every source file
 
 
 # ----------------------------------------------------------------------------- validation
@@ -269,17 +280,47 @@ def load(name: str, split: str, root: str | os.PathLike | None = None
     name = _check_choice("dataset", name, tuple(DATASETS))
     split = _check_choice("split", split, _SPLITS)
     root_path = data_root(root)
+    if root_path.exists() and not root_path.is_dir():
+        raise DataError(f"data root {root_path} is a file, not a folder; set RNORM_DATA to the folder that holds "
+                        f"FashionMNIST/ and CIFAR-10-JPEG/.")
     key = (name, split, str(root_path))
     if key in _MEMO:
-        return _MEMO[key]
+        images, labels, proof = _MEMO[key]
+        if proof is not None and proof == _proof(name, root_path, split):
+            return images, labels
     if name == "fashion_mnist":
         images, labels = _load_fashion_mnist(root_path, split)
     elif name == "cifar10":
         images, labels = _load_cifar10(root_path, split)
     else:
         images, labels = _load_cifar10_jpeg(root_path, split)
-    _MEMO[key] = (images, labels)
+    _MEMO[key] = (images, labels, _proof(name, root_path, split))
     return images, labels
+
+
+def _proof(name: str, root: Path, split: str):
+    """What a memo hit must still match: the size and mtime of every file the split was read from
+    (and of the checksum list), or None where there is nothing cheap to check (torchvision's CIFAR-10)."""
+    if name == "fashion_mnist":
+        raw = root / "FashionMNIST" / "raw"
+        files = [p for base in _IDX_FILES[split] for p in (_find_idx(raw, base),) if p is not None]
+        files.append(root / "SHA256SUMS")
+        return tuple((str(f), *_stat(f)) for f in files)
+    if name == "cifar10_jpeg":
+        base = root / "CIFAR-10-JPEG"
+        try:
+            return (_stat(base / "MANIFEST.sha256"), tuple(sorted(_split_stats(base, split).items())))
+        except DataError:
+            return ("missing",)
+    return None
+
+
+def _stat(path: Path) -> tuple[int, int]:
+    try:
+        st = path.stat()
+        return st.st_size, st.st_mtime_ns
+    except OSError:
+        return -1, -1
 
 
 def num_batches(n: int, batch_size: int, drop_last: bool = False) -> int:
@@ -518,6 +559,7 @@ def _load_fashion_mnist(root: Path, split: str) -> tuple[torch.Tensor, torch.Ten
                 f"FashionMNIST {split} file {base} (or {base}.gz) not found in {raw} "
                 f"(download {tried}). " + _how_to_get()
             )
+    _verify_checksums(root, [img_path, lab_path])
     images = _read_idx(img_path, 2051, 3)
     labels = _read_idx(lab_path, 2049, 1)
     size = DATASETS["fashion_mnist"].image_size
@@ -539,6 +581,68 @@ def _load_fashion_mnist(root: Path, split: str) -> tuple[torch.Tensor, torch.Ten
         )
     return (torch.from_numpy(images).unsqueeze(1),
             torch.from_numpy(labels).to(torch.int64))
+
+
+def _read_checksums(root: Path) -> dict[str, str]:
+    """``{relative path: sha256}`` from ``<root>/SHA256SUMS`` ({} when there is none)."""
+    listing = root / "SHA256SUMS"
+    if not listing.is_file():
+        return {}
+    out = {}
+    for lineno, line in enumerate(listing.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        m = _MANIFEST_LINE.match(line.rstrip("\r"))
+        if not m:
+            raise DataError(f"checksum list {listing} line {lineno} is malformed: {line[:120]!r}")
+        out[m.group(2).lstrip("*")] = m.group(1).lower()
+    return out
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _verify_checksums(root: Path, paths) -> None:
+    """Check every file of ``paths`` listed in ``<root>/SHA256SUMS`` against it (module docstring).
+
+    A file whose size and mtime equal those of its last successful check is not hashed again;
+    the record lives in the cache folder and is only a shortcut (deleting it costs one hash).
+    """
+    listed = _read_checksums(root)
+    if not listed:
+        return
+    record_path = _cache_dir(root) / f"verified-{hashlib.sha256(str(root).encode()).hexdigest()[:16]}.json"
+    try:
+        record = json.loads(record_path.read_text())
+    except (OSError, ValueError):
+        record = {}
+    changed = False
+    for path in paths:
+        rel = Path(path).relative_to(root).as_posix()
+        if rel not in listed:
+            continue
+        size, mtime = _stat(Path(path))
+        if record.get(rel) == [size, mtime, listed[rel]]:
+            continue
+        if _sha256_file(Path(path)) != listed[rel]:
+            raise DataError(f"sha256 mismatch for {path}: the file does not match {root / 'SHA256SUMS'} "
+                            f"(corrupt or modified copy); nothing was trained on it. Re-copy the file.")
+        record[rel] = [size, mtime, listed[rel]]
+        changed = True
+    if changed:
+        try:
+            record_path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=record_path.name + ".", suffix=".tmp", dir=record_path.parent)
+            with os.fdopen(fd, "w") as f:
+                json.dump(record, f)
+            os.replace(tmp, record_path)
+        except OSError:
+            pass  # the record is a shortcut; without it the files are hashed again next time
 
 
 # ----------------------------------------------------------------------------- CIFAR-10
@@ -648,17 +752,32 @@ def _decode_jpeg(data: bytes, path: Path) -> np.ndarray:
     return arr
 
 
-def _build_cifar10_jpeg(base: Path, split: str, entries) -> tuple[torch.Tensor, torch.Tensor]:
+def _split_stats(base: Path, split: str) -> dict[str, tuple[int, int]]:
+    """``{relative path: (size, mtime_ns)}`` of every file under ``<base>/<split>`` (any depth)."""
     split_dir = base / split
     if not split_dir.is_dir():
         raise DataError(f"cifar10_jpeg split folder {split_dir} not found. " + _how_to_get())
+    out: dict[str, tuple[int, int]] = {}
+    todo = [split_dir]
+    while todo:
+        folder = todo.pop()
+        rel_dir = folder.relative_to(base).as_posix()
+        with os.scandir(folder) as it:
+            for e in it:
+                if e.is_dir(follow_symlinks=False):
+                    todo.append(Path(e.path))
+                else:
+                    st = e.stat()
+                    out[f"{rel_dir}/{e.name}"] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+def _check_file_set(base: Path, split: str, entries, stats: dict) -> None:
+    """The split's files must be exactly the manifest's entries (every class folder present)."""
     for cls in _CIFAR_CLASSES:
-        if not (split_dir / cls).is_dir():
-            raise DataError(f"cifar10_jpeg class folder {split_dir / cls} is missing")
-    on_disk = set()
-    for dirpath, _dirnames, filenames in os.walk(split_dir):
-        rel_dir = Path(dirpath).relative_to(base).as_posix()
-        on_disk.update(f"{rel_dir}/{f}" for f in filenames)
+        if not (base / split / cls).is_dir():
+            raise DataError(f"cifar10_jpeg class folder {base / split / cls} is missing")
+    on_disk = set(stats)
     expected = {e[1] for e in entries}
     missing = sorted(expected - on_disk)
     if missing:
@@ -672,6 +791,9 @@ def _build_cifar10_jpeg(base: Path, split: str, entries) -> tuple[torch.Tensor, 
             f"cifar10_jpeg: {len(extra)} file(s) are not in {base / 'MANIFEST.sha256'}, "
             f"first: {base / extra[0]}"
         )
+
+
+def _build_cifar10_jpeg(base: Path, split: str, entries) -> tuple[torch.Tensor, torch.Tensor]:
     out = np.empty((len(entries), 32, 32, 3), dtype=np.uint8)
     for i, (digest, rel, _cls, _fname) in enumerate(entries):
         path = base / rel
@@ -692,7 +814,7 @@ def _build_cifar10_jpeg(base: Path, split: str, entries) -> tuple[torch.Tensor, 
 
 
 def _read_cache(path: Path, labels_expected: torch.Tensor, manifest_hash: str):
-    """The cached (images, labels), or None after deleting an unusable cache file."""
+    """The cached (images, labels, file stats), or None after deleting an unusable cache file."""
     if not path.is_file():
         return None
     try:
@@ -705,12 +827,13 @@ def _read_cache(path: Path, labels_expected: torch.Tensor, manifest_hash: str):
             and isinstance(images, torch.Tensor) and isinstance(labels, torch.Tensor)
             and images.dtype == torch.uint8 and tuple(images.shape) == (n, 3, 32, 32)
             and labels.dtype == torch.int64 and torch.equal(labels, labels_expected)
+            and isinstance(payload.get("files"), dict)
         )
         problem = "wrong contents or shapes"
     except Exception as exc:  # noqa: BLE001 - any unreadable cache is rebuilt
         ok, problem = False, f"unreadable ({type(exc).__name__}: {exc})"
     if ok:
-        return images.contiguous(), labels
+        return images.contiguous(), labels, payload["files"]
     warnings.warn(f"rnorm cache file {path} is {problem}; deleting and rebuilding it",
                   RuntimeWarning, stacklevel=4)
     try:
@@ -721,7 +844,7 @@ def _read_cache(path: Path, labels_expected: torch.Tensor, manifest_hash: str):
 
 
 def _write_cache(path: Path, images: torch.Tensor, labels: torch.Tensor,
-                 manifest_hash: str) -> None:
+                 manifest_hash: str, files: dict) -> None:
     """Write the cache atomically (temp file in the same folder + os.replace)."""
     tmp = None
     try:
@@ -730,7 +853,8 @@ def _write_cache(path: Path, images: torch.Tensor, labels: torch.Tensor,
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; the cache is not secret
         with os.fdopen(fd, "wb") as f:
             torch.save({"version": _CACHE_VERSION, "manifest_sha256": manifest_hash,
-                        "images": images, "labels": labels}, f)
+                        "images": images, "labels": labels,
+                        "files": {k: list(v) for k, v in files.items()}}, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -754,11 +878,21 @@ def _load_cifar10_jpeg(root: Path, split: str) -> tuple[torch.Tensor, torch.Tens
             f"and {base}/MANIFEST.sha256; it cannot be downloaded). " + _how_to_get()
         )
     entries, manifest_hash = _read_manifest(base, split)
+    stats = _split_stats(base, split)
+    _check_file_set(base, split, entries, stats)  # on every load, cache or not
     labels_expected = torch.tensor([e[2] for e in entries], dtype=torch.int64)
     cache_path = _cache_dir(root) / f"cifar10_jpeg-{split}-{manifest_hash[:16]}.pt"
     cached = _read_cache(cache_path, labels_expected, manifest_hash)
     if cached is not None:
-        return cached
+        images, labels, recorded = cached
+        digests = {e[1]: e[0] for e in entries}
+        for rel, st in stats.items():
+            if list(st) != recorded.get(rel):  # changed since the cache was built: prove it is the same file
+                if _sha256_file(base / rel) != digests[rel]:
+                    raise DataError(f"sha256 mismatch for {base / rel}: the file does not match "
+                                    f"{base / 'MANIFEST.sha256'} (corrupt or modified since the decoded cache "
+                                    f"{cache_path} was built); nothing was trained on it. Re-copy the file.")
+        return images, labels
     images, labels = _build_cifar10_jpeg(base, split, entries)
-    _write_cache(cache_path, images, labels, manifest_hash)
+    _write_cache(cache_path, images, labels, manifest_hash, stats)
     return images, labels

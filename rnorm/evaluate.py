@@ -31,22 +31,24 @@ aside). A batch size larger than the number of images is an error.
 from __future__ import annotations
 
 import contextlib
-import copy
+import dataclasses
 import hashlib
 import json
 import math
 import numbers
 import time
 import warnings
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable
 
 import pandas as pd
 import torch
 import torch.nn as nn
 
 from . import norms as _norms
-from ._validate import ConfigError, check_choice, check_float, check_int
+from ._validate import ConfigError, check_bool, check_choice, check_float, check_int
 from .attacks import ATTACKS, format_eps, make_attack, parse_eps
+from ._tensors import check_labels, float_images, model_device, stable_seed
+from .precise_bn import precise_bn
 from .runs import resolve_device
 
 EVAL_ATTACKS = ("clean",) + ATTACKS
@@ -66,8 +68,7 @@ _BATCH_DEPENDENT = ("batch", "population_mean")
 
 def _stable_seed(*parts) -> int:
     """A seed in [0, 2**31) from a stable hash of ``parts`` (not Python's salted ``hash``)."""
-    text = "rnorm.evaluate:" + ":".join(str(p) for p in parts)
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") % (2**31)
+    return stable_seed("rnorm.evaluate", *parts, modulus=2**31)
 
 
 def _as_tuple(value) -> tuple:
@@ -85,43 +86,13 @@ def _nonempty(param: str, value) -> tuple:
 
 
 
-def _model_device(model: nn.Module) -> torch.device:
-    for t in list(model.parameters()) + list(model.buffers()):
-        return t.device
-    return torch.device("cpu")
-
-
-def _as_float_images(param: str, images) -> torch.Tensor:
-    """uint8 images -> float / 255; float images are checked to lie in [0, 1]."""
-    if not isinstance(images, torch.Tensor):
-        raise ConfigError(f"{param} must be a torch.Tensor [N, C, H, W]; got {type(images).__name__}.")
-    if images.dim() != 4:
-        raise ConfigError(f"{param} must have shape [N, C, H, W]; got {tuple(images.shape)}.")
-    if images.dtype == torch.uint8:
-        return images.float().div_(255.0)
-    if not images.is_floating_point():
-        raise ConfigError(f"{param} must be uint8 or float in [0, 1]; got dtype {images.dtype}.")
-    if images.numel() and (images.min() < 0 or images.max() > 1):
-        raise ConfigError(f"{param} must lie in [0, 1] (pixel scale); got values in "
-                          f"[{images.min().item():.3g}, {images.max().item():.3g}].")
-    return images
-
-
-def _check_labels(labels, n: int) -> torch.Tensor:
-    if not isinstance(labels, torch.Tensor) or labels.dim() != 1 or labels.is_floating_point():
-        raise ConfigError("labels must be an integer torch.Tensor of shape [N].")
-    if labels.shape[0] != n:
-        raise ConfigError(f"labels has {labels.shape[0]} entries but there are {n} images.")
-    return labels.long()
-
-
 class _Preserved:
     """Restores, on exit, every module's training flag and the model's device."""
 
     def __init__(self, model: nn.Module, device: torch.device | None = None):
         self.model = model
         self.flags = [(m, m.training) for m in model.modules()]
-        self.device = _model_device(model)
+        self.device = model_device(model)
         self.target = device
 
     def __enter__(self):
@@ -184,154 +155,23 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch
     Images are uint8 or float in [0, 1]; batches of ``batch_size`` in the given order (the last
     one may be smaller). Runs on the model's device; the model's training flags are restored.
     """
-    images = _as_float_images("images", images)
-    labels = _check_labels(labels, images.shape[0])
+    images = float_images("images", images)
+    labels = check_labels(labels, images.shape[0])
     batch_size = check_int("batch_size", batch_size, min_value=1)
     if images.shape[0] == 0:
         raise ConfigError("images is empty.")
-    dev = _model_device(model)
+    dev = model_device(model)
     correct = 0
     with _Preserved(model):
         model.eval()
         for s in range(0, images.shape[0], batch_size):
             x = images[s:s + batch_size].to(dev)
             y = labels[s:s + batch_size].to(dev)
-            correct += int((model(x).argmax(1) == y).sum())
+            logits = model(x)
+            if s == 0:
+                check_labels(labels, images.shape[0], int(logits.shape[1]))
+            correct += int((logits.argmax(1) == y).sum())
     return correct / images.shape[0]
-
-
-# ----------------------------------------------------------------------------- PreciseBN
-
-
-def _has_running(m: nn.Module) -> bool:
-    if isinstance(m, _norms.RobustNorm2d):
-        return True
-    return (isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats
-            and m.running_mean is not None)
-
-
-def _running_buffers(m: nn.Module) -> dict[str, torch.Tensor]:
-    names = ("running_mean", "running_range" if isinstance(m, _norms.RobustNorm2d) else "running_var",
-             "num_batches_tracked")
-    return {k: getattr(m, k) for k in names if getattr(m, k, None) is not None}
-
-
-def _reset_running(m: nn.Module) -> None:
-    if isinstance(m, _norms.RobustNorm2d):
-        m.running_mean.zero_()
-        m.running_range.fill_(1.0)
-        m.num_batches_tracked.zero_()
-    else:
-        m.reset_running_stats()
-
-
-def _precise_batches(images, labels, batch_size, num_batches, shuffle, seed, augment):
-    n = images.shape[0]
-    full = n // batch_size
-    if full == 0:
-        raise ConfigError(f"batch_size={batch_size} is larger than the {n} images given for PreciseBN.")
-    if num_batches is None:
-        num_batches = full
-    elif num_batches > full:
-        raise ConfigError(f"num_batches={num_batches} is more than the {full} full batches of "
-                          f"{batch_size} that {n} images make.")
-    if augment:
-        if images.dtype != torch.uint8:
-            raise ConfigError("augment=True needs uint8 images (as rnorm.data.load returns).")
-        from . import data
-        lab = labels if labels is not None else torch.zeros(n, dtype=torch.long)
-        it = data.batches(images, lab, batch_size, shuffle=shuffle, seed=seed, augment=True, drop_last=True)
-        for k, (x, _) in enumerate(it):
-            if k >= num_batches:
-                break
-            yield x
-        return
-    if shuffle:
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(_stable_seed("precise_bn", seed)))
-    else:
-        order = torch.arange(n)
-    for k in range(num_batches):
-        x = images[order[k * batch_size:(k + 1) * batch_size]]
-        yield x.float().div_(255.0) if x.dtype == torch.uint8 else x
-
-
-def precise_bn(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None = None, *,
-               batch_size: int = 128, num_batches: int | None = None, branch="main", device="auto",
-               shuffle: bool = True, seed: int = 0, augment: bool = False) -> nn.Module:
-    """A deep copy of ``model`` whose population statistics are recomputed exactly (PreciseBN).
-
-    PreciseBN (Wu & Johnson, *Rethinking "Batch" in BatchNorm*, 2021; fvcore's
-    ``update_bn_stats``): for every normalization layer with running buffers -- rnorm
-    ``BatchNorm2d`` (including the branches of ``MultiBatchNorm2d``), ``RobustNorm2d`` and
-    plain ``nn.BatchNorm*`` -- the buffers are reset and then ``num_batches`` batches of
-    ``images`` (training data, uint8 or float in [0, 1]) are forwarded with the norm layers in
-    train mode (every other layer in eval mode) and without gradients, the momentum set to
-    ``1 / (k + 1)`` on batch ``k``. Then ``running = (1 - m) running + m stat_k`` makes each
-    buffer the exact *average of the per-batch statistics*, instead of the EMA of training.
-    The original momentum is restored; ``num_batches_tracked`` ends at the number of batches.
-
-    What the buffers hold afterwards, with equal batches (the remainder that does not fill a
-    batch is left out, so all batches are equal):
-
-    * BatchNorm: ``running_mean`` = the mean of batch means (= the mean over all the images
-      used); ``running_var`` = the mean of per-batch *unbiased* variances, since PyTorch's BN
-      stores the unbiased (n / (n - 1)) batch variance in its buffer. This is the variance each
-      training batch was normalized with, not the pooled variance of the data (which would add
-      the variance of the batch means); fvcore does the same.
-    * RobustNorm: ``running_mean`` as above, ``running_range`` = the mean of per-batch ranges
-      (the power p is still applied at inference, as the layer does).
-
-    ``branch`` routes the batches through one branch of every ``MultiBatchNorm2d``; only the
-    statistics that branch updates are recomputed (``main``: the main buffers; ``adv``: the
-    ``aux.adv`` buffers; with ``share="stats"`` the shared main buffers). Every other buffer is
-    left as it was. ``shuffle`` (seeded by ``seed``) draws random batches, as training did;
-    ``augment=True`` (uint8 images only) uses :func:`rnorm.data.batches`' random crop and flip,
-    matching training with augmentation. The original model is not modified; the copy is on
-    ``device`` (``auto``: CUDA when available) with the original's training flags.
-    """
-    images_t = images
-    if not isinstance(images_t, torch.Tensor) or images_t.dim() != 4:
-        raise ConfigError("images must be a tensor [N, C, H, W] (uint8, or float in [0, 1]).")
-    if images_t.dtype != torch.uint8:
-        _as_float_images("images", images_t)
-    if labels is not None:
-        labels = _check_labels(labels, images_t.shape[0])
-    batch_size = check_int("batch_size", batch_size, min_value=1)
-    if num_batches is not None:
-        num_batches = check_int("num_batches", num_batches, min_value=1)
-    if isinstance(branch, str):
-        check_choice("branch", branch, _norms.branches_of(model))
-    seed = check_int("seed", seed, min_value=0)
-    dev = resolve_device(device)
-
-    out = copy.deepcopy(model).to(dev)
-    flags = [(m, m.training) for m in out.modules()]
-    layers = [m for m in out.modules() if _has_running(m)]
-    saved = {id(m): (m.momentum, {k: v.clone() for k, v in _running_buffers(m).items()}) for m in layers}
-    batches = _precise_batches(images_t, labels, batch_size, num_batches, bool(shuffle), seed, bool(augment))
-    try:
-        with torch.no_grad():
-            for m in layers:
-                _reset_running(m)
-            out.eval()
-            for m in layers:
-                m.train()
-            with _norms.route(out, branch):
-                for k, x in enumerate(batches):
-                    for m in layers:
-                        m.momentum = 1.0 / (k + 1)
-                    out(x.to(dev))
-    finally:
-        for m in layers:
-            momentum, bufs = saved[id(m)]
-            m.momentum = momentum
-            if int(m.num_batches_tracked) == 0:  # not reached by this branch: keep what it had
-                with torch.no_grad():
-                    for k, v in bufs.items():
-                        getattr(m, k).copy_(v)
-        for m, flag in flags:
-            m.training = flag
-    return out
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -384,45 +224,185 @@ def _craft_all(net, mode, branch, layout, x_all, y_all, attack, eps, params, k, 
     return outs
 
 
-def _plan(attacks, eps, stats, batch_sizes, branches, makeups, gradients):
-    rows = []
-    for a in attacks:
+@dataclasses.dataclass(frozen=True)
+class EvalGrid:
+    """What :func:`evaluate` computes, validated on construction (as :class:`rnorm.runs.RunConfig`).
+
+    Sequences are stored as tuples without repeats; ``eps`` strings such as ``"8/255"`` become
+    numbers. :meth:`rows` lists the rows in order (with the skips :func:`evaluate` documents),
+    :meth:`key` hashes the grid for caching, and :meth:`check` makes the checks that need the
+    model and the images, before anything is computed.
+    """
+
+    attacks: tuple = ("clean", "fgsm", "pgd")
+    eps: tuple = (8 / 255,)
+    stats: tuple = ("population",)
+    batch_sizes: tuple = (128,)
+    branches: tuple = ("main",)
+    makeups: tuple = ("all",)
+    gradients: tuple = ("white-box",)
+    adv_fraction: float = 0.125
+    attack_params: dict | None = None
+    autoattack_n: int | None = None
+    seed: int = 0
+    shuffle: bool = True
+    precise_bn_options: dict | None = None
+
+    def __post_init__(self):
+        s = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 - frozen dataclass
+        s("attacks", tuple(check_choice("attacks", a, EVAL_ATTACKS) for a in _nonempty("attacks", self.attacks)))
+        s("eps", tuple(parse_eps(e) if isinstance(e, str) else check_float("eps", e, min_value=0.0, max_value=1.0)
+                       for e in _nonempty("eps", self.eps)))
+        s("stats", tuple(check_choice("stats", v, EVAL_STATS) for v in _nonempty("stats", self.stats)))
+        s("batch_sizes", tuple(check_int("batch_sizes", b, min_value=1) for b in _nonempty("batch_sizes", self.batch_sizes)))
+        s("branches", tuple(_nonempty("branches", self.branches)))
+        s("makeups", tuple(check_choice("makeups", m, MAKEUPS) for m in _nonempty("makeups", self.makeups)))
+        s("gradients", tuple(check_choice("gradients", g, GRADIENTS) for g in _nonempty("gradients", self.gradients)))
+        s("adv_fraction", check_float("adv_fraction", self.adv_fraction, min_value=0.0, max_value=1.0, min_inclusive=False))
+        s("seed", check_int("seed", self.seed, min_value=0))
+        check_bool("shuffle", self.shuffle)
+        params = {} if self.attack_params is None else self.attack_params
+        if not isinstance(params, dict):
+            raise ConfigError(f"attack_params={params!r} must be a dict such as {{'pgd': {{'steps': 20}}}}.")
+        for k, v in params.items():
+            check_choice("attack_params", k, ATTACKS)
+            if not isinstance(v, dict):
+                raise ConfigError(f"attack_params[{k!r}]={v!r} must be a dict of parameters.")
+        s("attack_params", {k: dict(v) for k, v in params.items()})
+        if self.autoattack_n is not None:
+            s("autoattack_n", check_int("autoattack_n", self.autoattack_n, min_value=1))
+        options = dict(self.precise_bn_options or {})
+        for k in options:
+            check_choice("precise_bn_options", k, ("batch_size", "num_batches", "shuffle", "seed", "augment"))
+        s("precise_bn_options", options)
+
+    def rows(self) -> list[dict]:
+        """The grid's rows in order: clean rows once per (batch size, branch, stats); no transfer
+        row for population statistics (it would repeat the white-box row)."""
+        out = []
+        for a in self.attacks:
+            for e in ((0.0,) if a == "clean" else self.eps):
+                for b in self.batch_sizes:
+                    for br in self.branches:
+                        for mk in (("all",) if a == "clean" else self.makeups):
+                            for st in self.stats:
+                                for g in (("none",) if a == "clean" else self.gradients):
+                                    if not (g == "transfer" and st == "population"):
+                                        out.append(dict(attack=a, eps=e, stats=st, batch_size=b, branch=br,
+                                                        makeup=mk, gradient=g))
+        return out
+
+    def key(self) -> str:
+        """16 hex digits of the sha256 of the grid's canonical JSON."""
+        text = json.dumps(dataclasses.asdict(self), sort_keys=True, default=repr)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def check(self, model: nn.Module, n_images: int, precise_bn_data=None) -> int | None:
+        """Checks against the model and the images; returns the number of AutoAttack images (or None)."""
+        for b in self.branches:
+            check_choice("branches", b, _norms.branches_of(model))
+        if _plain_bn(model):
+            for st in self.stats:
+                if st not in ("population", "precise"):
+                    _stats_context(model, st)  # raises the ConfigError
+        for b in self.batch_sizes:
+            if b > n_images:
+                raise ConfigError(f"batch_sizes: {b} is larger than the number of images ({n_images}); "
+                                  f"use more images or a smaller batch size.")
+        if "precise" in self.stats and not (isinstance(precise_bn_data, (tuple, list)) and len(precise_bn_data) == 2):
+            raise ConfigError("stats 'precise' needs precise_bn_data=(train_images, train_labels): "
+                              "the training data PreciseBN recomputes the population statistics on.")
+        if "autoattack" not in self.attacks:
+            return None
+        n_aa = min(AUTOATTACK_N, n_images) if self.autoattack_n is None else \
+            check_int("autoattack_n", self.autoattack_n, min_value=1, max_value=n_images)
+        for b in self.batch_sizes:
+            if b > n_aa:
+                raise ConfigError(f"autoattack_n={n_aa} is smaller than batch size {b}; AutoAttack runs on "
+                                  f"the first autoattack_n images, give at least the largest batch size.")
+        if any(st in _BATCH_DEPENDENT for st in self.stats) and "white-box" in self.gradients:
+            warnings.warn("AutoAttack in a batch-dependent statistics mode attacks sub-batches of the images "
+                          "not yet fooled, so it does not differentiate through the scored batch's statistics "
+                          "and may overstate robustness; use white-box PGD as the adaptive attack there.",
+                          stacklevel=3)
+        return n_aa
+
+
+def _attack_params(grid: EvalGrid, model: nn.Module, n_classes: int) -> dict:
+    """Each attack's parameters (AutoAttack's class count from the model), validated by building it once."""
+    out = {}
+    for a in grid.attacks:
         if a == "clean":
-            for b in batch_sizes:
-                for br in branches:
-                    for st in stats:
-                        rows.append(dict(attack=a, eps=0.0, stats=st, batch_size=b, branch=br,
-                                         makeup="all", gradient="none"))
             continue
-        for e in eps:
-            for b in batch_sizes:
-                for br in branches:
-                    for mk in makeups:
-                        for st in stats:
-                            for g in gradients:
-                                if g == "transfer" and st == "population":
-                                    continue  # identical to the white-box row
-                                rows.append(dict(attack=a, eps=e, stats=st, batch_size=b, branch=br,
-                                                 makeup=mk, gradient=g))
-    return rows
+        p = dict(grid.attack_params.get(a, {}))
+        if a == "autoattack":
+            p.setdefault("n_classes", n_classes)
+            need = 3 if p.get("version", "standard") == "rand" else 4
+            if n_classes < need:
+                raise ConfigError(f"attacks: 'autoattack' needs a model with at least {need} classes "
+                                  f"(its DLR losses); this model has {n_classes}.")
+        make_attack(a, model, grid.eps[0], **p)
+        out[a] = p
+    return out
 
 
-def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
-             attacks: Sequence[str] = ("clean", "fgsm", "pgd"), eps: Sequence[float] = (8 / 255,),
-             stats: Sequence[str] = ("population",), batch_sizes: Sequence[int] = (128,),
-             branches: Sequence[str] = ("main",), makeups: Sequence[str] = ("all",),
-             gradients: Sequence[str] = ("white-box",), adv_fraction: float = 0.125,
-             attack_params: dict | None = None, autoattack_n: int | None = None, device="auto",
-             seed: int = 0, progress: bool | Callable[[dict], None] | None = None,
-             precise_bn_data: tuple | None = None, precise_bn_options: dict | None = None,
-             shuffle: bool = True) -> pd.DataFrame:
+class _Scorer:
+    """Scores the rows of one grid on one model and one ordered image set (state shared across rows:
+    the ordered sets, the PreciseBN copies, the population-crafted examples of the last group)."""
+
+    def __init__(self, grid, model, sets, n_aa, params, precise_models):
+        self.grid, self.model, self.sets, self.n_aa = grid, model, sets, n_aa
+        self.params, self.precise, self.crafted = params, precise_models, {}
+
+    def score(self, row: dict) -> dict:
+        t0 = time.perf_counter()
+        g_, model = self.grid, self.model
+        a, e, st, b, br, mk, g = (row[k] for k in ("attack", "eps", "stats", "batch_size", "branch", "makeup", "gradient"))
+        x_all, y_all = self.sets[self.n_aa if a == "autoattack" else next(iter(self.sets))]
+        layout = _layout(x_all.shape[0], b)
+        k = b if mk == "all" else _adv_count(b, g_.adv_fraction)
+        scored_model = self.precise[br] if st == "precise" else model
+        scored_stats = "population" if st == "precise" else st
+        tag = "population" if (g == "transfer" or st == "population") else st
+        row_seed = _stable_seed(g_.seed, a, repr(e), b, br, mk, tag)
+        params = dict(self.params.get(a, {}))
+        if a == "autoattack":
+            params.setdefault("seed", row_seed)
+        if a == "clean":
+            adv = [x_all[pos] for pos, _ in layout]
+        elif tag == "population":  # crafted with population statistics: shared by the rows of a group
+            if self.crafted.get("key") != (a, e, b, br, mk):
+                self.crafted = {"key": (a, e, b, br, mk), "batches": _craft_all(
+                    model, "population", br, layout, x_all, y_all, a, e, params, k, row_seed)}
+            adv = self.crafted["batches"]
+        else:
+            adv = _craft_all(scored_model, scored_stats, br, layout, x_all, y_all, a, e, params, k, row_seed)
+        correct = scored = 0
+        with torch.no_grad(), _stats_context(scored_model, scored_stats), _norms.route(scored_model, br):
+            for (pos, new), x in zip(layout, adv):
+                m = min(new, k) if a != "clean" else new
+                correct += int((scored_model(x).argmax(1)[:m] == y_all[pos][:m]).sum())
+                scored += m
+        if model.training or scored_model.training:
+            raise RuntimeError("the model left eval mode during an attack; this is a bug in rnorm.evaluate.")
+        used = make_attack(a, model, e, **params).params if a != "clean" else {}
+        return dict(row, eps_label="0" if a == "clean" else format_eps(e), n=scored, correct=correct,
+                    accuracy=correct / scored if scored else math.nan, seconds=time.perf_counter() - t0,
+                    params=json.dumps(used, sort_keys=True))
+
+
+def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, grid: EvalGrid | None = None, *,
+             device="auto", progress: bool | Callable[[dict], None] | None = None,
+             precise_bn_data: tuple | None = None, **grid_fields) -> pd.DataFrame:
     """Clean and robust accuracy of ``model`` on ``images`` over a grid; one row per combination.
 
-    Grid (each argument takes a sequence, or a single value): ``attacks`` (``clean`` and the
-    names of :mod:`rnorm.attacks`), ``eps`` (numbers or strings like ``"8/255"``, in [0, 1]),
-    ``stats`` (``population``, ``batch``, ``population_mean``, ``precise``), ``batch_sizes``,
-    ``branches`` (of a multi-branch model, :func:`rnorm.norms.branches_of`), ``makeups``
-    (``all``, ``mixed``) and ``gradients`` (``white-box``, ``transfer``).
+    The grid is an :class:`EvalGrid` (``grid``), or its fields given as keywords: ``attacks``
+    (``clean`` and the names of :mod:`rnorm.attacks`), ``eps`` (numbers or strings like
+    ``"8/255"``, in [0, 1]), ``stats`` (``population``, ``batch``, ``population_mean``,
+    ``precise``), ``batch_sizes``, ``branches`` (of a multi-branch model,
+    :func:`rnorm.norms.branches_of`), ``makeups`` (``all``, ``mixed``), ``gradients``
+    (``white-box``, ``transfer``), ``adv_fraction``, ``attack_params``, ``autoattack_n``,
+    ``seed``, ``shuffle`` and ``precise_bn_options``. Each sequence may be a single value.
 
     Columns: attack, eps, eps_label (``8/255``), stats, batch_size, branch, makeup, gradient,
     n (images scored), correct, accuracy (0..1), seconds (wall clock of the row), params (the
@@ -474,167 +454,65 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
     statistics modes, routes, device); no running buffer changes.
     ``progress``: ``True`` shows a tqdm bar, a callable is called with each finished row.
     """
-    # ---- validate everything before computing anything
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model={type(model).__name__} must be a torch.nn.Module.")
-    images = _as_float_images("images", images)
-    labels = _check_labels(labels, images.shape[0])
-    n_all = images.shape[0]
-    if n_all == 0:
+    if grid is not None and grid_fields:
+        raise ConfigError(f"give either grid= or its fields ({', '.join(grid_fields)}), not both.")
+    grid = grid if grid is not None else EvalGrid(**grid_fields)
+    images = float_images("images", images)
+    if images.shape[0] == 0:
         raise ConfigError("images is empty.")
-    attacks = tuple(check_choice("attacks", a, EVAL_ATTACKS) for a in _nonempty("attacks", attacks))
-    eps = tuple(parse_eps(e) if isinstance(e, str) else check_float("eps", e, min_value=0.0, max_value=1.0)
-                for e in _nonempty("eps", eps))
-    stats = tuple(check_choice("stats", s, EVAL_STATS) for s in _nonempty("stats", stats))
-    batch_sizes = tuple(check_int("batch_sizes", b, min_value=1) for b in _nonempty("batch_sizes", batch_sizes))
-    model_branches = _norms.branches_of(model)
-    branches = tuple(check_choice("branches", b, model_branches) for b in _nonempty("branches", branches))
-    makeups = tuple(check_choice("makeups", m, MAKEUPS) for m in _nonempty("makeups", makeups))
-    gradients = tuple(check_choice("gradients", g, GRADIENTS) for g in _nonempty("gradients", gradients))
-    adv_fraction = check_float("adv_fraction", adv_fraction, min_value=0.0, max_value=1.0, min_inclusive=False)
-    seed = check_int("seed", seed, min_value=0)
+    labels = check_labels(labels, images.shape[0])
+    n_aa = grid.check(model, images.shape[0], precise_bn_data)
     dev = resolve_device(device)
-    if _plain_bn(model):
-        for s in stats:
-            if s not in ("population", "precise"):
-                _stats_context(model, s)  # raises the ConfigError
-    attack_params = {} if attack_params is None else attack_params
-    if not isinstance(attack_params, dict):
-        raise ConfigError(f"attack_params={attack_params!r} must be a dict such as {{'pgd': {{'steps': 20}}}}.")
-    for k, v in attack_params.items():
-        check_choice("attack_params", k, ATTACKS)
-        if not isinstance(v, dict):
-            raise ConfigError(f"attack_params[{k!r}]={v!r} must be a dict of parameters.")
-    for b in batch_sizes:
-        if b > n_all:
-            raise ConfigError(f"batch_sizes: {b} is larger than the number of images ({n_all}); "
-                              f"use more images or a smaller batch size.")
-    n_aa = None
-    if "autoattack" in attacks:
-        n_aa = min(AUTOATTACK_N, n_all) if autoattack_n is None else \
-            check_int("autoattack_n", autoattack_n, min_value=1, max_value=n_all)
-        for b in batch_sizes:
-            if b > n_aa:
-                raise ConfigError(f"autoattack_n={n_aa} is smaller than batch size {b}; AutoAttack runs on "
-                                  f"the first autoattack_n images, give at least the largest batch size.")
-    elif autoattack_n is not None:
-        check_int("autoattack_n", autoattack_n, min_value=1)
-    if "precise" in stats:
-        if precise_bn_data is None or not isinstance(precise_bn_data, (tuple, list)) or len(precise_bn_data) != 2:
-            raise ConfigError("stats 'precise' needs precise_bn_data=(train_images, train_labels): "
-                              "the training data PreciseBN recomputes the population statistics on.")
-    precise_bn_options = dict(precise_bn_options or {})
-    for k in precise_bn_options:
-        check_choice("precise_bn_options", k, ("batch_size", "num_batches", "shuffle", "seed", "augment"))
     if not (progress is None or isinstance(progress, bool) or callable(progress)):
         raise ConfigError(f"progress={progress!r} must be None, True/False or a callable taking a row dict.")
-    plan = _plan(attacks, eps, stats, batch_sizes, branches, makeups, gradients)
-    if "autoattack" in attacks and any(s in _BATCH_DEPENDENT for s in stats) and "white-box" in gradients:
-        warnings.warn("AutoAttack in a batch-dependent statistics mode attacks sub-batches of the images "
-                      "not yet fooled, so it does not differentiate through the scored batch's statistics "
-                      "and may overstate robustness; use white-box PGD as the adaptive attack there.",
-                      stacklevel=2)
-
-    with torch.no_grad():
-        probe_dev = _model_device(model)
-        with _Preserved(model):
-            model.eval()
-            n_classes = int(model(images[:2].to(probe_dev)).shape[1])
-    base_params = {}
-    for a in attacks:
-        if a == "clean":
-            continue
-        p = dict(attack_params.get(a, {}))
-        if a == "autoattack":
-            p.setdefault("n_classes", n_classes)
-            need = 3 if p.get("version", "standard") == "rand" else 4
-            if n_classes < need:
-                raise ConfigError(f"attacks: 'autoattack' needs a model with at least {need} classes "
-                                  f"(its DLR losses); this model has {n_classes}.")
-        make_attack(a, model, eps[0], **p)  # validates the parameters
-        base_params[a] = p
-
-    # ---- compute
-    def ordered(n: int):
-        """The first n images in the seeded batch order (the same order for the same n and seed)."""
-        g = torch.Generator().manual_seed(_stable_seed("order", seed, n))
-        order = torch.randperm(n, generator=g) if shuffle else torch.arange(n)
-        return images[:n][order].to(dev), labels[:n][order].to(dev)
-
-    bar = None
-    if progress is True:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=len(plan), desc="evaluate", leave=False)
-    rng_devices = [dev.index or 0] if dev.type == "cuda" else []
-    out_rows = []
-    precise_seconds = 0.0
+    with torch.no_grad(), _Preserved(model):
+        n_classes = int(model.eval()(images[:2].to(model_device(model))).shape[1])
+    check_labels(labels, images.shape[0], n_classes)  # a label the model cannot output would score as silently wrong
+    params = _attack_params(grid, model, n_classes)
+    rows, out_rows, precise_models, precise_seconds = grid.rows(), [], {}, 0.0
     with contextlib.ExitStack() as stack:
-        stack.enter_context(torch.random.fork_rng(devices=rng_devices))
+        stack.enter_context(torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []))
         stack.enter_context(_Preserved(model, dev))
-        if bar is not None:
-            stack.callback(bar.close)
+        bar = stack.enter_context(_progress_bar(progress is True, len(rows)))
         model.eval()
-        sets = {n_all: ordered(n_all)}
-        if n_aa is not None and n_aa not in sets:
-            sets[n_aa] = ordered(n_aa)
-        precise_models: dict = {}
-        if "precise" in stats:
+        sets = {n: _ordered(images, labels, n, grid, dev) for n in dict.fromkeys([images.shape[0], n_aa]) if n}
+        if "precise" in grid.stats:
             t0 = time.perf_counter()
-            for br in branches:
-                precise_models[br] = precise_bn(model, *precise_bn_data, branch=br, device=dev, **precise_bn_options)
-                precise_models[br].eval()
+            precise_models = {br: precise_bn(model, *precise_bn_data, branch=br, device=dev,
+                                             **grid.precise_bn_options).eval() for br in grid.branches}
             precise_seconds = time.perf_counter() - t0
-        crafted: dict = {}
-        for row in plan:
-            t0 = time.perf_counter()
-            a, e, st, b, br, mk, g = (row[k] for k in ("attack", "eps", "stats", "batch_size", "branch",
-                                                        "makeup", "gradient"))
-            n_rows = n_aa if a == "autoattack" else n_all
-            x_all, y_all = sets[n_rows]
-            layout = _layout(n_rows, b)
-            k = b if mk == "all" else _adv_count(b, adv_fraction)
-            scored_model = precise_models[br] if st == "precise" else model
-            scored_stats = "population" if st == "precise" else st
-            group = (a, e, b, br, mk)
-            tag = "population" if (g == "transfer" or st == "population") else st
-            row_seed = _stable_seed(seed, a, repr(e), b, br, mk, tag)
-            params = dict(base_params.get(a, {}))
-            if a == "autoattack":
-                params.setdefault("seed", row_seed)
-
-            def craft(net, mode):
-                return _craft_all(net, mode, br, layout, x_all, y_all, a, e, params, k, row_seed)
-
-            if a == "clean":
-                adv = [x_all[pos] for pos, _ in layout]
-            elif g == "transfer" or st == "population":
-                if crafted.get("key") != group:
-                    crafted = {"key": group, "batches": craft(model, "population")}
-                adv = crafted["batches"]
-            else:
-                adv = craft(scored_model, scored_stats)
-            correct = scored = 0
-            with torch.no_grad(), _stats_context(scored_model, scored_stats), _norms.route(scored_model, br):
-                for (pos, new), x in zip(layout, adv):
-                    m = min(new, k) if a != "clean" else new
-                    pred = scored_model(x).argmax(1)
-                    correct += int((pred[:m] == y_all[pos][:m]).sum())
-                    scored += m
-            if model.training or scored_model.training:
-                raise RuntimeError("the model left eval mode during an attack; this is a bug in rnorm.evaluate.")
-            used = make_attack(a, model, e, **params).params if a != "clean" else {}
-            out = dict(row, eps_label="0" if a == "clean" else format_eps(e), n=scored, correct=correct,
-                       accuracy=correct / scored if scored else math.nan,
-                       seconds=time.perf_counter() - t0, params=json.dumps(used, sort_keys=True))
-            out_rows.append(out)
+        scorer = _Scorer(grid, model, sets, n_aa, params, precise_models)
+        for row in rows:
+            out_rows.append(scorer.score(row))
             if bar is not None:
                 bar.update(1)
             elif callable(progress) and not isinstance(progress, bool):
-                progress(dict(out))
+                progress(dict(out_rows[-1]))
     frame = pd.DataFrame(out_rows, columns=COLUMNS)
-    frame.attrs["precise_bn_seconds"] = precise_seconds
-    frame.attrs["seed"] = seed
+    frame.attrs.update(precise_bn_seconds=precise_seconds, seed=grid.seed)
     return frame
+
+
+def _ordered(images, labels, n: int, grid: EvalGrid, dev):
+    """The first n images in the seeded batch order (the same order for the same n and seed)."""
+    g = torch.Generator().manual_seed(_stable_seed("order", grid.seed, n))
+    order = torch.randperm(n, generator=g) if grid.shuffle else torch.arange(n)
+    return images[:n][order].to(dev), labels[:n][order].to(dev)
+
+
+@contextlib.contextmanager
+def _progress_bar(show: bool, total: int):
+    if not show:
+        yield None
+        return
+    from tqdm.auto import tqdm
+    bar = tqdm(total=total, desc="evaluate", leave=False)
+    try:
+        yield bar
+    finally:
+        bar.close()
 
 
 # ----------------------------------------------------------------------------- seeds

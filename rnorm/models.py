@@ -38,8 +38,12 @@ class Normalize(nn.Module):
         super().__init__()
         mean = torch.as_tensor(mean, dtype=torch.float32).reshape(1, -1, 1, 1)
         std = torch.as_tensor(std, dtype=torch.float32).reshape(1, -1, 1, 1)
-        if (std <= 0).any():
-            raise ConfigError(f"std={std.flatten().tolist()} must be positive.")
+        if not torch.isfinite(mean).all():
+            raise ConfigError(f"mean={mean.flatten().tolist()} must be finite numbers.")
+        if not torch.isfinite(std).all() or (std <= 0).any():  # NaN passes a `<= 0` test on its own
+            raise ConfigError(f"std={std.flatten().tolist()} must be finite and positive.")
+        if mean.shape != std.shape:
+            raise ConfigError(f"mean has {mean.numel()} channels but std has {std.numel()}; give one value per channel.")
         self.register_buffer("mean", mean)
         self.register_buffer("std", std)
 

@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._validate import ConfigError, check_choice, check_float, suggest
+from ._validate import ConfigError, check_bool, check_choice, check_float, check_int, suggest
 
 STATS_MODES = ("population", "batch", "population_mean")
 SHARE_MODES = ("none", "affine", "stats")
@@ -73,6 +73,17 @@ def _bn_eval(x, running_mean, running_var, weight, bias, eps: float, stats: str)
     return x * scale.to(x.dtype)[None, :, None, None] + shift.to(x.dtype)[None, :, None, None]
 
 
+def _check_bn_args(num_features, kw: dict) -> None:
+    """The arguments nn.BatchNorm2d accepts without a word but that make a wrong layer."""
+    check_int("num_features", num_features, min_value=1)
+    if kw.get("momentum", 0.1) is not None:
+        kw["momentum"] = check_float("momentum", kw.get("momentum", 0.1), min_value=0.0, max_value=1.0)
+    kw["eps"] = check_float("eps", kw.get("eps", 1e-5), min_value=0.0, min_inclusive=False)
+    for flag in ("affine", "track_running_stats"):
+        if flag in kw:
+            check_bool(flag, kw[flag])
+
+
 class BatchNorm2d(_StatsModeMixin, nn.BatchNorm2d):
     """``nn.BatchNorm2d`` with a statistics mode for inference.
 
@@ -87,6 +98,7 @@ class BatchNorm2d(_StatsModeMixin, nn.BatchNorm2d):
     """
 
     def __init__(self, num_features: int, stats: str = "population", **bn_kwargs):
+        _check_bn_args(num_features, bn_kwargs)
         super().__init__(num_features, **bn_kwargs)
         self.stats = stats
 
@@ -297,6 +309,9 @@ def _normalize_route(route, branches: Sequence[str]):
         if isinstance(item, str):
             out.append((check_choice("branch", item, branches), None))
         else:
+            if not isinstance(item, (tuple, list)) or len(item) != 2:
+                raise ConfigError(f"branch={route!r}: each entry is a branch name or a (name, size) pair; got "
+                                  f"{item!r}.")
             name, size = item
             check_choice("branch", name, branches)
             if size is None:
@@ -478,6 +493,8 @@ def convert_norms(model: nn.Module, name: str, **kw) -> nn.Module:
     mean is copied and its running range starts at 1, as in the reference code. Returns ``model``.
     """
     check_choice("norm", name, tuple(NORMS))
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model={type(model).__name__} must be a torch.nn.Module whose BatchNorm2d layers to replace.")
     for parent in list(model.modules()):
         for child_name, child in list(parent.named_children()):
             if isinstance(child, nn.BatchNorm2d):

@@ -20,12 +20,41 @@ import seaborn as sns  # noqa: E402
 from ._io import atomic_write_bytes  # noqa: E402
 
 FORMATS = ("pdf", "svg", "png")
-STATS_LABELS = {
-    "population": "population stats (BN at inference)",
-    "batch": "batch stats (stats swap)",
-    "population_mean": "running mean, batch scale",
+# Display labels, applied only when drawing or printing; frames and the ledger keep the names.
+LABELS = {
+    # datasets: the lossy JPEG copy always says so
+    "fashion_mnist": "FashionMNIST", "cifar10": "CIFAR-10", "cifar10_jpeg": "CIFAR-10 (lossy JPEG copy)",
+    # normalizations
+    "bn": "BatchNorm", "robustnorm": "RobustNorm", "none": "no norm", "multibn": "BatchNorm + auxiliary BNs",
+    # statistics modes
+    "population": "population stats", "batch": "batch stats", "population_mean": "running mean, batch var",
     "precise": "PreciseBN population stats",
+    # recipes
+    "standard": "standard", "pgd_at": "PGD-AT", "advprop": "AdvProp", "ebn": "EBN", "advprop_ebn": "AdvProp+EBN",
+    # attacks, gradients, batch make-up, references
+    "clean": "clean", "fgsm": "FGSM", "pgd": "PGD", "autoattack": "AutoAttack", "easy": "easy (targeted to y)",
+    "white-box": "white-box", "transfer": "transfer", "all": "all adversarial", "mixed": "mixed",
+    "ema": "EMA population stats",
 }
+STATS_LABELS = {k: LABELS[k] for k in ("population", "batch", "population_mean", "precise")}
+
+
+def label(value) -> str:
+    """The display label of a name (the name itself when it has none)."""
+    return LABELS.get(value, str(value)) if isinstance(value, str) else str(value)
+
+
+def model_label(norm: str, norm_p=None) -> str:
+    """``BatchNorm``, ``no norm`` or ``RobustNorm p=0.2`` from a frame's ``norm`` and ``norm_p``."""
+    if norm == "robustnorm":
+        return f"RobustNorm p={float(norm_p):g}"
+    return label(norm)
+
+
+def eps_label(eps: float) -> str:
+    """``8/255`` for a pixel-scale epsilon (``0`` for clean rows)."""
+    from .attacks import format_eps
+    return "0" if eps == 0 else format_eps(eps)
 
 
 def use_style() -> None:
@@ -67,15 +96,28 @@ def _metadata(fmt: str) -> dict:
     return {}
 
 
-def _one_legend(fig, axes, title=None):
-    """Keep one legend, outside the plotting area on the right, so it never covers data."""
+def _one_legend(fig, axes, title=None, below: bool = False):
+    """Keep one legend outside the plotting area, so it never covers data: on the right, or
+    ``below`` the panels (for wide multi-panel figures, so the text stays readable at column width)."""
     axes = list(axes)
     handles, labels = axes[0].get_legend_handles_labels()
     for ax in axes:
         if ax.get_legend() is not None:
             ax.get_legend().remove()
-    if handles:
+    if not handles:
+        return
+    if below:
+        fig.legend(handles, labels, title=title, loc="upper center", bbox_to_anchor=(0.5, 0.0), frameon=False,
+                   ncol=min(3, len(labels)))
+    else:
         fig.legend(handles, labels, title=title, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+
+
+def glue_figure(key: str, fig) -> None:
+    """Glue ``fig`` for a numbered ``{glue:figure}`` and close it, so the notebook shows it once."""
+    from myst_nb import glue
+    glue(key, fig, display=False)
+    plt.close(fig)
 
 
 def shift_by_layer(distances: pd.DataFrame, *, title: str | None = None):
@@ -86,7 +128,7 @@ def shift_by_layer(distances: pd.DataFrame, *, title: str | None = None):
     """
     use_style()
     stats = list(dict.fromkeys(distances["statistic"]))
-    fig, axes = plt.subplots(1, len(stats), figsize=(4.2 * len(stats), 3.3), squeeze=False, sharex=True)
+    fig, axes = plt.subplots(1, len(stats), figsize=(3.4 * len(stats) + 0.4, 3.2), squeeze=False, sharex=True)
     titles = {"mean": "mean: |μ_batch − μ_pop| / σ_pop",
               "var": "variance: |log(σ²_batch / σ²_pop)|",
               "range": "range: |log(r_batch / r_pop)|"}
@@ -97,7 +139,7 @@ def shift_by_layer(distances: pd.DataFrame, *, title: str | None = None):
         ax.set_xlabel("normalization layer (input → output)")
         ax.set_ylabel("distance (mean over channels)")
         ax.set_title(titles.get(stat, stat))
-    _one_legend(fig, axes[0], title="batch")
+    _one_legend(fig, axes[0], title="batch", below=len(stats) > 1)
     if title:
         fig.suptitle(title, y=1.02)
     fig.tight_layout()
@@ -108,7 +150,7 @@ def channel_scatter(record: pd.DataFrame, layers, *, statistic: str = "mean"):
     """Per-channel batch statistic against the population statistic for chosen layers."""
     use_style()
     layers = list(layers)
-    fig, axes = plt.subplots(1, len(layers), figsize=(3.6 * len(layers), 3.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(layers), figsize=(3.0 * len(layers) + 0.4, 3.0), squeeze=False)
     for ax, layer in zip(axes[0], layers):
         sub = record[(record["layer_index"] == layer) & (record["statistic"] == statistic)]
         sns.scatterplot(data=sub, x="running", y="value", hue="tag", style="tag", ax=ax, s=18, alpha=0.8)
@@ -119,7 +161,7 @@ def channel_scatter(record: pd.DataFrame, layers, *, statistic: str = "mean"):
         ax.set_title(f"layer {layer}: {name}", fontsize="small")
         ax.set_xlabel(f"population {statistic} (per channel)")
         ax.set_ylabel(f"batch {statistic} (per channel)")
-    _one_legend(fig, axes[0], title="batch")
+    _one_legend(fig, axes[0], title="batch", below=len(layers) > 1)
     fig.tight_layout()
     return fig
 
@@ -141,7 +183,7 @@ def accuracy_vs_eps(frame: pd.DataFrame, *, hue: str = "stats", style: str | Non
     df["eps (/255)"] = df["eps"] * 255
     df["accuracy (%)"] = df["accuracy"] * 100
     cols = list(dict.fromkeys(df[col])) if col else [None]
-    fig, axes = plt.subplots(1, len(cols), figsize=(4.2 * len(cols), 3.4), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(1, len(cols), figsize=(3.4 * len(cols) + 0.4, 3.2), squeeze=False, sharey=True)
     for ax, c in zip(axes[0], cols):
         sub = df if c is None else df[df[col] == c]
         sns.lineplot(data=sub, x="eps (/255)", y="accuracy (%)", hue=hue, style=style or hue, markers=True,
@@ -150,8 +192,8 @@ def accuracy_vs_eps(frame: pd.DataFrame, *, hue: str = "stats", style: str | Non
         ax.set_ylabel("accuracy (%)")
         ax.set_ylim(-2, 102)
         if c is not None:
-            ax.set_title(str(c).upper() if col == "attack" else f"{col} = {c}")
-    _one_legend(fig, axes[0], title=hue)
+            ax.set_title(label(c) if col == "attack" else f"{col} = {c}")
+    _one_legend(fig, axes[0], title=hue, below=len(cols) > 1)
     if title:
         fig.suptitle(title, y=1.02)
     fig.tight_layout()
@@ -198,7 +240,7 @@ def accuracy_bars(frame: pd.DataFrame, *, x: str = "recipe", hue: str = "attack"
     df = frame.copy()
     df["accuracy (%)"] = df["accuracy"] * 100
     cols = list(dict.fromkeys(df[col])) if col else [None]
-    fig, axes = plt.subplots(1, len(cols), figsize=(4.4 * len(cols), 3.6), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(1, len(cols), figsize=(3.6 * len(cols) + 0.4, 3.4), squeeze=False, sharey=True)
     for ax, c in zip(axes[0], cols):
         sub = df if c is None else df[df[col] == c]
         sns.barplot(data=sub, x=x, y="accuracy (%)", hue=hue, ax=ax, errorbar="sd", capsize=0.1, err_kws={"linewidth": 1})
@@ -208,8 +250,26 @@ def accuracy_bars(frame: pd.DataFrame, *, x: str = "recipe", hue: str = "attack"
         if c is not None:
             ax.set_title(str(c))
         ax.tick_params(axis="x", labelrotation=20)
-    _one_legend(fig, axes[0], title=hue)
+    _one_legend(fig, axes[0], title=hue, below=len(cols) > 1)
     if title:
         fig.suptitle(title, y=1.02)
     fig.tight_layout()
     return fig
+
+
+def condition_label(frame: pd.DataFrame) -> pd.Series:
+    """A display label per row of an evaluation frame with ``norm``, ``stats``, ``gradient``
+    (and ``norm_p`` for RobustNorm): e.g. ``BatchNorm, batch stats (transfer)``."""
+    def one(row):
+        text = model_label(row["norm"], row.get("norm_p"))
+        if row["norm"] == "none":
+            return text
+        text += f", {label(row['stats'])}"
+        return text + (" (transfer)" if row.get("gradient") == "transfer" else "")
+    return frame.apply(one, axis=1)
+
+
+def attack_label(frame: pd.DataFrame) -> pd.Series:
+    """``clean``, ``FGSM 8/255``, ``PGD 2/255`` per row of an evaluation frame."""
+    return frame.apply(lambda r: "clean" if r["attack"] == "clean" else f"{label(r['attack'])} {eps_label(r['eps'])}",
+                       axis=1)

@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 
 from . import norms as _norms
+from ._tensors import float_images, model_device
 from ._validate import ConfigError, check_choice, check_float
 from .attacks import ATTACKS, make_attack
 
@@ -31,13 +32,7 @@ DISTANCE_COLUMNS = ["layer_index", "layer", "statistic", "distance", "tag"]
 
 
 def _float_images(images) -> torch.Tensor:
-    if not isinstance(images, torch.Tensor) or images.dim() != 4:
-        raise ConfigError("images must be a tensor [N, C, H, W] (uint8, or float in [0, 1]).")
-    if images.dtype == torch.uint8:
-        return images.float().div_(255.0)
-    if not images.is_floating_point():
-        raise ConfigError(f"images must be uint8 or float in [0, 1]; got dtype {images.dtype}.")
-    return images
+    return float_images("images", images)
 
 
 def _running_source(m: nn.Module) -> nn.Module:
@@ -52,10 +47,7 @@ def _running_source(m: nn.Module) -> nn.Module:
     return m
 
 
-def _device(model: nn.Module) -> torch.device:
-    for t in list(model.parameters()) + list(model.buffers()):
-        return t.device
-    return torch.device("cpu")
+_device = model_device
 
 
 @torch.no_grad()

@@ -1,21 +1,28 @@
-"""Where a notebook's results go: ``book/results/<notebook>/`` with data, figures and provenance.
+"""What a notebook computes and where it goes: :class:`StudyResult` and ``book/results/<notebook>/``.
 
-:class:`ResultsDir` writes tidy CSV/JSON files and figures (PDF, SVG, PNG via
-:func:`rnorm.plots.save`) atomically, and ``provenance.json``: the profile, the parameters, the
-git commit, package versions, device and wall time of the run that made them.
+Each ``rnorm.experiments.<study>.run(params)`` returns one :class:`StudyResult`: tidy frames, a
+summary frame (mean and spread over seeds, built with :func:`rnorm.evaluate.summarize`), the
+headline numbers the claims ledger reads, the training runs used and the device. The notebook
+adds the figures it draws (:meth:`StudyResult.add_figure`) and calls :meth:`ResultsDir.save`,
+which writes everything -- ``<frame>.csv``, ``summary.csv``, ``summary.json``, each figure as
+PDF, SVG and PNG beside the CSV it was drawn from, and ``provenance.json`` -- into a staging
+folder and then puts that folder in place of the old one in one step
+(:func:`rnorm._io.replace_dir`): a failure part-way never leaves old and new files mixed.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
 import pandas as pd
 
-from ._io import atomic_write_text
+from ._io import atomic_write_text, replace_dir
 
 RESULTS_ROOT_ENV = "RNORM_RESULTS"
 
@@ -25,51 +32,103 @@ def results_root(root=None) -> Path:
     return Path(root or os.environ.get(RESULTS_ROOT_ENV) or "book/results")
 
 
+@dataclasses.dataclass
+class StudyResult:
+    """Everything one notebook computed.
+
+    ``frames``: tidy data by file name (``<name>.csv``); ``summary``: one row per condition with
+    ``mean``, ``std``, ``n_seeds`` (``summary.csv``); ``headline``: the JSON-able numbers the
+    ledger reads (``summary.json``); ``runs``: :class:`rnorm.runs.Run` objects; ``device``: where
+    it ran; ``figures``: ``name -> (figure, data frame)``, filled by the notebook.
+    """
+
+    notebook: str
+    params: object
+    frames: dict
+    summary: pd.DataFrame
+    headline: dict
+    runs: list
+    device: str
+    figures: dict = dataclasses.field(default_factory=dict)
+
+    def add_figure(self, name: str, fig, data: pd.DataFrame):
+        """Register a figure to be saved with the data it was drawn from; returns ``fig``."""
+        if not name or "/" in name or name in self.frames:
+            raise ValueError(f"figure name {name!r} must be a plain file name distinct from the frames.")
+        self.figures[name] = (fig, data)
+        return fig
+
+    def run_records(self) -> list[dict]:
+        return [{"path": r.path.name, "config": r.config.to_dict(), "environment": r.environment}
+                for r in self.runs]
+
+
 class ResultsDir:
-    """The results folder of one notebook; created (and checked writable) on construction."""
+    """The results folder of one notebook; its parent is created and checked writable on construction."""
 
     def __init__(self, notebook: str, root=None):
         self.notebook = notebook
         self.path = results_root(root) / notebook
         try:
-            self.path.mkdir(parents=True, exist_ok=True)
-            probe = self.path / ".write-test"
-            probe.write_text("ok")
-            probe.unlink()
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(dir=self.path.parent, prefix=".write-test-")
+            os.close(fd)
+            os.unlink(probe)
         except OSError as e:
-            raise PermissionError(f"results folder {self.path} is not writable ({e.strerror}); set "
+            raise PermissionError(f"results folder {self.path.parent} is not writable ({e.strerror}); set "
                                   f"{RESULTS_ROOT_ENV} or the notebook's results_dir to a writable folder.") from None
         self.started = time.time()
 
-    def csv(self, name: str, frame: pd.DataFrame) -> Path:
-        target = self.path / f"{name}.csv"
-        atomic_write_text(target, frame.to_csv(index=False))
-        return target
+    def save(self, result: StudyResult, *, extra: dict | None = None) -> Path:
+        """Write all of ``result`` (plus ``extra`` JSON files by name) into the folder, all or nothing."""
+        from .plots import save as save_figure
 
-    def json(self, name: str, obj) -> Path:
-        target = self.path / f"{name}.json"
-        atomic_write_text(target, json.dumps(obj, indent=2, sort_keys=True, default=_jsonable) + "\n")
-        return target
+        staged = Path(tempfile.mkdtemp(dir=self.path.parent, prefix=f".{self.notebook}.staged-"))
+        try:
+            for name, frame in result.frames.items():
+                (staged / f"{name}.csv").write_text(frame.to_csv(index=False))
+            result.summary.to_csv(staged / "summary.csv", index=False)
+            _write_json(staged / "summary.json", result.headline)
+            for name, obj in (extra or {}).items():
+                _write_json(staged / f"{name}.json", obj)
+            for name, (fig, data) in result.figures.items():
+                save_figure(fig, staged / name, data=data)
+            params = result.params.as_dict() if hasattr(result.params, "as_dict") else dict(result.params)
+            _write_json(staged / "provenance.json", provenance(self.notebook, params, device=result.device,
+                                                               runs=result.run_records(),
+                                                               wall_seconds=time.time() - self.started))
+            for f in staged.iterdir():
+                os.chmod(f, 0o644)
+            os.chmod(staged, 0o755)
+            replace_dir(staged, self.path)
+        except BaseException:
+            import shutil
+            shutil.rmtree(staged, ignore_errors=True)
+            raise
+        return self.path
 
-    def figure(self, name: str, fig, data: pd.DataFrame | None = None) -> list[Path]:
-        from .plots import save
-        return save(fig, self.path / name, data=data)
 
-    def provenance(self, params: dict, profile: str | None = None, device: str | None = None,
-                   runs: list | None = None) -> Path:
-        """Write ``provenance.json`` for this notebook's run."""
-        return self.json("provenance", {
-            "notebook": self.notebook,
-            "profile": profile,
-            "parameters": params,
-            "git_commit": git_commit(),
-            "versions": package_versions(),
-            "device": device,
-            "python": platform.python_version(),
-            "machine": platform.machine(),
-            "wall_seconds": round(time.time() - self.started, 1),
-            "runs": runs or [],
-        })
+def provenance(notebook: str, params: dict, *, device=None, runs=None, wall_seconds=None) -> dict:
+    """What made a results folder: the matching profile, the parameters, their key, code and machine."""
+    from .book import matching_profile, notebook_key
+    from .hardware import environment
+    return {
+        "notebook": notebook,
+        "profile": matching_profile(notebook, params),
+        "parameters": params,
+        "key": notebook_key(notebook, params),
+        "git_commit": git_commit(),
+        "versions": package_versions(),
+        "device": device,
+        "environment": environment(device),
+        "python": platform.python_version(),
+        "wall_seconds": None if wall_seconds is None else round(wall_seconds, 1),
+        "runs": runs or [],
+    }
+
+
+def _write_json(path: Path, obj) -> None:
+    path.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_jsonable, allow_nan=True) + "\n")
 
 
 def git_commit() -> str | None:
@@ -99,6 +158,12 @@ def _jsonable(obj):
         return obj.item()
     if isinstance(obj, (set, tuple)):
         return list(obj)
-    if isinstance(obj, Path):
-        return str(obj)
     return str(obj)
+
+
+def read_json(path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+__all__ = ["StudyResult", "ResultsDir", "results_root", "provenance", "git_commit", "package_versions",
+           "atomic_write_text"]

@@ -178,6 +178,7 @@ class RunConfig:
             s("train_alpha", alpha)
         check_choice("attack_stats", self.attack_stats, _train.ATTACK_STATS)
         check_choice("loss_weighting", self.loss_weighting, _train.LOSS_WEIGHTINGS)
+        self._canonicalize()
         s("seed", check_int("seed", self.seed, min_value=0))
         s("precision", hardware.resolve_precision(self.precision))
         if self.train_subset is not None:
@@ -185,6 +186,25 @@ class RunConfig:
         s("holdout", check_int("holdout", self.holdout, min_value=0))
         if self.augment is not None:
             _check_bool("augment", self.augment)
+
+    _ATTACK_FIELDS = ("train_eps", "train_steps", "train_alpha", "attack_stats")
+
+    def _canonicalize(self) -> None:
+        """Set the fields a run does not use to their defaults, so that runs that train the same
+        model share one key (and one cache entry): the training-attack fields of a recipe without
+        attacks (``standard``), ``loss_weighting`` of a one-slice recipe, and ``norm_p`` of a norm
+        other than RobustNorm."""
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        rec = _train.RECIPES[self.recipe]
+        unused = []
+        if all(kind == "clean" for _, kind in rec.slices):
+            unused += self._ATTACK_FIELDS
+        if len(rec.slices) == 1:
+            unused.append("loss_weighting")
+        if self.norm != "robustnorm":
+            unused.append("norm_p")
+        for name in unused:
+            object.__setattr__(self, name, defaults[name])
 
     # -- construction --------------------------------------------------------------------------
     @classmethod
@@ -318,7 +338,9 @@ class Run:
 
     def state_dict(self) -> dict:
         """The final weights (loaded with ``weights_only=True`` and checked against the key)."""
-        blob = torch.load(self.path / "model.pt", map_location="cpu", weights_only=True)
+        blob = _torch_load(self.path / "model.pt")
+        if not isinstance(blob, dict) or "model" not in blob:
+            raise RunError(_damaged(self.path / "model.pt", "it holds no weights"))
         if blob.get("config_key") != self.key:
             raise RunError(f"{self.path / 'model.pt'} belongs to config {blob.get('config_key')!r}, "
                            f"not to this run's {self.key!r}; delete the folder and train again.")
@@ -344,12 +366,32 @@ def is_complete(path) -> bool:
     return (path / "done").exists() and (path / "model.pt").exists()
 
 
+def _damaged(file: Path, why: str) -> str:
+    return (f"run file {file} is damaged ({why}). Delete the folder {file.parent} and the run will be trained "
+            f"again from scratch; nothing else is affected.")
+
+
+def _torch_load(file: Path):
+    """``torch.load(weights_only=True)`` that names a truncated or foreign file instead of torch's message."""
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise RunError(_damaged(file, "the file is missing")) from None
+    except Exception as exc:  # noqa: BLE001 - truncated zip, pickle errors, foreign objects...
+        raise RunError(_damaged(file, f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}")) from None
+
+
 def _read_config(path: Path) -> RunConfig:
     try:
         d = json.loads((path / "config.json").read_text())
     except FileNotFoundError:
         raise RunError(f"{path} has no config.json; it is not a run folder.") from None
-    cfg = RunConfig.from_dict(d)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RunError(_damaged(path / "config.json", f"not valid JSON: {exc}")) from None
+    try:
+        cfg = RunConfig.from_dict(d)
+    except ConfigError as exc:
+        raise RunError(_damaged(path / "config.json", str(exc))) from None
     if not path.name.endswith("-" + cfg.key()):
         raise RunError(f"{path / 'config.json'} hashes to {cfg.key()!r}, which does not match the folder "
                        f"name {path.name!r}; the folder was edited or renamed. Delete it and train again.")
@@ -364,7 +406,10 @@ def _read_history(path: Path):
         return pd.DataFrame()
     # exact float round trip: pandas >= 3 does it by default (and deprecates the option)
     exact = {} if int(pd.__version__.split(".")[0]) >= 3 else {"float_precision": "round_trip"}
-    return pd.read_csv(f, **exact)
+    try:
+        return pd.read_csv(f, **exact)
+    except Exception as exc:  # noqa: BLE001 - pandas parser errors of a hand-edited file
+        raise RunError(_damaged(f, f"{type(exc).__name__}: {exc}")) from None
 
 
 def load_run(path) -> Run:
@@ -376,7 +421,10 @@ def load_run(path) -> Run:
                        f"finish it.")
     env = {}
     if (path / "environment.json").exists():
-        env = json.loads((path / "environment.json").read_text())
+        try:
+            env = json.loads((path / "environment.json").read_text())
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise RunError(_damaged(path / "environment.json", f"not valid JSON: {exc}")) from None
     return Run(cfg, path, _read_history(path), env)
 
 
@@ -412,7 +460,9 @@ def save_checkpoint(path: Path, blob: dict) -> None:
 def load_checkpoint(path: Path, config: RunConfig) -> dict:
     """Read ``checkpoint.pt`` with ``weights_only=True``; refuse one that belongs to another config."""
     f = Path(path) / "checkpoint.pt"
-    blob = torch.load(f, map_location="cpu", weights_only=True)
+    blob = _torch_load(f)
+    if not isinstance(blob, dict):
+        raise RunError(_damaged(f, "it holds no checkpoint"))
     if blob.get("config_key") != config.key() or blob.get("schema") != SCHEMA_VERSION:
         raise RunError(f"checkpoint {f} was written for config key {blob.get('config_key')!r} (schema "
                        f"{blob.get('schema')!r}), but this run's key is {config.key()!r} (schema "

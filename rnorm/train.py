@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import math
 import sys
 import time
@@ -60,6 +59,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import attacks as _attacks
+from ._tensors import stable_seed
 from .hardware import resolve_precision
 from ._validate import ConfigError, check_choice, check_float, check_int
 from .norms import MAIN, route, use_stats
@@ -285,8 +285,7 @@ def epoch_plan(n: int, batch_size: int) -> tuple[int, bool]:
 
 def derive_seed(*parts) -> int:
     """A 63-bit seed from a stable hash of ``parts`` (not Python's salted ``hash``)."""
-    text = "rnorm.train:" + ":".join(str(p) for p in parts)
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") & (2**63 - 1)
+    return stable_seed("rnorm.train", *parts)
 
 
 def run_epoch(model: nn.Module, optimizer, scheduler, images: torch.Tensor, labels: torch.Tensor, *,

@@ -11,3 +11,19 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    """RNORM_DATA with FashionMNIST: the real files if present, else tiny fake IDX files."""
+    import os
+    import sys
+    from pathlib import Path
+    root = Path(os.environ.get("RNORM_DATA", "data")).absolute()
+    raw = root / "FashionMNIST" / "raw"
+    if not any((raw / f).exists() for f in ("train-images-idx3-ubyte", "train-images-idx3-ubyte.gz")):
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from _datafiles import write_idx_fashion
+        root = tmp_path_factory.mktemp("data")
+        write_idx_fashion(root, 600, 100)
+    return root

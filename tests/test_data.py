@@ -445,10 +445,67 @@ def test_jpeg_cache_used_on_second_load(jpeg_root, tmp_path, monkeypatch):
     _forbid_decodes(monkeypatch)
     x2, y2 = data.load("cifar10_jpeg", "train", root)
     assert x2 is not x1 and torch.equal(x2, x1) and torch.equal(y2, y1)
-    # the cache trusts the manifest: a file damaged after caching is not re-checked
-    (root / "CIFAR-10-JPEG" / "train" / "cat" / "0000.jpg").write_bytes(b"junk")
-    data._MEMO.clear()
+    # a file only touched (same bytes, new mtime) is re-hashed, found unchanged and accepted
+    f = root / "CIFAR-10-JPEG" / "train" / "cat" / "0000.jpg"
+    os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 10**9))
     assert torch.equal(data.load("cifar10_jpeg", "train", root)[0], x1)
+
+
+def _damage_flip(root):
+    f = root / "CIFAR-10-JPEG" / "train" / "cat" / "0000.jpg"
+    b = bytearray(f.read_bytes())
+    b[len(b) // 2] ^= 0xFF
+    f.write_bytes(bytes(b))
+
+
+def _damage_stray(root):
+    (root / "CIFAR-10-JPEG" / "train" / "cat" / "stray.jpg").write_bytes(b"x")
+
+
+def _damage_class_gone(root):
+    shutil.rmtree(root / "CIFAR-10-JPEG" / "train" / "dog")
+
+
+@pytest.mark.parametrize("damage,message", [(_damage_flip, "sha256 mismatch"), (_damage_stray, "not in"),
+                                            (_damage_class_gone, "class folder|missing")])
+@pytest.mark.parametrize("memo", [True, False])
+def test_jpeg_damage_after_the_cache_exists_is_caught(jpeg_root, tmp_path, damage, message, memo):
+    """The decoded cache (and the in-process memo) never stand in for files that changed since."""
+    root, _ = jpeg_root
+    data.load("cifar10_jpeg", "train", root)
+    assert list((tmp_path / "cache").glob("cifar10_jpeg-train-*.pt"))
+    if not memo:
+        data._MEMO.clear()
+    damage(root)
+    with pytest.raises(data.DataError, match=message):
+        data.load("cifar10_jpeg", "train", root)
+
+
+def test_fashion_is_checked_against_the_checksum_list(tmp_path):
+    """A flipped label byte (still a valid label) is caught through SHA256SUMS, also after a first load."""
+    import hashlib
+    root = tmp_path / "root"
+    write_idx_fashion(root, 40, 20)
+    raw = root / "FashionMNIST" / "raw"
+    lines = [f"{hashlib.sha256(p.read_bytes()).hexdigest()}  FashionMNIST/raw/{p.name}" for p in sorted(raw.iterdir())]
+    (root / "SHA256SUMS").write_text("\n".join(lines) + "\n")
+    x, y = data.load("fashion_mnist", "train", root)
+    labels = raw / "train-labels-idx1-ubyte"
+    b = bytearray(labels.read_bytes())
+    b[8] = (b[8] + 1) % 10  # the first label, changed to another valid label
+    labels.write_bytes(bytes(b))
+    with pytest.raises(data.DataError, match="sha256 mismatch.*SHA256SUMS"):
+        data.load("fashion_mnist", "train", root)  # the memo is not trusted either
+    data._MEMO.clear()
+    with pytest.raises(data.DataError, match="sha256 mismatch"):
+        data.load("fashion_mnist", "train", root)
+
+
+def test_data_root_that_is_a_file_is_named(tmp_path):
+    f = tmp_path / "data.txt"
+    f.write_text("x")
+    with pytest.raises(data.DataError, match="is a file, not a folder.*RNORM_DATA"):
+        data.load("fashion_mnist", "train", f)
 
 
 @pytest.mark.parametrize("damage", ["garbage", "wrong_shape", "wrong_labels", "empty"])

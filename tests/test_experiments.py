@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import nbformat
 import pytest
 
 from rnorm import book, cli
 from rnorm._validate import ConfigError
-from rnorm.experiments import NOTEBOOKS, ledger, planned_runs
+from rnorm.experiments import REGISTRY, ledger, planned_runs
 from rnorm.experiments.ebn import EBNParams
 from rnorm.experiments.robustnorm import RobustNormParams
 from rnorm.experiments.shift import ShiftParams
@@ -18,31 +19,67 @@ from rnorm.experiments.stats_swap import StatsSwapParams
 REPO = book.REPO
 
 
-# --- the parameters cell of every template equals its parameter class's defaults -------------
+# --- notebooks: MyST sources paired with output-free .ipynb, parameters cells written for people ----
 
-@pytest.mark.parametrize("name", list(NOTEBOOKS))
-def test_parameters_cell_matches_defaults(name):
-    cls, _ = NOTEBOOKS[name]
-    nb = nbformat.read(REPO / "notebooks" / f"{name}.ipynb", as_version=4)
+def _parameters_cell(nb):
     cells = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
-    assert len(cells) == 1
+    assert len(cells) == 1, "exactly one cell tagged 'parameters'"
+    return cells[0].source
+
+
+@pytest.mark.parametrize("name", list(REGISTRY))
+def test_md_and_ipynb_pair_is_in_sync(name):
+    """The .ipynb papermill runs holds exactly the cells of the .md a person edits, and no outputs."""
+    import jupytext
+    md = jupytext.read(REPO / "notebooks" / f"{name}.md")
+    ipynb = nbformat.read(REPO / "notebooks" / f"{name}.ipynb", as_version=4)
+    assert md.metadata["jupytext"]["formats"] == "ipynb,md:myst"
+    assert [(c.cell_type, c.source, c.metadata.get("tags", [])) for c in md.cells] == \
+           [(c.cell_type, c.source, c.metadata.get("tags", [])) for c in ipynb.cells], \
+        f"{name}.ipynb differs from {name}.md: run `jupytext --sync notebooks/{name}.md`"
+    assert all(not c.get("outputs") and c.get("execution_count") is None
+               for c in ipynb.cells if c.cell_type == "code"), "templates must be stripped"
+
+
+@pytest.mark.parametrize("name", list(REGISTRY))
+def test_parameters_cell_equals_the_parameter_class(name):
+    """Same names and defaults as the dataclass; every line typed and commented; papermill parses each."""
+    from papermill.translators import PythonTranslator
+    import jupytext
+    cls = REGISTRY[name].params
+    source = _parameters_cell(jupytext.read(REPO / "notebooks" / f"{name}.md"))
     ns: dict = {}
-    exec(cells[0].source, ns)
+    exec(source, {"Optional": object, "Union": object}, ns)
     defaults = {f.name: f.default for f in dataclasses.fields(cls)}
-    got = {k: (tuple(v) if isinstance(v, list) else v) for k, v in ns.items() if k in defaults}
+    got = {k: (tuple(v) if isinstance(v, list) else v) for k, v in ns.items() if not k.startswith("__")}
     assert got == defaults
-    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "templates must be stripped"
+    lines = [ln for ln in source.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    assert len(lines) == len(defaults)
+    for ln in lines:
+        assert re.match(r"^\w+: [\"']?[\w\[\], ]+[\"']? = .+  # \S.*$", ln), f"untyped or uncommented: {ln}"
+    parsed = PythonTranslator.inspect(nbformat.v4.new_code_cell(source))
+    assert [p.name for p in parsed] == list(got), "papermill --help-notebook cannot read every line"
+    assert all(p.help for p in parsed)
 
 
-def test_templates_are_what_the_generator_writes(tmp_path, monkeypatch):
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("make_templates", REPO / "notebooks" / "make_templates.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    monkeypatch.setattr(mod, "OUT", tmp_path)
-    mod.main()
-    for f in sorted(tmp_path.glob("*.ipynb")):
-        assert f.read_text() == (REPO / "notebooks" / f.name).read_text(), f"{f.name} is stale: run notebooks/make_templates.py"
+@pytest.mark.parametrize("name", list(REGISTRY))
+def test_unknown_name_in_the_notebook_namespace_is_refused(name):
+    cls = REGISTRY[name].params
+    with pytest.raises(ConfigError, match="has no parameter 'epsilon'"):
+        cls.from_namespace({"epsilon": 0.5, "In": [], "get_ipython": print})
+    cls.from_namespace({"In": [], "_": 3, "module": json})  # IPython's own names and modules are fine
+
+
+def test_one_name_for_one_concept():
+    """epsilons everywhere; the three batch sizes have three names; no notebook has 'eps' or 'batch_size'."""
+    for entry in REGISTRY.values():
+        fields = set(entry.params.field_names())
+        assert not fields & {"eps", "batch_size", "eval_batch", "batch_sizes", "subset", "profile"}, entry.name
+        if entry.trains:
+            assert "epsilons" in fields and "train_batch_size" in fields and "train_subset" in fields
+    assert "sweep_batch_sizes" in StatsSwapParams.field_names() and "eval_batch_size" in StatsSwapParams.field_names()
+    from rnorm.runs import RunConfig
+    assert "train_subset" in {f.name for f in dataclasses.fields(RunConfig)}
 
 
 # --- bad notebook parameters: one clear error naming the parameter ---------------------------
@@ -50,24 +87,31 @@ def test_templates_are_what_the_generator_writes(tmp_path, monkeypatch):
 BAD_PARAMS = [
     (ShiftParams, {"dataset": "fasion_mnist"}, "dataset", "fashion_mnist"),
     (ShiftParams, {"arch": "resnet19"}, "arch", "resnet18"),
-    (ShiftParams, {"eps": ["-1/255"]}, "eps", None),
-    (ShiftParams, {"eps": [1.5]}, "eps", None),
-    (ShiftParams, {"eps": ["abc"]}, "eps", None),
+    (ShiftParams, {"epsilons": ["-1/255"]}, "epsilons", None),
+    (ShiftParams, {"epsilons": [1.5]}, "epsilons", None),
+    (ShiftParams, {"epsilons": ["abc"]}, "epsilons", None),
     (ShiftParams, {"attacks": ["pgdd"]}, "attacks", "pgd"),
     (ShiftParams, {"epochs": 0}, "epochs", None),
     (ShiftParams, {"width": -4}, "width", None),
     (ShiftParams, {"seeds": [0, 1]}, "seeds", None),
     (ShiftParams, {"precision": "fp16"}, "precision", None),
     (ShiftParams, {"device": "gpu"}, "device", None),
-    (StatsSwapParams, {"batch_sizes": [0, 8]}, "batch_sizes", None),
-    (StatsSwapParams, {"batch_sizes": [8, 4096]}, "batch_sizes", None),
+    (StatsSwapParams, {"sweep_batch_sizes": [0, 8]}, "sweep_batch_sizes", None),
+    (StatsSwapParams, {"sweep_batch_sizes": [8, 4096]}, "sweep_batch_sizes", None),
+    (StatsSwapParams, {"sweep_batch_sizes": [8, 8]}, "sweep_batch_sizes", None),
+    (StatsSwapParams, {"include_nonorm": "nope"}, "include_nonorm", None),
+    (StatsSwapParams, {"progress": "yes"}, "progress", None),
+    (StatsSwapParams, {"seeds": [0, 0]}, "seeds", None),
+    (StatsSwapParams, {"eval_batch_size": 500}, "eval_batch_size", None),
     (StatsSwapParams, {"adv_fraction": 0}, "adv_fraction", None),
     (StatsSwapParams, {"pgd_steps": 0}, "pgd_steps", None),
     (StatsSwapParams, {"epsilons": []}, "epsilons", None),
-    (StatsSwapParams, {"batch_size": 0}, "batch_size", None),
+    (StatsSwapParams, {"train_batch_size": 0}, "train_batch_size", None),
     (StatsSwapParams, {"epochs": 1.5}, "epochs", None),
     (RobustNormParams, {"powers": [0.0]}, "powers", None),
     (RobustNormParams, {"powers": [-1]}, "powers", None),
+    (RobustNormParams, {"powers": []}, "powers", None),
+    (RobustNormParams, {"include_nonorm": "False"}, "include_nonorm", None),
     (RobustNormParams, {"stats_modes": ["batchh"]}, "stats_modes", "batch"),
     (RobustNormParams, {"train_subset": 0}, "train_subset", None),
     (RobustNormParams, {"lr": 0}, "lr", None),
@@ -77,6 +121,9 @@ BAD_PARAMS = [
     (EBNParams, {"train_eps": "9/0"}, "eps", None),
     (EBNParams, {"train_steps": -1}, "train_steps", None),
     (EBNParams, {"test_n": 0}, "test_n", None),
+    (EBNParams, {"loss_weighting": "avg"}, "loss_weighting", "mean"),
+    (EBNParams, {"ablation": 1}, "ablation", None),
+    (EBNParams, {"channels_last": "yes"}, "channels_last", None),
 ]
 
 
@@ -95,10 +142,10 @@ def test_unknown_parameter_key_suggests():
         ShiftParams.from_dict({"datset": "fashion_mnist"})
 
 
-def test_from_namespace_reads_only_fields():
-    p = StatsSwapParams.from_namespace({"dataset": "fashion_mnist", "test_n": 64, "eval_batch": 32,
-                                        "batch_sizes": [8, 16], "unrelated": 1})
-    assert p.test_n == 64 and p.batch_sizes == (8, 16)
+def test_from_namespace_reads_the_fields():
+    p = StatsSwapParams.from_namespace({"dataset": "fashion_mnist", "test_n": 64, "eval_batch_size": 32,
+                                        "sweep_batch_sizes": [8, 16], "json": json})
+    assert p.test_n == 64 and p.sweep_batch_sizes == (8, 16)
 
 
 # --- planned runs -----------------------------------------------------------------------------
@@ -119,7 +166,7 @@ def test_planned_runs_share_models_across_notebooks():
 @pytest.mark.parametrize("name", ["smoke", "cpu", "paper"])
 def test_shipped_profiles_are_valid(name):
     prof = book.load_profile(name)
-    assert set(prof["notebooks"]) == set(NOTEBOOKS)
+    assert set(prof["notebooks"]) == set(REGISTRY)
 
 
 def test_unknown_profile(tmp_path):
@@ -195,9 +242,9 @@ def _ebn_setting(name, std=0.005, **means):
 
 def test_c4_c5_rules(tmp_path):
     s = {"eps": 4 / 255, "settings": [
-        _ebn_setting("a", standard=(0.80, 0.1), AdvProp=(0.82, 0.2), EBN=(0.83, 0.25)),
-        _ebn_setting("b", standard=(0.80, 0.1), AdvProp=(0.79, 0.2), EBN=(0.78, 0.25)),
-        _ebn_setting("c", standard=(0.80, 0.1), AdvProp=(0.81, 0.2), EBN=(0.85, 0.30)),
+        _ebn_setting("a", standard=(0.80, 0.1), advprop=(0.82, 0.2), ebn=(0.83, 0.25)),
+        _ebn_setting("b", standard=(0.80, 0.1), advprop=(0.79, 0.2), ebn=(0.78, 0.25)),
+        _ebn_setting("c", standard=(0.80, 0.1), advprop=(0.81, 0.2), ebn=(0.85, 0.30)),
     ]}
     _write(tmp_path, "04_easy_batchnorm", s)
     t = ledger.ledger(tmp_path).set_index("claim")
@@ -212,18 +259,20 @@ def test_c4_c5_rules(tmp_path):
 def test_c1_and_c3_rules_and_missing(tmp_path):
     t = ledger.ledger(tmp_path).set_index("claim")
     assert (t["verdict"] == ledger.NOT_RUN).all()
-    c1 = {f"{ref}_{stat}": {"reference": f"{ref.upper()} stats", "statistic": stat, "tag": "pgd 8/255",
-                             "ratio_adv_to_clean": r, "adv_distance": 1.0, "clean_distance": 0.5}
-          for (ref, stat, r) in [("ema", "mean", 3.0), ("ema", "var", 2.5), ("precise", "mean", 1.1), ("precise", "var", 2.2)]}
+    c1 = {"ratios": [{"reference": ref, "statistic": stat, "attack": "pgd", "eps": eps, "ratio": r,
+                      "adv_distance": 1.0, "clean_distance": 0.5}
+                     for (ref, stat, r) in [("ema", "mean", 3.0), ("ema", "var", 2.5), ("precise", "mean", 1.1),
+                                            ("precise", "var", 2.2)]
+                     for eps, r in ((8 / 255, r), (2 / 255, 0.5))]}  # judged at the largest eps only
     _write(tmp_path, "01_distribution_shift", c1)
     m = lambda c, p, s=0.01: {"clean_mean": c, "clean_std": s, "pgd_mean": p, "pgd_std": s, "n_seeds": 2, "images_per_s": 100.0}  # noqa: E731
-    _write(tmp_path, "03_robustnorm", {"eps": 8 / 255, "models": {"BatchNorm": m(0.9, 0.05),
-                                                                     "RobustNorm p=0.2": m(0.895, 0.15)}})
+    bn = lambda c, p, s=0.01: {"norm": "bn", "norm_p": None, **m(c, p, s)}  # noqa: E731
+    rn = lambda c, p, s=0.01: {"norm": "robustnorm", "norm_p": 0.2, **m(c, p, s)}  # noqa: E731
+    _write(tmp_path, "03_robustnorm", {"eps": 8 / 255, "models": [bn(0.9, 0.05), rn(0.895, 0.15)]})
     t = ledger.ledger(tmp_path).set_index("claim")
     assert t.loc["C1", "verdict"] == ledger.PARTLY  # 3 of 4 comparisons at least 2x
     assert t.loc["C3", "verdict"] == ledger.REPRODUCED
-    _write(tmp_path, "03_robustnorm", {"eps": 8 / 255, "models": {"BatchNorm": m(0.9, 0.05),
-                                                                     "RobustNorm p=0.2": m(0.8, 0.051)}})
+    _write(tmp_path, "03_robustnorm", {"eps": 8 / 255, "models": [bn(0.9, 0.05), rn(0.8, 0.051)]})
     assert ledger.ledger(tmp_path).set_index("claim").loc["C3", "verdict"] == ledger.NOT
 
 
@@ -235,14 +284,37 @@ def test_unwritable_results_folder_fails_before_any_work(tmp_path):
         ResultsDir("02_stats_swap", blocker / "results")
 
 
-def test_results_are_written_atomically_and_provenance_is_complete(tmp_path):
+def _result(notebook="02_stats_swap", value=1):
     import pandas as pd
+    from rnorm.experiments.stats_swap import StatsSwapParams
+    from rnorm.results import StudyResult
+    return StudyResult(notebook, StatsSwapParams(), {"t": pd.DataFrame({"a": [value, 2]})},
+                       pd.DataFrame({"mean": [0.5]}), {"x": value}, [], "cpu")
+
+
+def test_results_are_saved_all_at_once_with_complete_provenance(tmp_path):
     from rnorm.results import ResultsDir
-    out = ResultsDir("x", tmp_path)
-    out.csv("t", pd.DataFrame({"a": [1, 2]}))
-    prov = json.loads(out.provenance({"p": 1}, profile="smoke", device="cpu").read_text())
-    assert prov["parameters"] == {"p": 1} and prov["versions"]["torch"] and prov["profile"] == "smoke"
-    assert sorted(p.name for p in (tmp_path / "x").iterdir()) == ["provenance.json", "t.csv"]  # no temp files left
+    path = ResultsDir("02_stats_swap", tmp_path).save(_result())
+    assert sorted(p.name for p in path.iterdir()) == ["provenance.json", "summary.csv", "summary.json", "t.csv"]
+    prov = json.loads((path / "provenance.json").read_text())
+    assert prov["parameters"]["test_n"] == 128 and prov["versions"]["torch"] and prov["key"]
+    assert prov["profile"] is None  # the class defaults are no profile's parameters
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left
+
+
+def test_a_failure_part_way_leaves_the_old_results_whole(tmp_path, monkeypatch):
+    import rnorm.plots
+    from rnorm.results import ResultsDir
+    out = ResultsDir("02_stats_swap", tmp_path)
+    out.save(_result(value=1))
+    before = {p.name: p.read_bytes() for p in out.path.iterdir()}
+    bad = _result(value=7)
+    bad.figures["fig"] = (object(), None)
+    monkeypatch.setattr(rnorm.plots, "save", lambda *a, **k: (_ for _ in ()).throw(OSError(28, "No space left")))
+    with pytest.raises(OSError, match="No space"):
+        out.save(bad)
+    assert {p.name: p.read_bytes() for p in out.path.iterdir()} == before  # nothing new beside the old
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
 def test_stats_swap_findings_quote_the_summary():
@@ -261,8 +333,8 @@ def test_stats_swap_findings_quote_the_summary():
 
 def test_c4_c5_exclude_settings_at_chance(tmp_path):
     s = {"eps": 2 / 255, "settings": [
-        _ebn_setting("fmnist", standard=(0.80, 0.1), AdvProp=(0.82, 0.2), EBN=(0.83, 0.25)),
-        _ebn_setting("chance", standard=(0.11, 0.1), AdvProp=(0.10, 0.0), EBN=(0.12, 0.05)),
+        _ebn_setting("fmnist", standard=(0.80, 0.1), advprop=(0.82, 0.2), ebn=(0.83, 0.25)),
+        _ebn_setting("chance", standard=(0.11, 0.1), advprop=(0.10, 0.0), ebn=(0.12, 0.05)),
     ]}
     _write(tmp_path, "04_easy_batchnorm", s)
     t = ledger.ledger(tmp_path).set_index("claim")

@@ -24,19 +24,6 @@ TIMING = list(runs.TIMING_COLUMNS)
 
 
 
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    """RNORM_DATA with FashionMNIST: the real files if present, else tiny fake IDX files."""
-    root = Path(os.environ.get("RNORM_DATA", "data")).absolute()
-    raw = root / "FashionMNIST" / "raw"
-    if not any((raw / f).exists() for f in ("train-images-idx3-ubyte", "train-images-idx3-ubyte.gz")):
-        sys.path.insert(0, str(HERE))
-        from _datafiles import write_idx_fashion
-        root = tmp_path_factory.mktemp("data")
-        write_idx_fashion(root, 600, 100)
-    return root
-
-
 @pytest.fixture
 def env(data_root, tmp_path, monkeypatch):
     monkeypatch.setenv("RNORM_DATA", str(data_root))
@@ -143,11 +130,11 @@ def test_from_dict_rejects_unknown_keys_with_suggestion():
 
 
 def test_eps_strings_ints_and_floats_normalize_to_one_key():
-    a = RunConfig.from_dict({"train_eps": "8/255", "lr": 1, "epochs": 2.0})
-    b = RunConfig(train_eps=8 / 255, lr=1.0, epochs=2)
+    a = RunConfig.from_dict({"recipe": "pgd_at", "train_eps": "8/255", "lr": 1, "epochs": 2.0})
+    b = RunConfig(recipe="pgd_at", train_eps=8 / 255, lr=1.0, epochs=2)
     assert a == b and a.key() == b.key()
     assert isinstance(a.lr, float) and isinstance(a.epochs, int)
-    assert RunConfig.make(train_eps="0.5").train_eps == 0.5
+    assert RunConfig.make(recipe="pgd_at", train_eps="0.5").train_eps == 0.5
 
 
 def test_key_and_name():
@@ -156,7 +143,7 @@ def test_key_and_name():
     assert len(c.key()) == 12 and int(c.key(), 16) >= 0
     assert c.key() == RunConfig().key()
     assert c.key() != RunConfig(seed=1).key() != RunConfig(lr=0.1000001).key()
-    assert c.key() != RunConfig(train_eps=4 / 255).key()
+    assert RunConfig(recipe="pgd_at").key() != RunConfig(recipe="pgd_at", train_eps=4 / 255).key()
     assert RunConfig.from_dict(json.loads(json.dumps(c.to_dict()))).key() == c.key()
     assert runs.SCHEMA_VERSION == json.loads(c.canonical_json())["schema"]
     assert c.replace(norm="multibn", recipe="advprop").branches == ("adv",)
@@ -433,3 +420,16 @@ def test_holdout_is_disjoint_from_training_and_recorded(env):
     assert run.history["val_acc"].between(0, 1).all()
     with pytest.raises(ConfigError, match="holdout"):
         runs.train(tiny(holdout=len(y)), device="cpu", progress=False)
+
+
+def test_unused_fields_do_not_split_the_cache():
+    """Fields a run does not use are set to their defaults, so the same model has one key."""
+    assert tiny(train_eps=2 / 255, train_steps=3).key() == tiny().key()          # standard: no attacks
+    assert tiny(loss_weighting="sum").key() == tiny().key()                        # one slice
+    assert tiny(norm_p=1.0).key() == tiny().key()                                  # not RobustNorm
+    adv = dict(norm="multibn", recipe="advprop")
+    assert tiny(train_eps=2 / 255, **adv).key() != tiny(**adv).key()
+    assert tiny(loss_weighting="sum", **adv).key() != tiny(**adv).key()
+    assert tiny(norm="robustnorm", norm_p=1.0).key() != tiny(norm="robustnorm").key()
+    with pytest.raises(ConfigError, match="train_eps"):  # still validated before it is dropped
+        tiny(train_eps=2.0)

@@ -17,30 +17,18 @@ def setup(params) -> torch.device:
     return resolve_device(params.device)
 
 
-def train_runs(configs, *, device: str = "auto", progress: bool = False) -> dict:
-    """Train (or load from the cache) every config; returns ``{config: Run}`` in order."""
+def train_runs(configs, params) -> dict:
+    """Train (or load from the cache) every config with a notebook's device, progress and layout
+    settings; returns ``{config: Run}`` in order."""
     out = {}
     for cfg in configs:
         if cfg not in out:
-            out[cfg] = train(cfg, device=device, progress=progress)
+            out[cfg] = train(cfg, device=params.device, progress=params.progress,
+                             channels_last=getattr(params, "channels_last", "auto"))
     return out
 
 
-def run_record(run) -> dict:
-    """A short record of a run for provenance.json: its folder name and config."""
-    return {"path": str(run.path.name), "config": run.config.to_dict()}
-
-
-__all__ = ["RunConfig", "resolve_device", "setup", "train_runs", "run_record"]
-
-
-def dataset_label(name: str) -> str:
-    """How a dataset is named in figures and tables; the lossy JPEG copy always says so."""
-    from ..data import info
-    d = info(name)
-    if name == "cifar10_jpeg":
-        return "CIFAR-10 (lossy JPEG copy)"
-    return {"fashion_mnist": "FashionMNIST", "cifar10": "CIFAR-10"}.get(name, d.name)
+__all__ = ["RunConfig", "resolve_device", "setup", "train_runs"]
 
 
 def dataset_note(names) -> str:

@@ -12,15 +12,14 @@ import dataclasses
 import pandas as pd
 
 from ..attacks import parse_eps
-from ..evaluate import test_subset
+from ..evaluate import summarize, test_subset
+from ..results import StudyResult
 from ..runs import RunConfig
-from ..train import branches_for
-from .common import cached_evaluate, setup, run_record, train_runs
-from .params import (TrainingParams, check_int, choice_list, eps_list)
+from ..train import LOSS_WEIGHTINGS, branches_for
+from .common import cached_evaluate, setup, train_runs
+from .params import (ConfigError, TrainingParams, check_bool, check_choice, check_int, choice_list, eps_list)
 
 RECIPES = ("standard", "pgd_at", "advprop", "ebn", "advprop_ebn")
-RECIPE_LABELS = {"standard": "standard", "pgd_at": "PGD-AT", "advprop": "AdvProp", "ebn": "EBN",
-                 "advprop_ebn": "AdvProp+EBN"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,7 +36,8 @@ class EBNParams(TrainingParams):
     epsilons: tuple = ("1/255", "4/255")
     pgd_steps: int = 10
     test_n: int = 128
-    eval_batch: int = 64
+    eval_batch_size: int = 64
+    loss_weighting: str = "mean"
     ablation: bool = True
 
     def _check(self):
@@ -53,12 +53,20 @@ class EBNParams(TrainingParams):
         self._set("epsilons", eps_list("epsilons", self.epsilons))
         check_int("pgd_steps", self.pgd_steps, min_value=1)
         check_int("test_n", self.test_n, min_value=1)
-        check_int("eval_batch", self.eval_batch, min_value=1)
+        check_int("eval_batch_size", self.eval_batch_size, min_value=2)
+        if self.eval_batch_size > self.test_n:
+            raise ConfigError(f"eval_batch_size={self.eval_batch_size} is larger than test_n={self.test_n}; "
+                              f"allowed: batch sizes up to test_n.")
+        check_choice("loss_weighting", self.loss_weighting, LOSS_WEIGHTINGS)
+        check_bool("ablation", self.ablation)
+        if len(self.recipes) != len(set(self.recipes)):
+            raise ConfigError(f"recipes={list(self.recipes)!r} repeats a recipe; give each once.")
 
 
 def _config(p: EBNParams, dataset: str, arch: str, recipe: str, seed: int, share: str = "none") -> RunConfig:
     return p.run_config(dataset=dataset, arch=arch, norm="multibn" if branches_for(recipe) else "bn", share=share,
-                        recipe=recipe, seed=seed, train_eps=p.train_eps, train_steps=p.train_steps)
+                        recipe=recipe, seed=seed, train_eps=p.train_eps, train_steps=p.train_steps,
+                        loss_weighting=p.loss_weighting)
 
 
 def ablation_setting(p: EBNParams) -> tuple[str, str] | None:
@@ -74,40 +82,62 @@ def runs(p: EBNParams) -> list[RunConfig]:
     return out
 
 
-def run(p: EBNParams) -> dict:
+def run(p: EBNParams) -> StudyResult:
     device = setup(p)
-    trained = train_runs(runs(p), device=p.device, progress=p.progress)
+    trained = train_runs(runs(p), p)
     tests = {d: test_subset(d, p.test_n, seed=0) for d in p.datasets}
-    frames = []
+    frames, histories = [], []
     for cfg, r in trained.items():
         model = r.model(device=device)
         x, y = tests[cfg.dataset]
         branches = ("main",) + branches_for(cfg.recipe)
         df = cached_evaluate(r, model, x, y, attacks=("clean",) + tuple(p.attacks), eps=p.epsilons, stats=("population",),
-                      batch_sizes=(p.eval_batch,), branches=branches, attack_params={"pgd": {"steps": p.pgd_steps}},
-                      device=p.device, seed=cfg.seed, progress=p.progress)
-        df["dataset"], df["arch"], df["seed"] = cfg.dataset, cfg.arch, cfg.seed
-        df["recipe"] = RECIPE_LABELS[cfg.recipe]
-        df["share"] = cfg.share
-        frames.append(df)
+                             batch_sizes=(p.eval_batch_size,), branches=branches,
+                             attack_params={"pgd": {"steps": p.pgd_steps}}, device=p.device, seed=cfg.seed,
+                             progress=p.progress)
+        names = dict(dataset=cfg.dataset, arch=cfg.arch, recipe=cfg.recipe, share=cfg.share, seed=cfg.seed)
+        frames.append(df.assign(**names))
+        histories.append(r.history.assign(**names))
     acc = pd.concat(frames, ignore_index=True)
-    return {"accuracy": acc, "device": str(device), "runs": [run_record(r) for r in trained.values()]}
+    table = summarize(acc, ["dataset", "arch", "recipe", "share", "branch", "attack", "eps"])
+    return StudyResult(p.NOTEBOOK, p, {"accuracy": acc, "history": pd.concat(histories, ignore_index=True)}, table,
+                       summary(p, acc), list(trained.values()), str(device))
+
+
+def _display(acc: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    """Accuracy (%) "mean ± sd" over seeds, grouped by ``by`` (names shown as labels), one column per attack."""
+    from ..plots import attack_label, label
+    sub = acc.copy()
+    sub["column"] = attack_label(sub)
+    stat = sub.groupby(by + ["column"], sort=False)["accuracy"].agg(["mean", "std"]).reset_index()
+    stat["std"] = stat["std"].fillna(0.0)
+    stat["value"] = stat.apply(lambda r: f"{100 * r['mean']:.1f} ± {100 * r['std']:.1f}", axis=1)
+    out = stat.pivot(index=by, columns="column", values="value").reset_index()
+    for c in by:
+        out[c] = out[c].map(label)
+    return out
 
 
 def main_table(acc: pd.DataFrame, branch: str = "main") -> pd.DataFrame:
-    """Accuracy (%) "mean ± std" over seeds per dataset, arch and recipe (no ablation rows)."""
-    from ..attacks import format_eps
-    sub = acc[(acc["branch"] == branch) & (acc["share"] == "none")].copy()
-    sub["column"] = sub.apply(lambda r: "clean" if r["attack"] == "clean" else f"{r['attack'].upper()} {format_eps(r['eps'])}",
-                              axis=1)
-    stat = sub.groupby(["dataset", "arch", "recipe", "column"], sort=False)["accuracy"].agg(["mean", "std"]).reset_index()
-    stat["std"] = stat["std"].fillna(0.0)
-    stat["value"] = stat.apply(lambda r: f"{100 * r['mean']:.1f} ± {100 * r['std']:.1f}", axis=1)
-    return stat.pivot(index=["dataset", "arch", "recipe"], columns="column", values="value").reset_index()
+    """Accuracy (%) "mean ± sd" over seeds per dataset, arch and recipe through ``branch`` (no ablation rows)."""
+    return _display(acc[(acc["branch"] == branch) & (acc["share"] == "none")], ["dataset", "arch", "recipe"])
+
+
+def branch_table(acc: pd.DataFrame) -> pd.DataFrame:
+    """The same through each auxiliary branch (empty when no recipe has one)."""
+    aux = acc[(acc["branch"] != "main") & (acc["share"] == "none")]
+    return _display(aux, ["dataset", "arch", "recipe", "branch"]) if len(aux) else aux.iloc[:0]
+
+
+def ablation_table(acc: pd.DataFrame) -> pd.DataFrame:
+    """EBN through the main branch with separate (``none``), shared-affine and shared-statistics
+    branches (empty when the ablation did not run)."""
+    abl = acc[(acc["recipe"] == "ebn") & (acc["branch"] == "main")]
+    return _display(abl, ["dataset", "arch", "share"]) if abl["share"].nunique() > 1 else abl.iloc[:0]
 
 
 def summary(p: EBNParams, acc: pd.DataFrame) -> dict:
-    """Per (dataset, arch): mean/std over seeds of clean and PGD (largest eps) accuracy per recipe."""
+    """Per (dataset, arch): mean/std over seeds of clean and PGD (largest eps) accuracy per recipe (by name)."""
     eps = max(p.epsilons)
     main = acc[(acc["branch"] == "main") & (acc["share"] == "none")]
     out = {"eps": eps, "settings": []}
@@ -115,7 +145,7 @@ def summary(p: EBNParams, acc: pd.DataFrame) -> dict:
         entry = {"dataset": d, "arch": a, "recipes": {}}
         for recipe, rs in sub.groupby("recipe", sort=False):
             clean = rs[rs["attack"] == "clean"]["accuracy"]
-            pgd = rs[(rs["attack"] == "pgd") & ((rs["eps"] - eps).abs() < 1e-9)]["accuracy"]
+            pgd = rs[(rs["attack"] == "pgd") & (rs["eps"] == eps)]["accuracy"]
             entry["recipes"][recipe] = {
                 "clean_mean": float(clean.mean()), "clean_std": float(clean.std(ddof=1)) if len(clean) > 1 else 0.0,
                 "pgd_mean": float(pgd.mean()) if len(pgd) else None,

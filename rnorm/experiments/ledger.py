@@ -8,6 +8,7 @@ spread is unknown, which the ledger says). Verdicts: ``reproduced``, ``partly``,
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -15,6 +16,8 @@ from pathlib import Path
 import pandas as pd
 
 from ..attacks import format_eps
+from ..results import StudyResult, results_root
+from .params import ConfigError, NotebookParams
 
 REPRODUCED, PARTLY, NOT, NOT_RUN = "reproduced", "partly", "not reproduced", "not run"
 
@@ -66,25 +69,18 @@ def load_summaries(results_root) -> dict:
 
 
 def verdict_c1(s: dict | None) -> dict:
-    if not s:
+    if not s or not s.get("ratios"):
         return {"verdict": NOT_RUN}
-    pgd = {k: v for k, v in s.items() if isinstance(v, dict) and v.get("tag", "").startswith("pgd")}
+    pgd = [r for r in s["ratios"] if r["attack"] == "pgd"]
     if not pgd:
         return {"verdict": NOT_RUN}
-    largest = max(pgd.values(), key=lambda v: _eps_of(v["tag"]))["tag"]
-    comps = [v for v in pgd.values() if v["tag"] == largest and v["statistic"] in ("mean", "var")]
-    ok = [v["ratio_adv_to_clean"] >= 2 for v in comps]
+    eps = max(r["eps"] for r in pgd)
+    comps = [r for r in pgd if r["eps"] == eps and r["statistic"] in ("mean", "var")]
+    ok = [r["ratio"] >= 2 for r in comps]
     verdict = REPRODUCED if ok and all(ok) else PARTLY if any(ok) else NOT
-    effect = "; ".join(f"{v['statistic']} vs {v['reference'].split()[0]}: {v['ratio_adv_to_clean']:.2f}×" for v in comps)
-    return {"verdict": verdict, "effect": f"{largest}: adversarial/clean distance {effect}", "spread": "one model"}
-
-
-def _eps_of(tag: str) -> float:
-    try:
-        num, den = tag.split()[-1].split("/")
-        return float(num) / float(den)
-    except ValueError:
-        return float(tag.split()[-1])
+    effect = "; ".join(f"{r['statistic']} vs {r['reference']}: {r['ratio']:.2f}×" for r in comps)
+    return {"verdict": verdict, "effect": f"PGD {format_eps(eps)}: adversarial/clean distance {effect}",
+            "spread": "one model"}
 
 
 def verdict_c2(s: dict | None) -> dict:
@@ -116,17 +112,13 @@ def _spread_text(entry: dict) -> str:
 
 
 def verdict_c3(s: dict | None) -> dict:
-    if not s or "BatchNorm" not in s.get("models", {}):
+    models = (s or {}).get("models", [])
+    bn = next((m for m in models if m["norm"] == "bn"), None)
+    rns = [m for m in models if m["norm"] == "robustnorm" and m["pgd_mean"] is not None]
+    if bn is None or not rns:
         return {"verdict": NOT_RUN}
-    bn = s["models"]["BatchNorm"]
-    best = None
-    for name, m in s["models"].items():
-        if name.startswith("RobustNorm") and m["pgd_mean"] is not None:
-            if best is None or m["pgd_mean"] > best[1]["pgd_mean"]:
-                best = (name, m)
-    if best is None:
-        return {"verdict": NOT_RUN}
-    name, rn = best
+    rn = max(rns, key=lambda m: m["pgd_mean"])
+    name = f"RobustNorm p={rn['norm_p']:g}"
     spread = pooled_std(bn["pgd_std"], rn["pgd_std"])
     robust_win = rn["pgd_mean"] - bn["pgd_mean"] > 2 * spread and rn["pgd_mean"] > bn["pgd_mean"]
     clean_ok = rn["clean_mean"] >= bn["clean_mean"] - 0.02
@@ -204,11 +196,11 @@ def _clean_only(a: dict, b: dict):
 
 
 def verdict_c4(s: dict | None) -> dict:
-    return _compare_recipes(s, "EBN", "AdvProp", _clean_and_robust)
+    return _compare_recipes(s, "ebn", "advprop", _clean_and_robust)
 
 
 def verdict_c5(s: dict | None) -> dict:
-    return _compare_recipes(s, "AdvProp", "standard", _clean_only)
+    return _compare_recipes(s, "advprop", "standard", _clean_only)
 
 
 SOURCES = {"C1": "01_distribution_shift", "C2": "02_stats_swap", "C3": "03_robustnorm",
@@ -216,12 +208,91 @@ SOURCES = {"C1": "01_distribution_shift", "C2": "02_stats_swap", "C3": "03_robus
 VERDICTS = {"C1": verdict_c1, "C2": verdict_c2, "C3": verdict_c3, "C4": verdict_c4, "C5": verdict_c5}
 
 
-def ledger(results_root) -> pd.DataFrame:
-    """One row per claim: claim, experiment (notebook), measured effect, spread, verdict, rule."""
-    summaries = load_summaries(results_root)
+STUDIES = ("01_distribution_shift", "02_stats_swap", "03_robustnorm", "04_easy_batchnorm")
+
+
+def ledger(root) -> pd.DataFrame:
+    """One row per claim: claim, statement, experiment (notebook), measured effect, spread, verdict, rule."""
+    summaries = load_summaries(root)
     rows = []
     for cid, claim in CLAIMS.items():
         v = VERDICTS[cid](summaries.get(SOURCES[cid]))
         rows.append({"claim": cid, "statement": claim, "experiment": SOURCES[cid], "effect": v.get("effect", "—"),
                      "spread": v.get("spread", "—"), "verdict": v["verdict"], "rule": RULES[cid]})
     return pd.DataFrame(rows)
+
+
+def provenances(root) -> dict:
+    """``{notebook: provenance dict}`` for every study notebook with results under ``root``."""
+    out = {}
+    for nb in STUDIES:
+        f = Path(root) / nb / "provenance.json"
+        if f.is_file():
+            out[nb] = json.loads(f.read_text())
+    return out
+
+
+def check_one_profile(provs: dict, root) -> str | None:
+    """The one profile all results under ``root`` come from; mixed profiles are an error naming the files."""
+    profiles = {nb: p.get("profile") for nb, p in provs.items()}
+    if len(set(profiles.values())) > 1:
+        listing = "; ".join(f"{Path(root) / nb / 'provenance.json'}: {prof or 'no profile (custom parameters)'}"
+                            for nb, prof in profiles.items())
+        raise ConfigError(f"the results under {root} come from different profiles, and a ledger over them would "
+                          f"mix scales: {listing}. Re-run the notebooks of one profile (rnorm book --profile NAME).")
+    return next(iter(profiles.values()), None)
+
+
+def scale_table(provs: dict) -> pd.DataFrame:
+    """The scale of every experiment (datasets, architectures, width, epochs, images, seeds), from provenance."""
+    rows = []
+    for nb, prov in provs.items():
+        p = prov["parameters"]
+        rows.append({"notebook": nb, "dataset(s)": ", ".join(p.get("datasets") or [p.get("dataset", "")]),
+                     "arch(s)": ", ".join(p.get("archs") or [p.get("arch", "")]), "width": p.get("width"),
+                     "epochs": p.get("epochs"), "training images": p.get("train_subset") or "all",
+                     "seeds": len(p.get("seeds", [])), "test images": p.get("test_n", p.get("probe_n"))})
+    return pd.DataFrame(rows)
+
+
+def timings_table(provs: dict, timings: dict | None) -> pd.DataFrame:
+    """Minutes per step: pre-training (from ``timings-<profile>.json``, when present) and each notebook."""
+    rows = []
+    if timings and "pretrain" in timings.get("seconds", {}):
+        rows.append({"step": f"training all runs ({timings['jobs']} worker(s))",
+                     "minutes": round(timings["seconds"]["pretrain"] / 60, 1)})
+    rows += [{"step": nb, "minutes": round(prov["wall_seconds"] / 60, 1)} for nb, prov in provs.items()
+             if prov.get("wall_seconds") is not None]
+    out = pd.DataFrame(rows, columns=["step", "minutes"])
+    if len(out):
+        out.loc[len(out)] = {"step": "sum of the steps (notebooks may run in parallel, so less wall time)",
+                             "minutes": round(out["minutes"].sum(), 1)}
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class LedgerParams(NotebookParams):
+    """Parameters of ``05_claims_ledger``: only where the results are read from."""
+
+    NOTEBOOK = "05_claims_ledger"
+
+
+def run(p: LedgerParams) -> StudyResult:
+    """Read the studies' results, refuse mixed profiles, compute every verdict and the scale/timing tables."""
+    root = results_root(p.results_dir)
+    provs = provenances(root)
+    profile = check_one_profile(provs, root)
+    tf = Path(root) / f"timings-{profile}.json"
+    timings = json.loads(tf.read_text()) if profile and tf.is_file() else None
+    table = ledger(root)
+    summary = table[["claim", "verdict"]].assign(seed=0)
+    return StudyResult(p.NOTEBOOK, p, {"ledger": table, "scale": scale_table(provs),
+                                       "timings": timings_table(provs, timings)},
+                       summary.drop(columns="seed"), {"profile": profile,
+                                                      "verdicts": dict(zip(table["claim"], table["verdict"]))},
+                       [], "cpu")
+
+
+def runs(p: LedgerParams) -> list:
+    """The ledger trains nothing."""
+    return []

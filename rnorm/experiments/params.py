@@ -1,23 +1,33 @@
 """Validated parameters of the book's notebooks.
 
 Each notebook has a frozen dataclass of parameters (subclass of :class:`NotebookParams`) whose
-defaults are the cheap ones in the notebook's ``parameters`` cell. Constructing it validates
-every value, so a bad parameter stops the run at the top of the notebook with one message naming
-the parameter, the value and what is allowed. :meth:`NotebookParams.from_namespace` reads the
-values from the notebook's globals after papermill has injected its parameters.
+defaults are the cheap ones in the notebook's ``parameters`` cell (a test keeps the two equal).
+Constructing it validates every value, so a bad parameter stops the run at the top of the
+notebook with one message naming the parameter, the value and what is allowed.
+:meth:`NotebookParams.from_namespace` reads the values from the notebook's globals after
+papermill has injected its parameters, and refuses a name the notebook does not have (a typo
+such as ``-p epsilon 0.5`` would otherwise run the defaults silently).
+
+One name for one concept, in every notebook, profile and :class:`rnorm.runs.RunConfig`:
+``epsilons`` (pixel-scale L-inf radii), ``train_subset`` (training images), ``train_batch_size``
+(training), ``eval_batch_size`` (inference batch of the evaluation), ``sweep_batch_sizes`` (the
+inference batch sizes of the stats-swap sweep).
 """
 from __future__ import annotations
 
 import dataclasses
 from typing import Any
 
-from .._validate import ConfigError, check_choice, check_float, check_int, suggest
+from .._validate import ConfigError, check_bool, check_choice, check_float, check_int, suggest
 from ..attacks import ATTACKS, parse_eps
 from ..data import DATASETS
+from ..hardware import PRECISIONS, check_layout
 from ..models import ARCHS
 from ..norms import NORMS
 
-PRECISIONS = ("fp32", "bf16")
+# what a notebook's globals hold besides its parameters when the setup cell reads them
+_NOT_PARAMETERS = {"In", "Out", "get_ipython", "exit", "quit", "open"}
+_PLAIN = (str, int, float, bool, list, tuple, dict, type(None))
 
 
 def eps_list(param: str, values) -> tuple[float, ...]:
@@ -57,24 +67,35 @@ def choice_list(param: str, values, allowed, *, min_len: int = 1) -> tuple[str, 
 
 
 def int_list(param: str, values, *, min_value: int = 1, min_len: int = 1) -> tuple[int, ...]:
+    """A non-empty list of distinct integers (a repeated value is an error, not silently merged)."""
     if isinstance(values, int) and not isinstance(values, bool):
         values = [values]
+    if isinstance(values, str):
+        raise ConfigError(f"{param}={values!r} must be a list of integers >= {min_value}.")
     try:
         values = list(values)
     except TypeError:
         raise ConfigError(f"{param}={values!r} must be a list of integers >= {min_value}.") from None
     if len(values) < min_len:
         raise ConfigError(f"{param}={values!r} needs at least {min_len} integers >= {min_value}.")
-    return tuple(check_int(f"{param}[{i}]", v, min_value=min_value) for i, v in enumerate(values))
+    out = tuple(check_int(f"{param}[{i}]", v, min_value=min_value) for i, v in enumerate(values))
+    repeated = sorted({v for v in out if out.count(v) > 1})
+    if repeated:
+        raise ConfigError(f"{param}={list(out)!r} repeats {repeated}; give each value once.")
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
 class NotebookParams:
-    """Common parameters; subclasses add their own fields and checks in ``_check``."""
+    """Common parameters; subclasses add their own fields and checks in ``_check``.
+
+    There is no ``profile`` parameter: which profile a result belongs to is derived by comparing
+    the parameters with the profiles (:func:`rnorm.book.matching_profile`), so no override can
+    label smoke-scale numbers as the published ones.
+    """
 
     device: str = "auto"
     results_dir: str | None = None
-    profile: str | None = None
     progress: bool = False
     threads: int | None = None
 
@@ -84,6 +105,7 @@ class NotebookParams:
         check_device(self.device)
         if self.threads is not None:
             check_int("threads", self.threads, min_value=1)
+        check_bool("progress", self.progress)
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
             if isinstance(v, list):  # keep the dataclass hashable and immutable
@@ -102,8 +124,19 @@ class NotebookParams:
 
     @classmethod
     def from_namespace(cls, namespace: dict) -> "NotebookParams":
-        """Build from a notebook's globals (the parameters cell plus papermill's injection)."""
-        return cls(**{k: namespace[k] for k in cls.field_names() if k in namespace})
+        """Build from a notebook's globals (the parameters cell plus papermill's injection).
+
+        Every global that looks like a parameter (a plain value: str, number, bool, None, list,
+        tuple or dict, not starting with ``_``) must be a field; anything else is refused with a
+        close-match suggestion. Call it before defining other plain globals.
+        """
+        names = cls.field_names()
+        for k, v in namespace.items():
+            if k.startswith("_") or k in _NOT_PARAMETERS or k in names or not isinstance(v, _PLAIN):
+                continue
+            raise ConfigError(f"notebook {cls.NOTEBOOK!r} has no parameter {k!r}; its parameters are "
+                              f"{', '.join(names)}." + suggest(k, names))
+        return cls(**{k: namespace[k] for k in names if k in namespace})
 
     @classmethod
     def from_dict(cls, values: dict) -> "NotebookParams":
@@ -135,36 +168,39 @@ class TrainingParams(NotebookParams):
 
     width: int = 8
     epochs: int = 1
-    batch_size: int = 128
+    train_batch_size: int = 128
     lr: float = 0.1
     warmup_epochs: int = 0
     train_subset: int | None = 1000
     seeds: tuple = (0,)
-    precision: str = "fp32"
-    channels_last: bool = False
+    precision: str = "auto"
+    channels_last: object = "auto"
 
     def _check(self) -> None:
         if hasattr(self, "dataset"):
             check_choice("dataset", self.dataset, tuple(DATASETS))
         if hasattr(self, "arch"):
             check_choice("arch", self.arch, ARCHS)
-        check_int("width", self.width, min_value=1)
-        check_int("epochs", self.epochs, min_value=1)
-        check_int("batch_size", self.batch_size, min_value=1)
-        check_float("lr", self.lr, min_value=0.0, min_inclusive=False)
-        check_int("warmup_epochs", self.warmup_epochs, min_value=0, max_value=self.epochs - 1)
+        self._set("width", check_int("width", self.width, min_value=1))
+        self._set("epochs", check_int("epochs", self.epochs, min_value=1))
+        self._set("train_batch_size", check_int("train_batch_size", self.train_batch_size, min_value=2))
+        self._set("lr", check_float("lr", self.lr, min_value=0.0, min_inclusive=False))
+        self._set("warmup_epochs", check_int("warmup_epochs", self.warmup_epochs, min_value=0,
+                                             max_value=self.epochs - 1))
         if self.train_subset is not None:
-            check_int("train_subset", self.train_subset, min_value=10)
+            self._set("train_subset", check_int("train_subset", self.train_subset, min_value=10))
         check_choice("precision", self.precision, PRECISIONS)
+        check_layout(self.channels_last)
         self._set("seeds", int_list("seeds", self.seeds, min_value=0))
 
     def run_config(self, **fields):
         """A RunConfig with this notebook's training parameters plus ``fields`` (dataset, norm, seed, ...)."""
         from ..runs import RunConfig
-        return RunConfig(width=self.width, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
+        return RunConfig(width=self.width, epochs=self.epochs, batch_size=self.train_batch_size, lr=self.lr,
                          warmup_epochs=self.warmup_epochs, train_subset=self.train_subset,
                          precision=self.precision, **fields)
 
 
 __all__ = ["NotebookParams", "TrainingParams", "eps_list", "choice_list", "int_list", "check_device",
-           "ATTACKS", "NORMS", "PRECISIONS", "ConfigError", "check_choice", "check_int", "check_float"]
+           "ATTACKS", "NORMS", "PRECISIONS", "ConfigError", "check_bool", "check_choice", "check_int",
+           "check_float"]

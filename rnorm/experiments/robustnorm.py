@@ -12,10 +12,11 @@ import dataclasses
 
 import pandas as pd
 
-from ..evaluate import test_subset
+from ..evaluate import summarize, test_subset
+from ..results import StudyResult
 from ..runs import RunConfig
-from .common import cached_evaluate, setup, run_record, train_runs
-from .params import (TrainingParams, check_float, check_int, choice_list, eps_list)
+from .common import cached_evaluate, setup, train_runs
+from .params import (ConfigError, TrainingParams, check_bool, check_float, check_int, choice_list, eps_list)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,24 +33,31 @@ class RobustNormParams(TrainingParams):
     epsilons: tuple = ("2/255", "8/255")
     pgd_steps: int = 10
     test_n: int = 128
-    eval_batch: int = 64
+    eval_batch_size: int = 64
 
     def _check(self):
         super()._check()
         powers = self.powers if isinstance(self.powers, (list, tuple)) else (self.powers,)
+        if not powers:
+            raise ConfigError("powers=[] is empty; RobustNorm needs at least one power p > 0, e.g. [0.2].")
         self._set("powers", tuple(check_float("powers", v, min_value=0.0, min_inclusive=False) for v in powers))
+        if len(set(self.powers)) != len(self.powers):
+            raise ConfigError(f"powers={list(self.powers)!r} repeats a value; give each power once.")
+        check_bool("include_nonorm", self.include_nonorm)
         self._set("stats_modes", choice_list("stats_modes", self.stats_modes, ("population", "batch", "population_mean")))
         self._set("attacks", choice_list("attacks", self.attacks, ("fgsm", "pgd")))
         self._set("epsilons", eps_list("epsilons", self.epsilons))
         check_int("pgd_steps", self.pgd_steps, min_value=1)
         check_int("test_n", self.test_n, min_value=1)
-        check_int("eval_batch", self.eval_batch, min_value=1)
+        check_int("eval_batch_size", self.eval_batch_size, min_value=2)
+        if self.eval_batch_size > self.test_n:
+            raise ConfigError(f"eval_batch_size={self.eval_batch_size} is larger than test_n={self.test_n}; "
+                              f"allowed: batch sizes up to test_n.")
 
 
-def model_label(cfg: RunConfig) -> str:
-    if cfg.norm == "robustnorm":
-        return f"RobustNorm p={cfg.norm_p:g}"
-    return {"bn": "BatchNorm", "none": "no norm"}[cfg.norm]
+def _norm_p(cfg: RunConfig) -> float:
+    """RobustNorm's power for a RobustNorm run, NaN otherwise (frames carry ``norm`` and ``norm_p``)."""
+    return cfg.norm_p if cfg.norm == "robustnorm" else float("nan")
 
 
 def runs(p: RobustNormParams) -> list[RunConfig]:
@@ -63,53 +71,70 @@ def runs(p: RobustNormParams) -> list[RunConfig]:
     return out
 
 
-def run(p: RobustNormParams) -> dict:
+def run(p: RobustNormParams) -> StudyResult:
     device = setup(p)
-    trained = train_runs(runs(p), device=p.device, progress=p.progress)
+    trained = train_runs(runs(p), p)
     x, y = test_subset(p.dataset, p.test_n, seed=0)
     frames, histories = [], []
     for cfg, r in trained.items():
         model = r.model(device=device)
         stats = p.stats_modes if cfg.norm != "none" else ("population",)
         df = cached_evaluate(r, model, x, y, attacks=("clean",) + tuple(p.attacks), eps=p.epsilons, stats=stats,
-                      batch_sizes=(p.eval_batch,), attack_params={"pgd": {"steps": p.pgd_steps}},
-                      device=p.device, seed=cfg.seed, progress=p.progress)
-        df["model"], df["seed"] = model_label(cfg), cfg.seed
-        frames.append(df)
-        h = r.history.copy()
-        h["model"], h["seed"] = model_label(cfg), cfg.seed
-        histories.append(h)
-    return {"accuracy": pd.concat(frames, ignore_index=True), "history": pd.concat(histories, ignore_index=True),
-            "device": str(device), "runs": [run_record(r) for r in trained.values()]}
+                             batch_sizes=(p.eval_batch_size,), attack_params={"pgd": {"steps": p.pgd_steps}},
+                             device=p.device, seed=cfg.seed, progress=p.progress)
+        frames.append(df.assign(norm=cfg.norm, norm_p=_norm_p(cfg), seed=cfg.seed))
+        histories.append(r.history.assign(norm=cfg.norm, norm_p=_norm_p(cfg), seed=cfg.seed))
+    acc = pd.concat(frames, ignore_index=True)
+    history = pd.concat(histories, ignore_index=True)
+    table = summarize(acc, ["norm", "norm_p", "attack", "eps", "stats"])
+    return StudyResult(p.NOTEBOOK, p, {"accuracy": acc, "history": history}, table,
+                       summary(p, acc, history), list(trained.values()), str(device))
 
 
 def table(acc: pd.DataFrame, stats: str = "population") -> pd.DataFrame:
-    """Clean and robust accuracy (%) as "mean ± std" per model, one column per attack and epsilon."""
-    from ..attacks import format_eps
+    """Clean and robust accuracy (%) as "mean ± std" per model, one column per attack and epsilon (for display)."""
+    from ..plots import attack_label, model_label
     sub = acc[acc["stats"] == stats].copy()
-    sub["column"] = sub.apply(lambda r: "clean" if r["attack"] == "clean" else f"{r['attack'].upper()} {format_eps(r['eps'])}",
-                              axis=1)
-    g = sub.groupby(["model", "column"], sort=False)["accuracy"]
-    stat = g.agg(["mean", "std"]).reset_index()
+    sub["model"] = [model_label(n, q) for n, q in zip(sub["norm"], sub["norm_p"])]
+    sub["column"] = attack_label(sub)
+    stat = sub.groupby(["model", "column"], sort=False)["accuracy"].agg(["mean", "std"]).reset_index()
     stat["std"] = stat["std"].fillna(0.0)
     stat["value"] = stat.apply(lambda r: f"{100 * r['mean']:.1f} ± {100 * r['std']:.1f}", axis=1)
     return stat.pivot(index="model", columns="column", values="value").reset_index()
 
 
 def summary(p: RobustNormParams, acc: pd.DataFrame, history: pd.DataFrame) -> dict:
-    """Mean/std over seeds of clean and PGD accuracy (largest epsilon) and training speed per model."""
+    """Per model (``norm``, ``norm_p``): mean/std over seeds of clean and PGD accuracy at the largest
+    epsilon, and training speed (images/s)."""
     eps = max(p.epsilons)
-    out = {"eps": eps, "models": {}}
+    out = {"eps": eps, "models": []}
     pop = acc[acc["stats"] == "population"]
-    for model, sub in pop.groupby("model", sort=False):
+    for (norm, norm_p), sub in pop.groupby(["norm", "norm_p"], sort=False, dropna=False):
         clean = sub[sub["attack"] == "clean"]["accuracy"]
-        pgd = sub[(sub["attack"] == "pgd") & ((sub["eps"] - eps).abs() < 1e-9)]["accuracy"]
-        speed = history[history["model"] == model]
-        ips = speed["images_per_s"].mean() if "images_per_s" in speed else float("nan")
-        out["models"][model] = {
+        pgd = sub[(sub["attack"] == "pgd") & (sub["eps"] == eps)]["accuracy"]
+        speed = history[(history["norm"] == norm) & ((history["norm_p"] == norm_p) | history["norm_p"].isna())]
+        out["models"].append({
+            "norm": norm, "norm_p": None if pd.isna(norm_p) else float(norm_p),
             "clean_mean": float(clean.mean()), "clean_std": float(clean.std(ddof=1)) if len(clean) > 1 else 0.0,
             "pgd_mean": float(pgd.mean()) if len(pgd) else None,
             "pgd_std": (float(pgd.std(ddof=1)) if len(pgd) > 1 else 0.0) if len(pgd) else None,
-            "n_seeds": int(len(clean)), "images_per_s": float(ips),
-        }
+            "n_seeds": int(len(clean)), "images_per_s": float(speed["images_per_s"].mean()),
+        })
     return out
+
+
+def findings(summary: dict) -> str:
+    """The notebook's findings as markdown, every number from ``summary`` (any powers, with or without no-norm)."""
+    from ..attacks import format_eps
+    from ..plots import model_label
+    models = summary["models"]
+    bn = next((m for m in models if m["norm"] == "bn"), None)
+    lines = []
+    for m in models:
+        name = model_label(m["norm"], m["norm_p"])
+        pgd = "n/a" if m["pgd_mean"] is None else f"{100 * m['pgd_mean']:.1f}%"
+        text = f"- **{name}**: clean {100 * m['clean_mean']:.1f}%, PGD {format_eps(summary['eps'])} {pgd}"
+        if bn and m is not bn and bn["images_per_s"]:
+            text += f", training at {m['images_per_s'] / bn['images_per_s']:.2f}× BatchNorm's images/s"
+        lines.append(text + f" ({m['n_seeds']} seed{'s' if m['n_seeds'] != 1 else ''}).")
+    return "\n".join(lines)

@@ -15,13 +15,15 @@ import torch
 
 from ..attacks import format_eps, make_attack
 from ..data import load, subset
-from ..evaluate import precise_bn, test_subset
+from ..evaluate import precise_bn, summarize, test_subset
 from ..norms import use_stats
 from ..probes import record_norm_inputs, shift_distance
+from ..results import StudyResult
 from ..runs import RunConfig
-from .common import setup, run_record, train_runs
-from .params import (ATTACKS, ConfigError, TrainingParams, check_int, choice_list,
-                     eps_list)
+from .common import setup, train_runs
+from .params import ConfigError, TrainingParams, check_int, choice_list, eps_list
+
+REFERENCES = {"ema": "EMA population stats", "precise": "PreciseBN population stats"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,7 +34,7 @@ class ShiftParams(TrainingParams):
     dataset: str = "fashion_mnist"
     arch: str = "resnet18"
     attacks: tuple = ("fgsm", "pgd")
-    eps: tuple = ("2/255", "8/255")
+    epsilons: tuple = ("2/255", "8/255")
     pgd_steps: int = 10
     probe_n: int = 256
     precise_n: int = 1000
@@ -40,11 +42,14 @@ class ShiftParams(TrainingParams):
 
     def _check(self):
         super()._check()
-        self._set("attacks", choice_list("attacks", self.attacks, tuple(a for a in ATTACKS if a in ("fgsm", "pgd"))))
-        self._set("eps", eps_list("eps", self.eps))
+        self._set("attacks", choice_list("attacks", self.attacks, ("fgsm", "pgd")))
+        self._set("epsilons", eps_list("epsilons", self.epsilons))
         check_int("pgd_steps", self.pgd_steps, min_value=1)
         check_int("probe_n", self.probe_n, min_value=2)
         check_int("precise_n", self.precise_n, min_value=2)
+        self._set("show_layers", tuple(check_int("show_layers", i, min_value=None) for i in
+                                       (self.show_layers if isinstance(self.show_layers, (list, tuple))
+                                        else (self.show_layers,))))
         if len(self.seeds) != 1:
             raise ConfigError(f"seeds={list(self.seeds)!r}: this notebook studies one model; give one seed.")
 
@@ -54,59 +59,80 @@ def runs(p: ShiftParams) -> list[RunConfig]:
     return [p.run_config(dataset=p.dataset, arch=p.arch, norm="bn", recipe="standard", seed=p.seeds[0])]
 
 
-def run(p: ShiftParams) -> dict:
-    """Train (or reuse) the model and record its BN input statistics. Returns tidy frames."""
+def _tag(attack: str, eps: float) -> str:
+    return "clean" if attack == "clean" else f"{attack} {format_eps(eps)}"
+
+
+def run(p: ShiftParams) -> StudyResult:
+    """Train (or reuse) the model and record its BN input statistics."""
     device = setup(p)
     (cfg,) = runs(p)
-    trained = train_runs([cfg], device=p.device, progress=p.progress)[cfg]
+    trained = train_runs([cfg], p)[cfg]
     model = trained.model(device=device).eval()
     use_stats(model, "population")
     x, y = test_subset(p.dataset, p.probe_n, seed=p.seeds[0])
     x, y = x.to(device), y.to(device)
 
-    batches = {"clean": x}
+    batches = {("clean", 0.0): x}
     for attack in p.attacks:
-        for eps in p.eps:
+        for eps in p.epsilons:
             params = {"steps": p.pgd_steps} if attack == "pgd" else {}
             torch.manual_seed(p.seeds[0])
-            batches[f"{attack} {format_eps(eps)}"] = make_attack(attack, model, eps, **params)(x, y)
+            batches[(attack, eps)] = make_attack(attack, model, eps, **params)(x, y)
 
     with torch.no_grad():
-        preds = {k: model(v).argmax(1) for k, v in batches.items()}
-    accuracy = pd.DataFrame([{"tag": k, "accuracy": float((v == y).float().mean())} for k, v in preds.items()])
+        accuracy = pd.DataFrame([{"attack": a, "eps": e, "accuracy": float((model(v).argmax(1) == y).float().mean())}
+                                 for (a, e), v in batches.items()])
 
     train_x, train_y = load(p.dataset, "train")
     train_x, train_y = subset(train_x, train_y, min(p.precise_n, len(train_y)), seed=p.seeds[0])
-    precise = precise_bn(model, train_x, train_y, batch_size=p.batch_size, device=device)
+    precise = precise_bn(model, train_x, train_y, batch_size=p.train_batch_size, device=device)
 
     records, distances = [], []
-    for reference, m in (("EMA population stats", model), ("PreciseBN population stats", precise)):
-        for tag, batch in batches.items():
-            rec = record_norm_inputs(m, batch, tag=tag)
-            rec["reference"] = reference
+    for reference, m in (("ema", model), ("precise", precise)):
+        for (attack, eps), batch in batches.items():
+            rec = record_norm_inputs(m, batch, tag=_tag(attack, eps)).assign(reference=reference, attack=attack, eps=eps)
             records.append(rec)
-            dist = shift_distance(rec)
-            dist["reference"] = reference
-            distances.append(dist)
+            distances.append(shift_distance(rec).assign(reference=reference, attack=attack, eps=eps))
     record = pd.concat(records, ignore_index=True)
     distance = pd.concat(distances, ignore_index=True)
-    return {"record": record, "distance": distance, "accuracy": accuracy, "runs": [run_record(trained)],
-            "device": str(device), "history": trained.history}
+    ratios = shift_ratios(distance).assign(seed=p.seeds[0])
+    summary = summarize(ratios, ["reference", "statistic", "attack", "eps"], value="ratio")
+    history = trained.history.assign(seed=cfg.seed)
+    return StudyResult(p.NOTEBOOK, p, {"bn_input_stats": record, "shift_distance": distance, "accuracy": accuracy,
+                                       "shift_ratios": ratios, "history": history},
+                       summary, headline(ratios), [trained], str(device))
 
 
-def summary(p: ShiftParams, distance: pd.DataFrame) -> dict:
-    """Headline numbers: how much further from the population statistics adversarial batches sit.
+def shift_ratios(distance: pd.DataFrame) -> pd.DataFrame:
+    """Per reference, statistic and adversarial batch: mean over layers of adversarial / clean distance.
 
-    ``ratio`` = mean over layers of the adversarial batch's distance divided by the clean batch's
-    distance, per statistic (mean / var), reference (EMA / PreciseBN) and kind of batch.
+    Columns: reference, statistic, attack, eps, ratio, adv_distance, clean_distance.
     """
-    out = {}
+    rows = []
     for (reference, stat), sub in distance.groupby(["reference", "statistic"], sort=False):
-        clean = sub[sub["tag"] == "clean"].set_index("layer_index")["distance"]
-        for tag, tsub in sub[sub["tag"] != "clean"].groupby("tag", sort=False):
+        clean = sub[sub["attack"] == "clean"].set_index("layer_index")["distance"]
+        for (attack, eps), tsub in sub[sub["attack"] != "clean"].groupby(["attack", "eps"], sort=False):
             adv = tsub.set_index("layer_index")["distance"]
-            ratio = float((adv / clean.clip(lower=1e-12)).mean())
-            key = f"{'ema' if reference.startswith('EMA') else 'precise'}_{stat}_{tag.replace(' ', '_').replace('/', '_')}"
-            out[key] = {"reference": reference, "statistic": stat, "tag": tag, "ratio_adv_to_clean": ratio,
-                        "adv_distance": float(adv.mean()), "clean_distance": float(clean.mean())}
-    return out
+            rows.append({"reference": reference, "statistic": stat, "attack": attack, "eps": eps,
+                         "ratio": float((adv / clean.clip(lower=1e-12)).mean()),
+                         "adv_distance": float(adv.mean()), "clean_distance": float(clean.mean())})
+    return pd.DataFrame(rows)
+
+
+def headline(ratios: pd.DataFrame) -> dict:
+    """The numbers the ledger reads: every ratio row, by name (attack, numeric eps, reference)."""
+    return {"ratios": ratios.drop(columns=["seed"], errors="ignore").to_dict(orient="records")}
+
+
+def shown_layers(record: pd.DataFrame, show_layers) -> list[int]:
+    """The layer indices to draw: ``show_layers`` with negative indices counted from the end,
+    out-of-range ones dropped, sorted and without repeats."""
+    n = record["layer_index"].nunique()
+    return sorted({(i if i >= 0 else n + i) for i in show_layers if -n <= i < n})
+
+
+def strongest(ratios: pd.DataFrame, attack: str = "pgd") -> pd.DataFrame:
+    """The ratio rows of ``attack`` at its largest ε (numeric, never parsed from a label)."""
+    sub = ratios[ratios["attack"] == attack]
+    return sub[sub["eps"] == sub["eps"].max()] if len(sub) else sub

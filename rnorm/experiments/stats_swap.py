@@ -17,9 +17,10 @@ import pandas as pd
 
 from ..attacks import parse_eps
 from ..evaluate import summarize, test_subset
+from ..results import StudyResult
 from ..runs import RunConfig
-from .common import cached_evaluate, setup, run_record, train_runs
-from .params import (ConfigError, TrainingParams, check_float, check_int, choice_list,
+from .common import cached_evaluate, setup, train_runs
+from .params import (ConfigError, TrainingParams, check_bool, check_float, check_int, choice_list,
                      eps_list, int_list)
 
 
@@ -34,8 +35,8 @@ class StatsSwapParams(TrainingParams):
     epsilons: tuple = ("1/255", "2/255", "4/255", "8/255")
     pgd_steps: int = 10
     test_n: int = 128
-    eval_batch: int = 64
-    batch_sizes: tuple = (8, 32, 128)
+    eval_batch_size: int = 64
+    sweep_batch_sizes: tuple = (8, 32, 128)
     sweep_eps: str = "4/255"
     adv_fraction: float = 0.125
     include_nonorm: bool = True
@@ -44,15 +45,17 @@ class StatsSwapParams(TrainingParams):
         super()._check()
         self._set("attacks", choice_list("attacks", self.attacks, ("fgsm", "pgd")))
         self._set("epsilons", eps_list("epsilons", self.epsilons))
-        self._set("batch_sizes", int_list("batch_sizes", self.batch_sizes, min_value=1))
+        self._set("sweep_batch_sizes", int_list("sweep_batch_sizes", self.sweep_batch_sizes, min_value=2))
         self._set("sweep_eps", parse_eps(self.sweep_eps))
         check_int("pgd_steps", self.pgd_steps, min_value=1)
         check_int("test_n", self.test_n, min_value=1)
-        check_int("eval_batch", self.eval_batch, min_value=1)
+        check_int("eval_batch_size", self.eval_batch_size, min_value=2)
         check_float("adv_fraction", self.adv_fraction, min_value=0.0, max_value=1.0, min_inclusive=False)
-        for name, bs in [("eval_batch", self.eval_batch)] + [("batch_sizes", b) for b in self.batch_sizes]:
+        check_bool("include_nonorm", self.include_nonorm)
+        for name, bs in [("eval_batch_size", self.eval_batch_size)] + [("sweep_batch_sizes", b)
+                                                                      for b in self.sweep_batch_sizes]:
             if bs > self.test_n:
-                raise ConfigError(f"{name} contains {bs}, larger than test_n={self.test_n}; "
+                raise ConfigError(f"{name}={bs} is larger than test_n={self.test_n}; "
                                   f"allowed: batch sizes up to test_n.")
 
 
@@ -63,48 +66,34 @@ def runs(p: StatsSwapParams) -> list[RunConfig]:
             for s in p.seeds for n in norms]
 
 
-def run(p: StatsSwapParams) -> dict:
+def run(p: StatsSwapParams) -> StudyResult:
     device = setup(p)
-    trained = train_runs(runs(p), device=p.device, progress=p.progress)
+    trained = train_runs(runs(p), p)
     x, y = test_subset(p.dataset, p.test_n, seed=0)
     attack_params = {"pgd": {"steps": p.pgd_steps}}
     sweeps, sizes = [], []
     for cfg, r in trained.items():
         model = r.model(device=device)
-        label = "BN" if cfg.norm == "bn" else "no norm"
-        stats = ("population", "batch", "population_mean") if cfg.norm == "bn" else ("population",)
-        gradients = ("white-box", "transfer") if cfg.norm == "bn" else ("white-box",)
-        df = cached_evaluate(r, model, x, y, attacks=("clean",) + tuple(p.attacks), eps=p.epsilons, stats=stats,
-                      batch_sizes=(p.eval_batch,), gradients=gradients, attack_params=attack_params,
-                      device=p.device, seed=cfg.seed, progress=p.progress)
-        df["model"], df["seed"] = label, cfg.seed
-        sweeps.append(df)
-        if cfg.norm == "bn":
+        bn = cfg.norm == "bn"
+        df = cached_evaluate(r, model, x, y, attacks=("clean",) + tuple(p.attacks), eps=p.epsilons,
+                             stats=("population", "batch", "population_mean") if bn else ("population",),
+                             batch_sizes=(p.eval_batch_size,), gradients=("white-box", "transfer") if bn else ("white-box",),
+                             attack_params=attack_params, device=p.device, seed=cfg.seed, progress=p.progress)
+        sweeps.append(df.assign(norm=cfg.norm, seed=cfg.seed))
+        if bn:
             df = cached_evaluate(r, model, x, y, attacks=("clean", "pgd"), eps=(p.sweep_eps,), stats=("population", "batch"),
-                          batch_sizes=p.batch_sizes, makeups=("all", "mixed"), gradients=("white-box", "transfer"),
-                          adv_fraction=p.adv_fraction, attack_params=attack_params, device=p.device,
-                          seed=cfg.seed, progress=p.progress)
-            df["model"], df["seed"] = label, cfg.seed
-            sizes.append(df)
+                                 batch_sizes=p.sweep_batch_sizes, makeups=("all", "mixed"),
+                                 gradients=("white-box", "transfer"), adv_fraction=p.adv_fraction,
+                                 attack_params=attack_params, device=p.device, seed=cfg.seed, progress=p.progress)
+            sizes.append(df.assign(norm=cfg.norm, seed=cfg.seed))
     eps_sweep = pd.concat(sweeps, ignore_index=True)
-    eps_sweep["condition"] = condition_label(eps_sweep)
     batch_sweep = pd.concat(sizes, ignore_index=True)
-    batch_sweep["condition"] = condition_label(batch_sweep)
-    return {"eps_sweep": eps_sweep, "batch_sweep": batch_sweep, "device": str(device),
-            "runs": [run_record(r) for r in trained.values()]}
-
-
-def condition_label(df: pd.DataFrame) -> pd.Series:
-    """A readable label per row: model, statistics and gradient source."""
-    def one(row):
-        if row["model"] != "BN":
-            return row["model"]
-        text = {"population": "BN, population stats", "batch": "BN, batch stats",
-                "population_mean": "BN, running mean + batch var"}[row["stats"]]
-        if row["gradient"] == "transfer":
-            text += " (transfer)"
-        return text
-    return df.apply(one, axis=1)
+    by = ["norm", "attack", "eps", "stats", "gradient", "batch_size", "makeup"]
+    table = pd.concat([summarize(eps_sweep, by).assign(sweep="epsilon"),
+                       summarize(batch_sweep, by).assign(sweep="batch size")], ignore_index=True)
+    history = pd.concat([r.history.assign(norm=c.norm, seed=c.seed) for c, r in trained.items()], ignore_index=True)
+    return StudyResult(p.NOTEBOOK, p, {"eps_sweep": eps_sweep, "batch_sweep": batch_sweep, "history": history},
+                       table, summary(p, eps_sweep, batch_sweep), list(trained.values()), str(device))
 
 
 def summary(p: StatsSwapParams, eps_sweep: pd.DataFrame, batch_sweep: pd.DataFrame) -> dict:
@@ -119,13 +108,13 @@ def summary(p: StatsSwapParams, eps_sweep: pd.DataFrame, batch_sweep: pd.DataFra
     pgd_eps = p.sweep_eps if any(abs(e - p.sweep_eps) < 1e-9 for e in p.epsilons) else max(p.epsilons)
     out["pgd_eps"] = pgd_eps
     rows = {
-        "clean_population": dict(model="BN", attack="clean", stats="population"),
-        "clean_batch": dict(model="BN", attack="clean", stats="batch"),
-        "clean_nonorm": dict(model="no norm", attack="clean"),
-        "pgd_population": dict(model="BN", attack="pgd", stats="population", eps=pgd_eps),
-        "pgd_batch_whitebox": dict(model="BN", attack="pgd", stats="batch", gradient="white-box", eps=pgd_eps),
-        "pgd_batch_transfer": dict(model="BN", attack="pgd", stats="batch", gradient="transfer", eps=pgd_eps),
-        "pgd_nonorm": dict(model="no norm", attack="pgd", eps=pgd_eps),
+        "clean_population": dict(norm="bn", attack="clean", stats="population"),
+        "clean_batch": dict(norm="bn", attack="clean", stats="batch"),
+        "clean_nonorm": dict(norm="none", attack="clean"),
+        "pgd_population": dict(norm="bn", attack="pgd", stats="population", eps=pgd_eps),
+        "pgd_batch_whitebox": dict(norm="bn", attack="pgd", stats="batch", gradient="white-box", eps=pgd_eps),
+        "pgd_batch_transfer": dict(norm="bn", attack="pgd", stats="batch", gradient="transfer", eps=pgd_eps),
+        "pgd_nonorm": dict(norm="none", attack="pgd", eps=pgd_eps),
     }
     for key, sel in rows.items():
         acc = pick(eps_sweep, **sel)
@@ -144,7 +133,10 @@ def findings(summary: dict) -> str:
         return 100 * summary[key]["mean"] if key in summary else None
 
     pop, wb, tr, nonorm = pct("pgd_population"), pct("pgd_batch_whitebox"), pct("pgd_batch_transfer"), pct("pgd_nonorm")
-    eps = f"{summary['pgd_eps'] * 255:.0f}/255"
+    from ..attacks import format_eps
+    eps = format_eps(summary["pgd_eps"])
+    if pop is None:
+        return "- PGD was not among the attacks, so there is no robust accuracy to report."
     lines = [f"- **BN as deployed** (population statistics): PGD at ε = {eps} leaves {pop:.1f}% accuracy."]
     if tr is not None:
         lines.append(f"- **Transferred attack, batch statistics**: {tr:.1f}% ({tr - pop:+.1f} points): what an attack "
