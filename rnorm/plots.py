@@ -59,7 +59,7 @@ def eps_label(eps: float) -> str:
 
 def use_style() -> None:
     """Apply the book's figure style (call once per notebook; :func:`save` also calls it)."""
-    sns.set_theme(context="paper", style="whitegrid", palette="colorblind", font_scale=1.1)
+    sns.set_theme(context="notebook", style="whitegrid", palette="colorblind", font_scale=0.95)
     matplotlib.rcParams.update({"svg.fonttype": "none", "pdf.fonttype": 42, "figure.dpi": 110,
                                 "savefig.bbox": "tight", "axes.titlesize": "medium"})
 
@@ -106,9 +106,10 @@ def _one_legend(fig, axes, title=None, below: bool = False):
             ax.get_legend().remove()
     if not handles:
         return
-    if below:
+    if below:  # two columns for long labels, so the legend is no wider than the panels
+        ncol = min(2 if max(map(len, labels)) > 18 else 3, len(labels))
         fig.legend(handles, labels, title=title, loc="upper center", bbox_to_anchor=(0.5, 0.0), frameon=False,
-                   ncol=min(3, len(labels)))
+                   ncol=ncol)
     else:
         fig.legend(handles, labels, title=title, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
 
@@ -183,7 +184,7 @@ def accuracy_vs_eps(frame: pd.DataFrame, *, hue: str = "stats", style: str | Non
     df["eps (/255)"] = df["eps"] * 255
     df["accuracy (%)"] = df["accuracy"] * 100
     cols = list(dict.fromkeys(df[col])) if col else [None]
-    fig, axes = plt.subplots(1, len(cols), figsize=(3.4 * len(cols) + 0.4, 3.2), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(1, len(cols), figsize=(3.4 * len(cols) + 0.4, 3.4), squeeze=False, sharey=True)
     for ax, c in zip(axes[0], cols):
         sub = df if c is None else df[df[col] == c]
         sns.lineplot(data=sub, x="eps (/255)", y="accuracy (%)", hue=hue, style=style or hue, markers=True,

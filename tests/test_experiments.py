@@ -371,3 +371,40 @@ def test_evaluation_is_cached_by_its_inputs(tmp_path, monkeypatch):
         cached_evaluate(run, model, x.flip(0), y, **kw)
     with pytest.raises(AssertionError, match="not cached"):  # other arguments: another key
         cached_evaluate(run, model, x, y, **{**kw, "eps": (4 / 255,)})
+
+
+def test_ledger_refuses_results_of_different_profiles(tmp_path):
+    from rnorm.experiments.ledger import LedgerParams, run
+    for nb, prof in (("02_stats_swap", "cpu"), ("03_robustnorm", "smoke")):
+        (tmp_path / nb).mkdir()
+        (tmp_path / nb / "provenance.json").write_text(json.dumps({"profile": prof, "parameters": {}}))
+    with pytest.raises(ConfigError, match=r"different profiles.*02_stats_swap/provenance.json: cpu.*"
+                                          r"03_robustnorm/provenance.json: smoke"):
+        run(LedgerParams(results_dir=str(tmp_path)))
+    (tmp_path / "03_robustnorm" / "provenance.json").write_text(json.dumps({"profile": "cpu", "parameters": {}}))
+    assert run(LedgerParams(results_dir=str(tmp_path))).headline["profile"] == "cpu"
+
+
+def test_matching_profile_is_derived_from_the_parameters():
+    prof = book.load_profile("smoke")["notebooks"]["02_stats_swap"]
+    assert book.matching_profile("02_stats_swap", prof) == "smoke"
+    assert book.matching_profile("02_stats_swap", {**prof, "device": "cpu", "threads": 2}) == "smoke"  # run-time
+    assert book.matching_profile("02_stats_swap", {**prof, "test_n": 32}) is None
+    cpu = book.load_profile("cpu")["notebooks"]["03_robustnorm"]
+    assert book.default_out_dir("03_robustnorm", cpu) == REPO / "book"
+    assert book.default_out_dir("03_robustnorm", {**cpu, "pgd_steps": 3}) == REPO / "_scratch" / "custom"
+
+
+def test_notebook_key_follows_source_parameters_and_code_but_not_docstrings(tmp_path, monkeypatch):
+    prof = book.load_profile("smoke")["notebooks"]["02_stats_swap"]
+    k = book.notebook_key("02_stats_swap", prof)
+    assert k == book.notebook_key("02_stats_swap", {**prof, "device": "cpu"})
+    assert k != book.notebook_key("02_stats_swap", {**prof, "test_n": 32})
+    deps = book.code_version(book._notebook_code("02_stats_swap"))
+    assert {"rnorm.evaluate", "rnorm.experiments.stats_swap", "rnorm.plots", "rnorm.train"} <= set(deps)
+    assert "rnorm.cli" not in deps
+    import ast
+    a = book._code_fingerprint(ast.parse('def f():\n    """doc"""\n    return 1  # comment\n'))
+    b = book._code_fingerprint(ast.parse('def f():\n    """other doc"""\n    return 1\n'))
+    c = book._code_fingerprint(ast.parse('def f():\n    return 2\n'))
+    assert a == b != c

@@ -78,7 +78,9 @@ def verdict_c1(s: dict | None) -> dict:
     comps = [r for r in pgd if r["eps"] == eps and r["statistic"] in ("mean", "var")]
     ok = [r["ratio"] >= 2 for r in comps]
     verdict = REPRODUCED if ok and all(ok) else PARTLY if any(ok) else NOT
-    effect = "; ".join(f"{r['statistic']} vs {r['reference']}: {r['ratio']:.2f}×" for r in comps)
+    refs = {"ema": "EMA", "precise": "PreciseBN"}
+    effect = "; ".join(f"{r['statistic']} vs {refs.get(r['reference'], r['reference'])}: {r['ratio']:.2f}×"
+                       for r in comps)
     return {"verdict": verdict, "effect": f"PGD {format_eps(eps)}: adversarial/clean distance {effect}",
             "spread": "one model"}
 
@@ -138,7 +140,12 @@ def _settings(s: dict, *, informative_only: bool = False):
     for entry in s.get("settings", []):
         if informative_only and not informative(entry):
             continue
-        yield f"{entry['dataset']} / {entry['arch']}", entry["recipes"]
+        yield _setting_label(entry), entry["recipes"]
+
+
+def _setting_label(entry: dict) -> str:
+    from ..plots import label
+    return f"{label(entry['dataset'])} / {entry['arch']}"
 
 
 def informative(entry: dict, num_classes: int = 10) -> bool:
@@ -148,7 +155,7 @@ def informative(entry: dict, num_classes: int = 10) -> bool:
 
 
 def _excluded_text(s: dict) -> str:
-    out = [f"{e['dataset']} / {e['arch']}" for e in s.get("settings", []) if not informative(e)]
+    out = [_setting_label(e) for e in s.get("settings", []) if not informative(e)]
     return f" — excluded, no recipe reached twice chance accuracy: {', '.join(out)}" if out else ""
 
 
@@ -172,7 +179,8 @@ def _compare_recipes(s: dict | None, new: str, old: str, compare) -> dict:
     if not total:
         return {"verdict": NOT_RUN, "effect": "no informative setting" + _excluded_text(s)}
     verdict = REPRODUCED if wins > total / 2 else PARTLY if wins else NOT
-    return {"verdict": verdict, "effect": f"{new} − {old}: {'; '.join(parts)}{_excluded_text(s)}",
+    from ..plots import label
+    return {"verdict": verdict, "effect": f"{label(new)} − {label(old)}: {'; '.join(parts)}{_excluded_text(s)}",
             "spread": _wins_text(wins, clear, total, s)}
 
 
