@@ -1,0 +1,92 @@
+"""The verdict rules themselves, on synthetic data where the truth is known."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from rnorm import stats
+from rnorm._validate import ConfigError
+
+
+def _pair(n, p_a, p_b, corr, rng):
+    """Per-image correctness of two conditions with accuracies p_a, p_b, strongly correlated per image."""
+    u = rng.random(n)
+    a = u < p_a
+    v = np.where(rng.random(n) < corr, u, rng.random(n))  # the same image is mostly easy or hard for both
+    return a, v < p_b
+
+
+def test_mcnemar_by_hand():
+    a = np.array([1] * 10 + [0] * 0 + [1] * 5 + [0] * 5, bool)
+    b = np.array([1] * 10 + [1] * 0 + [0] * 5 + [0] * 5, bool)
+    # 5 discordant pairs, all one way: p = 2 * (1/2)^5
+    assert stats.mcnemar(a, b) == pytest.approx(2 / 32)
+    assert stats.mcnemar(a, a) == 1.0
+
+
+def test_paired_seeds_by_hand():
+    e = stats.paired_seeds([0.5, 0.6, 0.7], [0.6, 0.8, 0.7])  # differences 0.1, 0.2, 0.0
+    assert e.estimate == pytest.approx(0.1)
+    half = 4.303 * 0.1 / math.sqrt(3)
+    assert (e.low, e.high) == (pytest.approx(0.1 - half), pytest.approx(0.1 + half))
+    assert math.isnan(stats.paired_seeds([0.5, 0.6], [0.6, 0.8]).low)  # 2 seeds: no CI
+
+
+def test_a_null_effect_is_never_partly_or_reproduced():
+    rng = np.random.default_rng(0)
+    outcomes = []
+    for rep in range(60):
+        a, b = _pair(1000, 0.6, 0.6, 0.9, rng)
+        outcomes.append(stats.judge(stats.paired_images(a, b, n_boot=500, seed=rep), margin=0.0).verdict)
+        seeds_a = 0.6 + 0.02 * rng.standard_normal(3)
+        seeds_b = 0.6 + 0.02 * rng.standard_normal(3)
+        outcomes.append(stats.judge(stats.paired_seeds(seeds_a, seeds_b), margin=0.0).verdict)
+    assert stats.PARTLY not in outcomes
+    # a 95 % CI: "reproduced" by chance at most about 2.5 % of the time, far below the old rules' 58 %
+    assert outcomes.count(stats.REPRODUCED) / len(outcomes) < 0.08
+    assert set(outcomes) <= {stats.INCONCLUSIVE, stats.NOT, stats.REPRODUCED}
+
+
+def test_a_failed_precondition_makes_the_verdict_inconclusive():
+    rng = np.random.default_rng(1)
+    a, b = _pair(2000, 0.2, 0.8, 0.9, rng)  # a huge effect ...
+    v = stats.judge(stats.paired_images(a, b, n_boot=500), preconditions={
+        "BN with population statistics is more vulnerable than the no-norm model": False})
+    assert v.verdict == stats.INCONCLUSIVE and "no-norm" in v.reason  # ... cannot rescue a failed precondition
+    assert stats.judge(None).verdict == stats.NOT_RUN
+
+
+def test_a_paired_effect_is_detected_where_an_unpaired_one_is_not():
+    rng = np.random.default_rng(2)
+    a, b = _pair(500, 0.50, 0.55, 0.97, rng)  # +5 points, the same images mostly easy or hard for both
+    paired = stats.paired_images(a, b, n_boot=2000)
+    unpaired = stats.unpaired_images(a, b)
+    assert paired.estimate == pytest.approx(unpaired.estimate)
+    assert stats.judge(paired).verdict == stats.REPRODUCED
+    assert stats.judge(unpaired).verdict == stats.INCONCLUSIVE
+    assert paired.high - paired.low < 0.5 * (unpaired.high - unpaired.low)
+
+
+def test_a_clear_shortfall_is_not_reproduced_and_a_wide_ci_is_inconclusive():
+    e = stats.paired_seeds([0.8, 0.81, 0.79, 0.8], [0.7, 0.71, 0.69, 0.71])
+    assert stats.judge(e).verdict == stats.NOT
+    wide = stats.paired_seeds([0.5, 0.9, 0.1], [0.9, 0.1, 0.6])
+    v = stats.judge(wide, max_width=0.1)
+    assert v.verdict == stats.INCONCLUSIVE and "wide" in v.reason
+
+
+def test_combining_parts():
+    r, n, i = (stats.Verdict(x) for x in (stats.REPRODUCED, stats.NOT, stats.INCONCLUSIVE))
+    assert stats.combine({"clean": r, "robust": r}).verdict == stats.REPRODUCED
+    assert stats.combine({"clean": r, "robust": i}).verdict == stats.PARTLY
+    assert stats.combine({"clean": n, "robust": i}).verdict == stats.NOT
+    assert stats.combine({"clean": r, "robust": n}).verdict == stats.INCONCLUSIVE
+    assert stats.combine({"clean": i, "robust": i}).verdict == stats.INCONCLUSIVE
+
+
+@pytest.mark.parametrize("a,b", [([], []), ([0, 1, 2], [0, 1, 1]), ([0, 1], [0, 1, 1])])
+def test_bad_correctness_arrays(a, b):
+    with pytest.raises(ConfigError):
+        stats.paired_images(a, b)
