@@ -57,7 +57,8 @@ MAKEUPS = ("all", "mixed")
 GRADIENTS = ("white-box", "transfer")
 COLUMNS = ["attack", "eps", "eps_label", "stats", "batch_size", "branch", "makeup", "gradient",
            "n", "correct", "accuracy", "seconds", "params"]
-MEASURES = ("n", "correct", "accuracy", "seconds", "params", "seed", "mean", "std", "n_seeds")
+PER_IMAGE_COLUMNS = ["correct_bits", "scored_bits"]
+MEASURES = ("n", "correct", "accuracy", "seconds", "params", "seed", "mean", "std", "n_seeds", *PER_IMAGE_COLUMNS)
 AUTOATTACK_N = 200
 # statistics modes whose output for one image depends on the other images of its batch
 _BATCH_DEPENDENT = ("batch", "population_mean")
@@ -247,6 +248,7 @@ class EvalGrid:
     seed: int = 0
     shuffle: bool = True
     precise_bn_options: dict | None = None
+    per_image: bool = False
 
     def __post_init__(self):
         s = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 - frozen dataclass
@@ -261,6 +263,7 @@ class EvalGrid:
         s("adv_fraction", check_float("adv_fraction", self.adv_fraction, min_value=0.0, max_value=1.0, min_inclusive=False))
         s("seed", check_int("seed", self.seed, min_value=0))
         check_bool("shuffle", self.shuffle)
+        check_bool("per_image", self.per_image)
         params = {} if self.attack_params is None else self.attack_params
         if not isinstance(params, dict):
             raise ConfigError(f"attack_params={params!r} must be a dict such as {{'pgd': {{'steps': 20}}}}.")
@@ -358,7 +361,7 @@ class _Scorer:
         t0 = time.perf_counter()
         g_, model = self.grid, self.model
         a, e, st, b, br, mk, g = (row[k] for k in ("attack", "eps", "stats", "batch_size", "branch", "makeup", "gradient"))
-        x_all, y_all = self.sets[self.n_aa if a == "autoattack" else next(iter(self.sets))]
+        x_all, y_all, order = self.sets[self.n_aa if a == "autoattack" else next(iter(self.sets))]
         layout = _layout(x_all.shape[0], b)
         k = b if mk == "all" else _adv_count(b, g_.adv_fraction)
         scored_model = self.precise[br] if st == "precise" else model
@@ -378,17 +381,26 @@ class _Scorer:
         else:
             adv = _craft_all(scored_model, scored_stats, br, layout, x_all, y_all, a, e, params, k, row_seed)
         correct = scored = 0
+        per_correct = torch.zeros(x_all.shape[0], dtype=torch.bool)
+        per_scored = torch.zeros(x_all.shape[0], dtype=torch.bool)
         with torch.no_grad(), _stats_context(scored_model, scored_stats), _norms.route(scored_model, br):
             for (pos, new), x in zip(layout, adv):
                 m = min(new, k) if a != "clean" else new
-                correct += int((scored_model(x).argmax(1)[:m] == y_all[pos][:m]).sum())
+                ok = (scored_model(x).argmax(1)[:m] == y_all[pos][:m]).cpu()
+                correct += int(ok.sum())
                 scored += m
+                if g_.per_image:  # by the image's index in the images given to evaluate()
+                    per_correct[order[pos[:m]]] = ok
+                    per_scored[order[pos[:m]]] = True
         if model.training or scored_model.training:
             raise RuntimeError("the model left eval mode during an attack; this is a bug in rnorm.evaluate.")
         used = make_attack(a, model, e, **params).params if a != "clean" else {}
-        return dict(row, eps_label="0" if a == "clean" else format_eps(e), n=scored, correct=correct,
-                    accuracy=correct / scored if scored else math.nan, seconds=time.perf_counter() - t0,
-                    params=json.dumps(used, sort_keys=True))
+        out = dict(row, eps_label="0" if a == "clean" else format_eps(e), n=scored, correct=correct,
+                   accuracy=correct / scored if scored else math.nan, seconds=time.perf_counter() - t0,
+                   params=json.dumps(used, sort_keys=True))
+        if g_.per_image:
+            out.update(correct_bits=pack_bits(per_correct), scored_bits=pack_bits(per_scored))
+        return out
 
 
 def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, grid: EvalGrid | None = None, *,
@@ -402,11 +414,15 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, grid:
     ``precise``), ``batch_sizes``, ``branches`` (of a multi-branch model,
     :func:`rnorm.norms.branches_of`), ``makeups`` (``all``, ``mixed``), ``gradients``
     (``white-box``, ``transfer``), ``adv_fraction``, ``attack_params``, ``autoattack_n``,
-    ``seed``, ``shuffle`` and ``precise_bn_options``. Each sequence may be a single value.
+    ``seed``, ``shuffle``, ``precise_bn_options`` and ``per_image``. Each sequence may be a
+    single value.
 
     Columns: attack, eps, eps_label (``8/255``), stats, batch_size, branch, makeup, gradient,
     n (images scored), correct, accuracy (0..1), seconds (wall clock of the row), params (the
-    attack's parameters as JSON, e.g. PGD's steps and step size).
+    attack's parameters as JSON, e.g. PGD's steps and step size); with ``per_image=True`` also
+    ``correct_bits`` and ``scored_bits``: which images (by their index in ``images``) were
+    scored and classified correctly, packed (:func:`unpack_bits`), so that two rows scored on the
+    same images can be compared pair by pair (:func:`rnorm.stats.paired_images`).
 
     Rows and skips:
 
@@ -490,16 +506,32 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, grid:
                 bar.update(1)
             elif callable(progress) and not isinstance(progress, bool):
                 progress(dict(out_rows[-1]))
-    frame = pd.DataFrame(out_rows, columns=COLUMNS)
+    frame = pd.DataFrame(out_rows, columns=COLUMNS + (PER_IMAGE_COLUMNS if grid.per_image else []))
     frame.attrs.update(precise_bn_seconds=precise_seconds, seed=grid.seed)
     return frame
 
 
 def _ordered(images, labels, n: int, grid: EvalGrid, dev):
-    """The first n images in the seeded batch order (the same order for the same n and seed)."""
+    """The first n images in the seeded batch order (the same order for the same n and seed), the labels,
+    and the order (position -> index of the image in ``images``)."""
     g = torch.Generator().manual_seed(_stable_seed("order", grid.seed, n))
     order = torch.randperm(n, generator=g) if grid.shuffle else torch.arange(n)
-    return images[:n][order].to(dev), labels[:n][order].to(dev)
+    return images[:n][order].to(dev), labels[:n][order].to(dev), order
+
+
+def pack_bits(mask: torch.Tensor) -> str:
+    """A boolean vector as hex of its packed bits (first image = highest bit of the first byte)."""
+    import numpy as np
+    return np.packbits(mask.numpy().astype(np.uint8)).tobytes().hex()
+
+
+def unpack_bits(text: str, n: int):
+    """The boolean numpy vector of length ``n`` that :func:`pack_bits` wrote as ``text``."""
+    import numpy as np
+    bits = np.unpackbits(np.frombuffer(bytes.fromhex(text), dtype=np.uint8))
+    if bits.size < n or bits[n:].any():
+        raise ConfigError(f"per-image bits hold {bits.size} entries, not {n}: a damaged results file?")
+    return bits[:n].astype(bool)
 
 
 @contextlib.contextmanager

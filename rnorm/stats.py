@@ -183,3 +183,17 @@ def combine(parts: dict[str, Verdict]) -> Verdict:
                                             + ", ".join(refuted))
     return Verdict(INCONCLUSIVE, reason="no part could be decided: " + "; ".join(
         f"{k}: {parts[k].reason}" for k in open_))
+
+
+def paired_rows(row_a, row_b, n_images: int, **bootstrap) -> Effect:
+    """:func:`paired_images` of two rows of an :func:`rnorm.evaluate.evaluate` frame computed with
+    ``per_image=True`` on the same ``n_images`` images (b minus a, on the images both scored)."""
+    from .evaluate import unpack_bits
+    for row in (row_a, row_b):
+        if not isinstance(row.get("correct_bits"), str):
+            raise ConfigError("rows need per-image correctness: evaluate them with per_image=True.")
+    sa, sb = unpack_bits(row_a["scored_bits"], n_images), unpack_bits(row_b["scored_bits"], n_images)
+    if not (sa == sb).all():
+        raise ConfigError("the two rows scored different images; a paired comparison needs the same ones.")
+    ca, cb = unpack_bits(row_a["correct_bits"], n_images), unpack_bits(row_b["correct_bits"], n_images)
+    return paired_images(ca[sa], cb[sb], **bootstrap)

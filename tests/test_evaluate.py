@@ -467,3 +467,22 @@ def test_precise_bn_with_training_augmentation():
     assert not torch.allclose(aug.running_mean, plain.running_mean)  # crops pad with zeros
     with pytest.raises(ConfigError, match="uint8"):
         precise_bn(model, x.float() / 255, batch_size=8, augment=True)
+
+
+def test_per_image_correctness_is_kept_by_image_index_and_sums_to_the_counts():
+    from rnorm.evaluate import unpack_bits
+    from rnorm.models import resnet20
+    torch.manual_seed(0)
+    model = resnet20(num_classes=10, in_channels=1, width=4, mean=(0.5,), std=(0.25,)).eval()
+    x = torch.rand(20, 1, 28, 28)
+    y = torch.randint(0, 10, (20,))
+    df = evaluate(model, x, y, attacks=("clean", "fgsm"), eps=(8 / 255,), stats=("population", "batch"),
+                  batch_sizes=(8,), makeups=("all", "mixed"), per_image=True, device="cpu")
+    for _, r in df.iterrows():
+        correct, scored = unpack_bits(r["correct_bits"], 20), unpack_bits(r["scored_bits"], 20)
+        assert scored.sum() == r["n"] and correct.sum() == r["correct"] and not (correct & ~scored).any()
+    clean = df[(df["attack"] == "clean") & (df["stats"] == "population")].iloc[0]
+    with torch.no_grad():
+        truth = (model(x).argmax(1) == y).numpy()  # population statistics: per image, order-free
+    assert (unpack_bits(clean["correct_bits"], 20) == truth).all()
+    assert "correct_bits" not in evaluate(model, x, y, attacks=("clean",), batch_sizes=(8,), device="cpu")

@@ -90,3 +90,16 @@ def test_combining_parts():
 def test_bad_correctness_arrays(a, b):
     with pytest.raises(ConfigError):
         stats.paired_images(a, b)
+
+
+def test_paired_rows_compares_the_same_images():
+    import torch
+    from rnorm.evaluate import pack_bits
+    a = {"correct_bits": pack_bits(torch.tensor([1, 0, 1, 1, 0], dtype=torch.bool)),
+         "scored_bits": pack_bits(torch.ones(5, dtype=torch.bool))}
+    b = {"correct_bits": pack_bits(torch.tensor([1, 1, 1, 1, 1], dtype=torch.bool)),
+         "scored_bits": pack_bits(torch.ones(5, dtype=torch.bool))}
+    assert stats.paired_rows(a, b, 5, n_boot=200).estimate == pytest.approx(0.4)
+    c = dict(b, scored_bits=pack_bits(torch.tensor([1, 1, 1, 1, 0], dtype=torch.bool)))
+    with pytest.raises(ConfigError, match="different images"):
+        stats.paired_rows(a, c, 5)
