@@ -96,7 +96,11 @@ def _dispatch(args) -> int:
         if args.device:
             overrides["device"] = args.device
         params = book.notebook_params(prof, entry.name, overrides)
-        out = book.run_notebook(entry.name, params, out_dir=args.out_dir)
+        out_dir = args.out_dir
+        if out_dir is None and entry.reads:  # the ledger has no parameters: it follows the profile named
+            out_dir = book.REPO / "book" if prof["name"] == book.PUBLISHED_PROFILE else \
+                book.REPO / "_scratch" / prof["name"]
+        out = book.run_notebook(entry.name, params, out_dir=out_dir)
         print(f"wrote {out}")
         return 0
     if args.command == "book":

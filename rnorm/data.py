@@ -185,7 +185,7 @@ _SPLITS = ("train", "test")
 # (dataset, split, resolved root) -> (images, labels). See the module docstring.
 _MEMO: dict[tuple[str, str, str], tuple[torch.Tensor, torch.Tensor]] = {}
 
-_CACHE_VERSION = 2  # 2: records the size and mtime of every source file
+_CACHE_VERSION = 3  # 2: records the size and mtime of every source file; 3: as an int64 tensor
 
 
 # ----------------------------------------------------------------------------- validation
@@ -290,11 +290,13 @@ def load(name: str, split: str, root: str | os.PathLike | None = None
             return images, labels
     if name == "fashion_mnist":
         images, labels = _load_fashion_mnist(root_path, split)
+        proof = _proof(name, root_path, split)
     elif name == "cifar10":
         images, labels = _load_cifar10(root_path, split)
+        proof = None
     else:
-        images, labels = _load_cifar10_jpeg(root_path, split)
-    _MEMO[key] = (images, labels, _proof(name, root_path, split))
+        images, labels, proof = _load_cifar10_jpeg(root_path, split)
+    _MEMO[key] = (images, labels, proof)
     return images, labels
 
 
@@ -309,10 +311,14 @@ def _proof(name: str, root: Path, split: str):
     if name == "cifar10_jpeg":
         base = root / "CIFAR-10-JPEG"
         try:
-            return (_stat(base / "MANIFEST.sha256"), tuple(sorted(_split_stats(base, split).items())))
+            return _jpeg_proof(base, _split_stats(base, split))
         except DataError:
             return ("missing",)
     return None
+
+
+def _jpeg_proof(base: Path, stats: dict) -> tuple:
+    return (_stat(base / "MANIFEST.sha256"), tuple(sorted(stats.items())))
 
 
 def _stat(path: Path) -> tuple[int, int]:
@@ -827,13 +833,14 @@ def _read_cache(path: Path, labels_expected: torch.Tensor, manifest_hash: str):
             and isinstance(images, torch.Tensor) and isinstance(labels, torch.Tensor)
             and images.dtype == torch.uint8 and tuple(images.shape) == (n, 3, 32, 32)
             and labels.dtype == torch.int64 and torch.equal(labels, labels_expected)
-            and isinstance(payload.get("files"), dict)
+            and isinstance(payload.get("file_stats"), torch.Tensor)
+            and tuple(payload["file_stats"].shape) == (n, 2)
         )
         problem = "wrong contents or shapes"
     except Exception as exc:  # noqa: BLE001 - any unreadable cache is rebuilt
         ok, problem = False, f"unreadable ({type(exc).__name__}: {exc})"
     if ok:
-        return images.contiguous(), labels, payload["files"]
+        return images.contiguous(), labels, payload["file_stats"]
     warnings.warn(f"rnorm cache file {path} is {problem}; deleting and rebuilding it",
                   RuntimeWarning, stacklevel=4)
     try:
@@ -844,7 +851,7 @@ def _read_cache(path: Path, labels_expected: torch.Tensor, manifest_hash: str):
 
 
 def _write_cache(path: Path, images: torch.Tensor, labels: torch.Tensor,
-                 manifest_hash: str, files: dict) -> None:
+                 manifest_hash: str, file_stats: torch.Tensor) -> None:
     """Write the cache atomically (temp file in the same folder + os.replace)."""
     tmp = None
     try:
@@ -853,8 +860,7 @@ def _write_cache(path: Path, images: torch.Tensor, labels: torch.Tensor,
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; the cache is not secret
         with os.fdopen(fd, "wb") as f:
             torch.save({"version": _CACHE_VERSION, "manifest_sha256": manifest_hash,
-                        "images": images, "labels": labels,
-                        "files": {k: list(v) for k, v in files.items()}}, f)
+                        "images": images, "labels": labels, "file_stats": file_stats}, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -882,17 +888,19 @@ def _load_cifar10_jpeg(root: Path, split: str) -> tuple[torch.Tensor, torch.Tens
     _check_file_set(base, split, entries, stats)  # on every load, cache or not
     labels_expected = torch.tensor([e[2] for e in entries], dtype=torch.int64)
     cache_path = _cache_dir(root) / f"cifar10_jpeg-{split}-{manifest_hash[:16]}.pt"
+    # (size, mtime_ns) of every file, in the manifest entries' order (the order of the cached images)
+    now = torch.tensor([stats[e[1]] for e in entries], dtype=torch.int64)
+    proof = _jpeg_proof(base, stats)
     cached = _read_cache(cache_path, labels_expected, manifest_hash)
     if cached is not None:
         images, labels, recorded = cached
-        digests = {e[1]: e[0] for e in entries}
-        for rel, st in stats.items():
-            if list(st) != recorded.get(rel):  # changed since the cache was built: prove it is the same file
-                if _sha256_file(base / rel) != digests[rel]:
-                    raise DataError(f"sha256 mismatch for {base / rel}: the file does not match "
-                                    f"{base / 'MANIFEST.sha256'} (corrupt or modified since the decoded cache "
-                                    f"{cache_path} was built); nothing was trained on it. Re-copy the file.")
-        return images, labels
+        for i in torch.nonzero((now != recorded).any(dim=1), as_tuple=True)[0].tolist():
+            digest, rel = entries[i][0], entries[i][1]  # changed since the cache was built: the same file?
+            if _sha256_file(base / rel) != digest:
+                raise DataError(f"sha256 mismatch for {base / rel}: the file does not match "
+                                f"{base / 'MANIFEST.sha256'} (corrupt or modified since the decoded cache "
+                                f"{cache_path} was built); nothing was trained on it. Re-copy the file.")
+        return images, labels, proof
     images, labels = _build_cifar10_jpeg(base, split, entries)
-    _write_cache(cache_path, images, labels, manifest_hash, stats)
-    return images, labels
+    _write_cache(cache_path, images, labels, manifest_hash, now)
+    return images, labels, proof

@@ -112,11 +112,15 @@ def provenance(notebook: str, params: dict, *, device=None, runs=None, wall_seco
     """What made a results folder: the matching profile, the parameters, their key, code and machine."""
     from .book import matching_profile, notebook_key
     from .hardware import environment
+    try:
+        key = notebook_key(notebook, params)
+    except FileNotFoundError:  # rnorm installed without its notebooks: the book cannot be kept up to date
+        key = None
     return {
         "notebook": notebook,
         "profile": matching_profile(notebook, params),
         "parameters": params,
-        "key": notebook_key(notebook, params),
+        "key": key,
         "git_commit": git_commit(),
         "versions": package_versions(),
         "device": device,
