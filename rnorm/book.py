@@ -12,7 +12,9 @@ results folder) and of the code of the ``rnorm`` modules it imports, directly or
 syntax trees without docstrings, so a comment or a docstring changes nothing).
 :func:`run_book` re-executes exactly the notebooks whose key changed or whose outputs are
 missing (plus the ledger when any study re-ran), trains only the runs those need, then builds.
-``rerun=True`` re-executes every notebook of the profile.
+``rerun=True`` re-executes every notebook of the profile. A notebook that reads others (the
+ledger) is also re-executed when the keys of the results it read differ from the ones it
+recorded, e.g. after ``rnorm book --only 02_stats_swap``.
 
 Where results go. ``rnorm book --profile NAME`` builds the book from that profile, in ``book/``.
 :func:`run_notebook` (``rnorm run``) writes into ``book/`` only when the parameters are exactly
@@ -203,21 +205,25 @@ def _code_fingerprint(tree: ast.AST) -> str:
     return ast.dump(tree, include_attributes=False)
 
 
+# Modules that cannot change a notebook's results: the command line and the book driver. Package
+# __init__ files are registries (rnorm.experiments imports every study): following them would make
+# every notebook depend on every other one.
+_NOT_RESULTS = ("rnorm.book", "rnorm.cli")
+
+
 def code_version(source_code: str) -> dict[str, str]:
-    """``{module: hash}`` of every rnorm module the code imports, transitively (``rnorm`` parents included)."""
+    """``{module: hash}`` of every rnorm module the code imports, transitively (imports inside
+    functions included), leaving out package ``__init__`` files and :data:`_NOT_RESULTS`."""
     todo = _rnorm_imports(ast.parse(source_code), "rnorm")
     seen: dict[str, str] = {}
     while todo:
         name = todo.pop()
-        if name in seen:
-            continue
-        parts = name.split(".")
-        todo |= {".".join(parts[:i]) for i in range(1, len(parts))} - set(seen)
         f = _module_file(name)
+        if name in seen or name in _NOT_RESULTS or f.name == "__init__.py":
+            continue
         tree = ast.parse(f.read_text())
         seen[name] = hashlib.sha256(_code_fingerprint(tree).encode()).hexdigest()[:16]
-        pkg = name if f.name == "__init__.py" else name.rsplit(".", 1)[0]
-        todo |= _rnorm_imports(ast.parse(f.read_text()), pkg) - set(seen)
+        todo |= _rnorm_imports(ast.parse(f.read_text()), name.rsplit(".", 1)[0]) - set(seen)
     return dict(sorted(seen.items()))
 
 
@@ -259,9 +265,20 @@ def stale_notebooks(profile: dict, notebooks=None, out_dir=None) -> list[str]:
     stale: list[str] = []
     for nb in execution_order(notebooks or REGISTRY):
         expected = notebook_key(nb, profile["notebooks"][nb])
-        if recorded_key(nb, out_dir) != expected or any(r in stale for r in get(nb).reads):
+        reads = get(nb).reads
+        if recorded_key(nb, out_dir) != expected or any(r in stale for r in reads) or \
+                (reads and recorded_inputs(nb, out_dir) != {r: recorded_key(r, out_dir) for r in reads}):
             stale.append(nb)
     return stale
+
+
+def recorded_inputs(notebook: str, out_dir) -> dict | None:
+    """The keys of the notebooks it read, as a reading notebook (the ledger) recorded them."""
+    f = Path(out_dir) / "results" / notebook / "summary.json"
+    try:
+        return json.loads(f.read_text()).get("inputs")
+    except (OSError, ValueError):
+        return None
 
 
 # ------------------------------------------------------------------------------------- training

@@ -183,7 +183,7 @@ DATASETS: dict[str, DatasetInfo] = {
 _SPLITS = ("train", "test")
 
 # (dataset, split, resolved root) -> (images, labels). See the module docstring.
-_MEMO: dict[tuple[str, str, str], tuple[torch.Tensor, torch.Tensor]] = {}
+_MEMO: dict[tuple[str, str, str], tuple[torch.Tensor, torch.Tensor, object]] = {}  # + the proof
 
 _CACHE_VERSION = 3  # 2: records the size and mtime of every source file; 3: as an int64 tensor
 
@@ -272,7 +272,9 @@ def load(name: str, split: str, root: str | os.PathLike | None = None
 
     ``name`` is one of :data:`DATASETS`, ``split`` is ``"train"`` or ``"test"``, ``root``
     defaults to :func:`data_root`. Repeated calls in one process return the same tensor
-    objects (in-process memo), so callers must not modify them in place.
+    objects (in-process memo) as long as the files are unchanged (their sizes and modification
+    times are checked on every call; ``cifar10``, read through torchvision, is read again each
+    time), so callers must not modify them in place.
 
     Raises :class:`DataError` for missing or corrupt files, ``ValueError`` for an unknown
     dataset or split.

@@ -353,8 +353,8 @@ class _Scorer:
     """Scores the rows of one grid on one model and one ordered image set (state shared across rows:
     the ordered sets, the PreciseBN copies, the population-crafted examples of the last group)."""
 
-    def __init__(self, grid, model, sets, n_aa, params, precise_models):
-        self.grid, self.model, self.sets, self.n_aa = grid, model, sets, n_aa
+    def __init__(self, grid, model, sets, n_aa, params, precise_models, n_images):
+        self.grid, self.model, self.sets, self.n_aa, self.n_images = grid, model, sets, n_aa, n_images
         self.params, self.precise, self.crafted = params, precise_models, {}
 
     def score(self, row: dict) -> dict:
@@ -381,8 +381,8 @@ class _Scorer:
         else:
             adv = _craft_all(scored_model, scored_stats, br, layout, x_all, y_all, a, e, params, k, row_seed)
         correct = scored = 0
-        per_correct = torch.zeros(x_all.shape[0], dtype=torch.bool)
-        per_scored = torch.zeros(x_all.shape[0], dtype=torch.bool)
+        per_correct = torch.zeros(self.n_images, dtype=torch.bool)  # every row: all the images given
+        per_scored = torch.zeros(self.n_images, dtype=torch.bool)
         with torch.no_grad(), _stats_context(scored_model, scored_stats), _norms.route(scored_model, br):
             for (pos, new), x in zip(layout, adv):
                 m = min(new, k) if a != "clean" else new
@@ -422,7 +422,7 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, grid:
     attack's parameters as JSON, e.g. PGD's steps and step size); with ``per_image=True`` also
     ``correct_bits`` and ``scored_bits``: which images (by their index in ``images``) were
     scored and classified correctly, packed (:func:`unpack_bits`), so that two rows scored on the
-    same images can be compared pair by pair (:func:`rnorm.stats.paired_images`).
+    same images can be compared pair by pair (:func:`rnorm.stats.paired_rows`).
 
     Rows and skips:
 
@@ -499,7 +499,7 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, grid:
             precise_models = {br: precise_bn(model, *precise_bn_data, branch=br, device=dev,
                                              **grid.precise_bn_options).eval() for br in grid.branches}
             precise_seconds = time.perf_counter() - t0
-        scorer = _Scorer(grid, model, sets, n_aa, params, precise_models)
+        scorer = _Scorer(grid, model, sets, n_aa, params, precise_models, images.shape[0])
         for row in rows:
             out_rows.append(scorer.score(row))
             if bar is not None:
@@ -519,16 +519,22 @@ def _ordered(images, labels, n: int, grid: EvalGrid, dev):
     return images[:n][order].to(dev), labels[:n][order].to(dev), order
 
 
+_BITS = "bits:"
+
+
 def pack_bits(mask: torch.Tensor) -> str:
-    """A boolean vector as hex of its packed bits (first image = highest bit of the first byte)."""
+    """A boolean vector as ``bits:`` + hex of its packed bits (first image = highest bit of the first
+    byte); the prefix keeps CSV readers from taking it for a number."""
     import numpy as np
-    return np.packbits(mask.numpy().astype(np.uint8)).tobytes().hex()
+    return _BITS + np.packbits(mask.numpy().astype(np.uint8)).tobytes().hex()
 
 
 def unpack_bits(text: str, n: int):
     """The boolean numpy vector of length ``n`` that :func:`pack_bits` wrote as ``text``."""
     import numpy as np
-    bits = np.unpackbits(np.frombuffer(bytes.fromhex(text), dtype=np.uint8))
+    if not isinstance(text, str) or not text.startswith(_BITS):
+        raise ConfigError(f"per-image bits {str(text)[:20]!r} are not what pack_bits writes: a damaged results file?")
+    bits = np.unpackbits(np.frombuffer(bytes.fromhex(text[len(_BITS):]), dtype=np.uint8))
     if bits.size < n or bits[n:].any():
         raise ConfigError(f"per-image bits hold {bits.size} entries, not {n}: a damaged results file?")
     return bits[:n].astype(bool)

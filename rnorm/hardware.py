@@ -26,7 +26,6 @@ import torch
 from ._validate import ConfigError, check_choice
 
 PRECISIONS = ("auto", "fp32", "bf16")
-RESOLVED_PRECISIONS = ("fp32", "bf16")
 LAYOUTS = ("auto", True, False)
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 

@@ -36,7 +36,6 @@ LABELS = {
     "white-box": "white-box", "transfer": "transfer", "all": "all adversarial", "mixed": "mixed",
     "ema": "EMA population stats",
 }
-STATS_LABELS = {k: LABELS[k] for k in ("population", "batch", "population_mean", "precise")}
 
 
 def label(value) -> str:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ._io import atomic_write_text, replace_dir
+from ._io import FileLock, atomic_write_text, replace_dir
 
 RESULTS_ROOT_ENV = "RNORM_RESULTS"
 
@@ -64,11 +64,18 @@ class StudyResult:
 
 
 class ResultsDir:
-    """The results folder of one notebook; its parent is created and checked writable on construction."""
+    """The results folder of one notebook; its parent is created and checked writable on construction.
 
-    def __init__(self, notebook: str, root=None):
+    Given the notebook's parameters, the notebook's key (:func:`rnorm.book.notebook_key`) is taken
+    now, at the start, so that results record the source and code they were computed with even if
+    a file is edited while the notebook runs.
+    """
+
+    def __init__(self, notebook: str, root=None, params=None):
         self.notebook = notebook
         self.path = results_root(root) / notebook
+        self.key = _key(notebook, params.as_dict() if hasattr(params, "as_dict") else params) \
+            if params is not None else None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd, probe = tempfile.mkstemp(dir=self.path.parent, prefix=".write-test-")
@@ -80,14 +87,19 @@ class ResultsDir:
         self.started = time.time()
 
     def save(self, result: StudyResult, *, extra: dict | None = None) -> Path:
-        """Write all of ``result`` (plus ``extra`` JSON files by name) into the folder, all or nothing."""
+        """Write all of ``result`` (plus ``extra`` JSON files by name) into the folder, all or nothing
+        (one save at a time per notebook: a lock file beside the folder)."""
+        with FileLock(self.path.parent / f".{self.notebook}.save.lock", poll=0.2):
+            return self._save(result, extra)
+
+    def _save(self, result: StudyResult, extra: dict | None) -> Path:
         from .plots import save as save_figure
 
         staged = Path(tempfile.mkdtemp(dir=self.path.parent, prefix=f".{self.notebook}.staged-"))
         try:
             for name, frame in result.frames.items():
-                (staged / f"{name}.csv").write_text(frame.to_csv(index=False))
-            result.summary.to_csv(staged / "summary.csv", index=False)
+                atomic_write_text(staged / f"{name}.csv", frame.to_csv(index=False))
+            atomic_write_text(staged / "summary.csv", result.summary.to_csv(index=False))
             _write_json(staged / "summary.json", result.headline)
             for name, obj in (extra or {}).items():
                 _write_json(staged / f"{name}.json", obj)
@@ -95,7 +107,7 @@ class ResultsDir:
                 save_figure(fig, staged / name, data=data)
             params = result.params.as_dict() if hasattr(result.params, "as_dict") else dict(result.params)
             _write_json(staged / "provenance.json", provenance(self.notebook, params, device=result.device,
-                                                               runs=result.run_records(),
+                                                               runs=result.run_records(), key=self.key,
                                                                wall_seconds=time.time() - self.started))
             for f in staged.iterdir():
                 os.chmod(f, 0o644)
@@ -108,14 +120,19 @@ class ResultsDir:
         return self.path
 
 
-def provenance(notebook: str, params: dict, *, device=None, runs=None, wall_seconds=None) -> dict:
-    """What made a results folder: the matching profile, the parameters, their key, code and machine."""
-    from .book import matching_profile, notebook_key
-    from .hardware import environment
+def _key(notebook: str, params: dict) -> str | None:
+    from .book import notebook_key
     try:
-        key = notebook_key(notebook, params)
+        return notebook_key(notebook, params)
     except FileNotFoundError:  # rnorm installed without its notebooks: the book cannot be kept up to date
-        key = None
+        return None
+
+
+def provenance(notebook: str, params: dict, *, device=None, runs=None, wall_seconds=None, key=None) -> dict:
+    """What made a results folder: the matching profile, the parameters, their key, code and machine."""
+    from .book import matching_profile
+    from .hardware import environment
+    key = key or _key(notebook, params)
     return {
         "notebook": notebook,
         "profile": matching_profile(notebook, params),
@@ -132,7 +149,7 @@ def provenance(notebook: str, params: dict, *, device=None, runs=None, wall_seco
 
 
 def _write_json(path: Path, obj) -> None:
-    path.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_jsonable, allow_nan=True) + "\n")
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_jsonable, allow_nan=True) + "\n")
 
 
 def git_commit() -> str | None:
@@ -167,6 +184,13 @@ def _jsonable(obj):
 
 def read_json(path) -> dict:
     return json.loads(Path(path).read_text())
+
+
+def read_csv_exact(path, **kw) -> pd.DataFrame:
+    """``pandas.read_csv`` with an exact float round trip (the default from pandas 3 on), so that a
+    value written and read back compares equal; per-image bit columns stay strings."""
+    exact = {} if int(pd.__version__.split(".")[0]) >= 3 else {"float_precision": "round_trip"}
+    return pd.read_csv(path, dtype={"correct_bits": str, "scored_bits": str}, **exact, **kw)
 
 
 __all__ = ["StudyResult", "ResultsDir", "results_root", "provenance", "git_commit", "package_versions",

@@ -56,7 +56,7 @@ import torch
 from . import _io
 from . import hardware
 from . import train as _train
-from ._validate import ConfigError, check_choice, check_float, check_int, suggest
+from ._validate import ConfigError, check_bool, check_choice, check_float, check_int, suggest
 from .norms import NORMS, SHARE_MODES
 
 SCHEMA_VERSION = 2
@@ -77,12 +77,6 @@ def _datasets() -> tuple[str, ...]:
 def _archs() -> tuple[str, ...]:
     from .models import ARCHS
     return ARCHS
-
-
-def _check_bool(name: str, value) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{name}={value!r} must be True or False.")
-    return value
 
 
 def _check_eps(name: str, value) -> float:
@@ -185,7 +179,7 @@ class RunConfig:
             s("train_subset", check_int("train_subset", self.train_subset, min_value=1))
         s("holdout", check_int("holdout", self.holdout, min_value=0))
         if self.augment is not None:
-            _check_bool("augment", self.augment)
+            check_bool("augment", self.augment)
 
     _ATTACK_FIELDS = ("train_eps", "train_steps", "train_alpha", "attack_stats")
 

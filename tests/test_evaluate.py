@@ -486,3 +486,17 @@ def test_per_image_correctness_is_kept_by_image_index_and_sums_to_the_counts():
         truth = (model(x).argmax(1) == y).numpy()  # population statistics: per image, order-free
     assert (unpack_bits(clean["correct_bits"], 20) == truth).all()
     assert "correct_bits" not in evaluate(model, x, y, attacks=("clean",), batch_sizes=(8,), device="cpu")
+
+
+def test_per_image_bits_survive_a_csv_round_trip(tmp_path):
+    """Hex such as '0000' or '0e10' must not come back as a number from the results CSV."""
+    from rnorm.evaluate import pack_bits, unpack_bits
+    from rnorm.results import read_csv_exact
+    masks = [torch.zeros(16, dtype=torch.bool), torch.tensor([0] * 4 + [1] * 3 + [0] * 9, dtype=torch.bool)]
+    import pandas as pd
+    f = tmp_path / "t.csv"
+    pd.DataFrame({"correct_bits": [pack_bits(m) for m in masks], "eps": [1 / 255, 8 / 255]}).to_csv(f, index=False)
+    back = read_csv_exact(f)
+    for m, text in zip(masks, back["correct_bits"]):
+        assert (unpack_bits(text, 16) == m.numpy()).all()
+    assert back["eps"].tolist() == [1 / 255, 8 / 255]  # exact floats

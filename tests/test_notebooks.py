@@ -104,6 +104,9 @@ def test_book_is_incremental_like_make(smoke_runs, tmp_path, monkeypatch):
     record = book.run_book("smoke", build=False, out_dir=root, device="cpu")
     assert record["executed"] == ["02_stats_swap", "05_claims_ledger"]
     assert book.run_book("smoke", build=False, out_dir=root, device="cpu")["executed"] == []
+    # a study re-run on its own leaves the ledger reading old results: the ledger is stale then
+    book.run_book("smoke", build=False, out_dir=root, device="cpu", notebooks=["03_robustnorm"], rerun=True)
+    assert book.stale_notebooks(book.load_profile("smoke"), out_dir=root) == ["05_claims_ledger"]
 
 
 def _tree_digest(folder: Path) -> dict:

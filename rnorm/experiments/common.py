@@ -42,27 +42,35 @@ def dataset_note(names) -> str:
             "published CIFAR-10 results as if they were.\n```")
 
 
-EVAL_CACHE_VERSION = 1
+EVAL_CACHE_VERSION = 2
 _UNCACHED_KEYS = ("device", "progress")
+# The modules that define what an evaluation computes: their code (without docstrings) is part of
+# the cache key, so a change of evaluation semantics is never answered from an old cache.
+_EVAL_MODULES = "from rnorm import evaluate, attacks, norms, precise_bn, _tensors"
 
 
 def cached_evaluate(run, model, images, labels, **kwargs):
     """:func:`rnorm.evaluate.evaluate`, cached in the run's folder by the hash of everything it depends on.
 
     The key hashes the run's config key, the test images and labels (their bytes), every keyword
-    argument except ``device`` and ``progress``, and a cache version. A cached frame is read back from
-    ``<run>/eval-<key>.csv`` (written atomically); re-running a notebook then skips its evaluation.
+    argument except ``device`` and ``progress``, a cache version, and the code of the modules that
+    define the evaluation (:data:`_EVAL_MODULES`, docstrings aside). A cached frame is read back
+    (exactly, :func:`rnorm.results.read_csv_exact`) from ``<run>/eval-<key>.csv`` (written
+    atomically); re-running a notebook then skips its evaluation.
     """
     import hashlib
     import json
 
-    import pandas as pd
 
     from .._io import atomic_write_text
     from ..evaluate import evaluate
 
+    from ..book import code_version
+    from ..results import read_csv_exact
+
     h = hashlib.sha256()
     h.update(f"v{EVAL_CACHE_VERSION}:{run.config.key()}".encode())
+    h.update(json.dumps(code_version(_EVAL_MODULES), sort_keys=True).encode())
     for t in (images, labels):
         h.update(str(tuple(t.shape)).encode() + str(t.dtype).encode())
         h.update(t.detach().cpu().contiguous().numpy().tobytes())
@@ -70,7 +78,7 @@ def cached_evaluate(run, model, images, labels, **kwargs):
     h.update(json.dumps(args, sort_keys=True, default=repr).encode())
     path = run.path / f"eval-{h.hexdigest()[:16]}.csv"
     if path.is_file():
-        return pd.read_csv(path, keep_default_na=False, na_values=[""])
+        return read_csv_exact(path, keep_default_na=False, na_values=[""])
     frame = evaluate(model, images, labels, **kwargs)
     atomic_write_text(path, frame.to_csv(index=False))
     return frame

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pandas as pd
 
 from ..attacks import parse_eps
@@ -48,12 +49,12 @@ class EBNParams(TrainingParams):
         self._set("recipes", choice_list("recipes", self.recipes, RECIPES))
         super()._check()
         self._set("train_eps", parse_eps(self.train_eps))
-        check_int("train_steps", self.train_steps, min_value=1)
+        self._set("train_steps", check_int("train_steps", self.train_steps, min_value=1))
         self._set("attacks", choice_list("attacks", self.attacks, ("fgsm", "pgd")))
         self._set("epsilons", eps_list("epsilons", self.epsilons))
-        check_int("pgd_steps", self.pgd_steps, min_value=1)
-        check_int("test_n", self.test_n, min_value=1)
-        check_int("eval_batch_size", self.eval_batch_size, min_value=2)
+        self._set("pgd_steps", check_int("pgd_steps", self.pgd_steps, min_value=1))
+        self._set("test_n", check_int("test_n", self.test_n, min_value=1))
+        self._set("eval_batch_size", check_int("eval_batch_size", self.eval_batch_size, min_value=2))
         if self.eval_batch_size > self.test_n:
             raise ConfigError(f"eval_batch_size={self.eval_batch_size} is larger than test_n={self.test_n}; "
                               f"allowed: batch sizes up to test_n.")
@@ -145,7 +146,7 @@ def summary(p: EBNParams, acc: pd.DataFrame) -> dict:
         entry = {"dataset": d, "arch": a, "recipes": {}}
         for recipe, rs in sub.groupby("recipe", sort=False):
             clean = rs[rs["attack"] == "clean"]["accuracy"]
-            pgd = rs[(rs["attack"] == "pgd") & (rs["eps"] == eps)]["accuracy"]
+            pgd = rs[(rs["attack"] == "pgd") & np.isclose(rs["eps"], eps, rtol=0, atol=1e-9)]["accuracy"]
             entry["recipes"][recipe] = {
                 "clean_mean": float(clean.mean()), "clean_std": float(clean.std(ddof=1)) if len(clean) > 1 else 0.0,
                 "pgd_mean": float(pgd.mean()) if len(pgd) else None,

@@ -293,12 +293,11 @@ def run(p: LedgerParams) -> StudyResult:
     tf = Path(root) / f"timings-{profile}.json"
     timings = json.loads(tf.read_text()) if profile and tf.is_file() else None
     table = ledger(root)
-    summary = table[["claim", "verdict"]].assign(seed=0)
+    headline = {"profile": profile, "verdicts": dict(zip(table["claim"], table["verdict"])),
+                "inputs": {nb: provs[nb].get("key") if nb in provs else None for nb in STUDIES}}
     return StudyResult(p.NOTEBOOK, p, {"ledger": table, "scale": scale_table(provs),
                                        "timings": timings_table(provs, timings)},
-                       summary.drop(columns="seed"), {"profile": profile,
-                                                      "verdicts": dict(zip(table["claim"], table["verdict"]))},
-                       [], "cpu")
+                       table[["claim", "verdict"]], headline, [], "cpu")
 
 
 def runs(p: LedgerParams) -> list:

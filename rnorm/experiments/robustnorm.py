@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pandas as pd
 
 from ..evaluate import summarize, test_subset
@@ -47,9 +48,9 @@ class RobustNormParams(TrainingParams):
         self._set("stats_modes", choice_list("stats_modes", self.stats_modes, ("population", "batch", "population_mean")))
         self._set("attacks", choice_list("attacks", self.attacks, ("fgsm", "pgd")))
         self._set("epsilons", eps_list("epsilons", self.epsilons))
-        check_int("pgd_steps", self.pgd_steps, min_value=1)
-        check_int("test_n", self.test_n, min_value=1)
-        check_int("eval_batch_size", self.eval_batch_size, min_value=2)
+        self._set("pgd_steps", check_int("pgd_steps", self.pgd_steps, min_value=1))
+        self._set("test_n", check_int("test_n", self.test_n, min_value=1))
+        self._set("eval_batch_size", check_int("eval_batch_size", self.eval_batch_size, min_value=2))
         if self.eval_batch_size > self.test_n:
             raise ConfigError(f"eval_batch_size={self.eval_batch_size} is larger than test_n={self.test_n}; "
                               f"allowed: batch sizes up to test_n.")
@@ -111,14 +112,16 @@ def summary(p: RobustNormParams, acc: pd.DataFrame, history: pd.DataFrame) -> di
     pop = acc[acc["stats"] == "population"]
     for (norm, norm_p), sub in pop.groupby(["norm", "norm_p"], sort=False, dropna=False):
         clean = sub[sub["attack"] == "clean"]["accuracy"]
-        pgd = sub[(sub["attack"] == "pgd") & (sub["eps"] == eps)]["accuracy"]
-        speed = history[(history["norm"] == norm) & ((history["norm_p"] == norm_p) | history["norm_p"].isna())]
+        pgd = sub[(sub["attack"] == "pgd") & np.isclose(sub["eps"], eps, rtol=0, atol=1e-9)]["accuracy"]
+        same = history["norm_p"].isna() if pd.isna(norm_p) else np.isclose(history["norm_p"], norm_p)
+        speed = history[(history["norm"] == norm) & same]
         out["models"].append({
             "norm": norm, "norm_p": None if pd.isna(norm_p) else float(norm_p),
             "clean_mean": float(clean.mean()), "clean_std": float(clean.std(ddof=1)) if len(clean) > 1 else 0.0,
             "pgd_mean": float(pgd.mean()) if len(pgd) else None,
             "pgd_std": (float(pgd.std(ddof=1)) if len(pgd) > 1 else 0.0) if len(pgd) else None,
-            "n_seeds": int(len(clean)), "images_per_s": float(speed["images_per_s"].mean()),
+            "n_seeds": int(len(clean)),
+            "images_per_s": float(speed["images_per_s"].mean()) if "images_per_s" in speed else float("nan"),
         })
     return out
 

@@ -23,9 +23,6 @@ from ..runs import RunConfig
 from .common import setup, train_runs
 from .params import ConfigError, TrainingParams, check_int, choice_list, eps_list
 
-REFERENCES = {"ema": "EMA population stats", "precise": "PreciseBN population stats"}
-
-
 @dataclasses.dataclass(frozen=True)
 class ShiftParams(TrainingParams):
     """Parameters of ``01_distribution_shift``."""
@@ -44,9 +41,9 @@ class ShiftParams(TrainingParams):
         super()._check()
         self._set("attacks", choice_list("attacks", self.attacks, ("fgsm", "pgd")))
         self._set("epsilons", eps_list("epsilons", self.epsilons))
-        check_int("pgd_steps", self.pgd_steps, min_value=1)
-        check_int("probe_n", self.probe_n, min_value=2)
-        check_int("precise_n", self.precise_n, min_value=2)
+        self._set("pgd_steps", check_int("pgd_steps", self.pgd_steps, min_value=1))
+        self._set("probe_n", check_int("probe_n", self.probe_n, min_value=2))
+        self._set("precise_n", check_int("precise_n", self.precise_n, min_value=2))
         self._set("show_layers", tuple(check_int("show_layers", i, min_value=None) for i in
                                        (self.show_layers if isinstance(self.show_layers, (list, tuple))
                                         else (self.show_layers,))))
