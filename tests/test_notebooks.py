@@ -104,8 +104,10 @@ def test_book_is_incremental_like_make(smoke_runs, tmp_path, monkeypatch):
     record = book.run_book("smoke", build=False, out_dir=root, device="cpu")
     assert record["executed"] == ["02_stats_swap", "05_claims_ledger"]
     assert book.run_book("smoke", build=False, out_dir=root, device="cpu")["executed"] == []
-    # a study re-run on its own leaves the ledger reading old results: the ledger is stale then
-    book.run_book("smoke", build=False, out_dir=root, device="cpu", notebooks=["03_robustnorm"], rerun=True)
+    # a study changed and re-run on its own leaves the ledger reading old results: the ledger is stale then
+    text = (profiles / "smoke.yaml").read_text()
+    (profiles / "smoke.yaml").write_text(text.replace("  03_robustnorm:\n", "  03_robustnorm:\n    include_nonorm: false\n", 1))
+    book.run_book("smoke", build=False, out_dir=root, device="cpu", notebooks=["03_robustnorm"])
     assert book.stale_notebooks(book.load_profile("smoke"), out_dir=root) == ["05_claims_ledger"]
 
 
