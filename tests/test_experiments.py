@@ -408,3 +408,15 @@ def test_notebook_key_follows_source_parameters_and_code_but_not_docstrings(tmp_
     b = book._code_fingerprint(ast.parse('def f():\n    """other doc"""\n    return 1\n'))
     c = book._code_fingerprint(ast.parse('def f():\n    return 2\n'))
     assert a == b != c
+
+
+def test_accuracy_table_keeps_the_order_of_the_rows_and_shows_mean_and_sd():
+    import pandas as pd
+    from rnorm.experiments.common import accuracy_table
+    acc = pd.DataFrame({"recipe": ["standard", "standard", "advprop", "advprop"] * 2,
+                        "attack": ["clean"] * 4 + ["pgd"] * 4, "eps": [0.0] * 4 + [8 / 255] * 4,
+                        "accuracy": [0.8, 0.9, 0.7, 0.7, 0.1, 0.3, 0.2, 0.2], "seed": [0, 1] * 4})
+    t = accuracy_table(acc, ["recipe"], labelled=("recipe",))
+    assert list(t.columns) == ["recipe", "clean", "PGD 8/255"]
+    assert t["recipe"].tolist() == ["standard", "AdvProp"]  # as the rows come, not alphabetical
+    assert t.iloc[0]["clean"] == "85.0 ± 7.1" and t.iloc[1]["PGD 8/255"] == "20.0 ± 0.0"

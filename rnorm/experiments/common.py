@@ -82,3 +82,24 @@ def cached_evaluate(run, model, images, labels, **kwargs):
     frame = evaluate(model, images, labels, **kwargs)
     atomic_write_text(path, frame.to_csv(index=False))
     return frame
+
+
+def accuracy_table(acc, by: list[str], labelled=()):
+    """Accuracy (%) "mean ± sd" over seeds per group of ``by`` (in the order the rows come; pivot alone
+    would sort names), one column per attack and ε (``clean`` first, as they come); the columns in
+    ``labelled`` are shown with their display labels (:func:`rnorm.plots.label`). For display only."""
+    import pandas as pd
+
+    from ..plots import attack_label, label
+    sub = acc.copy()
+    sub["column"] = attack_label(sub)
+    for c in by:
+        sub[c] = pd.Categorical(sub[c], categories=list(dict.fromkeys(sub[c])), ordered=True)
+    stat = sub.groupby(by + ["column"], sort=False, observed=True)["accuracy"].agg(["mean", "std"]).reset_index()
+    stat["std"] = stat["std"].fillna(0.0)
+    stat["value"] = [f"{100 * m:.1f} ± {100 * s:.1f}" for m, s in zip(stat["mean"], stat["std"])]
+    columns = list(dict.fromkeys(stat["column"]))
+    out = stat.pivot(index=by, columns="column", values="value").reset_index()[by + columns]
+    for c in by:
+        out[c] = out[c].astype(str).map(label) if c in labelled else out[c].astype(str)
+    return out.rename_axis(columns=None)

@@ -17,7 +17,7 @@ from ..evaluate import summarize, test_subset
 from ..results import StudyResult
 from ..runs import RunConfig
 from ..train import LOSS_WEIGHTINGS, branches_for
-from .common import cached_evaluate, setup, train_runs
+from .common import accuracy_table, cached_evaluate, setup, train_runs
 from .params import (ConfigError, TrainingParams, check_bool, check_choice, check_int, choice_list, eps_list)
 
 RECIPES = ("standard", "pgd_at", "advprop", "ebn", "advprop_ebn")
@@ -106,17 +106,7 @@ def run(p: EBNParams) -> StudyResult:
 
 
 def _display(acc: pd.DataFrame, by: list[str]) -> pd.DataFrame:
-    """Accuracy (%) "mean ± sd" over seeds, grouped by ``by`` (names shown as labels), one column per attack."""
-    from ..plots import attack_label, label
-    sub = acc.copy()
-    sub["column"] = attack_label(sub)
-    stat = sub.groupby(by + ["column"], sort=False)["accuracy"].agg(["mean", "std"]).reset_index()
-    stat["std"] = stat["std"].fillna(0.0)
-    stat["value"] = stat.apply(lambda r: f"{100 * r['mean']:.1f} ± {100 * r['std']:.1f}", axis=1)
-    out = stat.pivot(index=by, columns="column", values="value").reset_index()
-    for c in by:
-        out[c] = out[c].map(label)
-    return out
+    return accuracy_table(acc, by, labelled=("dataset", "recipe"))
 
 
 def main_table(acc: pd.DataFrame, branch: str = "main") -> pd.DataFrame:

@@ -16,7 +16,7 @@ import pandas as pd
 from ..evaluate import summarize, test_subset
 from ..results import StudyResult
 from ..runs import RunConfig
-from .common import cached_evaluate, setup, train_runs
+from .common import accuracy_table, cached_evaluate, setup, train_runs
 from .params import (ConfigError, TrainingParams, check_bool, check_float, check_int, choice_list, eps_list)
 
 
@@ -93,15 +93,11 @@ def run(p: RobustNormParams) -> StudyResult:
 
 
 def table(acc: pd.DataFrame, stats: str = "population") -> pd.DataFrame:
-    """Clean and robust accuracy (%) as "mean ± std" per model, one column per attack and epsilon (for display)."""
-    from ..plots import attack_label, model_label
-    sub = acc[acc["stats"] == stats].copy()
-    sub["model"] = [model_label(n, q) for n, q in zip(sub["norm"], sub["norm_p"])]
-    sub["column"] = attack_label(sub)
-    stat = sub.groupby(["model", "column"], sort=False)["accuracy"].agg(["mean", "std"]).reset_index()
-    stat["std"] = stat["std"].fillna(0.0)
-    stat["value"] = stat.apply(lambda r: f"{100 * r['mean']:.1f} ± {100 * r['std']:.1f}", axis=1)
-    return stat.pivot(index="model", columns="column", values="value").reset_index()
+    """Clean and robust accuracy (%) as "mean ± sd" per model, one column per attack and epsilon (for display)."""
+    from ..plots import model_label
+    sub = acc[acc["stats"] == stats]
+    sub = sub.assign(model=[model_label(n, q) for n, q in zip(sub["norm"], sub["norm_p"])])
+    return accuracy_table(sub, ["model"])
 
 
 def summary(p: RobustNormParams, acc: pd.DataFrame, history: pd.DataFrame) -> dict:
