@@ -18,7 +18,7 @@ from ..results import StudyResult
 from ..runs import RunConfig
 from ..train import LOSS_WEIGHTINGS, branches_for
 from .common import accuracy_table, cached_evaluate, setup, train_runs
-from .params import (ConfigError, TrainingParams, check_bool, check_choice, check_int, choice_list, eps_list)
+from .params import ConfigError, TrainingParams, check_bool, check_choice, check_int, choice_list
 
 RECIPES = ("standard", "pgd_at", "advprop", "ebn", "advprop_ebn")
 
@@ -50,14 +50,7 @@ class EBNParams(TrainingParams):
         super()._check()
         self._set("train_eps", parse_eps(self.train_eps))
         self._set("train_steps", check_int("train_steps", self.train_steps, min_value=1))
-        self._set("attacks", choice_list("attacks", self.attacks, ("fgsm", "pgd")))
-        self._set("epsilons", eps_list("epsilons", self.epsilons))
-        self._set("pgd_steps", check_int("pgd_steps", self.pgd_steps, min_value=1))
-        self._set("test_n", check_int("test_n", self.test_n, min_value=1))
-        self._set("eval_batch_size", check_int("eval_batch_size", self.eval_batch_size, min_value=2))
-        if self.eval_batch_size > self.test_n:
-            raise ConfigError(f"eval_batch_size={self.eval_batch_size} is larger than test_n={self.test_n}; "
-                              f"allowed: batch sizes up to test_n.")
+        self._check_evaluation()
         check_choice("loss_weighting", self.loss_weighting, LOSS_WEIGHTINGS)
         check_bool("ablation", self.ablation)
         if len(self.recipes) != len(set(self.recipes)):

@@ -193,6 +193,18 @@ class TrainingParams(NotebookParams):
         check_layout(self.channels_last)
         self._set("seeds", int_list("seeds", self.seeds, min_value=0))
 
+    def _check_evaluation(self) -> None:
+        """The evaluation parameters the studies share: ``attacks`` (fgsm, pgd), ``epsilons``,
+        ``pgd_steps``, ``test_n`` and ``eval_batch_size`` (at most ``test_n``)."""
+        self._set("attacks", choice_list("attacks", self.attacks, ("fgsm", "pgd")))
+        self._set("epsilons", eps_list("epsilons", self.epsilons))
+        self._set("pgd_steps", check_int("pgd_steps", self.pgd_steps, min_value=1))
+        self._set("test_n", check_int("test_n", self.test_n, min_value=1))
+        self._set("eval_batch_size", check_int("eval_batch_size", self.eval_batch_size, min_value=2))
+        if self.eval_batch_size > self.test_n:
+            raise ConfigError(f"eval_batch_size={self.eval_batch_size} is larger than test_n={self.test_n}; "
+                              f"allowed: batch sizes up to test_n.")
+
     def run_config(self, **fields):
         """A RunConfig with this notebook's training parameters plus ``fields`` (dataset, norm, seed, ...)."""
         from ..runs import RunConfig

@@ -17,7 +17,7 @@ from ..evaluate import summarize, test_subset
 from ..results import StudyResult
 from ..runs import RunConfig
 from .common import accuracy_table, cached_evaluate, setup, train_runs
-from .params import (ConfigError, TrainingParams, check_bool, check_float, check_int, choice_list, eps_list)
+from .params import ConfigError, TrainingParams, check_bool, check_float, choice_list
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,14 +46,7 @@ class RobustNormParams(TrainingParams):
             raise ConfigError(f"powers={list(self.powers)!r} repeats a value; give each power once.")
         check_bool("include_nonorm", self.include_nonorm)
         self._set("stats_modes", choice_list("stats_modes", self.stats_modes, ("population", "batch", "population_mean")))
-        self._set("attacks", choice_list("attacks", self.attacks, ("fgsm", "pgd")))
-        self._set("epsilons", eps_list("epsilons", self.epsilons))
-        self._set("pgd_steps", check_int("pgd_steps", self.pgd_steps, min_value=1))
-        self._set("test_n", check_int("test_n", self.test_n, min_value=1))
-        self._set("eval_batch_size", check_int("eval_batch_size", self.eval_batch_size, min_value=2))
-        if self.eval_batch_size > self.test_n:
-            raise ConfigError(f"eval_batch_size={self.eval_batch_size} is larger than test_n={self.test_n}; "
-                              f"allowed: batch sizes up to test_n.")
+        self._check_evaluation()
 
 
 def _norm_p(cfg: RunConfig) -> float:

@@ -20,8 +20,7 @@ from ..evaluate import summarize, test_subset
 from ..results import StudyResult
 from ..runs import RunConfig
 from .common import cached_evaluate, setup, train_runs
-from .params import (ConfigError, TrainingParams, check_bool, check_float, check_int, choice_list,
-                     eps_list, int_list)
+from .params import ConfigError, TrainingParams, check_bool, check_float, int_list
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,13 +42,9 @@ class StatsSwapParams(TrainingParams):
 
     def _check(self):
         super()._check()
-        self._set("attacks", choice_list("attacks", self.attacks, ("fgsm", "pgd")))
-        self._set("epsilons", eps_list("epsilons", self.epsilons))
+        self._check_evaluation()
         self._set("sweep_batch_sizes", int_list("sweep_batch_sizes", self.sweep_batch_sizes, min_value=2))
         self._set("sweep_eps", parse_eps(self.sweep_eps))
-        self._set("pgd_steps", check_int("pgd_steps", self.pgd_steps, min_value=1))
-        self._set("test_n", check_int("test_n", self.test_n, min_value=1))
-        self._set("eval_batch_size", check_int("eval_batch_size", self.eval_batch_size, min_value=2))
         self._set("adv_fraction", check_float("adv_fraction", self.adv_fraction, min_value=0.0, max_value=1.0, min_inclusive=False))
         check_bool("include_nonorm", self.include_nonorm)
         for name, bs in [("eval_batch_size", self.eval_batch_size)] + [("sweep_batch_sizes", b)
