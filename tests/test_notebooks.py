@@ -160,8 +160,9 @@ def _build(src: Path, executed: Path, results: Path) -> Path:
     """Build the book from `executed`/`results` in a copy of the chapters; returns the HTML folder."""
     exe = Path(sys.executable).with_name("jupyter-book")
     shutil.copytree(REPO / "book", src / "book", ignore=shutil.ignore_patterns("executed", "results"))
-    shutil.copytree(executed, src / "book" / "executed")
-    shutil.copytree(results, src / "book" / "results")
+    hidden = shutil.ignore_patterns(".*")  # files of a notebook being executed right now
+    shutil.copytree(executed, src / "book" / "executed", ignore=hidden)
+    shutil.copytree(results, src / "book" / "results", ignore=hidden)
     shutil.copytree(REPO / "benchmarks" / "results", src / "benchmarks" / "results")  # the Performance page includes it
     for f in ("_config.yml", "_toc.yml"):
         shutil.copy(REPO / f, src / f)
