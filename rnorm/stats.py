@@ -34,22 +34,44 @@ MIN_SEEDS = 3
 LEVEL = 0.95
 
 
+UNITS = ("points", "ratio", "share", "epochs")
+
+
 @dataclasses.dataclass(frozen=True)
 class Effect:
-    """A difference (b - a, in accuracy units 0..1) with its 95 % CI, how it was paired and on what."""
+    """An effect with its 95 % CI, how it was paired and on how many units.
+
+    ``unit``: ``points`` (a difference of accuracies, stored as a fraction, shown x100),
+    ``ratio`` (shown as "2.1x"), ``share`` (a fraction of something, shown as "62 %") or ``epochs``.
+    """
 
     estimate: float
     low: float
     high: float
     n: int
-    paired_over: str  # "images" or "seeds"
+    paired_over: str  # "images", "images x models", "seeds", ...
     p_value: float | None = None
+    unit: str = "points"
 
-    def text(self, unit: float = 100.0, suffix: str = " points") -> str:
+    def _fmt(self, v: float) -> str:
+        if self.unit == "points":
+            return f"{100 * v:+.1f}"
+        if self.unit == "ratio":
+            return f"{v:.2f}×"
+        if self.unit == "share":
+            return f"{100 * v:.0f} %"
+        return f"{v:+.1f}"
+
+    def text(self) -> str:
+        """E.g. "+4.2 points [95 % CI +1.0, +7.5] (paired over 3000 images x models)"."""
+        suffix = {"points": " points", "ratio": "", "share": "", "epochs": " epochs"}[self.unit]
         if math.isnan(self.low):
-            return f"{unit * self.estimate:+.1f}{suffix} (n = {self.n} {self.paired_over}: no CI)"
-        return (f"{unit * self.estimate:+.1f}{suffix} [95 % CI {unit * self.low:+.1f}, {unit * self.high:+.1f}] "
+            return f"{self._fmt(self.estimate)}{suffix} (n = {self.n} {self.paired_over}: no CI)"
+        return (f"{self._fmt(self.estimate)}{suffix} [95 % CI {self._fmt(self.low)}, {self._fmt(self.high)}] "
                 f"(paired over {self.n} {self.paired_over})")
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,8 +85,9 @@ class Verdict:
 
 def _bools(name: str, values) -> np.ndarray:
     arr = np.asarray(values)
-    if arr.ndim != 1 or arr.size == 0:
-        raise ConfigError(f"{name} must be a non-empty 1-D sequence of per-image correctness (0/1).")
+    if arr.ndim not in (1, 2) or arr.size == 0:
+        raise ConfigError(f"{name} must be a non-empty 1-D (images) or 2-D (models x images) array of "
+                          f"per-image correctness (0/1); got shape {arr.shape}.")
     if not np.isin(arr, (0, 1)).all():
         raise ConfigError(f"{name} must hold only 0/1 or False/True (per-image correctness).")
     return arr.astype(bool)
@@ -73,14 +96,17 @@ def _bools(name: str, values) -> np.ndarray:
 def paired_images(a, b, *, n_boot: int = 10_000, seed: int = 0) -> Effect:
     """Accuracy of ``b`` minus accuracy of ``a``, scored on the same images (per-image 0/1 arrays).
 
-    CI: percentile bootstrap over images (resampling image indices, so each resample keeps the
-    pairs). p-value: exact two-sided McNemar test on the discordant pairs.
+    ``a`` and ``b`` are 1-D (one model) or 2-D (one row per model, e.g. per seed, the same images
+    in every row). CI: percentile bootstrap over images, resampling image indices (the same
+    indices for every row and both conditions, so each resample keeps the pairs and the image's
+    difficulty shared across models). p-value: exact two-sided McNemar test on the discordant
+    pairs, all rows pooled (for several models an approximation: it treats them as independent).
     """
     a, b = _bools("a", a), _bools("b", b)
     if a.shape != b.shape:
-        raise ConfigError(f"a and b must score the same images; got {a.size} and {b.size} entries.")
+        raise ConfigError(f"a and b must score the same images; got shapes {a.shape} and {b.shape}.")
     n_boot = check_int("n_boot", n_boot, min_value=100)
-    d = b.astype(np.int8) - a.astype(np.int8)
+    d = (b.astype(np.int8) - a.astype(np.int8)).reshape(-1, a.shape[-1]).mean(axis=0)  # per image
     rng = np.random.default_rng(seed)
     boots = np.empty(n_boot)
     for start in range(0, n_boot, 1000):  # chunks bound the memory to 1000 x n indices
@@ -88,7 +114,49 @@ def paired_images(a, b, *, n_boot: int = 10_000, seed: int = 0) -> Effect:
         boots[start:start + k] = d[rng.integers(0, d.size, size=(k, d.size))].mean(axis=1)
     alpha = (1 - LEVEL) / 2
     low, high = np.quantile(boots, [alpha, 1 - alpha])
-    return Effect(float(d.mean()), float(low), float(high), int(d.size), "images", mcnemar(a, b))
+    over = "images" if a.ndim == 1 else f"images x {a.shape[0]} models"
+    return Effect(float(d.mean()), float(low), float(high), int(d.size), over, mcnemar(a.ravel(), b.ravel()))
+
+
+def bootstrap_images(statistic, *arrays, n_boot: int = 10_000, seed: int = 0):
+    """Estimate and percentile 95 % CI of ``statistic(*arrays)`` under resampling of images.
+
+    The image axis is the *last* axis of every array (1-D: images; 2-D: models x images); the
+    same resampled image indices are used for every array, so a comparison stays paired.
+    Returns ``(estimate, low, high, n_images)``.
+    """
+    n_boot = check_int("n_boot", n_boot, min_value=100)
+    arrays = [np.asarray(a) for a in arrays]
+    sizes = {arr.shape[-1] for arr in arrays}
+    if len(sizes) != 1:
+        raise ConfigError(f"the arrays must score the same images; got image counts {sorted(sizes)}.")
+    n = sizes.pop()
+    rng = np.random.default_rng(seed)
+    boots = np.empty(n_boot)
+    for i in range(n_boot):
+        idx = rng.integers(0, n, size=n)
+        boots[i] = statistic(*(arr[..., idx] for arr in arrays))
+    alpha = (1 - LEVEL) / 2
+    low, high = np.nanquantile(boots, [alpha, 1 - alpha])
+    return float(statistic(*arrays)), float(low), float(high), n
+
+
+def recovered_fraction(clean, attacked, repaired, *, n_boot: int = 2000, seed: int = 0) -> Effect:
+    """The share of what an attack took that a repair gives back, paired over images:
+    ``(acc(repaired) - acc(attacked)) / (acc(clean) - acc(attacked))``, with a bootstrap 95 % CI
+    over images (0/1 arrays, 1-D or models x images, the same images in all three)."""
+    arrs = [_bools(n, v) for n, v in (("clean", clean), ("attacked", attacked), ("repaired", repaired))]
+    if len({a.shape for a in arrs}) != 1:
+        raise ConfigError(f"clean, attacked and repaired must score the same images; got {[a.shape for a in arrs]}.")
+    arrs = [a.reshape(-1, a.shape[-1]) for a in arrs]
+
+    def share(c, a, r):
+        took = c.mean() - a.mean()
+        return (r.mean() - a.mean()) / took if took > 0 else math.nan
+
+    est, low, high, n = bootstrap_images(share, *arrs, n_boot=n_boot, seed=seed)
+    over = "images" if arrs[0].shape[0] == 1 else f"images x {arrs[0].shape[0]} models"
+    return Effect(est, low, high, n, over, unit="share")
 
 
 def mcnemar(a, b) -> float:
@@ -124,7 +192,7 @@ def _t_quantile(df: int) -> float:
     return table[max(k for k in table if k < df)]  # the next smaller df: a slightly wider, conservative CI
 
 
-def paired_seeds(a, b) -> Effect:
+def paired_seeds(a, b, *, unit: str = "points") -> Effect:
     """Mean over seeds of ``b - a`` (one value per seed, same seed = same init and data order),
     with a Student-t 95 % CI; fewer than :data:`MIN_SEEDS` seeds give no CI (NaN bounds)."""
     a = np.asarray([check_float("a", v) for v in a], dtype=float)
@@ -133,9 +201,10 @@ def paired_seeds(a, b) -> Effect:
         raise ConfigError(f"a and b need one value per seed, the same seeds; got {a.size} and {b.size}.")
     d = b - a
     if d.size < MIN_SEEDS:
-        return Effect(float(d.mean()), math.nan, math.nan, int(d.size), "seeds")
+        return Effect(float(d.mean()), math.nan, math.nan, int(d.size), "seeds", unit=unit)
     half = _t_quantile(d.size - 1) * d.std(ddof=1) / math.sqrt(d.size)
-    return Effect(float(d.mean()), float(d.mean() - half), float(d.mean() + half), int(d.size), "seeds")
+    return Effect(float(d.mean()), float(d.mean() - half), float(d.mean() + half), int(d.size), "seeds",
+                  unit=unit)
 
 
 def judge(effect: Effect | None, *, margin: float = 0.0, preconditions: dict | None = None,
@@ -153,16 +222,28 @@ def judge(effect: Effect | None, *, margin: float = 0.0, preconditions: dict | N
     if effect is None:
         return Verdict(NOT_RUN, None, "no results")
     if math.isnan(effect.low):
-        return Verdict(INCONCLUSIVE, effect, f"only {effect.n} {effect.paired_over}: no confidence interval "
-                                             f"(at least {MIN_SEEDS} are needed)")
+        return Verdict(INCONCLUSIVE, effect, f"only {effect.n} of the at least {MIN_SEEDS} {effect.paired_over} a "
+                                             f"confidence interval needs")
     if max_width is not None and effect.high - effect.low > max_width:
-        return Verdict(INCONCLUSIVE, effect, f"the 95 % CI is {100 * (effect.high - effect.low):.1f} points wide, "
-                                             f"more than the {100 * max_width:.1f} points that could decide")
+        return Verdict(INCONCLUSIVE, effect, f"the 95 % CI is {_size(effect, effect.high - effect.low)} wide, "
+                                             f"more than the {_size(effect, max_width)} that could decide")
     if effect.low > margin:
         return Verdict(REPRODUCED, effect)
     if effect.high < margin:
         return Verdict(NOT, effect)
-    return Verdict(INCONCLUSIVE, effect, f"the 95 % CI contains {100 * margin:+.1f} points: the data cannot tell")
+    return Verdict(INCONCLUSIVE, effect, f"the 95 % CI contains the margin {_size(effect, margin, signed=True)}: "
+                                         f"the data cannot tell")
+
+
+def _size(effect: Effect, value: float, signed: bool = False) -> str:
+    """``value`` in the effect's unit, for a reason text."""
+    if effect.unit == "points":
+        return f"{100 * value:{'+' if signed else ''}.1f} points"
+    if effect.unit == "ratio":
+        return f"{value:.2f}×"
+    if effect.unit == "share":
+        return f"{100 * value:.0f} %"
+    return f"{value:{'+' if signed else ''}.1f} epochs"
 
 
 def combine(parts: dict[str, Verdict]) -> Verdict:

@@ -1,0 +1,133 @@
+"""The ledger's protocol, fixed in code before any run: judged ε, floors, margins, attack strength.
+
+Everything a verdict depends on besides the measurements is a constant here, printed in the
+book beside the verdict it governs, so no threshold can be chosen after seeing the results.
+
+* **Judged ε.** RobustNorm's reference code perturbs *normalized* CIFAR-10 inputs by 0.004–0.02
+  (std ≈ 0.2), about 0.2/255–1/255 in pixel units (``../shared/PAPERS.md``). C1–C3 are judged
+  at the top of that range, :data:`JUDGED_EPS` = 1/255; the notebooks sweep ε around it and the
+  book shows the whole curve.
+* **Convergence floors.** A model whose clean accuracy on the full test set is below
+  :data:`FLOOR_FRACTION` of the published accuracy of its architecture on its dataset
+  (:data:`REFERENCES`, each with its source) makes the rows it enters ``inconclusive``: a claim
+  about a trained network cannot be tested on an untrained one. Where no published accuracy is
+  known, convergence cannot be judged and the rows are inconclusive too.
+* **Attack strength.** A robust-accuracy row enters a verdict only if its attack took at least
+  :data:`MIN_ATTACK_STEPS` steps from a random start (PGD) or is APGD/AutoAttack.
+* **Attack floor.** When every robust accuracy a comparison rests on is at or below
+  :data:`ATTACK_FLOOR`, the attack has taken everything and the comparison cannot show an
+  effect: inconclusive.
+* **Width.** A CI on an accuracy difference wider than :data:`MAX_CI_WIDTH` cannot decide.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import pandas as pd
+
+JUDGED_EPS = 1 / 255
+FLOOR_FRACTION = 0.95
+MIN_ATTACK_STEPS = 20
+ATTACK_FLOOR = 0.01
+MAX_CI_WIDTH = 0.20
+STRONG_ATTACKS = ("apgd", "autoattack")
+
+
+@dataclasses.dataclass(frozen=True)
+class Reference:
+    """A published test accuracy for an architecture on a dataset, with where it comes from."""
+
+    accuracy: float
+    source: str
+
+    @property
+    def floor(self) -> float:
+        return FLOOR_FRACTION * self.accuracy
+
+
+REFERENCES = {
+    ("cifar10_jpeg", "resnet20"): Reference(
+        0.9125, "ResNet-20 on CIFAR-10: 91.25 % (He et al., Deep Residual Learning, 2016, Table 6; 164 epochs, "
+                "original CIFAR-10 files, not our JPEG copy)"),
+    ("cifar10_jpeg", "resnet18"): Reference(
+        0.95, "ResNet-18 (CIFAR stem, width 64) on CIFAR-10: about 95 % (../shared/PAPERS.md, 'Reference points')"),
+    ("fashion_mnist", "resnet18"): Reference(
+        0.94, "ResNet-18 on FashionMNIST: about 94–95 % (../shared/PAPERS.md, 'Reference points'; the lower end)"),
+}
+
+
+def reference(dataset: str, arch: str) -> Reference | None:
+    return REFERENCES.get((dataset, arch))
+
+
+def convergence(models: pd.DataFrame, **select) -> tuple[bool, str]:
+    """Whether every model of ``models`` matching ``select`` (e.g. ``norm="bn"``) reached its floor.
+
+    ``models`` has one row per trained model: dataset, arch, norm, seed, clean_full (clean
+    accuracy on the full test set) and any other selector columns. Returns ``(ok, text)``, the
+    text naming the floor and its source, or the models below it.
+    """
+    sub = _select(models, **select)
+    if sub.empty:
+        return False, f"no trained model matches {select}"
+    bad, floors = [], set()
+    for _, m in sub.iterrows():
+        ref = reference(m["dataset"], m["arch"])
+        if ref is None:
+            return False, (f"no published accuracy is known for {m['arch']} on {m['dataset']}, so whether the "
+                           f"model is trained enough cannot be judged")
+        floors.add(f"{100 * ref.floor:.1f} % = {FLOOR_FRACTION:.0%} of {ref.source}")
+        if not m["clean_full"] >= ref.floor:
+            bad.append(f"{_describe(m)} at {100 * m['clean_full']:.1f} %")
+    what = "; ".join(sorted(floors))
+    if bad:
+        return False, f"below the convergence floor ({what}): " + ", ".join(bad)
+    return True, f"every model at or above its convergence floor ({what})"
+
+
+def _describe(m) -> str:
+    from ..plots import model_label
+    p = m.get("norm_p")
+    name = model_label(m["norm"], None if p is None or (isinstance(p, float) and math.isnan(p)) else p)
+    recipe = f" {m['recipe']}" if "recipe" in m and m["recipe"] not in (None, "standard") else ""
+    return f"{name}{recipe} seed {int(m['seed'])}"
+
+
+def _select(frame: pd.DataFrame, **select) -> pd.DataFrame:
+    """Rows of ``frame`` whose columns equal the given values (floats compared within 1e-9; None/NaN match NaN)."""
+    sub = frame
+    for k, v in select.items():
+        col = sub[k]
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            sub = sub[col.isna()]
+        elif isinstance(v, float):
+            sub = sub[(pd.to_numeric(col, errors="coerce") - v).abs() < 1e-9]
+        else:
+            sub = sub[col == v]
+    return sub
+
+
+def attack_strength(rows: pd.DataFrame) -> tuple[bool, str]:
+    """Whether every robust row (attack not ``clean`` nor a noise control) comes from a strong enough
+    attack: PGD with at least :data:`MIN_ATTACK_STEPS` steps and a random start, or APGD/AutoAttack."""
+    weak = []
+    for _, r in rows.iterrows():
+        if r["attack"] in ("clean", "noise_sign", "noise_uniform") or r["attack"] in STRONG_ATTACKS:
+            continue
+        params = json.loads(r["params"]) if isinstance(r.get("params"), str) and r["params"] else {}
+        if r["attack"] != "pgd" or params.get("steps", 0) < MIN_ATTACK_STEPS or not params.get("random_start", False):
+            weak.append(f"{r['attack']} {params or ''}".strip())
+    if weak:
+        return False, (f"a robust row comes from an attack weaker than PGD-{MIN_ATTACK_STEPS} with random start: "
+                       + ", ".join(sorted(set(weak))))
+    return True, f"every robust row from PGD with at least {MIN_ATTACK_STEPS} steps and a random start, or APGD"
+
+
+def not_at_floor(*accuracies: float) -> tuple[bool, str]:
+    """False when every given robust accuracy is at or below :data:`ATTACK_FLOOR`."""
+    if accuracies and all(a <= ATTACK_FLOOR for a in accuracies):
+        return False, (f"every robust accuracy compared is at the attack's floor (≤ {100 * ATTACK_FLOOR:.0f} %): "
+                       f"the attack took everything, so no difference can show")
+    return True, "not at the attack's floor"
