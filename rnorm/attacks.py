@@ -1,25 +1,57 @@
 """Attacks as thin wrappers over torchattacks: ``make_attack(name, model, eps, **params)``.
 
-Names: ``fgsm``, ``pgd`` (L-inf, random start), ``easy`` and ``autoattack``. Every attack takes
-and returns images in [0, 1] with epsilon in pixel units (``8/255``), stays inside the
-epsilon-ball and inside [0, 1].
+Names (:data:`ATTACKS`): ``fgsm``, ``pgd`` (L-inf, random start, optional restarts), ``easy``,
+``autoattack``, ``apgd`` (APGD-CE) and the two random-noise controls ``noise_sign`` and
+``noise_uniform``. Every attack takes and returns images in [0, 1] with epsilon in pixel units
+(``8/255``), stays inside the epsilon-ball and inside [0, 1]; ``eps=0`` returns a copy of the
+input.
 
 ``easy`` makes the *easy examples* of EBN (Asadulaev et al. 2022) as we read the paper (no code
 is public): PGD *targeted at the true label*, i.e. it descends the cross-entropy of the correct
 class inside the epsilon-ball (torchattacks' ``set_mode_targeted_by_label`` called with the true
 labels), so the model classifies the result correctly with higher confidence.
 
+``noise_sign`` (``x + eps * s``, ``s`` uniform in {-1, +1} per pixel) and ``noise_uniform``
+(``x + u``, ``u ~ Uniform[-eps, eps]`` per pixel), both clipped to [0, 1], are the *controls* for
+"an adversarial perturbation shifts the BN inputs more than random noise of the same L-inf
+radius": ``noise_sign`` has the same per-pixel magnitude as FGSM (``|delta| = eps`` where nothing
+is clipped), ``noise_uniform`` is PGD's random start. They take no parameters, never call the
+model, and draw from torch's global random generator on the images' device, so
+``torch.manual_seed`` before the call makes them reproducible.
+
+``apgd`` is APGD-CE, the first component of AutoAttack (Croce & Hein 2020), through
+``torchattacks.APGD(model, norm="Linf", eps=eps, steps=steps, n_restarts=restarts, loss="ce",
+seed=seed, rho=0.75)``. Caveats of torchattacks' implementation (read in torchattacks 3.5.1),
+which its AutoAttack shares: it attacks only the images the model classifies correctly, as a
+*sub-batch*, and each further restart only the images not yet fooled, again as a sub-batch; an
+image it does not fool is returned *unperturbed* (the clean image), as is an image misclassified
+from the start. So in a batch-dependent statistics mode (``batch``, ``population_mean``) APGD
+optimizes against the statistics of those sub-batches, not of the batch that is scored, and is
+not a white-box attack there (use ``pgd``). Its random start comes from ``seed`` alone:
+torchattacks reseeds torch's generators with it; :class:`Attack` runs it inside
+``torch.random.fork_rng`` so the caller's random state is left as it was.
+
 Statistics mode and branch: an attack runs the model exactly as the caller has set it up with
 :func:`rnorm.norms.use_stats` / :func:`rnorm.norms.route`. torchattacks switches the model to
 ``eval()`` during the attack and back afterwards, so ``stats="batch"`` gives gradients through the
 statistics of the batch being attacked, and no running buffer is touched.
 
-Defaults: PGD uses 20 steps with step size ``2.5 * eps / steps`` (Madry et al.). The RobustNorm
-reference code uses 20 steps of ``eps / 10``; pass ``alpha=eps/10`` for that.
+Defaults: PGD uses 20 steps with step size ``2.5 * eps / steps`` (Madry et al.) and one run
+(``restarts=1``). The RobustNorm reference code uses 20 steps of ``eps / 10``; pass
+``alpha=eps/10`` for that. ``restarts=r > 1`` runs PGD r times from independent random starts on
+the *whole* batch and keeps, per image, the first restart's example that the model misclassifies
+(the last restart's if none does); the prediction is made with the model in ``eval()`` and the
+caller's statistics mode and branch, i.e. as the attack saw it. In a batch-dependent statistics
+mode every restart attacks (and is judged on) the full batch, but the returned batch mixes images
+from different restarts, which changes the batch and so every image's prediction: an image fooled
+in its restart's batch may be classified correctly in the combined one. The scorer must therefore
+re-score the combined batch, as :func:`rnorm.evaluate.evaluate` does. APGD's defaults follow
+AutoAttack's standard version (100 steps, one restart, ``rho=0.75``) and torchattacks' seed 0.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -27,23 +59,31 @@ import torchattacks
 
 from ._validate import ConfigError, check_bool, check_choice, check_float, check_int, suggest
 
-ATTACKS = ("fgsm", "pgd", "easy", "autoattack")
+ATTACKS = ("fgsm", "pgd", "easy", "autoattack", "apgd", "noise_sign", "noise_uniform")
 _PARAMS = {
     "fgsm": set(),
-    "pgd": {"steps", "alpha", "random_start"},
+    "pgd": {"steps", "alpha", "random_start", "restarts"},
     "easy": {"steps", "alpha", "random_start"},
     "autoattack": {"version", "seed", "n_classes"},
+    "apgd": {"steps", "restarts", "seed"},
+    "noise_sign": set(),
+    "noise_uniform": set(),
 }
+NOISE_ATTACKS = ("noise_sign", "noise_uniform")
 
 
 @dataclass
 class Attack:
-    """A configured attack: call it with ``(images, labels)`` to get adversarial images."""
+    """A configured attack: call it with ``(images, labels)`` to get adversarial images.
+
+    ``_impl`` is any callable ``(images, labels) -> images`` (a torchattacks attack, or one of
+    the small callables below); ``None`` (``eps == 0``) returns a copy of the images.
+    """
 
     name: str
     eps: float
     params: dict
-    _impl: torchattacks.Attack | None
+    _impl: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self._impl is None or self.eps == 0:
@@ -63,13 +103,93 @@ class Attack:
         return f"Attack({self.name!r}, eps={self.eps:.6g}{extra})"
 
 
+class _Noise:
+    """Random noise of L-inf radius ``eps``, clipped to [0, 1]; a control that never calls a model.
+
+    ``sign``: ``x + eps * s`` with ``s`` uniform in {-1, +1}; ``uniform``: ``x + u`` with
+    ``u ~ Uniform[-eps, eps]``; independently per pixel, from torch's global generator on the
+    images' device.
+    """
+
+    def __init__(self, kind: str, eps: float):
+        self.kind, self.eps = kind, eps
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        x = images.detach()
+        if self.kind == "sign":
+            delta = torch.empty_like(x).bernoulli_(0.5).mul_(2).sub_(1).mul_(self.eps)
+        else:
+            delta = torch.empty_like(x).uniform_(-self.eps, self.eps)
+        return (x + delta).clamp_(0, 1)
+
+
+class _Restarts:
+    """``restarts`` runs of a torchattacks attack on the whole batch, each from its own random start;
+    per image, the first run's example the model misclassifies is kept (else the last run's). The
+    runs stop early once every image is fooled: later runs could not change the result.
+
+    The model is put in ``eval()`` for the runs and the predictions (what torchattacks does during an
+    attack; the statistics mode and route the caller set are untouched) and every module's training
+    flag is restored afterwards.
+    """
+
+    def __init__(self, attack: torchattacks.Attack, restarts: int):
+        self.attack, self.restarts = attack, restarts
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        model = self.attack.model
+        flags = [(m, m.training) for m in model.modules()]
+        try:
+            model.eval()
+            best = fooled = None
+            for _ in range(self.restarts):
+                adv = self.attack(images, labels).detach()
+                with torch.no_grad():
+                    wrong = self.attack.get_logits(adv).argmax(1) != labels.to(adv.device)
+                if best is None:
+                    best, fooled = adv.clone(), wrong
+                else:
+                    todo = ~fooled  # images no earlier run fooled take this run's example
+                    best[todo] = adv[todo]
+                    fooled = fooled | wrong
+                if bool(fooled.all()):  # later runs could not change anything
+                    break
+            return best
+        finally:
+            for m, flag in flags:
+                m.training = flag
+
+
+class _OwnRNG:
+    """Runs an attack that reseeds torch's generators (torchattacks' APGD) inside ``fork_rng``,
+    so that the caller's random state is the same after the call as before it."""
+
+    def __init__(self, attack: torchattacks.Attack):
+        self.attack = attack
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        devices = set()
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            devices.add(torch.cuda.current_device())
+            for dev in (images.device, self.attack.device):
+                if dev is not None and torch.device(dev).type == "cuda":
+                    devices.add(torch.device(dev).index if torch.device(dev).index is not None
+                                else torch.cuda.current_device())
+        with torch.random.fork_rng(devices=sorted(devices)):
+            return self.attack(images, labels)
+
+
 def make_attack(name: str, model: nn.Module, eps: float, **params) -> Attack:
     """Build attack ``name`` against ``model`` with L-inf radius ``eps`` (pixel units, in [0, 1]).
 
-    Parameters per attack: ``pgd`` and ``easy`` take ``steps`` (default 20 for ``pgd``, 10 for
-    ``easy``), ``alpha`` (step size, default ``2.5 * eps / steps``) and ``random_start``
-    (default True); ``autoattack`` takes ``version`` ("standard"), ``seed`` (0) and
-    ``n_classes`` (10). Unknown parameters are errors.
+    Parameters per attack (unknown parameters are errors):
+
+    * ``fgsm``, ``noise_sign``, ``noise_uniform``: none.
+    * ``pgd`` and ``easy``: ``steps`` (default 20 for ``pgd``, 10 for ``easy``), ``alpha`` (step
+      size, default ``2.5 * eps / steps``) and ``random_start`` (default True); ``pgd`` also
+      ``restarts`` (default 1, more than 1 needs ``random_start``; see the module docstring).
+    * ``autoattack``: ``version`` ("standard"), ``seed`` (0) and ``n_classes`` (10).
+    * ``apgd`` (APGD-CE): ``steps`` (100), ``restarts`` (1) and ``seed`` (0).
     """
     check_choice("attack", name, ATTACKS)
     eps = check_float("eps", eps, min_value=0.0, max_value=1.0)
@@ -83,15 +203,33 @@ def make_attack(name: str, model: nn.Module, eps: float, **params) -> Attack:
     if name == "fgsm":
         impl = torchattacks.FGSM(model, eps=eps)
         used = {}
+    elif name in NOISE_ATTACKS:
+        impl = _Noise(name[len("noise_"):], eps)
+        used = {}
     elif name in ("pgd", "easy"):
         steps = check_int("steps", params.get("steps", 20 if name == "pgd" else 10), min_value=1)
         alpha = params.get("alpha")
         alpha = 2.5 * eps / steps if alpha is None else check_float("alpha", alpha, min_value=0.0, max_value=1.0)
         random_start = check_bool("random_start", params.get("random_start", True))
         impl = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=random_start)
+        used = {"steps": steps, "alpha": alpha, "random_start": random_start}
         if name == "easy":
             impl.set_mode_targeted_by_label(quiet=True)
-        used = {"steps": steps, "alpha": alpha, "random_start": random_start}
+        else:
+            restarts = check_int("restarts", params.get("restarts", 1), min_value=1)
+            if restarts > 1 and not random_start:
+                raise ConfigError(f"restarts={restarts} needs random_start=True: without a random start every "
+                                  f"restart runs the same attack.")
+            if restarts > 1:
+                impl = _Restarts(impl, restarts)
+            used["restarts"] = restarts
+    elif name == "apgd":
+        steps = check_int("steps", params.get("steps", 100), min_value=1)
+        restarts = check_int("restarts", params.get("restarts", 1), min_value=1)
+        seed = check_int("seed", params.get("seed", 0), min_value=0)
+        impl = _OwnRNG(torchattacks.APGD(model, norm="Linf", eps=eps, steps=steps, n_restarts=restarts, seed=seed,
+                                         loss="ce", rho=0.75))
+        used = {"steps": steps, "restarts": restarts, "seed": seed}
     else:
         version = check_choice("version", params.get("version", "standard"), ("standard", "plus", "rand"))
         seed = check_int("seed", params.get("seed", 0), min_value=0)
@@ -117,8 +255,11 @@ def parse_eps(value) -> float:
 
 
 def format_eps(eps: float) -> str:
-    """Write ``eps`` as ``k/255`` when it is one (the book's convention), else as a decimal."""
+    """Write ``eps`` as ``k/255`` when k is a whole number, or a quarter below 4 (the book's
+    convention: ``8/255``, ``0.25/255``, ``1.5/255``), else as a decimal (``0.1``)."""
     k = eps * 255
     if abs(k - round(k)) < 1e-6:
         return f"{int(round(k))}/255"
+    if k < 4 and abs(4 * k - round(4 * k)) < 1e-6:
+        return f"{round(4 * k) / 4:g}/255"
     return f"{eps:.4g}"

@@ -2,7 +2,8 @@
 
 :func:`evaluate` scores one model on one fixed set of test images for every combination of
 
-``attack``      ``clean``, ``fgsm``, ``pgd``, ``easy``, ``autoattack`` (:mod:`rnorm.attacks`)
+``attack``      ``clean``, ``fgsm``, ``pgd``, ``easy``, ``autoattack``, ``apgd`` and the noise
+                controls ``noise_sign``, ``noise_uniform`` (:mod:`rnorm.attacks`)
 ``eps``         L-inf radius in pixel units (``8/255``)
 ``stats``       ``population`` (running estimates, what BN does at inference), ``batch`` (the
                 stats swap), ``population_mean`` (running mean, batch scale) and ``precise``
@@ -315,6 +316,11 @@ class EvalGrid:
         if "precise" in self.stats and not (isinstance(precise_bn_data, (tuple, list)) and len(precise_bn_data) == 2):
             raise ConfigError("stats 'precise' needs precise_bn_data=(train_images, train_labels): "
                               "the training data PreciseBN recomputes the population statistics on.")
+        if "apgd" in self.attacks and any(st in _BATCH_DEPENDENT for st in self.stats) \
+                and "white-box" in self.gradients:
+            warnings.warn("APGD in a batch-dependent statistics mode attacks sub-batches of the images not yet "
+                          "fooled, so it does not differentiate through the scored batch's statistics and may "
+                          "overstate robustness; use white-box PGD as the adaptive attack there.", stacklevel=3)
         if "autoattack" not in self.attacks:
             return None
         n_aa = min(AUTOATTACK_N, n_images) if self.autoattack_n is None else \
@@ -369,7 +375,7 @@ class _Scorer:
         tag = "population" if (g == "transfer" or st == "population") else st
         row_seed = _stable_seed(g_.seed, a, repr(e), b, br, mk, tag)
         params = dict(self.params.get(a, {}))
-        if a == "autoattack":
+        if a in ("autoattack", "apgd"):  # they seed themselves: derive their seed from the grid's
             params.setdefault("seed", row_seed)
         if a == "clean":
             adv = [x_all[pos] for pos, _ in layout]
@@ -457,6 +463,12 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, grid:
       ``population_mean``) its components optimize against the statistics of those sub-batches
       while the scoring uses the full batch: there it is *not* a white-box attack and may
       overstate robustness (a warning says so). White-box PGD is the adaptive attack there.
+    * ``apgd`` rows use all the images; its seed, like AutoAttack's, derives from ``seed`` (unless
+      ``attack_params`` gives one), and the sub-batch caveat above applies to it too (a warning
+      says so). ``noise_sign`` / ``noise_uniform`` rows are the random-noise controls, drawn from
+      torch's generator seeded for the row. ``pgd`` with ``restarts > 1`` combines, per image, the
+      examples of several runs; in a batch-dependent mode that changes the batch, and the row
+      scores the combined batch as it is.
 
     Batching: the images are put in a seeded random order (``shuffle=False`` keeps theirs);
     batches of ``batch_size`` follow it and the last batch is completed by wrapping around to

@@ -7,6 +7,7 @@ replaced by a hand computation of batch (or running) statistics.
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -119,7 +120,7 @@ def assert_same_buffers(a, b):
 
 # ----------------------------------------------------------------------------- the attacks themselves
 
-@pytest.mark.parametrize("name", ["fgsm", "pgd", "easy"])
+@pytest.mark.parametrize("name", ["fgsm", "pgd", "easy", "apgd", "noise_sign", "noise_uniform"])
 def test_attack_stays_in_the_ball_and_in_range(model, name):
     m, x, y = model
     torch.manual_seed(0)
@@ -171,7 +172,8 @@ def test_fgsm_equals_a_hand_written_step(model):
 def test_defaults_and_repr(model):
     m, _, _ = model
     pgd = make_attack("pgd", m, EPS)
-    assert pgd.params == {"steps": 20, "alpha": 2.5 * EPS / 20, "random_start": True}
+    assert pgd.params == {"steps": 20, "alpha": 2.5 * EPS / 20, "random_start": True, "restarts": 1}
+    assert isinstance(pgd._impl, torchattacks.PGD)  # one run: torchattacks' PGD itself, nothing around it
     assert pgd._impl.steps == 20 and pgd._impl.alpha == pytest.approx(2.5 * EPS / 20) and pgd._impl.eps == EPS
     easy = make_attack("easy", m, EPS)
     assert easy.params["steps"] == 10 and easy._impl.targeted and not pgd._impl.targeted
@@ -179,9 +181,21 @@ def test_defaults_and_repr(model):
     assert repr(pgd).startswith("Attack('pgd', eps=0.0313725, steps=20")
     aa = make_attack("autoattack", m, EPS)
     assert aa.params == {"version": "standard", "seed": 0, "n_classes": 10}
+    pgd3 = make_attack("pgd", m, EPS, restarts=3)
+    assert pgd3.params["restarts"] == 3 and pgd3._impl.restarts == 3 and pgd3._impl.attack.steps == 20
+    assert "restarts=3" in repr(pgd3) and "restarts" not in easy.params
+    apgd = make_attack("apgd", m, EPS)
+    assert apgd.params == {"steps": 100, "restarts": 1, "seed": 0}
+    a = apgd._impl.attack  # as in AutoAttack's standard version: APGD-CE, 100 steps, rho 0.75
+    assert isinstance(a, torchattacks.APGD)
+    assert (a.norm, a.eps, a.steps, a.n_restarts, a.seed, a.loss, a.thr_decr) == ("Linf", EPS, 100, 1, 0, "ce", 0.75)
+    a = make_attack("apgd", m, EPS, steps=7, restarts=2, seed=5)._impl.attack
+    assert (a.steps, a.n_restarts, a.seed) == (7, 2, 5)
+    for name in ("noise_sign", "noise_uniform"):
+        assert make_attack(name, m, EPS).params == {}
 
 
-@pytest.mark.parametrize("name", ["fgsm", "pgd", "easy", "autoattack"])
+@pytest.mark.parametrize("name", ["fgsm", "pgd", "easy", "autoattack", "apgd", "noise_sign", "noise_uniform"])
 def test_eps_zero_returns_the_input(model, name):
     m, x, y = model
     adv = make_attack(name, m, 0)(x, y)
@@ -228,6 +242,252 @@ def test_autoattack_full_pipeline_stays_in_the_ball(trained):
     _check_autoattack(copy.deepcopy(m), x[:8], y[:8])
 
 
+# ----------------------------------------------------------------------------- random-noise controls
+
+
+class Boom(nn.Module):
+    """A model whose forward fails: an attack that calls the model cannot run on it."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        raise AssertionError("the model was called")
+
+
+def _unclipped(adv):
+    return (adv > 0) & (adv < 1)
+
+
+def test_noise_sign_moves_every_pixel_by_eps():
+    x, y = _data(16, seed=7)
+    x = x.double()
+    torch.manual_seed(0)
+    adv = make_attack("noise_sign", Boom(), EPS)(x, y)
+    delta, inner = adv - x, _unclipped(adv)
+    assert inner.float().mean() > 0.8  # most pixels are inside (0, 1), so the test below is about them
+    torch.testing.assert_close(delta[inner].abs(), torch.full_like(delta[inner], EPS), rtol=0, atol=1e-12)
+    assert 0.48 < (delta[inner] > 0).double().mean().item() < 0.52  # the sign is a fair coin
+    # the pixels at 0 and 1 move inwards by eps or are clipped back to the bound
+    low, high = delta[:, :, :2], delta[:, :, -2:]
+    for d, inward in ((low, EPS), (high, -EPS)):
+        moved = (d - inward).abs() < 1e-12
+        assert ((d == 0) | moved).all() and 0.45 < moved.double().mean().item() < 0.55
+    # float32 images: the same up to float32 rounding
+    adv32 = make_attack("noise_sign", Boom(), EPS)(x.float(), y)
+    assert adv32.dtype == torch.float32
+    d32 = (adv32 - x.float())[_unclipped(adv32)].abs()
+    torch.testing.assert_close(d32, torch.full_like(d32, EPS), rtol=0, atol=1e-6)
+
+
+def test_noise_uniform_is_uniform_in_the_ball():
+    x, y = _data(16, seed=7)
+    x = x.double()
+    torch.manual_seed(0)
+    adv = make_attack("noise_uniform", Boom(), EPS)(x, y)
+    d = (adv - x)[_unclipped(adv)]
+    assert d.numel() > 30000
+    assert d.abs().max().item() <= EPS + 1e-12
+    assert d.abs().mean().item() == pytest.approx(EPS / 2, rel=0.02)  # E|u| = eps / 2
+    assert d.mean().item() == pytest.approx(0, abs=0.01 * EPS)
+    assert (d.abs() < EPS / 4).double().mean().item() == pytest.approx(0.25, abs=0.01)  # not all at +-eps
+    # it is PGD's random start: x + U[-eps, eps] from the global generator, clipped to [0, 1]
+    torch.manual_seed(0)
+    torch.testing.assert_close(adv, (x + torch.empty_like(x).uniform_(-EPS, EPS)).clamp(0, 1), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ["noise_sign", "noise_uniform"])
+def test_noise_never_calls_the_model_and_is_seeded_by_torch(model, name):
+    m, x, y = model
+    with pytest.raises(AssertionError, match="the model was called"):
+        make_attack("fgsm", Boom(), EPS)(x, y)  # Boom really fails when an attack calls it
+    torch.manual_seed(3)
+    a = make_attack(name, Boom(), EPS)(x, y)
+    b = make_attack(name, Boom(), EPS)(x, y)
+    torch.manual_seed(3)
+    c = make_attack(name, m, EPS)(x, y)  # another model, same seed: the same noise
+    assert torch.equal(a, c)
+    assert not torch.equal(a, b)  # the generator moves on: two calls give two draws
+    torch.manual_seed(4)
+    assert not torch.equal(a, make_attack(name, m, EPS)(x, y))
+    # the labels play no part either
+    torch.manual_seed(3)
+    assert torch.equal(a, make_attack(name, m, EPS)(x, (y + 1) % 10))
+
+
+# ----------------------------------------------------------------------------- APGD and PGD restarts
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    """A one-conv BN net with global max pooling fitted (Adam, 80 steps) to the synthetic data: 21 of
+    its 32 images right, and the max makes it sensitive to PGD's random start, so that attacks of
+    different strength, and restarts, fool different numbers of images."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), BatchNorm2d(8), nn.ReLU(), nn.AdaptiveMaxPool2d(1),
+                          nn.Flatten(), nn.Linear(8, 10))
+    opt = torch.optim.Adam(model.parameters(), lr=0.02)
+    model.train()
+    for step in range(80):
+        x, y = _data(32, seed=step)
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    x, y = _data(32, seed=1000)
+    return model, x, y
+
+
+def correct(model, x, y):
+    with torch.no_grad():
+        return model(x).argmax(1) == y
+
+
+def test_apgd_is_at_least_as_strong_as_fgsm(fitted):
+    m, x, y = fitted
+    eps = 2 / 255
+    clean = correct(m, x, y)
+    fgsm = correct(m, make_attack("fgsm", m, eps)(x, y), y)
+    adv = make_attack("apgd", m, eps, steps=20)(x, y)
+    apgd = correct(m, adv, y)
+    assert clean.float().mean() >= 0.6 and fgsm.sum() < clean.sum()  # a model worth attacking, FGSM fools some
+    assert apgd.sum() <= fgsm.sum() and apgd.sum() < clean.sum()
+    # torchattacks' APGD keeps only successful examples: an image is fooled or returned unchanged
+    unchanged = (adv == x).flatten(1).all(1)
+    assert (unchanged | ~apgd).all() and (~unchanged).any()
+    assert unchanged[~clean].all()  # an image misclassified from the start is not attacked
+    # more restarts (same seed: the same first run) fool every image one restart fools
+    apgd3 = correct(m, make_attack("apgd", m, eps, steps=20, restarts=3)(x, y), y)
+    assert not (apgd3 & ~apgd).any()
+
+
+def test_apgd_is_seeded_by_its_seed_and_leaves_the_callers_random_state(fitted):
+    m, x, y = fitted
+    atk = make_attack("apgd", m, 8 / 255, steps=5)
+    torch.manual_seed(1)
+    a = atk(x, y)
+    after = torch.rand(4)
+    torch.manual_seed(1)
+    assert torch.equal(after, torch.rand(4))  # the attack did not reseed the caller's generator
+    torch.manual_seed(2)
+    assert torch.equal(a, atk(x, y))  # the global seed plays no part
+    b = make_attack("apgd", m, 8 / 255, steps=5, seed=1)(x, y)
+    assert not torch.equal(a, b)  # its own seed does
+
+
+def _pgd_runs(m, x, y, eps, runs, **kw):
+    """``runs`` one-restart PGD runs in a row after torch.manual_seed(0), and their predictions."""
+    torch.manual_seed(0)
+    advs = [make_attack("pgd", m, eps, **kw)(x, y) for _ in range(runs)]
+    with torch.no_grad():
+        wrong = [m(a).argmax(1) != y for a in advs]
+    return advs, wrong
+
+
+def _combine(advs, wrong):
+    """The restarts rule by hand: each image's first fooling example, else the last run's."""
+    out = advs[-1].clone()
+    for i in range(len(advs[0])):
+        for a, w in zip(advs, wrong):
+            if w[i]:
+                out[i] = a[i]
+                break
+    return out
+
+
+def test_pgd_restarts_keep_the_first_fooling_example(fitted):
+    m, x, y = fitted
+    eps, kw = 2 / 255, dict(steps=1)
+    advs, wrong = _pgd_runs(m, x, y, eps, 3, **kw)
+    torch.manual_seed(0)
+    one = make_attack("pgd", m, eps, **kw)(x, y)
+    torch.manual_seed(0)
+    three = make_attack("pgd", m, eps, restarts=3, **kw)(x, y)
+    assert torch.equal(one, advs[0])
+    torch.testing.assert_close(three, _combine(advs, wrong), rtol=0, atol=0)
+    c1, c3 = correct(m, one, y), correct(m, three, y)
+    assert not (c3 & ~c1).any()  # per image: fooled by restart 1, still fooled
+    assert torch.equal(three[~c1], one[~c1])  # ... by restart 1's example
+    assert c3.sum() < c1.sum()  # and here the later restarts fool more images
+    assert (three - x).abs().max().item() <= eps + 1e-6 and three.min() >= 0 and three.max() <= 1
+
+
+def test_pgd_restarts_predict_in_eval_mode_with_the_callers_statistics(fitted):
+    """A model in train() with batch statistics: the runs and the per-restart predictions use eval()
+    and batch statistics; no running buffer changes; every module's training flag comes back."""
+    m, x, y = fitted
+    m = copy.deepcopy(m)
+    eps, kw = 2 / 255, dict(steps=1)
+    with use_stats(m, "batch"):
+        advs, _ = _pgd_runs(m, x, y, eps, 3, **kw)
+        with torch.no_grad():
+            wrong = [m(a).argmax(1) != y for a in advs]  # eval, batch statistics
+    m.train()
+    m[-1].eval()  # a mixed set of flags, which a blanket train() afterwards would lose
+    flags = {n: mod.training for n, mod in m.named_modules()}
+    before = buffers(m)
+    torch.manual_seed(0)
+    with use_stats(m, "batch"):
+        adv = make_attack("pgd", m, eps, restarts=3, **kw)(x, y)
+    assert flags == {n: mod.training for n, mod in m.named_modules()}
+    assert_same_buffers(before, buffers(m))
+    torch.testing.assert_close(adv, _combine(advs, wrong), rtol=0, atol=0)
+    # population-statistics predictions would pick other examples here, so the mode matters
+    with torch.no_grad():
+        wrong_pop = [m.eval()(a).argmax(1) != y for a in advs]
+    assert not torch.equal(_combine(advs, wrong_pop), adv)
+
+
+def test_new_attacks_in_evaluate(fitted):
+    """evaluate() takes the new names: APGD on all the images with a seed from the grid's, the noise
+    controls without parameters, PGD restarts recorded; APGD in batch statistics warns."""
+    from rnorm.evaluate import EVAL_ATTACKS, evaluate
+    m, x, y = fitted
+    names = ("clean", "apgd", "noise_sign", "noise_uniform", "pgd")
+    assert set(names) <= set(EVAL_ATTACKS)
+    kw = dict(attacks=names, eps=(2 / 255,), batch_sizes=(16,), device="cpu",
+              attack_params={"apgd": {"steps": 5}, "pgd": {"steps": 1, "restarts": 2}})
+    df = evaluate(m, x, y, **kw).set_index("attack")
+    assert (df.n == 32).all()
+    params = df.params.map(json.loads)
+    assert params["noise_sign"] == {} and params["noise_uniform"] == {} and params["pgd"]["restarts"] == 2
+    assert params["apgd"]["steps"] == 5 and params["apgd"]["seed"] != 0  # derived from the grid's seed
+    assert df.accuracy["apgd"] < df.accuracy["clean"]
+    assert df.equals(evaluate(m, x, y, **kw).set_index("attack").assign(seconds=df.seconds))  # reproducible
+    with pytest.warns(UserWarning, match="APGD in a batch-dependent"):
+        evaluate(m, x, y, attacks=("apgd",), eps=(2 / 255,), stats=("batch",), batch_sizes=(16,), device="cpu",
+                 attack_params={"apgd": {"steps": 2}})
+
+
+def test_restarts_must_be_a_positive_integer(model):
+    m = model[0]
+    for bad, pattern in [(0, r"restarts=0 is out of range"), ("two", r"restarts='two' must be an integer"),
+                         (-1, r"restarts=-1"), (1.5, r"restarts=1.5"), (True, r"restarts=True")]:
+        with pytest.raises(ConfigError, match=pattern):
+            make_attack("pgd", m, EPS, restarts=bad)
+        with pytest.raises(ConfigError, match=pattern):
+            make_attack("apgd", m, EPS, restarts=bad)
+    with pytest.raises(ConfigError, match=r"attack 'easy' takes no parameter restarts=2; allowed: alpha, "
+                                          r"random_start, steps"):
+        make_attack("easy", m, EPS, restarts=2)
+    with pytest.raises(ConfigError, match=r"attack 'apgd' takes no parameter alpha"):
+        make_attack("apgd", m, EPS, alpha=0.1)
+    with pytest.raises(ConfigError, match=r"attack 'noise_sign' takes no parameter steps=3; allowed: none"):
+        make_attack("noise_sign", m, EPS, steps=3)
+    with pytest.raises(ConfigError, match=r"attack 'noise_uniform' takes no parameter seed"):
+        make_attack("noise_uniform", m, EPS, seed=0)
+    with pytest.raises(ConfigError, match=r"steps=0"):
+        make_attack("apgd", m, EPS, steps=0)
+    with pytest.raises(ConfigError, match=r"seed=-1"):
+        make_attack("apgd", m, EPS, seed=-1)
+    with pytest.raises(ConfigError, match=r"restarts=2 needs random_start=True"):
+        make_attack("pgd", m, EPS, restarts=2, random_start=False)
+    assert make_attack("pgd", m, EPS, restarts=1, random_start=False).params["restarts"] == 1
+    assert make_attack("pgd", m, EPS, restarts=2.0).params["restarts"] == 2
+
+
 # ----------------------------------------------------------------------------- eps and argument checks
 
 @pytest.mark.parametrize("text,value", [("8/255", 8 / 255), (" 4/255 ", 4 / 255), ("0.03", 0.03), (0.5, 0.5),
@@ -247,7 +507,8 @@ def test_parse_eps_rejects_bad_values(bad, pattern):
 
 
 @pytest.mark.parametrize("eps,text", [(8 / 255, "8/255"), (1 / 255, "1/255"), (16 / 255, "16/255"), (0.03, "0.03"),
-                                      (0.1, "0.1"), (1 / 7, "0.1429"), (0.3, "0.3")])
+                                      (0.1, "0.1"), (1 / 7, "0.1429"), (0.3, "0.3"),
+                                      (0.25 / 255, "0.25/255"), (1.5 / 255, "1.5/255"), (0.0001, "0.0001")])
 def test_format_eps(eps, text):
     assert format_eps(eps) == text
     if "/" in text:
