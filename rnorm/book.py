@@ -287,28 +287,38 @@ def pretrain(profile: dict, *, jobs: int | None = None, device: str = "auto", no
 
     Each worker uses one thread: on 2 cores two 1-thread processes train about twice as many
     images per second as one 2-thread process (measured on a quiet machine; see the benchmarks).
-    Finished runs are cached, so the notebooks then only load them.
+    Finished runs are cached, so the notebooks then only load them. A notebook may name some runs
+    only after others are trained (03's RobustNorm runs follow its learning-rate sweep), so this
+    trains in rounds until the list of runs stops growing.
     """
     from .experiments import planned_runs
-    configs = []
-    for nb in notebooks if notebooks is not None else REGISTRY:
-        for cfg in planned_runs(nb, profile["notebooks"][nb]):
-            if cfg not in configs:
-                configs.append(cfg)
-    configs.sort(key=_cost, reverse=True)
-    jobs = jobs or profile["jobs"]
+    done: list = []
+    for _ in range(5):
+        configs = []
+        for nb in notebooks if notebooks is not None else REGISTRY:
+            for cfg in planned_runs(nb, profile["notebooks"][nb]):
+                if cfg not in configs and cfg not in done:
+                    configs.append(cfg)
+        if not configs:
+            break
+        _train_all(configs, jobs or profile["jobs"], device, profile.get("threads"))
+        done += configs
+    return done
+
+
+def _train_all(configs: list, jobs: int, device: str, threads) -> None:
+    configs = sorted(configs, key=_cost, reverse=True)
     if jobs <= 1 or len(configs) <= 1:
         from .runs import train
         for i, cfg in enumerate(configs, 1):
             print(f"[{i}/{len(configs)}] {cfg.name()}", flush=True)
-            train(cfg, device=device, progress=False, threads=profile.get("threads"))
-        return configs
+            train(cfg, device=device, progress=False, threads=threads)
+        return
     import multiprocessing as mp
     ctx = mp.get_context("spawn")
     with ctx.Pool(jobs, initializer=_worker_init) as pool:
         for i, name in enumerate(pool.imap_unordered(_train_one, [(c, device) for c in configs]), 1):
             print(f"[{i}/{len(configs)}] trained {name}", flush=True)
-    return configs
 
 
 def _worker_init():

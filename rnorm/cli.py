@@ -5,6 +5,7 @@
     rnorm build                      # only jupyter-book build, from what is executed
     rnorm profiles                   # list profiles and what they are for
     rnorm plan --profile cpu         # the training runs a profile needs
+    rnorm train --profile cpu        # train them ahead (resumable; e.g. in the background), no notebook
 
 A user mistake (unknown profile, notebook or parameter, a malformed value) ends with one line
 naming it and exit status 2, never a traceback.
@@ -50,6 +51,12 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("profiles", help="list the profiles")
     pl = sub.add_parser("plan", help="list the training runs a profile needs")
     pl.add_argument("--profile", default="cpu")
+    t = sub.add_parser("train", help="train the runs a profile's notebooks need, without running the notebooks "
+                                     "(resumable: an interrupted run continues from its last epoch)")
+    t.add_argument("--profile", default="cpu")
+    t.add_argument("--only", nargs="+", default=None, help="only the runs of these notebooks")
+    t.add_argument("--jobs", type=int, default=None, help="parallel training workers (default: the profile's)")
+    t.add_argument("--device", default="auto")
     return p
 
 
@@ -85,6 +92,15 @@ def _dispatch(args) -> int:
                     seen.append(cfg)
                     print(f"{nb:24s} {cfg.name()}-{cfg.key()}")
         print(f"{len(seen)} runs")
+        return 0
+    if args.command == "train":
+        prof = book.load_profile(args.profile)
+        if args.jobs is not None:
+            from ._validate import check_int
+            check_int("--jobs", args.jobs, min_value=1, max_value=4 * (os.cpu_count() or 1))
+        names = [get(nb).name for nb in args.only] if args.only else [n for n in REGISTRY if REGISTRY[n].trains]
+        done = book.pretrain(prof, jobs=args.jobs, device=args.device, notebooks=names)
+        print(f"done: {len(done)} runs trained or found in the cache")
         return 0
     if args.command == "build":
         book.build_book()

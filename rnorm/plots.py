@@ -33,6 +33,7 @@ LABELS = {
     "standard": "standard", "pgd_at": "PGD-AT", "advprop": "AdvProp", "ebn": "EBN", "advprop_ebn": "AdvProp+EBN",
     # attacks, gradients, batch make-up, references
     "clean": "clean", "fgsm": "FGSM", "pgd": "PGD", "autoattack": "AutoAttack", "easy": "easy (targeted to y)",
+    "apgd": "APGD-CE", "noise_sign": "sign noise", "noise_uniform": "uniform noise",
     "white-box": "white-box", "transfer": "transfer", "all": "all adversarial", "mixed": "mixed",
     "ema": "EMA population stats",
 }
@@ -176,10 +177,13 @@ def with_clean_start(frame: pd.DataFrame, attacks) -> pd.DataFrame:
 
 
 def accuracy_vs_eps(frame: pd.DataFrame, *, hue: str = "stats", style: str | None = None,
-                    col: str | None = "attack", title: str | None = None):
-    """Accuracy (%) against epsilon (in /255 units), one line per ``hue`` value."""
+                    col: str | None = "attack", title: str | None = None, log_eps: bool = False):
+    """Accuracy (%) against epsilon (in /255 units), one line per ``hue`` value; ``log_eps``: a log
+    ε axis (for sweeps over decades, e.g. 0.25/255 to 8/255; clean rows at ε = 0 are left out)."""
     use_style()
     df = frame.copy()
+    if log_eps:
+        df = df[df["eps"] > 0]
     df["eps (/255)"] = df["eps"] * 255
     df["accuracy (%)"] = df["accuracy"] * 100
     cols = list(dict.fromkeys(df[col])) if col else [None]
@@ -191,6 +195,8 @@ def accuracy_vs_eps(frame: pd.DataFrame, *, hue: str = "stats", style: str | Non
         ax.set_xlabel("ε (pixel scale, ×1/255)")
         ax.set_ylabel("accuracy (%)")
         ax.set_ylim(-2, 102)
+        if log_eps:
+            ax.set_xscale("log", base=2)
         if c is not None:
             ax.set_title(label(c) if col == "attack" else f"{col} = {c}")
     _one_legend(fig, axes[0], title=hue, below=len(cols) > 1)
@@ -273,3 +279,88 @@ def attack_label(frame: pd.DataFrame) -> pd.Series:
     """``clean``, ``FGSM 8/255``, ``PGD 2/255`` per row of an evaluation frame."""
     return frame.apply(lambda r: "clean" if r["attack"] == "clean" else f"{label(r['attack'])} {eps_label(r['eps'])}",
                        axis=1)
+
+
+def ratio_vs_eps(effects: pd.DataFrame, *, margin: float | None = None, title: str | None = None):
+    """Claim C1's effect: distance ratio (perturbed / control) against ε with its 95 % CI as a band,
+    one panel per statistic (mean, variance), one line per perturbation and control. A dotted
+    line at 1 (no more shift than the control) and, if given, a dashed line at the rule's margin."""
+    use_style()
+    df = effects.copy()
+    df["eps (/255)"] = df["eps"] * 255
+    df["batch vs control"] = [f"{label(a)} / {label(c)}" for a, c in zip(df["attack"], df["control"])]
+    stats_ = list(dict.fromkeys(df["statistic"]))
+    fig, axes = plt.subplots(1, len(stats_), figsize=(3.6 * len(stats_) + 0.4, 3.4), squeeze=False)
+    palette = dict(zip(dict.fromkeys(df["batch vs control"]), sns.color_palette(n_colors=df["batch vs control"].nunique())))
+    for ax, st in zip(axes[0], stats_):
+        for name, sub in df[df["statistic"] == st].groupby("batch vs control", sort=False):
+            sub = sub.sort_values("eps")
+            ax.plot(sub["eps (/255)"], sub["ratio"], marker="o", color=palette[name], label=name)
+            ax.fill_between(sub["eps (/255)"], sub["low"], sub["high"], color=palette[name], alpha=0.2, lw=0)
+        ax.axhline(1.0, color="0.3", ls=":", lw=1)
+        if margin is not None:
+            ax.axhline(margin, color="0.3", ls="--", lw=1)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log", base=2)
+        ax.set_xlabel("ε (pixel scale, ×1/255)")
+        ax.set_ylabel("distance ratio")
+        ax.set_title("batch mean" if st == "mean" else "batch variance")
+    _one_legend(fig, axes[0], title="perturbation / control", below=True)
+    if title:
+        fig.suptitle(title, y=1.02)
+    fig.tight_layout()
+    return fig
+
+
+def attack_convergence(curve: pd.DataFrame, *, title: str | None = None):
+    """Robust accuracy (%) against the attack's steps (log scale), one line per statistics mode and
+    number of restarts; APGD-CE as separate markers. Flat lines: the attack has converged."""
+    use_style()
+    df = curve.copy()
+    df["accuracy (%)"] = df["accuracy"] * 100
+    df["condition"] = [f"{model_label(n)}, {label(s)}" for n, s in zip(df["norm"], df["stats"])]
+    fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    pgd = df[df["attack"] == "pgd"].assign(restarts=lambda d: d["restarts"].astype(int).astype(str) + " restart(s)")
+    sns.lineplot(data=pgd, x="steps", y="accuracy (%)", hue="condition", style="restarts", markers=True, ax=ax,
+                 errorbar=None)
+    apgd = df[df["attack"] == "apgd"]
+    if len(apgd):
+        colors = dict(zip(dict.fromkeys(pgd["condition"]), sns.color_palette(n_colors=pgd["condition"].nunique())))
+        for cond, sub in apgd.groupby("condition", sort=False):
+            ax.scatter(sub["steps"], sub["accuracy (%)"], marker="*", s=120, color=colors.get(cond, "k"),
+                       label=f"APGD-CE, {cond}", zorder=3)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("attack steps")
+    ax.set_ylabel("robust accuracy (%)")
+    if title:
+        ax.set_title(title)
+    _one_legend(fig, [ax])
+    fig.tight_layout()
+    return fig
+
+
+def matched_clean(points: pd.DataFrame, *, eps_text: str = "", title: str | None = None):
+    """Robust against clean accuracy (%), one point per model and seed: a normalization that is more
+    robust only because it is less accurate lies on the others' trend, not above it."""
+    use_style()
+    df = points.copy()
+    df["model"] = [model_label(n, q) for n, q in zip(df["norm"], df["norm_p"])]
+    df["clean accuracy (%)"] = df["clean_full"] * 100
+    df["robust accuracy (%)"] = df["pgd"] * 100
+    fig, ax = plt.subplots(figsize=(5.0, 3.6))
+    sns.scatterplot(data=df, x="clean accuracy (%)", y="robust accuracy (%)", hue="model", style="model", s=60, ax=ax)
+    ax.set_ylabel(f"PGD accuracy {eps_text} (%)".replace("  ", " "))
+    if title:
+        ax.set_title(title)
+    _one_legend(fig, [ax])
+    fig.tight_layout()
+    return fig
+
+
+def note_figure(text: str):
+    """A small figure that only states ``text`` (where a figure's data does not exist, e.g. no sweep ran)."""
+    use_style()
+    fig, ax = plt.subplots(figsize=(5.0, 1.2))
+    ax.axis("off")
+    ax.text(0.5, 0.5, text, ha="center", va="center", wrap=True)
+    return fig

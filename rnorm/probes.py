@@ -214,3 +214,84 @@ def make_batches(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *
             torch.manual_seed(seed)
             out[a] = make_attack(a, model, eps, **attack_params.get(a, {}))(x, y).detach()
     return out
+
+
+@torch.no_grad()
+def norm_input_moments(model: nn.Module, images: torch.Tensor, *, batch_size: int = 256) -> list[dict]:
+    """Per image and channel, the first and second moments of the input of every normalization layer.
+
+    For each layer of :func:`rnorm.norms.norm_layers` (in model order) a dict with ``layer_index``,
+    ``layer``, ``m1`` and ``m2`` (float64 arrays, images x channels: the spatial means of x and
+    x**2), ``running_mean`` and ``running_var`` (None where the layer keeps none). The batch
+    statistics of *any* subset or resample of the images follow exactly: mean = average of
+    ``m1``, biased variance = average of ``m2`` minus mean**2 (each image has the same H*W). That
+    is what makes a bootstrap over images possible without running the model again.
+
+    The model runs in eval mode in chunks of ``batch_size``; this is exact only when a layer's
+    input for one image does not depend on the other images of the batch, i.e. with population
+    statistics (raises otherwise).
+    """
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model={type(model).__name__} must be a torch.nn.Module.")
+    for m in model.modules():
+        mode = getattr(m, "stats", "population")
+        if mode not in ("population", None):
+            raise ConfigError(f"norm_input_moments needs population statistics (images independent of each "
+                              f"other); a layer is in stats mode {mode!r}.")
+    x = _float_images(images)
+    layers = _norms.norm_layers(model)
+    acc: dict[int, list] = {i: [] for i in range(len(layers))}
+    handles = []
+
+    def make_hook(index):
+        def hook(module, inputs, output):
+            t = inputs[0].detach().double()
+            acc[index].append((t.mean(dim=(2, 3)).cpu(), (t * t).mean(dim=(2, 3)).cpu()))
+        return hook
+
+    flags = [(m, m.training) for m in model.modules()]
+    try:
+        for i, (_, layer) in enumerate(layers):
+            handles.append(layer.register_forward_hook(make_hook(i)))
+        model.eval()
+        dev = _device(model)
+        for s in range(0, x.shape[0], batch_size):
+            model(x[s:s + batch_size].to(dev))
+    finally:
+        for h in handles:
+            h.remove()
+        for m, flag in flags:
+            m.training = flag
+    out = []
+    for i, (name, layer) in enumerate(layers):
+        src = _running_source(layer)
+        rv = getattr(src, "running_var", None)
+        out.append({"layer_index": i, "layer": name,
+                    "m1": torch.cat([a for a, _ in acc[i]]).numpy(), "m2": torch.cat([b for _, b in acc[i]]).numpy(),
+                    "running_mean": src.running_mean.detach().double().cpu().numpy(),
+                    "running_var": None if rv is None else rv.detach().double().cpu().numpy()})
+    return out
+
+
+def moment_distances(moments: list[dict], weights: np.ndarray, eps: float = 1e-5) -> dict[str, np.ndarray]:
+    """Distances of weighted batches from the running statistics, averaged over channels and layers.
+
+    ``weights`` (resamples x images, rows summing to 1) define batches as weighted averages of
+    the images (a bootstrap resample: counts / n). Returns ``{"mean": (resamples,), "var":
+    (resamples,)}`` with the definitions of :func:`shift_distance` (mean: |mu_b - mu_r| /
+    sqrt(var_r + eps); var: |log((var_b + eps) / (var_r + eps))|), averaged over the channels of
+    each layer and then over the layers that keep a running variance.
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    dm, dv = [], []
+    for layer in moments:
+        if layer["running_var"] is None:
+            continue
+        mu = w @ layer["m1"]
+        var = np.maximum(w @ layer["m2"] - mu * mu, 0.0)
+        rm, rv = layer["running_mean"], layer["running_var"]
+        dm.append((np.abs(mu - rm) / np.sqrt(rv + eps)).mean(axis=1))
+        dv.append(np.abs(np.log((var + eps) / (rv + eps))).mean(axis=1))
+    if not dm:
+        raise ConfigError("no layer with a running variance: the shift distances need BatchNorm layers.")
+    return {"mean": np.mean(dm, axis=0), "var": np.mean(dv, axis=0)}

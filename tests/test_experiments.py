@@ -10,7 +10,7 @@ import pytest
 
 from rnorm import book, cli
 from rnorm._validate import ConfigError
-from rnorm.experiments import REGISTRY, ledger, planned_runs
+from rnorm.experiments import REGISTRY, planned_runs
 from rnorm.experiments.ebn import EBNParams
 from rnorm.experiments.robustnorm import RobustNormParams
 from rnorm.experiments.shift import ShiftParams
@@ -93,7 +93,9 @@ BAD_PARAMS = [
     (ShiftParams, {"attacks": ["pgdd"]}, "attacks", "pgd"),
     (ShiftParams, {"epochs": 0}, "epochs", None),
     (ShiftParams, {"width": -4}, "width", None),
-    (ShiftParams, {"seeds": [0, 1]}, "seeds", None),
+    (ShiftParams, {"controls": ["noise_gauss"]}, "controls", None),
+    (StatsSwapParams, {"sweep_seeds": [5]}, "sweep_seeds", None),
+    (RobustNormParams, {"stats_modes": ["batch"]}, "stats_modes", None),
     (ShiftParams, {"precision": "fp16"}, "precision", None),
     (ShiftParams, {"device": "gpu"}, "device", None),
     (StatsSwapParams, {"sweep_batch_sizes": [0, 8]}, "sweep_batch_sizes", None),
@@ -209,73 +211,6 @@ def test_cli_plan_lists_runs(capsys):
     assert "runs" in out and "fashion_mnist" in out
 
 
-# --- the ledger's rules -------------------------------------------------------------------------
-
-def _write(root, nb, obj):
-    (root / nb).mkdir(parents=True, exist_ok=True)
-    (root / nb / "summary.json").write_text(json.dumps(obj))
-
-
-def _c2(wb, tr, pop=0.05, nonorm=0.10, clean_pop=0.90, clean_batch=0.895):
-    e = lambda m: {"mean": m, "std": 0.01, "n_seeds": 2}  # noqa: E731
-    return {"pgd_eps": 4 / 255, "clean_population": e(clean_pop), "clean_batch": e(clean_batch),
-            "pgd_population": e(pop), "pgd_batch_whitebox": e(wb), "pgd_batch_transfer": e(tr), "pgd_nonorm": e(nonorm)}
-
-
-@pytest.mark.parametrize("summary,expected", [
-    (_c2(wb=0.40, tr=0.60), ledger.REPRODUCED),
-    (_c2(wb=0.05, tr=0.60), ledger.PARTLY),
-    (_c2(wb=0.05, tr=0.06), ledger.NOT),
-    (_c2(wb=0.40, tr=0.60, clean_batch=0.80), ledger.PARTLY),  # robust, but clean accuracy dropped
-])
-def test_c2_rule(tmp_path, summary, expected):
-    _write(tmp_path, "02_stats_swap", summary)
-    row = ledger.ledger(tmp_path).set_index("claim").loc["C2"]
-    assert row["verdict"] == expected
-
-
-def _ebn_setting(name, std=0.005, **means):
-    return {"dataset": name, "arch": "resnet18", "recipes": {
-        r: {"clean_mean": c, "clean_std": std, "pgd_mean": p, "pgd_std": std, "n_seeds": 2}
-        for r, (c, p) in means.items()}}
-
-
-def test_c4_c5_rules(tmp_path):
-    s = {"eps": 4 / 255, "settings": [
-        _ebn_setting("a", standard=(0.80, 0.1), advprop=(0.82, 0.2), ebn=(0.83, 0.25)),
-        _ebn_setting("b", standard=(0.80, 0.1), advprop=(0.79, 0.2), ebn=(0.78, 0.25)),
-        _ebn_setting("c", standard=(0.80, 0.1), advprop=(0.81, 0.2), ebn=(0.85, 0.30)),
-    ]}
-    _write(tmp_path, "04_easy_batchnorm", s)
-    t = ledger.ledger(tmp_path).set_index("claim")
-    assert t.loc["C4", "verdict"] == ledger.REPRODUCED  # EBN wins both in 2 of 3
-    assert t.loc["C5", "verdict"] == ledger.REPRODUCED  # AdvProp wins clean in 2 of 3
-    s["settings"] = s["settings"][1:2]
-    _write(tmp_path, "04_easy_batchnorm", s)
-    t = ledger.ledger(tmp_path).set_index("claim")
-    assert t.loc["C4", "verdict"] == ledger.NOT and t.loc["C5", "verdict"] == ledger.NOT
-
-
-def test_c1_and_c3_rules_and_missing(tmp_path):
-    t = ledger.ledger(tmp_path).set_index("claim")
-    assert (t["verdict"] == ledger.NOT_RUN).all()
-    c1 = {"ratios": [{"reference": ref, "statistic": stat, "attack": "pgd", "eps": eps, "ratio": r,
-                      "adv_distance": 1.0, "clean_distance": 0.5}
-                     for (ref, stat, r) in [("ema", "mean", 3.0), ("ema", "var", 2.5), ("precise", "mean", 1.1),
-                                            ("precise", "var", 2.2)]
-                     for eps, r in ((8 / 255, r), (2 / 255, 0.5))]}  # judged at the largest eps only
-    _write(tmp_path, "01_distribution_shift", c1)
-    m = lambda c, p, s=0.01: {"clean_mean": c, "clean_std": s, "pgd_mean": p, "pgd_std": s, "n_seeds": 2, "images_per_s": 100.0}  # noqa: E731
-    bn = lambda c, p, s=0.01: {"norm": "bn", "norm_p": None, **m(c, p, s)}  # noqa: E731
-    rn = lambda c, p, s=0.01: {"norm": "robustnorm", "norm_p": 0.2, **m(c, p, s)}  # noqa: E731
-    _write(tmp_path, "03_robustnorm", {"eps": 8 / 255, "models": [bn(0.9, 0.05), rn(0.895, 0.15)]})
-    t = ledger.ledger(tmp_path).set_index("claim")
-    assert t.loc["C1", "verdict"] == ledger.PARTLY  # 3 of 4 comparisons at least 2x
-    assert t.loc["C3", "verdict"] == ledger.REPRODUCED
-    _write(tmp_path, "03_robustnorm", {"eps": 8 / 255, "models": [bn(0.9, 0.05), rn(0.8, 0.051)]})
-    assert ledger.ledger(tmp_path).set_index("claim").loc["C3", "verdict"] == ledger.NOT
-
-
 def test_unwritable_results_folder_fails_before_any_work(tmp_path):
     from rnorm.results import ResultsDir
     blocker = tmp_path / "a-file"
@@ -315,36 +250,6 @@ def test_a_failure_part_way_leaves_the_old_results_whole(tmp_path, monkeypatch):
         out.save(bad)
     assert {p.name: p.read_bytes() for p in out.path.iterdir()} == before  # nothing new beside the old
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
-
-
-def test_stats_swap_findings_quote_the_summary():
-    from rnorm.experiments import stats_swap
-    s = {"pgd_eps": 4 / 255, "pgd_population": {"mean": 0.012}, "pgd_batch_whitebox": {"mean": 0.034},
-         "pgd_batch_transfer": {"mean": 0.456}, "pgd_nonorm": {"mean": 0.078},
-         "batch_sweep": [{"batch_size": 8, "makeup": "all", "gradient": "white-box", "mean": 0.25},
-                         {"batch_size": 512, "makeup": "all", "gradient": "white-box", "mean": 0.05},
-                         {"batch_size": 8, "makeup": "all", "gradient": "transfer", "mean": 0.99}]}
-    text = stats_swap.findings(s)
-    for piece in ("4/255", "1.2%", "45.6% (+44.4 points)", "3.4% (+2.2 points)", "7.8%",
-                  "between 5.0% (batch 512) and 25.0% (batch 8)"):
-        assert piece in text, piece
-    assert "99.0" not in text  # transfer rows are not part of the white-box sweep line
-
-
-def test_c4_c5_exclude_settings_at_chance(tmp_path):
-    s = {"eps": 2 / 255, "settings": [
-        _ebn_setting("fmnist", standard=(0.80, 0.1), advprop=(0.82, 0.2), ebn=(0.83, 0.25)),
-        _ebn_setting("chance", standard=(0.11, 0.1), advprop=(0.10, 0.0), ebn=(0.12, 0.05)),
-    ]}
-    _write(tmp_path, "04_easy_batchnorm", s)
-    t = ledger.ledger(tmp_path).set_index("claim")
-    assert "excluded" in t.loc["C4", "effect"] and "chance / resnet18" in t.loc["C4", "effect"]
-    assert "chance / resnet18: clean" not in t.loc["C4", "effect"]
-    assert t.loc["C4", "verdict"] == ledger.REPRODUCED  # decided by the one informative setting
-    s["settings"] = s["settings"][1:]
-    _write(tmp_path, "04_easy_batchnorm", s)
-    t = ledger.ledger(tmp_path).set_index("claim")
-    assert t.loc["C4", "verdict"] == ledger.NOT_RUN and "no informative setting" in t.loc["C4", "effect"]
 
 
 def test_evaluation_is_cached_by_its_inputs(tmp_path, monkeypatch):
@@ -420,3 +325,26 @@ def test_accuracy_table_keeps_the_order_of_the_rows_and_shows_mean_and_sd():
     assert list(t.columns) == ["recipe", "clean", "PGD 8/255"]
     assert t["recipe"].tolist() == ["standard", "AdvProp"]  # as the rows come, not alphabetical
     assert t.iloc[0]["clean"] == "85.0 ± 7.1" and t.iloc[1]["PGD 8/255"] == "20.0 ± 0.0"
+
+
+def test_train_command_trains_the_sweep_then_the_chosen_runs(tmp_path, monkeypatch, data_root):
+    """03's RobustNorm runs can only be named once its learning-rate sweep is trained: `rnorm train`
+    trains in rounds, so one call leaves every run the notebook needs in the cache."""
+    from rnorm.experiments import robustnorm
+    from rnorm.runs import find_run
+    monkeypatch.setenv("RNORM_RUNS", str(tmp_path))
+    prof = book.load_profile("smoke")
+    params = RobustNormParams.from_dict(prof["notebooks"]["03_robustnorm"])
+    assert robustnorm.chosen_lrs(params) is None  # nothing trained: the chosen runs cannot be named yet
+    assert not any(c.norm == "robustnorm" and c.holdout == 0 for c in robustnorm.runs(params))
+    assert cli.main(["train", "--profile", "smoke", "--only", "03_robustnorm", "--jobs", "1"]) == 0
+    chosen = robustnorm.chosen_lrs(params)
+    assert set(chosen) == set(params.powers) and set(chosen.values()) <= set(params.rn_lrs)
+    for cfg in robustnorm.runs(params):
+        assert find_run(cfg) is not None, cfg.name()
+    best = {}
+    for cfg in robustnorm.sweep_runs(params):  # the choice is the best final held-out accuracy
+        val = find_run(cfg).history["val_acc"].iloc[-1]
+        if cfg.norm_p not in best or val > best[cfg.norm_p][0]:
+            best[cfg.norm_p] = (val, cfg.lr)
+    assert chosen == {p: lr for p, (v, lr) in best.items()}

@@ -97,8 +97,8 @@ def test_book_is_incremental_like_make(smoke_runs, tmp_path, monkeypatch):
     profiles = tmp_path / "profiles"
     shutil.copytree(REPO / "profiles", profiles)
     text = (profiles / "smoke.yaml").read_text()
-    (profiles / "smoke.yaml").write_text(text.replace("    adv_fraction: 0.25\n", "").replace(
-        "  02_stats_swap:\n", "  02_stats_swap:\n    adv_fraction: 0.25\n", 1))
+    (profiles / "smoke.yaml").write_text(text.replace(
+        "  02_stats_swap:\n", "  02_stats_swap:\n    adv_fraction: 0.5\n", 1))
     monkeypatch.setenv("RNORM_PROFILES", str(profiles))
     assert book.stale_notebooks(book.load_profile("smoke"), out_dir=root) == ["02_stats_swap", "05_claims_ledger"]
     record = book.run_book("smoke", build=False, out_dir=root, device="cpu")

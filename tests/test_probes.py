@@ -199,3 +199,61 @@ def test_works_on_a_resnet():
     assert len(d) == 2 * len(layers) and np.isfinite(d.distance).all()
     assert d.tag.isna().all()
     assert isinstance(d, pd.DataFrame)
+
+
+# --- per-image moments and the bootstrap of the shift -------------------------------------------
+
+def test_moments_give_back_any_subsets_batch_statistics(trained):
+    from rnorm.probes import moment_distances, norm_input_moments
+    x = images(12, seed=2)
+    moments = norm_input_moments(trained, x, batch_size=5)  # chunks must not matter in population mode
+    frame = record_norm_inputs(trained, x[[0, 3, 3, 7]])  # a "resample" with a repeated image
+    w = np.zeros((1, 12))
+    w[0, [0, 3, 7]] = [0.25, 0.5, 0.25]
+    for layer in moments:
+        f = frame[frame.layer_index == layer["layer_index"]].sort_values("channel")
+        mu = w @ layer["m1"]
+        var = w @ layer["m2"] - mu * mu
+        np.testing.assert_allclose(mu[0], f[f.statistic == "mean"].value, rtol=1e-6, atol=1e-8)
+        np.testing.assert_allclose(var[0], f[f.statistic == "var"].value, rtol=1e-5, atol=1e-8)
+    # the distances equal shift_distance's, averaged over layers
+    d = moment_distances(moments, np.full((1, 12), 1 / 12))
+    ref = shift_distance(record_norm_inputs(trained, x))
+    for stat in ("mean", "var"):
+        assert d[stat][0] == pytest.approx(ref[ref.statistic == stat].distance.mean(), rel=1e-5)
+
+
+def test_moments_refuse_batch_statistics(trained):
+    from rnorm.probes import norm_input_moments
+    m = copy.deepcopy(trained)
+    norms.use_stats(m, "batch")
+    with pytest.raises(ConfigError, match="population statistics"):
+        norm_input_moments(m, images(4))
+
+
+def test_shift_effects_ratio_and_paired_bootstrap():
+    """Synthetic distances: the adversarial batch is exactly 3x the noise batch in every resample of
+    seed 0 and 5x in seed 1: the ratio is their mean, 4, with a zero-width CI; noisy distances widen it."""
+    from rnorm.experiments.shift import bootstrap_weights, shift_effects
+    w = bootstrap_weights(50, 200, seed=1)
+    assert w.shape == (201, 50) and np.allclose(w.sum(axis=1), 1) and np.allclose(w[-1], 1 / 50)
+    rng = np.random.default_rng(0)
+    base = {s: {"mean": 1 + rng.random(201), "var": 1 + rng.random(201)} for s in (0, 1)}
+    batches = [("clean", 0.0), ("pgd", 0.1), ("noise_sign", 0.1)]
+    dist = {}
+    for s, k in ((0, 3.0), (1, 5.0)):
+        dist[(s, "precise", ("clean", 0.0))] = {st: 0.5 * v for st, v in base[s].items()}
+        dist[(s, "precise", ("noise_sign", 0.1))] = base[s]
+        dist[(s, "precise", ("pgd", 0.1))] = {st: k * v for st, v in base[s].items()}
+    effects, per_seed = shift_effects(dist, [0, 1], batches)
+    row = effects[(effects.attack == "pgd") & (effects.control == "noise_sign") & (effects.statistic == "mean")].iloc[0]
+    assert row.ratio == pytest.approx(4.0) and row.low == pytest.approx(4.0) and row.high == pytest.approx(4.0)
+    assert sorted(per_seed[(per_seed.attack == "pgd") & (per_seed.control == "noise_sign")
+                           & (per_seed.statistic == "mean")].ratio) == pytest.approx([3.0, 5.0])
+    noise_vs_clean = effects[(effects.attack == "noise_sign") & (effects.control == "clean")]
+    assert list(noise_vs_clean.ratio) == pytest.approx([2.0, 2.0])
+    # an unpaired comparison would not be exact: shuffle one seed's adversarial resamples
+    dist[(0, "precise", ("pgd", 0.1))] = {st: 3.0 * v[rng.permutation(201)] for st, v in base[0].items()}
+    effects, _ = shift_effects(dist, [0, 1], batches)
+    row = effects[(effects.attack == "pgd") & (effects.control == "noise_sign") & (effects.statistic == "mean")].iloc[0]
+    assert row.high - row.low > 0.5

@@ -103,3 +103,29 @@ def accuracy_table(acc, by: list[str], labelled=()):
     for c in by:
         out[c] = out[c].astype(str).map(label) if c in labelled else out[c].astype(str)
     return out.rename_axis(columns=None)
+
+
+def full_test_accuracy(run, model, batch_size: int = 500) -> float:
+    """Clean accuracy on the dataset's whole test set with population statistics (main branch),
+    cached in the run's folder like any evaluation. The ledger's convergence floors use it."""
+    from ..evaluate import test_subset
+    x, y = test_subset(run.config.dataset, None)
+    frame = cached_evaluate(run, model, x, y, attacks=("clean",), stats=("population",),
+                            batch_sizes=(min(batch_size, len(y)),), shuffle=False)
+    return float(frame["accuracy"].iloc[0])
+
+
+def models_frame(trained: dict, device):
+    """One row per trained model: dataset, arch, width, norm, norm_p, recipe, share, seed, epochs,
+    train_subset, lr, clean_full (clean accuracy on the full test set) and the final epoch's
+    test_acc of its history -- what the ledger checks convergence on."""
+    import pandas as pd
+    rows = []
+    for cfg, r in trained.items():
+        model = r.model(device=device)
+        rows.append({"dataset": cfg.dataset, "arch": cfg.arch, "width": cfg.width, "norm": cfg.norm,
+                     "norm_p": cfg.norm_p if cfg.norm == "robustnorm" else float("nan"), "recipe": cfg.recipe,
+                     "share": getattr(cfg, "share", "none"), "seed": cfg.seed, "epochs": cfg.epochs,
+                     "train_subset": cfg.train_subset, "lr": cfg.lr, "clean_full": full_test_accuracy(r, model),
+                     "key": cfg.key()})
+    return pd.DataFrame(rows)

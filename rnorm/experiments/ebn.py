@@ -17,7 +17,7 @@ from ..evaluate import summarize, test_subset
 from ..results import StudyResult
 from ..runs import RunConfig
 from ..train import LOSS_WEIGHTINGS, branches_for
-from .common import accuracy_table, cached_evaluate, setup, train_runs
+from .common import accuracy_table, cached_evaluate, models_frame, setup, train_runs
 from .params import ConfigError, TrainingParams, check_bool, check_choice, check_int, choice_list
 
 RECIPES = ("standard", "pgd_at", "advprop", "ebn", "advprop_ebn")
@@ -94,7 +94,9 @@ def run(p: EBNParams) -> StudyResult:
         histories.append(r.history.assign(**names))
     acc = pd.concat(frames, ignore_index=True)
     table = summarize(acc, ["dataset", "arch", "recipe", "share", "branch", "attack", "eps"])
-    return StudyResult(p.NOTEBOOK, p, {"accuracy": acc, "history": pd.concat(histories, ignore_index=True)}, table,
+    models = models_frame(trained, device)
+    return StudyResult(p.NOTEBOOK, p, {"accuracy": acc, "history": pd.concat(histories, ignore_index=True),
+                                       "models": models}, table,
                        summary(p, acc), list(trained.values()), str(device))
 
 

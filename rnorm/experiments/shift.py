@@ -1,27 +1,43 @@
-"""Notebook 01, claim C1: do adversarial images shift the inputs of BatchNorm layers?
+"""Notebook 01, claim C1: do adversarial images shift the inputs of BatchNorm layers, and does it matter?
 
-For a BatchNorm model trained normally, record per layer and channel the mean and variance of the
-input of every BN layer for a clean test batch and for FGSM and PGD versions of the same batch
-(crafted against the model as deployed: population statistics), and compare them with the
-layer's population statistics -- both the running (EMA) estimates and exact PreciseBN estimates,
-so an inaccurate EMA can be told apart from a real shift.
+For BatchNorm models trained normally (one per seed), on a fixed set of test images:
+
+* **Shift, against controls.** At the input of every BN layer, the per-channel mean and variance
+  of the batch, for the clean images, for FGSM and PGD versions (crafted against the model as
+  deployed: population statistics) and for two *controls* of the same L-inf radius: random sign
+  noise and uniform noise. Each is compared with the layer's population statistics, both the
+  running (EMA) estimates and exact PreciseBN ones, so an inaccurate EMA is told apart from a
+  real shift. The effect is the ratio of the adversarial distance to the noise distance at equal
+  ε, with a bootstrap 95 % CI over the images (the same resampled images for every seed, whose
+  ratios are averaged): an attack that merely moves pixels as far as noise does would give 1.
+* **Repair.** Scoring the PGD images with the statistics of their own batch instead of the
+  population ones (the examples crafted with population statistics, i.e. transferred): how much
+  of the accuracy PGD took comes back. This is the same evaluation as notebook 02's, so the two
+  share one cache.
+
+The per-image moments behind the bootstrap: :func:`rnorm.probes.norm_input_moments`.
 """
 from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pandas as pd
 import torch
 
+from .._tensors import stable_seed
 from ..attacks import format_eps, make_attack
 from ..data import load, subset
 from ..evaluate import precise_bn, summarize, test_subset
 from ..norms import use_stats
-from ..probes import record_norm_inputs, shift_distance
+from ..probes import moment_distances, norm_input_moments, record_norm_inputs, shift_distance
 from ..results import StudyResult
 from ..runs import RunConfig
-from .common import setup, train_runs
-from .params import ConfigError, TrainingParams, check_int, choice_list, eps_list
+from .common import cached_evaluate, models_frame, setup, train_runs
+from .params import TrainingParams, check_int, choice_list
+
+CONTROLS = ("noise_sign", "noise_uniform")
+
 
 @dataclasses.dataclass(frozen=True)
 class ShiftParams(TrainingParams):
@@ -31,95 +47,150 @@ class ShiftParams(TrainingParams):
     dataset: str = "fashion_mnist"
     arch: str = "resnet18"
     attacks: tuple = ("fgsm", "pgd")
-    epsilons: tuple = ("2/255", "8/255")
-    pgd_steps: int = 10
+    controls: tuple = CONTROLS
+    epsilons: tuple = ("1/255", "8/255")
+    pgd_steps: int = 20
     probe_n: int = 256
     precise_n: int = 1000
+    test_n: int = 128
+    eval_batch_size: int = 64
+    n_boot: int = 1000
     show_layers: tuple = (0, 3, -1)
 
     def _check(self):
         super()._check()
-        self._set("attacks", choice_list("attacks", self.attacks, ("fgsm", "pgd")))
-        self._set("epsilons", eps_list("epsilons", self.epsilons))
-        self._set("pgd_steps", check_int("pgd_steps", self.pgd_steps, min_value=1))
+        self._check_evaluation()
+        self._set("controls", choice_list("controls", self.controls, CONTROLS))
         self._set("probe_n", check_int("probe_n", self.probe_n, min_value=2))
         self._set("precise_n", check_int("precise_n", self.precise_n, min_value=2))
+        self._set("n_boot", check_int("n_boot", self.n_boot, min_value=100))
         self._set("show_layers", tuple(check_int("show_layers", i, min_value=None) for i in
                                        (self.show_layers if isinstance(self.show_layers, (list, tuple))
                                         else (self.show_layers,))))
-        if len(self.seeds) != 1:
-            raise ConfigError(f"seeds={list(self.seeds)!r}: this notebook studies one model; give one seed.")
 
 
 def runs(p: ShiftParams) -> list[RunConfig]:
-    """The training runs the notebook needs: one BN model, trained normally."""
-    return [p.run_config(dataset=p.dataset, arch=p.arch, norm="bn", recipe="standard", seed=p.seeds[0])]
+    """The training runs the notebook needs: one BN model per seed, trained normally."""
+    return [p.run_config(dataset=p.dataset, arch=p.arch, norm="bn", recipe="standard", seed=s) for s in p.seeds]
 
 
 def _tag(attack: str, eps: float) -> str:
     return "clean" if attack == "clean" else f"{attack} {format_eps(eps)}"
 
 
+def repair_grid(p) -> dict:
+    """The evaluation behind the repair test and notebook 02's ε sweep (one cache for both): clean and
+    PGD at every ε, population and batch statistics, white-box and transferred gradients, per image."""
+    return dict(attacks=("clean", "pgd"), eps=p.epsilons, stats=("population", "batch"),
+                batch_sizes=(p.eval_batch_size,), gradients=("white-box", "transfer"),
+                attack_params={"pgd": {"steps": p.pgd_steps}}, per_image=True)
+
+
 def run(p: ShiftParams) -> StudyResult:
-    """Train (or reuse) the model and record its BN input statistics."""
+    """Train (or reuse) the models, probe their BN inputs, bootstrap the shift ratios, test the repair."""
     device = setup(p)
-    (cfg,) = runs(p)
-    trained = train_runs([cfg], p)[cfg]
-    model = trained.model(device=device).eval()
-    use_stats(model, "population")
-    x, y = test_subset(p.dataset, p.probe_n, seed=p.seeds[0])
+    trained = train_runs(runs(p), p)
+    x, y = test_subset(p.dataset, p.probe_n, seed=0)  # the same probe images for every seed: paired
     x, y = x.to(device), y.to(device)
-
-    batches = {("clean", 0.0): x}
-    for attack in p.attacks:
-        for eps in p.epsilons:
-            params = {"steps": p.pgd_steps} if attack == "pgd" else {}
-            torch.manual_seed(p.seeds[0])
-            batches[(attack, eps)] = make_attack(attack, model, eps, **params)(x, y)
-
-    with torch.no_grad():
-        accuracy = pd.DataFrame([{"attack": a, "eps": e, "accuracy": float((model(v).argmax(1) == y).float().mean())}
-                                 for (a, e), v in batches.items()])
-
+    tx, ty = test_subset(p.dataset, p.test_n, seed=0)
     train_x, train_y = load(p.dataset, "train")
-    train_x, train_y = subset(train_x, train_y, min(p.precise_n, len(train_y)), seed=p.seeds[0])
-    precise = precise_bn(model, train_x, train_y, batch_size=p.train_batch_size, device=device)
+    train_x, train_y = subset(train_x, train_y, min(p.precise_n, len(train_y)), seed=0)
+    records, distances, accuracies, repair, dist = [], [], [], [], {}
+    weights = bootstrap_weights(len(y), p.n_boot)
+    for cfg, r in trained.items():
+        model = r.model(device=device).eval()
+        use_stats(model, "population")
+        batches = probe_batches(model, x, y, p, seed=cfg.seed)
+        with torch.no_grad():
+            accuracies.append(pd.DataFrame([{"attack": a, "eps": e, "seed": cfg.seed, "n": len(y),
+                                             "accuracy": float((model(v).argmax(1) == y).float().mean())}
+                                            for (a, e), v in batches.items()]))
+        precise = precise_bn(model, train_x, train_y, batch_size=p.train_batch_size, device=device)
+        for reference, m in (("ema", model), ("precise", precise)):
+            for k, v in batches.items():  # distances of every bootstrap resample; the moments are dropped
+                dist[(cfg.seed, reference, k)] = moment_distances(norm_input_moments(m, v), weights)
+            if cfg.seed == p.seeds[0]:  # the per-layer figures show the first seed
+                for (attack, eps), batch in batches.items():
+                    rec = record_norm_inputs(m, batch, tag=_tag(attack, eps)).assign(
+                        reference=reference, attack=attack, eps=eps)
+                    records.append(rec)
+                    distances.append(shift_distance(rec).assign(reference=reference, attack=attack, eps=eps))
+        frame = cached_evaluate(r, model, tx, ty, device=p.device, seed=cfg.seed, progress=p.progress, **repair_grid(p))
+        repair.append(frame.assign(seed=cfg.seed, norm="bn"))
+    effects, ratios = shift_effects(dist, p.seeds, list(batches))
+    effects["n_images"] = len(y)
+    models = models_frame(trained, device)
+    accuracy = pd.concat(repair, ignore_index=True)
+    probe_accuracy = pd.concat(accuracies, ignore_index=True)
+    history = pd.concat([r.history.assign(seed=c.seed) for c, r in trained.items()], ignore_index=True)
+    summary = summarize(ratios, ["reference", "statistic", "attack", "control", "eps"], value="ratio")
+    return StudyResult(p.NOTEBOOK, p, {"bn_input_stats": pd.concat(records, ignore_index=True),
+                                       "shift_distance": pd.concat(distances, ignore_index=True),
+                                       "shift_effects": effects, "shift_ratios": ratios, "accuracy": accuracy,
+                                       "probe_accuracy": probe_accuracy, "models": models, "history": history},
+                       summary, {"models": models.to_dict(orient="records")}, list(trained.values()), str(device))
 
-    records, distances = [], []
-    for reference, m in (("ema", model), ("precise", precise)):
-        for (attack, eps), batch in batches.items():
-            rec = record_norm_inputs(m, batch, tag=_tag(attack, eps)).assign(reference=reference, attack=attack, eps=eps)
-            records.append(rec)
-            distances.append(shift_distance(rec).assign(reference=reference, attack=attack, eps=eps))
-    record = pd.concat(records, ignore_index=True)
-    distance = pd.concat(distances, ignore_index=True)
-    ratios = shift_ratios(distance).assign(seed=p.seeds[0])
-    summary = summarize(ratios, ["reference", "statistic", "attack", "eps"], value="ratio")
-    history = trained.history.assign(seed=cfg.seed)
-    return StudyResult(p.NOTEBOOK, p, {"bn_input_stats": record, "shift_distance": distance, "accuracy": accuracy,
-                                       "shift_ratios": ratios, "history": history},
-                       summary, headline(ratios), [trained], str(device))
+
+def probe_batches(model, x, y, p: ShiftParams, seed: int) -> dict:
+    """``{(attack, eps): images}``: the clean batch, each attack and each noise control at each ε.
+
+    Each is seeded from (seed, attack, ε), so a control's noise does not depend on the order."""
+    out = {("clean", 0.0): x}
+    for name in tuple(p.attacks) + tuple(p.controls):
+        for eps in p.epsilons:
+            params = {"steps": p.pgd_steps} if name == "pgd" else {}
+            torch.manual_seed(stable_seed("probe", seed, name, repr(eps)))
+            out[(name, eps)] = make_attack(name, model, eps, **params)(x, y)
+    return out
 
 
-def shift_ratios(distance: pd.DataFrame) -> pd.DataFrame:
-    """Per reference, statistic and adversarial batch: mean over layers of adversarial / clean distance.
+def bootstrap_weights(n: int, n_boot: int, seed: int = 0) -> np.ndarray:
+    """(n_boot + 1) x n weights: each row a bootstrap resample of n images as counts / n; the last row
+    the observed sample (1/n each)."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(n_boot, n))
+    weights = np.zeros((n_boot + 1, n))
+    np.add.at(weights, (np.repeat(np.arange(n_boot), n), idx.ravel()), 1.0 / n)
+    weights[-1] = 1.0 / n
+    return weights
 
-    Columns: reference, statistic, attack, eps, ratio, adv_distance, clean_distance.
+
+def shift_effects(dist: dict, seeds, batches) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The ratio of each perturbed batch's distance to a control's, with a bootstrap CI over images.
+
+    ``dist[(seed, reference, (attack, eps))]`` holds :func:`rnorm.probes.moment_distances` over
+    the rows of :func:`bootstrap_weights` (the same resamples for every seed and batch, so the
+    comparison stays paired; the last row is the observed sample). For every reference,
+    statistic (mean, var), perturbed batch (attack, ε) and control (the clean batch, and each
+    noise control at the same ε): the ratio of the distances, averaged over seeds; CI: the 2.5
+    and 97.5 % quantiles over the resamples. Returns ``(effects, per_seed)``: effects has
+    reference, statistic, attack, eps, control, ratio, low, high, n_images, n_models,
+    paired_over, adv_distance, control_distance; per_seed one point estimate per seed.
     """
-    rows = []
-    for (reference, stat), sub in distance.groupby(["reference", "statistic"], sort=False):
-        clean = sub[sub["attack"] == "clean"].set_index("layer_index")["distance"]
-        for (attack, eps), tsub in sub[sub["attack"] != "clean"].groupby(["attack", "eps"], sort=False):
-            adv = tsub.set_index("layer_index")["distance"]
-            rows.append({"reference": reference, "statistic": stat, "attack": attack, "eps": eps,
-                         "ratio": float((adv / clean.clip(lower=1e-12)).mean()),
-                         "adv_distance": float(adv.mean()), "clean_distance": float(clean.mean())})
-    return pd.DataFrame(rows)
+    seeds = list(seeds)
+    refs = sorted({ref for (_, ref, _) in dist})
 
-
-def headline(ratios: pd.DataFrame) -> dict:
-    """The numbers the ledger reads: every ratio row, by name (attack, numeric eps, reference)."""
-    return {"ratios": ratios.drop(columns=["seed"], errors="ignore").to_dict(orient="records")}
+    rows, per_seed = [], []
+    for ref in refs:
+        for stat in ("mean", "var"):
+            for (attack, eps) in batches:
+                if attack == "clean":
+                    continue
+                controls = [("clean", 0.0)] + [(c, eps) for c in CONTROLS if (c, eps) in batches and c != attack]
+                for control in controls:
+                    r = np.stack([dist[(s, ref, (attack, eps))][stat] / dist[(s, ref, control)][stat] for s in seeds])
+                    mean = r.mean(axis=0)
+                    low, high = np.quantile(mean[:-1], [0.025, 0.975])
+                    rows.append({"reference": ref, "statistic": stat, "attack": attack, "eps": eps,
+                                 "control": control[0], "ratio": float(mean[-1]), "low": float(low),
+                                 "high": float(high), "n_models": len(seeds),
+                                 "paired_over": "images" if len(seeds) == 1 else f"images x {len(seeds)} models",
+                                 "adv_distance": float(np.mean([dist[(s, ref, (attack, eps))][stat][-1] for s in seeds])),
+                                 "control_distance": float(np.mean([dist[(s, ref, control)][stat][-1] for s in seeds]))})
+                    per_seed += [{"reference": ref, "statistic": stat, "attack": attack, "eps": eps,
+                                  "control": control[0], "seed": s, "ratio": float(r[i, -1])}
+                                 for i, s in enumerate(seeds)]
+    return pd.DataFrame(rows), pd.DataFrame(per_seed)
 
 
 def shown_layers(record: pd.DataFrame, show_layers) -> list[int]:
@@ -129,7 +200,7 @@ def shown_layers(record: pd.DataFrame, show_layers) -> list[int]:
     return sorted({(i if i >= 0 else n + i) for i in show_layers if -n <= i < n})
 
 
-def strongest(ratios: pd.DataFrame, attack: str = "pgd") -> pd.DataFrame:
-    """The ratio rows of ``attack`` at its largest ε (numeric, never parsed from a label)."""
-    sub = ratios[ratios["attack"] == attack]
-    return sub[sub["eps"] == sub["eps"].max()] if len(sub) else sub
+def judged(effects: pd.DataFrame, eps: float, control: str = "noise_sign", reference: str = "precise") -> pd.DataFrame:
+    """The PGD rows of ``effects`` at ``eps`` against ``control`` and ``reference`` (one per statistic)."""
+    sub = effects[(effects["attack"] == "pgd") & (effects["control"] == control) & (effects["reference"] == reference)]
+    return sub[(sub["eps"] - eps).abs() < 1e-9]
