@@ -86,26 +86,21 @@ def choose_threads(requested: int | None, load1: float) -> tuple[int, str]:
 
 
 def environment() -> dict:
+    """The record of the machine a benchmark ran on: :func:`rnorm.hardware.environment` (the one
+    record every run and result uses) plus what a timing needs -- the date, the CPU flags that
+    decide the precision, what ``precision: auto`` resolves to, and the load before the run."""
     import torch
 
+    from rnorm.hardware import environment as rnorm_environment
+
     load = os.getloadavg()
-    return {
-        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "torch_version": torch.__version__,
-        "python_version": platform.python_version(),
-        "threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "cpu_model": cpu_model(),
-        "cpu_flags": cpu_flags(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "native_bf16": native_bf16(),
-        "precision_auto_resolves_to": resolve_precision("auto", "cpu"),
-        "node": platform.node(),
-        "platform": platform.platform(),
-        "loadavg_before": list(load),
-        "loaded_before": load[0] >= LOADED,
-        "rnorm_data": os.environ.get("RNORM_DATA"),
-    }
+    return rnorm_environment(
+        "cpu",
+        date=_dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        cpu_model=cpu_model(), cpu_flags=cpu_flags(), cpu_capability=torch.backends.cpu.get_cpu_capability(),
+        native_bf16=native_bf16(), precision_auto_resolves_to=resolve_precision("auto", "cpu"),
+        node=platform.node(), loadavg_before=list(load), loaded_before=load[0] >= LOADED,
+        rnorm_data=os.environ.get("RNORM_DATA"))
 
 
 def _fmt_ratio(e: dict, key: str = "ratio") -> str:

@@ -16,6 +16,11 @@ class ConfigError(ValueError):
     """A parameter has a value that is not allowed. Subclass of ValueError."""
 
 
+class ConfigTypeError(ConfigError, TypeError):
+    """A parameter has a value of a type that is not allowed: a ConfigError (the CLI reports it in one
+    line) that is also a TypeError, for callers that catch that."""
+
+
 def suggest(value, allowed: Iterable[str]) -> str:
     """Return " Did you mean 'x'?" for the closest allowed name, or "" when none is close."""
     if not isinstance(value, str):

@@ -83,7 +83,6 @@ import math
 import os
 import re
 import stat
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,6 +91,8 @@ from typing import Iterator
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from ._validate import ConfigError, ConfigTypeError
 
 __all__ = [
     "DATASETS",
@@ -193,7 +194,7 @@ _CACHE_VERSION = 3  # 2: records the size and mtime of every source file; 3: as 
 
 def _check_choice(param: str, value: object, allowed: tuple[str, ...] | list[str]) -> str:
     if not isinstance(value, str):
-        raise TypeError(
+        raise ConfigTypeError(
             f"{param} must be a str, one of {', '.join(map(repr, allowed))}; "
             f"got {value!r} of type {type(value).__name__}"
         )
@@ -204,43 +205,43 @@ def _check_choice(param: str, value: object, allowed: tuple[str, ...] | list[str
     close = difflib.get_close_matches(value.lower().replace("-", "_"), list(norm), n=1)
     if close:
         msg += f"; did you mean {norm[close[0]]!r}?"
-    raise ValueError(msg)
+    raise ConfigError(msg)
 
 
 def _check_int(param: str, value: object, minimum: int | None = None) -> int:
     rng = "any int" if minimum is None else f"an int >= {minimum}"
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{param} must be {rng}, got {value!r} of type {type(value).__name__}")
+        raise ConfigTypeError(f"{param} must be {rng}, got {value!r} of type {type(value).__name__}")
     value = int(value)
     if minimum is not None and value < minimum:
-        raise ValueError(f"{param} must be {rng}, got {value}")
+        raise ConfigError(f"{param} must be {rng}, got {value}")
     return value
 
 
 def _check_bool(param: str, value: object) -> bool:
     if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{param} must be a bool, got {value!r} of type {type(value).__name__}")
+        raise ConfigTypeError(f"{param} must be a bool, got {value!r} of type {type(value).__name__}")
     return bool(value)
 
 
 def _check_pair(images: object, labels: object) -> tuple[torch.Tensor, torch.Tensor]:
     if not isinstance(images, torch.Tensor):
-        raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
+        raise ConfigTypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
     if not isinstance(labels, torch.Tensor):
-        raise TypeError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
+        raise ConfigTypeError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
     if images.dtype != torch.uint8 or images.dim() != 4:
-        raise TypeError(
+        raise ConfigTypeError(
             f"images must be a uint8 tensor of shape [N, C, H, W] (as returned by load), got "
             f"dtype {images.dtype} and shape {list(images.shape)}"
         )
     if labels.dim() != 1 or labels.dtype.is_floating_point or labels.dtype.is_complex \
             or labels.dtype == torch.bool:
-        raise TypeError(
+        raise ConfigTypeError(
             f"labels must be an integer tensor of shape [N], got dtype {labels.dtype} and "
             f"shape {list(labels.shape)}"
         )
     if labels.shape[0] != images.shape[0]:
-        raise ValueError(
+        raise ConfigError(
             f"images and labels must have the same length, got {images.shape[0]} images and "
             f"{labels.shape[0]} labels"
         )
@@ -376,7 +377,7 @@ def batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int, *,
     flip = _check_bool("flip", flip)
     drop_last = _check_bool("drop_last", drop_last)
     if not isinstance(device, (str, torch.device)):
-        raise TypeError(f"device must be a str or torch.device, got {type(device).__name__}")
+        raise ConfigTypeError(f"device must be a str or torch.device, got {type(device).__name__}")
     device = torch.device(device)
     return _batch_iter(images, labels, batch_size, shuffle, seed, epoch, augment, pad, flip,
                        drop_last, device)
@@ -450,7 +451,7 @@ def _subset_indices(labels: torch.Tensor, n, seed, stratified) -> torch.Tensor:
     stratified = _check_bool("stratified", stratified)
     total = labels.shape[0]
     if n > total:
-        raise ValueError(f"n={n} is larger than the split size ({total} examples)")
+        raise ConfigError(f"n={n} is larger than the split size ({total} examples); allowed: at most {total}.")
     g = _generator("subset", seed)
     labels_cpu = labels.cpu()
     if not stratified or n == 0:
@@ -643,12 +644,10 @@ def _verify_checksums(root: Path, paths) -> None:
         record[rel] = [size, mtime, listed[rel]]
         changed = True
     if changed:
+        from ._io import atomic_write_text
         try:
             record_path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=record_path.name + ".", suffix=".tmp", dir=record_path.parent)
-            with os.fdopen(fd, "w") as f:
-                json.dump(record, f)
-            os.replace(tmp, record_path)
+            atomic_write_text(record_path, json.dumps(record))
         except OSError:
             pass  # the record is a shortcut; without it the files are hashed again next time
 
@@ -854,28 +853,16 @@ def _read_cache(path: Path, labels_expected: torch.Tensor, manifest_hash: str):
 
 def _write_cache(path: Path, images: torch.Tensor, labels: torch.Tensor,
                  manifest_hash: str, file_stats: torch.Tensor) -> None:
-    """Write the cache atomically (temp file in the same folder + os.replace)."""
-    tmp = None
+    """Write the cache atomically (:func:`rnorm._io.atomic_torch_save`); a failure only warns, since
+    the cache is a shortcut (the JPEG files are decoded again next time)."""
+    from ._io import atomic_torch_save
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the cache is not secret
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"version": _CACHE_VERSION, "manifest_sha256": manifest_hash,
-                        "images": images, "labels": labels, "file_stats": file_stats}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        tmp = None
+        atomic_torch_save({"version": _CACHE_VERSION, "manifest_sha256": manifest_hash,
+                           "images": images, "labels": labels, "file_stats": file_stats}, path)
+        os.chmod(path, 0o644)  # the temp file was created 0600; the cache is not secret
     except OSError as exc:
-        warnings.warn(f"could not write rnorm cache file {path}: {exc}", RuntimeWarning,
-                      stacklevel=4)
-    finally:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+        warnings.warn(f"could not write rnorm cache file {path}: {exc}", RuntimeWarning, stacklevel=4)
 
 
 def _load_cifar10_jpeg(root: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:

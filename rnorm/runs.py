@@ -398,10 +398,9 @@ def _read_history(path: Path):
     f = path / "history.csv"
     if not f.exists():
         return pd.DataFrame()
-    # exact float round trip: pandas >= 3 does it by default (and deprecates the option)
-    exact = {} if int(pd.__version__.split(".")[0]) >= 3 else {"float_precision": "round_trip"}
+    from .results import read_csv_exact
     try:
-        return pd.read_csv(f, **exact)
+        return read_csv_exact(f)
     except Exception as exc:  # noqa: BLE001 - pandas parser errors of a hand-edited file
         raise RunError(_damaged(f, f"{type(exc).__name__}: {exc}")) from None
 
