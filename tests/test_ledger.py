@@ -43,7 +43,7 @@ def _models(rows) -> pd.DataFrame:
     for norm, norm_p, seed, clean, *rest in rows:
         out.append(dict(dataset=rest[0] if rest else "cifar10_jpeg", arch=rest[1] if rest else "resnet20", width=16,
                         norm=norm, norm_p=norm_p, recipe=rest[2] if len(rest) > 2 else "standard", share="none",
-                        seed=seed, epochs=30, clean_full=clean))
+                        seed=seed, epochs=30, train_eps=2 / 255, clean_full=clean))
     return pd.DataFrame(out)
 
 
@@ -265,7 +265,7 @@ def _ebn_frames(settings):
             for recipe, (clean, pgd) in recipes.items():
                 j = 0.003 * rng.standard_normal()
                 models.append(("multibn", np.nan, s, clean + j, dataset, arch, recipe))
-                for eps in ledger.EBN_EPS[dataset]:
+                for eps in (2 / 255, protocol.EBN_STANDARD_EPS[dataset]):
                     acc.append(dict(dataset=dataset, arch=arch, recipe=recipe, share="none", seed=s, branch="main",
                                     attack="pgd", eps=eps, stats="population", params=PGD20, accuracy=pgd + j))
     return {"models": _models(models), "accuracy": pd.DataFrame(acc)}
@@ -282,6 +282,17 @@ def test_c4_and_c5_count_settings_whose_every_ci_excludes_zero():
     r = Results.of("04_easy_batchnorm", f)
     assert ledger.verdict_c4(r).verdict == ledger.NOT
     assert ledger.verdict_c5(r).verdict == ledger.NOT
+
+
+def test_c4_is_judged_at_the_training_eps_and_the_standard_eps():
+    good = {"standard": (0.925, 0.30), "advprop": (0.945, 0.35), "ebn": (0.965, 0.40)}
+    f = _ebn_frames({("fashion_mnist", "resnet18"): good})
+    assert ledger.judged_ebn_eps(f["models"], "fashion_mnist", "resnet18") == [2 / 255, 0.1]
+    v = ledger.verdict_c4(Results.of("04_easy_batchnorm", f))
+    assert "PGD 2/255" in v.effect and "PGD 0.1" in v.effect
+    # a standard-eps row missing: that part is not run, so the setting is not a win
+    f["accuracy"] = f["accuracy"][(f["accuracy"]["eps"] - 0.1).abs() > 1e-9]
+    assert ledger.verdict_c4(Results.of("04_easy_batchnorm", f)).verdict != ledger.REPRODUCED
 
 
 def test_c4_below_floor_settings_are_inconclusive():

@@ -117,8 +117,8 @@ def full_test_accuracy(run, model, batch_size: int = 500) -> float:
 
 def models_frame(trained: dict, device):
     """One row per trained model: dataset, arch, width, norm, norm_p, recipe, share, seed, epochs,
-    train_subset, lr, clean_full (clean accuracy on the full test set) and the final epoch's
-    test_acc of its history -- what the ledger checks convergence on."""
+    train_subset, lr, train_eps, train_steps, loss_weighting, clean_full (clean accuracy on the
+    full test set: what the ledger checks convergence on) and the run's key."""
     import pandas as pd
     rows = []
     for cfg, r in trained.items():
@@ -126,6 +126,8 @@ def models_frame(trained: dict, device):
         rows.append({"dataset": cfg.dataset, "arch": cfg.arch, "width": cfg.width, "norm": cfg.norm,
                      "norm_p": cfg.norm_p if cfg.norm == "robustnorm" else float("nan"), "recipe": cfg.recipe,
                      "share": getattr(cfg, "share", "none"), "seed": cfg.seed, "epochs": cfg.epochs,
-                     "train_subset": cfg.train_subset, "lr": cfg.lr, "clean_full": full_test_accuracy(r, model),
+                     "train_subset": cfg.train_subset, "lr": cfg.lr, "train_eps": cfg.train_eps,
+                     "train_steps": cfg.train_steps, "loss_weighting": cfg.loss_weighting,
+                     "clean_full": full_test_accuracy(r, model),
                      "key": cfg.key()})
     return pd.DataFrame(rows)

@@ -8,6 +8,7 @@ affine parameters or their statistics (Zhang et al. 2024).
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import pandas as pd
@@ -35,7 +36,9 @@ class EBNParams(TrainingParams):
     train_steps: int = 3
     attacks: tuple = ("fgsm", "pgd")
     epsilons: tuple = ("1/255", "4/255")
-    pgd_steps: int = 10
+    pgd_steps: int = 20
+    apgd_steps: int = 100
+    apgd_n: int = 64
     test_n: int = 128
     eval_batch_size: int = 64
     loss_weighting: str = "mean"
@@ -53,6 +56,11 @@ class EBNParams(TrainingParams):
         self._check_evaluation()
         check_choice("loss_weighting", self.loss_weighting, LOSS_WEIGHTINGS)
         check_bool("ablation", self.ablation)
+        self._set("apgd_steps", check_int("apgd_steps", self.apgd_steps, min_value=1))
+        self._set("apgd_n", check_int("apgd_n", self.apgd_n, min_value=1, max_value=self.test_n))
+        if self.apgd_n < self.eval_batch_size:
+            raise ConfigError(f"apgd_n={self.apgd_n} is smaller than eval_batch_size={self.eval_batch_size}; "
+                              f"allowed: at least one inference batch of images.")
         if len(self.recipes) != len(set(self.recipes)):
             raise ConfigError(f"recipes={list(self.recipes)!r} repeats a recipe; give each once.")
 
@@ -76,7 +84,26 @@ def runs(p: EBNParams) -> list[RunConfig]:
     return out
 
 
+def eval_eps(p: EBNParams, dataset: str) -> tuple[float, ...]:
+    """The ε a setting is evaluated at: the notebook's ``epsilons``, the training ε and the dataset's
+    standard ε (:data:`rnorm.experiments.protocol.EBN_STANDARD_EPS`), which the ledger judges at."""
+    from .protocol import EBN_STANDARD_EPS
+    extra = [p.train_eps] + ([EBN_STANDARD_EPS[dataset]] if dataset in EBN_STANDARD_EPS else [])
+    out: list[float] = []
+    for e in tuple(p.epsilons) + tuple(extra):
+        if all(abs(e - o) > 1e-12 for o in out):
+            out.append(e)
+    return tuple(sorted(out))
+
+
+HEADLINE_RECIPES = ("standard", "advprop", "ebn")
+
+
 def run(p: EBNParams) -> StudyResult:
+    """Train (or reuse) every recipe x setting x seed, evaluate through every branch at every ε, and
+    APGD-CE through the main branch at the standard ε on the first ``apgd_n`` images for the
+    recipes the ledger compares."""
+    from .protocol import EBN_STANDARD_EPS
     device = setup(p)
     trained = train_runs(runs(p), p)
     tests = {d: test_subset(d, p.test_n, seed=0) for d in p.datasets}
@@ -85,10 +112,16 @@ def run(p: EBNParams) -> StudyResult:
         model = r.model(device=device)
         x, y = tests[cfg.dataset]
         branches = ("main",) + branches_for(cfg.recipe)
-        df = cached_evaluate(r, model, x, y, attacks=("clean",) + tuple(p.attacks), eps=p.epsilons, stats=("population",),
-                             batch_sizes=(p.eval_batch_size,), branches=branches,
-                             attack_params={"pgd": {"steps": p.pgd_steps}}, device=p.device, seed=cfg.seed,
-                             progress=p.progress)
+        df = cached_evaluate(r, model, x, y, attacks=("clean",) + tuple(p.attacks), eps=eval_eps(p, cfg.dataset),
+                             stats=("population",), batch_sizes=(p.eval_batch_size,), branches=branches,
+                             attack_params={"pgd": {"steps": p.pgd_steps}}, per_image=True, device=p.device,
+                             seed=cfg.seed, progress=p.progress)
+        if cfg.recipe in HEADLINE_RECIPES and cfg.share == "none" and cfg.dataset in EBN_STANDARD_EPS:
+            strong = cached_evaluate(r, model, x[:p.apgd_n], y[:p.apgd_n], attacks=("apgd",),
+                                     eps=(EBN_STANDARD_EPS[cfg.dataset],), stats=("population",),
+                                     batch_sizes=(p.eval_batch_size,), attack_params={"apgd": {"steps": p.apgd_steps}},
+                                     device=p.device, seed=cfg.seed, progress=p.progress)
+            df = pd.concat([df, strong], ignore_index=True)
         names = dict(dataset=cfg.dataset, arch=cfg.arch, recipe=cfg.recipe, share=cfg.share, seed=cfg.seed)
         frames.append(df.assign(**names))
         histories.append(r.history.assign(**names))
@@ -98,6 +131,38 @@ def run(p: EBNParams) -> StudyResult:
     return StudyResult(p.NOTEBOOK, p, {"accuracy": acc, "history": pd.concat(histories, ignore_index=True),
                                        "models": models}, table,
                        summary(p, acc), list(trained.values()), str(device))
+
+
+def branch_findings(acc: pd.DataFrame, models: pd.DataFrame | None = None) -> str:
+    """Plain-words findings per setting: for every recipe and branch, the clean and PGD accuracy
+    (at each ε) minus standard training's main branch, paired over seeds with a 95 % CI, sorted so
+    that what hurts is said as plainly as what helps."""
+    from .. import stats
+    from ..attacks import format_eps
+    from ..plots import label
+    lines = []
+    main = acc[acc["share"] == "none"]
+    for (d, a), sub in main.groupby(["dataset", "arch"], sort=False):
+        base = sub[(sub["recipe"] == "standard") & (sub["branch"] == "main")]
+        if base.empty:
+            continue
+        lines.append(f"**{label(d)} / {a}** — difference from standard training (main branch), paired over seeds:")
+        for (recipe, branch), rows in sub[sub["recipe"] != "standard"].groupby(["recipe", "branch"], sort=False):
+            parts = []
+            for attack, eps in rows[rows["attack"].isin(("clean", "pgd"))][["attack", "eps"]].drop_duplicates().itertuples(index=False):
+                def per_seed(frame):
+                    f = frame[(frame["attack"] == attack) & ((frame["eps"] - eps).abs() < 1e-9)]
+                    return f.groupby("seed")["accuracy"].min()
+                b, r = per_seed(base), per_seed(rows)
+                seeds = sorted(set(b.index) & set(r.index))
+                if not seeds:
+                    continue
+                e = stats.paired_seeds([b[s] for s in seeds], [r[s] for s in seeds])
+                what = "clean" if attack == "clean" else f"PGD {format_eps(eps)}"
+                word = "" if math.isnan(e.low) else " (helps)" if e.low > 0 else " (hurts)" if e.high < 0 else ""
+                parts.append(f"{what} {e.text()}{word}")
+            lines.append(f"- {label(recipe)}, {branch} branch: " + "; ".join(parts))
+    return "\n".join(lines)
 
 
 def _display(acc: pd.DataFrame, by: list[str]) -> pd.DataFrame:

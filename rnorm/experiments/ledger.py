@@ -44,7 +44,6 @@ ROBUST_MARGIN = 0.0         # C3, C4: robust accuracy higher (CI above 0)
 HEADLINE_P = 0.2            # C3: RobustNorm's default power in the reference code (run.sh also uses 1.0)
 SPEED_TARGET = 0.90         # C3: training speed = epochs to reach 90 % of the reference accuracy (test_acc)
 SPEED_MARGIN = -2.0         # C3: RobustNorm needs at most 2 epochs more than BatchNorm
-EBN_EPS = {"cifar10_jpeg": (1 / 255, 8 / 255), "fashion_mnist": (1 / 255, 32 / 255)}  # C4: training ε, standard ε
 
 CLAIMS = {
     "C1": "Adversarial images shift the distribution of BatchNorm inputs, so the population statistics "
@@ -84,8 +83,9 @@ RULES = {
            f"speed: epochs to reach {SPEED_TARGET:.0%} of the reference accuracy at most {-SPEED_MARGIN:.0f} more "
            f"than BatchNorm's (CI above {SPEED_MARGIN:+.0f}). " + _COMMON),
     "C4": ("Per setting (dataset x architecture), EBN minus AdvProp through the main branch, paired over seeds: "
-           "clean accuracy on the full test set, and PGD-20 accuracy at the training ε and at a standard ε "
-           f"({', '.join(f'{k}: ' + ' and '.join(format_eps(e) for e in v) for k, v in EBN_EPS.items())}); a setting "
+           "clean accuracy on the full test set, and PGD-20 accuracy (or APGD-CE where lower) at the recipes' training "
+           "ε and at a standard ε ("
+           f"{', '.join(f'{k}: {format_eps(e)}' for k, e in protocol.EBN_STANDARD_EPS.items())}); a setting "
            "is a win when every CI lies above 0. Claim: reproduced if more than half of the settings are wins, "
            "not reproduced if more than half are refuted, partly if some are wins and none is refuted, "
            "inconclusive otherwise. " + _COMMON),
@@ -392,7 +392,7 @@ def _recipes(r: Results, new: str, old: str, robust: bool) -> Row:
             rob = _robust(main)
             ok, strength = protocol.attack_strength(rob)
             checks[strength] = ok
-            for eps in EBN_EPS.get(dataset, ()):
+            for eps in judged_ebn_eps(models, dataset, arch):
                 a = seed_values(_select(_at(rob, eps), recipe=old), seeds)
                 b = seed_values(_select(_at(rob, eps), recipe=new), seeds)
                 if a is None or b is None:
@@ -408,6 +408,17 @@ def _recipes(r: Results, new: str, old: str, robust: bool) -> Row:
         return Row(NOT_RUN)
     overall = _most(settings)
     return Row(overall.verdict, " | ".join(texts), settings, overall.reason)
+
+
+def judged_ebn_eps(models: pd.DataFrame | None, dataset: str, arch: str) -> list[float]:
+    """The ε at which C4 is judged in a setting: the training ε of its AdvProp/EBN models (from the
+    models frame) and the dataset's standard ε (:data:`protocol.EBN_STANDARD_EPS`)."""
+    out = []
+    if models is not None and "train_eps" in models:
+        m = _select(models, dataset=dataset, arch=arch)
+        out += sorted(set(m.loc[m["recipe"].isin(("advprop", "ebn")), "train_eps"].astype(float)))
+    std = protocol.EBN_STANDARD_EPS.get(dataset)
+    return out + ([std] if std is not None and all(abs(std - e) > 1e-9 for e in out) else [])
 
 
 def verdict_c4(r: Results) -> Row:
