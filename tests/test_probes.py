@@ -257,3 +257,12 @@ def test_shift_effects_ratio_and_paired_bootstrap():
     effects, _ = shift_effects(dist, [0, 1], batches)
     row = effects[(effects.attack == "pgd") & (effects.control == "noise_sign") & (effects.statistic == "mean")].iloc[0]
     assert row.high - row.low > 0.5
+
+
+def test_basic_interval_reflects_a_biased_bootstrap_around_the_estimate():
+    from rnorm.experiments.shift import basic_interval
+    rng = np.random.default_rng(0)
+    boots = 8.0 - 2.0 + 0.5 * rng.standard_normal(4000)  # resamples biased 2 below the estimate 8
+    est, low, high = basic_interval(8.0, boots)
+    assert est == pytest.approx(10.0, abs=0.05)  # the bias of the resamples, reflected around 8
+    assert low > 8.0 + 2.0 - 1.1 and high < 8.0 + 2.0 + 1.1 and low < est < high

@@ -155,6 +155,21 @@ def bootstrap_weights(n: int, n_boot: int, seed: int = 0) -> np.ndarray:
     return weights
 
 
+def basic_interval(estimate: float, boots: np.ndarray) -> tuple[float, float, float]:
+    """Bias-corrected estimate ``2 t - mean(t*)`` and the basic (reverse-percentile) 95 % bootstrap
+    interval ``[2 t - q97.5, 2 t - q2.5]``.
+
+    Not the plain percentile interval: a distance measured against the population statistics has a
+    noise floor (a finite batch's mean is never exactly the population's), and resampling the
+    images adds to it, most for the batches closest to the population -- so resampled ratios
+    sit systematically below the observed one (measured on the CIFAR-10 ResNet-20: the percentile
+    interval of a 8x ratio ended below 8). Both the estimate and the interval reflect that shift
+    back, which corrects a bias of this kind to first order; the uncorrected ratio is kept beside.
+    """
+    lo, hi = np.quantile(boots, [0.025, 0.975])
+    return float(2 * estimate - boots.mean()), float(2 * estimate - hi), float(2 * estimate - lo)
+
+
 def shift_effects(dist: dict, seeds, batches) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The ratio of each perturbed batch's distance to a control's, with a bootstrap CI over images.
 
@@ -162,10 +177,11 @@ def shift_effects(dist: dict, seeds, batches) -> tuple[pd.DataFrame, pd.DataFram
     the rows of :func:`bootstrap_weights` (the same resamples for every seed and batch, so the
     comparison stays paired; the last row is the observed sample). For every reference,
     statistic (mean, var), perturbed batch (attack, ε) and control (the clean batch, and each
-    noise control at the same ε): the ratio of the distances, averaged over seeds; CI: the 2.5
-    and 97.5 % quantiles over the resamples. Returns ``(effects, per_seed)``: effects has
-    reference, statistic, attack, eps, control, ratio, low, high, n_images, n_models,
-    paired_over, adv_distance, control_distance; per_seed one point estimate per seed.
+    noise control at the same ε): the ratio of the distances, averaged over seeds; CI: the basic
+    bootstrap interval over the resamples (:func:`basic_interval`). Returns ``(effects, per_seed)``: effects has
+    reference, statistic, attack, eps, control, ratio (bias-corrected), low, high, raw_ratio (the
+    observed ratio), n_images, n_models, paired_over, adv_distance, control_distance; per_seed one
+    observed ratio per seed.
     """
     seeds = list(seeds)
     refs = sorted({ref for (_, ref, _) in dist})
@@ -180,10 +196,10 @@ def shift_effects(dist: dict, seeds, batches) -> tuple[pd.DataFrame, pd.DataFram
                 for control in controls:
                     r = np.stack([dist[(s, ref, (attack, eps))][stat] / dist[(s, ref, control)][stat] for s in seeds])
                     mean = r.mean(axis=0)
-                    low, high = np.quantile(mean[:-1], [0.025, 0.975])
+                    corrected, low, high = basic_interval(mean[-1], mean[:-1])
                     rows.append({"reference": ref, "statistic": stat, "attack": attack, "eps": eps,
-                                 "control": control[0], "ratio": float(mean[-1]), "low": float(low),
-                                 "high": float(high), "n_models": len(seeds),
+                                 "control": control[0], "ratio": corrected, "low": low, "raw_ratio": float(mean[-1]),
+                                 "high": high, "n_models": len(seeds),
                                  "paired_over": "images" if len(seeds) == 1 else f"images x {len(seeds)} models",
                                  "adv_distance": float(np.mean([dist[(s, ref, (attack, eps))][stat][-1] for s in seeds])),
                                  "control_distance": float(np.mean([dist[(s, ref, control)][stat][-1] for s in seeds]))})
