@@ -282,6 +282,28 @@ def recorded_inputs(notebook: str, out_dir) -> dict | None:
 
 
 # ------------------------------------------------------------------------------------- training
+def publish_runs(profile: dict, *, notebooks=None, archive=None) -> tuple[list, list]:
+    """Copy every finished run the notebooks of ``profile`` need into ``archive`` (default: the
+    repository's ``models/``) with :func:`rnorm.runs.publish_run`; returns (published folders,
+    names of the runs not finished). Runs named only after others finish (03's RobustNorm runs
+    after its sweep) are included once those have finished."""
+    from .experiments import planned_runs
+    from .runs import find_run, publish_run
+    archive = Path(archive) if archive is not None else REPO / "models"
+    published, missing, seen = [], [], []
+    for nb in notebooks if notebooks is not None else REGISTRY:
+        for cfg in planned_runs(nb, profile["notebooks"][nb]):
+            if cfg in seen:
+                continue
+            seen.append(cfg)
+            run = find_run(cfg, archive=[])
+            if run is None:
+                missing.append(cfg.folder_name())
+            else:
+                published.append(publish_run(run, archive))
+    return published, missing
+
+
 def pretrain(profile: dict, *, jobs: int | None = None, device: str = "auto", notebooks=None) -> list:
     """Train every run the given notebooks need, longest first, in ``jobs`` worker processes.
 

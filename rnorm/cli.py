@@ -57,6 +57,11 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--only", nargs="+", default=None, help="only the runs of these notebooks")
     t.add_argument("--jobs", type=int, default=None, help="parallel training workers (default: the profile's)")
     t.add_argument("--device", default="auto")
+    pu = sub.add_parser("publish", help="copy the finished runs a profile's notebooks need into models/ (final "
+                                        "weights and history, no optimizer state), so a fresh clone need not train them")
+    pu.add_argument("--profile", default="cpu")
+    pu.add_argument("--only", nargs="+", default=None, help="only the runs of these notebooks")
+    pu.add_argument("--archive", default=None, help="target folder (default: the repository's models/)")
     return p
 
 
@@ -101,6 +106,16 @@ def _dispatch(args) -> int:
         names = [get(nb).name for nb in args.only] if args.only else [n for n in REGISTRY if REGISTRY[n].trains]
         done = book.pretrain(prof, jobs=args.jobs, device=args.device, notebooks=names)
         print(f"done: {len(done)} runs trained or found in the cache")
+        return 0
+    if args.command == "publish":
+        prof = book.load_profile(args.profile)
+        names = [get(nb).name for nb in args.only] if args.only else [n for n in REGISTRY if REGISTRY[n].trains]
+        published, missing = book.publish_runs(prof, notebooks=names, archive=args.archive)
+        for path in published:
+            print(f"published {path}")
+        for name in missing:
+            print(f"not finished, not published: {name}")
+        print(f"done: {len(published)} runs published, {len(missing)} not finished")
         return 0
     if args.command == "build":
         book.build_book()

@@ -421,10 +421,97 @@ def load_run(path) -> Run:
     return Run(cfg, path, _read_history(path), env)
 
 
-def find_run(config: RunConfig, runs_dir=None) -> Run | None:
-    """The finished run of ``config`` under ``runs_dir``, or None if absent or incomplete."""
+def find_run(config: RunConfig, runs_dir=None, *, archive=None) -> Run | None:
+    """The finished run of ``config`` under ``runs_dir`` (restored from the archive when only
+    published there, see :func:`restore_published`), or None if absent or incomplete."""
     path = _run_path(config, runs_dir)
+    if not is_complete(path) and not (path / "lock").exists():
+        restore_published(config, path, archive=archive)
     return load_run(path) if is_complete(path) else None
+
+
+# ------------------------------------------------------------------------------------- archive
+#: The files of a finished run that are published: enough to load, evaluate and audit it
+#: (no optimizer checkpoint, no evaluation caches).
+PUBLISHED_FILES = ("config.json", "environment.json", "history.csv", "model.pt")
+ARCHIVE_README = """# Published training runs
+
+Each folder is one finished training run of the published book, named `<name>-<key>` like the
+folders under `RNORM_RUNS`, holding its configuration, environment, per-epoch history and final
+weights (no optimizer state). `rnorm.runs.train` and `find_run` copy a run from here into
+`RNORM_RUNS` instead of training it again when the key matches exactly, so the notebooks can be
+re-executed with new evaluation parameters without hours of training. Written by
+`rnorm publish --profile PROFILE`; a run here is always complete (the files are copied only after
+training finished). Set `RNORM_ARCHIVE` to use other folders (`os.pathsep`-separated), or to an
+empty string to use none.
+"""
+
+
+def archive_roots(archive=None) -> list[Path]:
+    """Folders searched for published runs: ``archive`` (a path or a list), else ``$RNORM_ARCHIVE``
+    (``os.pathsep``-separated; empty: none), else the repository's ``models/`` folder if it exists."""
+    if archive is None:
+        env = os.environ.get("RNORM_ARCHIVE")
+        if env is None:
+            default = Path(__file__).resolve().parent.parent / "models"
+            return [default] if default.is_dir() else []
+        archive = [p for p in env.split(os.pathsep) if p]
+    if isinstance(archive, (str, os.PathLike)):
+        archive = [archive]
+    return [Path(os.path.expanduser(os.fspath(a))).absolute() for a in archive]
+
+
+def publish_run(run: Run, archive) -> Path:
+    """Copy the published files of the finished ``run`` into ``<archive>/<folder>/``, all or nothing
+    (staged beside the target, then renamed into place); returns the folder."""
+    import shutil
+
+    if not is_complete(run.path):
+        raise RunError(f"run {run.path} is not complete; only finished runs are published.")
+    run.state_dict()  # refuses weights that do not belong to the key
+    root = Path(archive).absolute()
+    root.mkdir(parents=True, exist_ok=True)
+    if not (root / "README.md").exists():
+        _io.atomic_write_text(root / "README.md", ARCHIVE_README)
+    target = root / run.path.name
+    staged = Path(tempfile.mkdtemp(dir=root, prefix=f".{run.path.name}."))
+    try:
+        for name in PUBLISHED_FILES:
+            if (run.path / name).exists():
+                shutil.copy2(run.path / name, staged / name)
+        _io.replace_dir(staged, target)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+    return target
+
+
+def restore_published(config: RunConfig, path: Path, *, archive=None) -> bool:
+    """Copy the published run of ``config`` from the first archive that has it into ``path`` and mark
+    it done; True if it did. The archived config must hash to the folder name and the weights must
+    carry the key, or :class:`RunError` names the damaged file. A run being trained (a checkpoint in
+    ``path``) is left alone."""
+    import shutil
+
+    if (path / "checkpoint.pt").exists():
+        return False
+    for root in archive_roots(archive):
+        src = root / config.folder_name()
+        if not (src / "model.pt").is_file():
+            continue
+        if _read_config(src) != config:  # pragma: no cover - the folder name carries the key
+            raise RunError(f"{src / 'config.json'} does not describe this run.")
+        blob = _torch_load(src / "model.pt")
+        if not isinstance(blob, dict) or blob.get("config_key") != config.key():
+            raise RunError(_damaged(src / "model.pt", f"its weights do not carry the key {config.key()!r}"))
+        path.mkdir(parents=True, exist_ok=True)
+        for name in PUBLISHED_FILES:
+            if (src / name).exists():
+                tmp = path / f".{name}.tmp"
+                shutil.copy2(src / name, tmp)
+                os.replace(tmp, path / name)
+        _io.atomic_write_text(path / "done", f"restored from {src}\n")
+        return True
+    return False
 
 
 def environment(device: torch.device, precision: str, channels_last: bool) -> dict:
@@ -511,10 +598,12 @@ def _clean_accuracy(model, images, labels, device) -> float:
 
 
 def train(config: RunConfig, *, runs_dir=None, device="auto", progress=None, threads=None,
-          channels_last="auto") -> Run:
+          channels_last="auto", archive=None) -> Run:
     """Train ``config`` (or reuse its finished run) and return the :class:`Run`.
 
     * A finished run in ``<runs_dir>/<name>-<key>/`` is loaded, without training.
+    * A run published in an archive (:func:`archive_roots`; ``archive`` overrides) is copied
+      there first, then loaded, without training.
     * A run with a ``checkpoint.pt`` resumes from it (after checking it belongs to this config).
     * Another process training the same run holds its ``lock``: this call waits for it, then
       loads the result. A lock left by a dead process is recovered.
@@ -547,7 +636,7 @@ def train(config: RunConfig, *, runs_dir=None, device="auto", progress=None, thr
                   file=sys.stderr, flush=True)
 
     with _io.FileLock(path / "lock", poll=1.0, on_wait=waiting):
-        if is_complete(path):
+        if is_complete(path) or restore_published(config, path, archive=archive):
             return load_run(path)
         old_threads = torch.get_num_threads()
         if threads is not None:

@@ -348,3 +348,16 @@ def test_train_command_trains_the_sweep_then_the_chosen_runs(tmp_path, monkeypat
         if cfg.norm_p not in best or val > best[cfg.norm_p][0]:
             best[cfg.norm_p] = (val, cfg.lr)
     assert chosen == {p: lr for p, (v, lr) in best.items()}
+
+    # published into an archive, the runs serve a fresh runs folder without training
+    archive = tmp_path.parent / f"{tmp_path.name}-archive"
+    assert cli.main(["publish", "--profile", "smoke", "--only", "03_robustnorm", "--archive", str(archive)]) == 0
+    names = sorted(p.name for p in archive.iterdir() if p.is_dir())
+    assert names == sorted(c.folder_name() for c in robustnorm.runs(params))
+    assert all(not (archive / n / "checkpoint.pt").exists() for n in names)
+    monkeypatch.setenv("RNORM_RUNS", str(tmp_path.parent / f"{tmp_path.name}-fresh"))
+    monkeypatch.setenv("RNORM_ARCHIVE", str(archive))
+    monkeypatch.setattr("rnorm.runs._train_locked", lambda *a, **k: pytest.fail("trained instead of restoring"))
+    assert robustnorm.chosen_lrs(params) == chosen
+    for cfg in robustnorm.runs(params):
+        assert find_run(cfg) is not None, cfg.name()

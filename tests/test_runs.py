@@ -433,3 +433,45 @@ def test_unused_fields_do_not_split_the_cache():
     assert tiny(norm="robustnorm", norm_p=1.0).key() != tiny(norm="robustnorm").key()
     with pytest.raises(ConfigError, match="train_eps"):  # still validated before it is dropped
         tiny(train_eps=2.0)
+
+
+# ------------------------------------------------------------------------------------- archive
+def test_published_run_is_restored_without_training(env, monkeypatch):
+    """A run published into an archive is copied into a fresh runs folder and loaded, with the same
+    weights and history, instead of being trained again; the archive holds no optimizer state."""
+    cfg = tiny(epochs=1)
+    run = runs.train(cfg)
+    folder = runs.publish_run(run, env / "archive")
+    assert folder == env / "archive" / cfg.folder_name()
+    assert sorted(p.name for p in folder.iterdir()) == sorted(runs.PUBLISHED_FILES)
+    assert (env / "archive" / "README.md").exists()
+    monkeypatch.setattr(runs, "_train_locked", lambda *a, **k: pytest.fail("trained instead of restoring"))
+    again = runs.train(cfg, runs_dir=env / "fresh", archive=env / "archive")
+    assert again.path == env / "fresh" / cfg.folder_name()
+    assert_same_weights(weights(run), weights(again))
+    assert non_timing(again.history).equals(non_timing(run.history))
+    with pytest.raises(pytest.fail.Exception):  # without the archive it would have to train
+        runs.train(cfg, runs_dir=env / "other", archive=[])
+    assert runs.find_run(cfg, env / "third", archive=env / "archive") is not None
+
+
+def test_archived_weights_of_another_key_are_refused(env):
+    cfg = tiny(epochs=1)
+    folder = runs.publish_run(runs.train(cfg), env / "archive")
+    blob = torch.load(folder / "model.pt", weights_only=True)
+    blob["config_key"] = "0" * 12
+    torch.save(blob, folder / "model.pt")
+    with pytest.raises(RunError, match="model.pt"):
+        runs.train(cfg, runs_dir=env / "fresh", archive=env / "archive")
+    assert not runs.is_complete(env / "fresh" / cfg.folder_name())
+
+
+def test_archive_roots_from_argument_and_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("RNORM_ARCHIVE", os.pathsep.join([str(tmp_path / "a"), str(tmp_path / "b")]))
+    assert runs.archive_roots() == [tmp_path / "a", tmp_path / "b"]
+    monkeypatch.setenv("RNORM_ARCHIVE", "")
+    assert runs.archive_roots() == []
+    assert runs.archive_roots(tmp_path / "c") == [tmp_path / "c"]
+    monkeypatch.delenv("RNORM_ARCHIVE")
+    repo_models = Path(runs.__file__).resolve().parent.parent / "models"
+    assert runs.archive_roots() == ([repo_models] if repo_models.is_dir() else [])
