@@ -304,17 +304,21 @@ def publish_runs(profile: dict, *, notebooks=None, archive=None) -> tuple[list, 
     return published, missing
 
 
-def pretrain(profile: dict, *, jobs: int | None = None, device: str = "auto", notebooks=None) -> list:
-    """Train every run the given notebooks need, longest first, in ``jobs`` worker processes.
+def pretrain(profile: dict, *, jobs: int | None = None, device: str = "auto", notebooks=None,
+             executor: str = "local", address: str | None = None) -> list:
+    """Train every run the given notebooks need, longest first, with ``executor``
+    (:mod:`rnorm.executors`: ``local`` worker processes, ``jobs`` of them, or ``ray`` tasks on the
+    cluster at ``address``).
 
-    Each worker uses one thread: on 2 cores two 1-thread processes train about twice as many
-    images per second as one 2-thread process (measured on a quiet machine; see the benchmarks).
     Finished runs are cached, so the notebooks then only load them. A notebook may name some runs
     only after others are trained (03's RobustNorm runs follow its learning-rate sweep), so this
-    trains in rounds until the list of runs stops growing.
+    trains in rounds until the list of runs stops growing. Returns ``(run folder name, trained
+    here?)`` per run (:func:`rnorm.executors.train_one`).
     """
+    from .executors import run_all
     from .experiments import planned_runs
     done: list = []
+    results: list = []
     for _ in range(5):
         configs = []
         for nb in notebooks if notebooks is not None else REGISTRY:
@@ -323,36 +327,11 @@ def pretrain(profile: dict, *, jobs: int | None = None, device: str = "auto", no
                     configs.append(cfg)
         if not configs:
             break
-        _train_all(configs, jobs or profile["jobs"], device, profile.get("threads"))
+        configs = sorted(configs, key=_cost, reverse=True)
+        results += run_all(configs, executor=executor, jobs=jobs or profile["jobs"], device=device,
+                           threads=profile.get("threads"), address=address)
         done += configs
-    return done
-
-
-def _train_all(configs: list, jobs: int, device: str, threads) -> None:
-    configs = sorted(configs, key=_cost, reverse=True)
-    if jobs <= 1 or len(configs) <= 1:
-        from .runs import train
-        for i, cfg in enumerate(configs, 1):
-            print(f"[{i}/{len(configs)}] {cfg.name()}", flush=True)
-            train(cfg, device=device, progress=False, threads=threads)
-        return
-    import multiprocessing as mp
-    ctx = mp.get_context("spawn")
-    with ctx.Pool(jobs, initializer=_worker_init) as pool:
-        for i, name in enumerate(pool.imap_unordered(_train_one, [(c, device) for c in configs]), 1):
-            print(f"[{i}/{len(configs)}] trained {name}", flush=True)
-
-
-def _worker_init():
-    import torch
-    torch.set_num_threads(1)
-
-
-def _train_one(args):
-    from .runs import train
-    cfg, device = args
-    train(cfg, device=device, progress=False, threads=1)
-    return cfg.name()
+    return results
 
 
 _RECIPE_COST = {"standard": 1.0, "pgd_at": 1.0, "advprop": 2.0, "ebn": 2.0, "advprop_ebn": 3.0}
@@ -480,7 +459,8 @@ def build_book(*, warnings_as_errors: bool = True, builder: str = "html") -> Pat
 
 
 def run_book(profile_name: str, *, jobs: int | None = None, build: bool = True, notebooks=None,
-             device: str = "auto", out_dir=None, rerun: bool = False) -> dict:
+             device: str = "auto", out_dir=None, rerun: bool = False, executor: str = "local",
+             address: str | None = None) -> dict:
     """Bring the profile's executed notebooks up to date, then build the book.
 
     Re-executes the notebooks whose key changed or whose outputs are missing (all of them with
@@ -503,7 +483,8 @@ def run_book(profile_name: str, *, jobs: int | None = None, build: bool = True, 
         for nb in todo:  # every mistake that can be caught before training is caught here
             preflight(nb, notebook_params(profile, nb, {"device": device} if get(nb).trains else {}), out_dir)
         print(f"executing {', '.join(todo)}", flush=True)
-        pretrain(profile, jobs=jobs, device=device, notebooks=[nb for nb in todo if get(nb).trains])
+        pretrain(profile, jobs=jobs, device=device, notebooks=[nb for nb in todo if get(nb).trains],
+                 executor=executor, address=address)
         timings["pretrain"] = round(time.time() - t0, 1)
         from concurrent.futures import ThreadPoolExecutor
 

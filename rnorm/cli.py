@@ -46,6 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--out-dir", default=None, help="folder for executed/ and results/ (default: book/)")
     b.add_argument("--only", nargs="+", default=None, help="run only these notebooks")
     b.add_argument("--device", default="auto")
+    _executor_args(b)
 
     sub.add_parser("build", help="build the HTML book from the executed notebooks (no training)")
     sub.add_parser("profiles", help="list the profiles")
@@ -57,12 +58,20 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--only", nargs="+", default=None, help="only the runs of these notebooks")
     t.add_argument("--jobs", type=int, default=None, help="parallel training workers (default: the profile's)")
     t.add_argument("--device", default="auto")
+    _executor_args(t)
     pu = sub.add_parser("publish", help="copy the finished runs a profile's notebooks need into models/ (final "
                                         "weights and history, no optimizer state), so a fresh clone need not train them")
     pu.add_argument("--profile", default="cpu")
     pu.add_argument("--only", nargs="+", default=None, help="only the runs of these notebooks")
     pu.add_argument("--archive", default=None, help="target folder (default: the repository's models/)")
     return p
+
+
+def _executor_args(p) -> None:
+    p.add_argument("--executor", default="local", choices=("local", "ray"),
+                   help="where training runs execute: local worker processes, or Ray tasks (pip install 'rnorm[cluster]')")
+    p.add_argument("--ray-address", default=None, help="the Ray cluster (default: RAY_ADDRESS, else a local Ray instance); "
+                                                       "RNORM_RUNS and RNORM_DATA must be on a file system every node sees")
 
 
 def main(argv=None) -> int:
@@ -104,8 +113,10 @@ def _dispatch(args) -> int:
             from ._validate import check_int
             check_int("--jobs", args.jobs, min_value=1, max_value=4 * (os.cpu_count() or 1))
         names = [get(nb).name for nb in args.only] if args.only else [n for n in REGISTRY if REGISTRY[n].trains]
-        done = book.pretrain(prof, jobs=args.jobs, device=args.device, notebooks=names)
-        print(f"done: {len(done)} runs trained or found in the cache")
+        done = book.pretrain(prof, jobs=args.jobs, device=args.device, notebooks=names, executor=args.executor,
+                             address=args.ray_address)
+        trained = sum(t for _, t in done)
+        print(f"done: {len(done)} runs, {trained} trained now, {len(done) - trained} found finished")
         return 0
     if args.command == "publish":
         prof = book.load_profile(args.profile)
@@ -141,7 +152,8 @@ def _dispatch(args) -> int:
         for nb in args.only or ():
             get(nb)
         record = book.run_book(args.profile, jobs=args.jobs, build=not args.no_build, notebooks=args.only,
-                               device=args.device, out_dir=args.out_dir, rerun=args.rerun)
+                               device=args.device, out_dir=args.out_dir, rerun=args.rerun,
+                               executor=args.executor, address=args.ray_address)
         print(f"done: executed {', '.join(record['executed']) or 'nothing'}; seconds {record['seconds']}")
         return 0
     raise AssertionError(args.command)

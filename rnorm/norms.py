@@ -143,6 +143,27 @@ def _where_equal(x: torch.Tensor, ext: torch.Tensor, stage1: torch.Tensor):
     return n[k], c[k], h, w
 
 
+def _spread_by_index(gx: torch.Tensor, x: torch.Tensor, ext: torch.Tensor, stage1: torch.Tensor,
+                     d: torch.Tensor) -> None:
+    """Add ``d[c] / ties[c]`` to ``gx`` at every element of ``x`` equal to its channel's ``ext``,
+    found with :func:`_where_equal` (a search of a few rows; used on CPU, where it is the faster).
+    ``nonzero`` makes the host wait for the device, so CUDA uses :func:`_spread_by_mask`."""
+    idx = _where_equal(x, ext, stage1)
+    count = torch.bincount(idx[1], minlength=x.shape[1]).to(d.dtype)
+    gx.index_put_(idx, (d / count)[idx[1]].to(gx.dtype), accumulate=True)
+
+
+def _spread_by_mask(gx: torch.Tensor, x: torch.Tensor, ext: torch.Tensor, stage1: torch.Tensor,
+                    d: torch.Tensor) -> None:
+    """The same as :func:`_spread_by_index` with a full-size mask instead of an index search: one more
+    pass over ``x`` but no ``nonzero``, hence no host synchronization (used on CUDA). Adds exactly
+    the same values (``0`` elsewhere), so both give identical gradients."""
+    c = x.shape[1]
+    mask = x == ext.view(1, c, 1, 1)
+    count = mask.sum(dim=(0, 2, 3), dtype=d.dtype)
+    gx.add_(mask.to(gx.dtype) * (d / count).to(gx.dtype).view(1, c, 1, 1))
+
+
 def _bn_params(x: torch.Tensor, *tensors):
     """Per-channel tensors in a dtype ``F.batch_norm`` accepts with ``x`` (fp32 with bf16/fp16 input)."""
     if x.dtype in (torch.bfloat16, torch.float16):
@@ -197,10 +218,9 @@ class _RobustNormFn(torch.autograd.Function):
             if ctx.batch_mean:
                 d_mean = -gb_s * wt / scale
                 gx.add_((d_mean / (x.numel() // c)).to(gx.dtype).view(1, c, 1, 1))
+            spread = _spread_by_mask if x.device.type == "cuda" else _spread_by_index
             for ext, stage1, sign in ((hi, hi1, 1.0), (lo, lo1, -1.0)):
-                idx = _where_equal(x, ext, stage1)
-                count = torch.bincount(idx[1], minlength=c).to(d_range.dtype)
-                gx.index_put_(idx, (sign * d_range / count)[idx[1]].to(gx.dtype), accumulate=True)
+                spread(gx, x, ext, stage1, sign * d_range)
         if ctx.weight_dtype is None:
             return gx, None, None, None, None, None
         return gx, gw.to(ctx.weight_dtype), gb.to(ctx.weight_dtype), None, None, None

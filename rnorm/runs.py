@@ -10,7 +10,7 @@ A run folder holds:
 
 ``config.json``       the configuration (``RunConfig.from_dict`` reads it back)
 ``environment.json``  torch version, device, threads, CPU name and flags, precision (resolved),
-                      memory layout (``channels_last``), rnorm version
+                      memory layout (``channels_last``), rnorm version, ``trained_by`` (host, pid)
 ``history.csv``       one row per epoch: ``epoch``, ``loss`` (the loss minimized), per
                       branch ``loss_<b>`` and ``acc_<b>`` (training accuracy on that slice), ``lr``
                       (at the epoch's first step), ``images``, ``test_acc`` (clean accuracy of the
@@ -519,6 +519,12 @@ def environment(device: torch.device, precision: str, channels_last: bool) -> di
     return hardware.environment(device, precision=precision, channels_last=channels_last)
 
 
+def trained_by() -> dict:
+    """This process, as recorded in a run's ``environment.json`` (``trained_by``): host and pid."""
+    import socket
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
 def _rng_state() -> dict:
     st = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -682,6 +688,7 @@ def _train_locked(config: RunConfig, path: Path, dev: torch.device, progress: bo
                                       per_epoch * config.warmup_epochs)
     start, rows, wall = 0, [], 0.0
     env = environment(dev, config.precision, channels_last)
+    env["trained_by"] = trained_by()
     if (path / "checkpoint.pt").exists():
         blob = load_checkpoint(path, config)
         model.load_state_dict(blob["model"])

@@ -198,6 +198,14 @@ def _autocast(device_type: str, precision: str):
 # ---------------------------------------------------------------------------------- one step
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
                recipe, cfg=None) -> dict[str, float]:
+    """One optimizer step of ``recipe`` on the batch ``(x, y)``: :func:`step_metrics` with its
+    metrics read back as floats (``n`` stays an int)."""
+    out = step_metrics(model, optimizer, x, y, recipe, cfg)
+    return {k: v if k == "n" else float(v) for k, v in out.items()}
+
+
+def step_metrics(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+                 recipe, cfg=None) -> dict:
     """One optimizer step of ``recipe`` on the batch ``(x, y)`` (images in [0, 1]).
 
     Makes each slice's images (:func:`make_examples`), runs one forward pass in train mode over
@@ -205,9 +213,10 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tens
     mean (``loss_weighting="mean"``) or the sum (``"sum"``) of the per-slice mean cross-entropies. ``cfg`` is anything :meth:`StepSettings.of`
     takes (a RunConfig, a dict, None for defaults).
 
-    Returns floats: ``loss`` (the loss that was minimized), and per slice ``loss_<branch>``
-    and ``acc_<branch>`` (mean CE and accuracy of that slice; for ``pgd_at`` ``loss_main`` is the
-    loss on the PGD examples), plus ``n`` (images in the batch).
+    Returns detached 0-dim tensors on the batch's device: ``loss`` (the loss that was minimized),
+    and per slice ``loss_<branch>`` and ``acc_<branch>`` (mean CE and accuracy of that slice; for
+    ``pgd_at`` ``loss_main`` is the loss on the PGD examples), plus ``n`` (images in the batch, an
+    int). Nothing is read back to the host, so on CUDA the step never waits for the device.
     """
     rec = get_recipe(recipe)
     s = StepSettings.of(cfg)
@@ -227,11 +236,11 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tens
             loss = loss / len(losses)
     loss.backward()
     optimizer.step()
-    out = {"loss": float(loss.detach())}
+    out = {"loss": loss.detach()}
     with torch.no_grad():
         for (b, _), lg, l in zip(rec.slices, logits.detach().split(n), losses):
-            out[f"loss_{b}"] = float(l.detach())
-            out[f"acc_{b}"] = float((lg.argmax(1) == y).float().mean())
+            out[f"loss_{b}"] = l.detach()
+            out[f"acc_{b}"] = (lg.argmax(1) == y).float().mean()
     out["n"] = n
     return out
 
@@ -288,6 +297,9 @@ def derive_seed(*parts) -> int:
     return stable_seed("rnorm.train", *parts)
 
 
+_POSTFIX_EVERY = 25  # batches between progress-bar loss updates
+
+
 def run_epoch(model: nn.Module, optimizer, scheduler, images: torch.Tensor, labels: torch.Tensor, *,
               recipe, cfg, batch_size: int, seed: int, epoch: int, augment: bool, device,
               progress: bool = False, desc: str = "", step_fn: Callable | None = None,
@@ -307,7 +319,7 @@ def run_epoch(model: nn.Module, optimizer, scheduler, images: torch.Tensor, labe
     rec = get_recipe(recipe)
     if channels_last is not None:  # a run-time choice of rnorm.runs.train, not a field of the config
         cfg = dataclasses.replace(StepSettings.of(cfg), channels_last=channels_last)
-    step = step_fn if step_fn is not None else train_step
+    step = step_fn if step_fn is not None else step_metrics
     torch.manual_seed(derive_seed(seed, "epoch", epoch))
     total_batches, drop_last = epoch_plan(labels.shape[0], batch_size)
     it = _data.batches(images, labels, batch_size, shuffle=True, seed=seed, epoch=epoch, augment=augment,
@@ -324,23 +336,24 @@ def run_epoch(model: nn.Module, optimizer, scheduler, images: torch.Tensor, labe
     model.train()
     t0 = time.perf_counter()
     try:
-        for x, y in it:
+        for i, (x, y) in enumerate(it):
             m = step(model, optimizer, x, y, rec, cfg)
             scheduler.step()
             b = int(m.get("n", y.shape[0]))
-            for c in cols:
-                sums[c] += m[c] * b
+            for c in cols:  # summed on the device: read back once per epoch, not per step
+                sums[c] = sums[c] + m[c] * b
             seen += b
             if bar is not None:
-                el = time.perf_counter() - t0
                 bar.update(1)
-                bar.set_postfix(loss=f"{sums['loss'] / seen:.3f}", img_s=f"{seen / max(el, 1e-9):.0f}")
+                if i % _POSTFIX_EVERY == 0 or i + 1 == total_batches:  # the loss shown costs a host sync
+                    el = time.perf_counter() - t0
+                    bar.set_postfix(loss=f"{float(sums['loss']) / seen:.3f}", img_s=f"{seen / max(el, 1e-9):.0f}")
     finally:
         if bar is not None:
             bar.close()
     if device is not None and torch.device(device).type == "cuda":
         torch.cuda.synchronize()
     secs = time.perf_counter() - t0
-    row = {c: sums[c] / max(seen, 1) for c in cols}
+    row = {c: float(sums[c]) / max(seen, 1) for c in cols}
     row.update(lr=lr0, images=seen, epoch_seconds=secs, images_per_s=seen / max(secs, 1e-9))
     return row

@@ -2,7 +2,7 @@
 
     python tests/_train_child.py RUNS_DIR CONFIG_JSON [--sleep-after-checkpoint S] [--threads N]
 
-Prints one JSON line: ``{"steps": <train_step calls in this process>, "digest": <sha256 of the
+Prints one JSON line: ``{"steps": <training steps taken in this process>, "digest": <sha256 of the
 final weights>, "path": ..., "pid": ...}``. With ``--sleep-after-checkpoint`` the process sleeps
 S seconds after writing its first checkpoint (so a test can kill it between epochs).
 """
@@ -39,13 +39,13 @@ def main() -> None:
     a = ap.parse_args()
 
     calls = {"n": 0}
-    real_step = T.train_step
+    real_step = T.step_metrics  # the step run_epoch calls
 
     def counting_step(*args, **kw):
         calls["n"] += 1
         return real_step(*args, **kw)
 
-    T.train_step = counting_step
+    T.step_metrics = counting_step
     if a.sleep_after_checkpoint:
         real_save = runs.save_checkpoint
 

@@ -165,7 +165,7 @@ def test_planned_runs_share_models_across_notebooks():
 
 # --- profiles -----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["smoke", "cpu", "paper"])
+@pytest.mark.parametrize("name", ["smoke", "cpu", "gpu", "paper"])
 def test_shipped_profiles_are_valid(name):
     prof = book.load_profile(name)
     assert set(prof["notebooks"]) == set(REGISTRY)

@@ -316,6 +316,39 @@ def test_rn_gradient_is_autograd_of_the_formula(training, stats):
         torch.testing.assert_close(a, r, rtol=0, atol=1e-10)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_rn_mask_spread_for_cuda_gives_the_same_gradient_without_host_syncs(monkeypatch, dtype, channels_last):
+    """The CUDA path spreads the range gradient with a mask instead of ``nonzero`` (a host sync on
+    CUDA). Forced on CPU: the gradients are bit-identical to the index path, ties included, and the
+    backward calls nothing that makes the host wait (``nonzero``, ``item``, ``tolist``, ``bool``)."""
+    from rnorm import norms
+    x = torch.randint(-3, 4, (8, 5, 6, 4), generator=torch.Generator().manual_seed(3)).to(dtype)  # many ties
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    g = torch.randn(x.shape, generator=torch.Generator().manual_seed(4)).to(dtype)
+
+    def grads():
+        m = randomize(RobustNorm2d(5, p=0.2)).train()
+        xx = x.clone().requires_grad_(True)
+        (m(xx).float() * g.float()).sum().backward()
+        return xx.grad, m.weight.grad, m.bias.grad
+
+    by_index = grads()
+    monkeypatch.setattr(norms, "_spread_by_index", norms._spread_by_mask)
+
+    def sync(*a, **k):
+        raise AssertionError("host synchronization in the CUDA backward path")
+    for name in ("nonzero", "item", "tolist", "__bool__"):
+        monkeypatch.setattr(torch.Tensor, name, sync)
+    monkeypatch.setattr(torch, "nonzero", sync)
+    by_mask = grads()
+    monkeypatch.undo()
+    for a, b in zip(by_index, by_mask):
+        assert torch.equal(a, b)
+    assert by_index[0].abs().sum() > 0
+
+
 def test_rn_without_affine_and_channels_last():
     m = RobustNorm2d(4, p=1.0, affine=False).double()
     assert m.weight is None and m.bias is None

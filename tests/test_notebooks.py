@@ -79,7 +79,7 @@ def test_rerun_reuses_cached_training(smoke_runs, monkeypatch):
 
     def boom(*a, **k):
         raise AssertionError("a cached run was trained again")
-    monkeypatch.setattr(train_mod, "train_step", boom)
+    monkeypatch.setattr(train_mod, "step_metrics", boom)
     from rnorm.experiments import planned_runs
     from rnorm.runs import train
     prof = book.load_profile("smoke")

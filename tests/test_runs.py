@@ -200,9 +200,9 @@ def test_train_writes_a_complete_run_and_reuses_it(env, monkeypatch):
 
     # second call: no training at all, same run
     def boom(*a, **k):
-        raise AssertionError("train_step must not be called for a finished run")
+        raise AssertionError("no training step may run for a finished run")
 
-    monkeypatch.setattr(T, "train_step", boom)
+    monkeypatch.setattr(T, "step_metrics", boom)
     again = runs.train(cfg, device="cpu", progress=False)
     assert again.path == p
     assert_same_weights(weights(run), weights(again))
@@ -292,7 +292,7 @@ def test_subset_larger_than_split_is_a_clear_error(env):
 def test_unwritable_runs_folder_fails_before_training(env, monkeypatch):
     blocker = env / "not-a-folder"
     blocker.write_text("x")
-    monkeypatch.setattr(T, "train_step", lambda *a, **k: pytest.fail("trained"))
+    monkeypatch.setattr(T, "step_metrics", lambda *a, **k: pytest.fail("trained"))
     with pytest.raises(RunError, match="not-a-folder.*RNORM_RUNS"):
         runs.train(tiny(), runs_dir=blocker / "runs", device="cpu", progress=False)
     monkeypatch.setenv("RNORM_RUNS", str(blocker))

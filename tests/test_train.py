@@ -306,3 +306,24 @@ def test_mean_weighting_gives_every_recipe_the_gradient_scale_of_standard(recipe
     torch.testing.assert_close(_shared_weight_grad(recipe, "mean", monkeypatch), standard, **tol)
     torch.testing.assert_close(_shared_weight_grad(recipe, "sum", monkeypatch), k * standard,
                                rtol=0, atol=k * tol["atol"])
+
+
+@pytest.mark.parametrize("recipe", list(T.RECIPES))
+def test_a_training_step_never_reads_back_to_the_host(monkeypatch, recipe):
+    """On CUDA a read-back (``item``, ``float``, ``bool`` of a tensor, ``nonzero``) makes the host wait
+    for the device. The step used in the hot loop, attacks included, calls none of them; detected on
+    CPU by making each one raise."""
+    torch.manual_seed(0)
+    model = tiny()  # multibn with adv and easy branches serves every recipe
+    opt = sgd(model)
+    x, y = real_batch(16)
+
+    def sync(*a, **k):
+        raise AssertionError("host read-back in the training step")
+    for name in ("item", "tolist", "nonzero", "__bool__", "__float__", "__int__", "__index__"):
+        monkeypatch.setattr(torch.Tensor, name, sync)
+    monkeypatch.setattr(torch, "nonzero", sync)
+    out = T.step_metrics(model, opt, x, y, recipe, {"train_steps": 2})
+    monkeypatch.undo()
+    assert set(out) == {"n", *T.metric_columns(recipe)}
+    assert all(isinstance(v, torch.Tensor) and v.dim() == 0 for k, v in out.items() if k != "n")
