@@ -287,21 +287,28 @@ def publish_runs(profile: dict, *, notebooks=None, archive=None) -> tuple[list, 
     repository's ``models/``) with :func:`rnorm.runs.publish_run`; returns (published folders,
     names of the runs not finished). Runs named only after others finish (03's RobustNorm runs
     after its sweep) are included once those have finished."""
-    from .experiments import planned_runs
     from .runs import find_run, publish_run
     archive = Path(archive) if archive is not None else REPO / "models"
-    published, missing, seen = [], [], []
+    published, missing = [], []
+    for cfg in planned_configs(profile, notebooks):
+        run = find_run(cfg, archive=[])
+        if run is None:
+            missing.append(cfg.folder_name())
+        else:
+            published.append(publish_run(run, archive))
+    return published, missing
+
+
+def planned_configs(profile: dict, notebooks=None, exclude=()) -> list:
+    """The RunConfigs the given notebooks of ``profile`` need as of now, each once, in notebook order,
+    leaving out ``exclude``."""
+    from .experiments import planned_runs
+    configs: list = []
     for nb in notebooks if notebooks is not None else REGISTRY:
         for cfg in planned_runs(nb, profile["notebooks"][nb]):
-            if cfg in seen:
-                continue
-            seen.append(cfg)
-            run = find_run(cfg, archive=[])
-            if run is None:
-                missing.append(cfg.folder_name())
-            else:
-                published.append(publish_run(run, archive))
-    return published, missing
+            if cfg not in configs and cfg not in exclude:
+                configs.append(cfg)
+    return configs
 
 
 def pretrain(profile: dict, *, jobs: int | None = None, device: str = "auto", notebooks=None,
@@ -316,15 +323,10 @@ def pretrain(profile: dict, *, jobs: int | None = None, device: str = "auto", no
     here?)`` per run (:func:`rnorm.executors.train_one`).
     """
     from .executors import run_all
-    from .experiments import planned_runs
     done: list = []
     results: list = []
     for _ in range(5):
-        configs = []
-        for nb in notebooks if notebooks is not None else REGISTRY:
-            for cfg in planned_runs(nb, profile["notebooks"][nb]):
-                if cfg not in configs and cfg not in done:
-                    configs.append(cfg)
+        configs = planned_configs(profile, notebooks, exclude=done)
         if not configs:
             break
         configs = sorted(configs, key=_cost, reverse=True)

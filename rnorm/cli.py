@@ -89,6 +89,12 @@ def main(argv=None) -> int:
         return 130
 
 
+def _training_notebooks(only) -> list[str]:
+    """The notebooks named by ``--only`` (validated), else every notebook that trains."""
+    from .experiments import REGISTRY, get
+    return [get(nb).name for nb in only] if only else [n for n in REGISTRY if REGISTRY[n].trains]
+
+
 def _dispatch(args) -> int:
     from . import book
     from .experiments import REGISTRY, get, planned_runs
@@ -112,7 +118,7 @@ def _dispatch(args) -> int:
         if args.jobs is not None:
             from ._validate import check_int
             check_int("--jobs", args.jobs, min_value=1, max_value=4 * (os.cpu_count() or 1))
-        names = [get(nb).name for nb in args.only] if args.only else [n for n in REGISTRY if REGISTRY[n].trains]
+        names = _training_notebooks(args.only)
         done = book.pretrain(prof, jobs=args.jobs, device=args.device, notebooks=names, executor=args.executor,
                              address=args.ray_address)
         trained = sum(t for _, t in done)
@@ -120,7 +126,7 @@ def _dispatch(args) -> int:
         return 0
     if args.command == "publish":
         prof = book.load_profile(args.profile)
-        names = [get(nb).name for nb in args.only] if args.only else [n for n in REGISTRY if REGISTRY[n].trains]
+        names = _training_notebooks(args.only)
         published, missing = book.publish_runs(prof, notebooks=names, archive=args.archive)
         for path in published:
             print(f"published {path}")

@@ -57,10 +57,14 @@ def run_local(configs: list, *, jobs: int = 1, device: str = "auto", threads: in
     import multiprocessing as mp
     ctx = mp.get_context("spawn")
     with ctx.Pool(jobs, initializer=_worker_init) as pool:
-        for i, res in enumerate(pool.imap_unordered(_train_args, [(c, device, 1) for c in configs]), 1):
-            print(f"[{i}/{len(configs)}] {'trained' if res[1] else 'found'} {res[0]}", flush=True)
-            out.append(res)
+        for res in pool.imap_unordered(_train_args, [(c, device, 1) for c in configs]):
+            _report(out, res, len(configs))
     return out
+
+
+def _report(out: list, res: tuple[str, bool], total: int) -> None:
+    out.append(res)
+    print(f"[{len(out)}/{total}] {'trained' if res[1] else 'found'} {res[0]}", flush=True)
 
 
 def ray_resources(device: str, threads: int | None) -> dict:
@@ -87,8 +91,8 @@ def run_ray(configs: list, *, address: str | None = None, device: str = "auto", 
     from .runs import runs_root
     address = address or os.environ.get("RAY_ADDRESS") or None
     env = {"RNORM_RUNS": str(runs_root()), "RNORM_DATA": str(data_root())}
-    if not ray.is_initialized():
-        ray.init(address=address, runtime_env={"env_vars": env}, **(init_kwargs or {}))
+    if not ray.is_initialized():  # the folders travel with each task (below), not in a runtime_env
+        ray.init(address=address, **(init_kwargs or {}))
     if device == "auto":
         device = "cuda" if ray.cluster_resources().get("GPU", 0) >= 1 else "cpu"
     task = ray.remote(**ray_resources(device, threads))(_ray_train)
@@ -96,9 +100,7 @@ def run_ray(configs: list, *, address: str | None = None, device: str = "auto", 
     out, pending = [], list(refs)
     while pending:
         ready, pending = ray.wait(pending, num_returns=1)
-        res = ray.get(ready[0])
-        print(f"[{len(out) + 1}/{len(configs)}] {'trained' if res[1] else 'found'} {res[0]}", flush=True)
-        out.append(res)
+        _report(out, ray.get(ready[0]), len(configs))
     return out
 
 

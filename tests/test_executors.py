@@ -43,8 +43,7 @@ def test_smoke_pretraining_on_a_local_ray_instance_trains_every_run_once(tmp_pat
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.setenv("RAY_worker_niceness", "0")  # Ray nices its workers to 15: any other load would starve them
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")  # offline CI: no usage report
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=80 * 2 ** 20, log_to_driver=False,
-             runtime_env={"env_vars": {"RNORM_RUNS": str(tmp_path / "runs"), "RNORM_DATA": str(data_root)}})
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=80 * 2 ** 20, log_to_driver=False)
     try:
         prof = book.load_profile("smoke")
         first = book.pretrain(prof, device="cpu", notebooks=smoke_notebooks(), executor="ray")
