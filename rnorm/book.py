@@ -117,7 +117,11 @@ def load_profile(name_or_path: str) -> dict:
         except ConfigError as e:
             raise ConfigError(f"profile {path.stem!r}, notebook {nb!r}: {e}") from None
         notebooks[nb] = params
-    jobs = check_int("jobs", raw.get("jobs", 1), min_value=1)
+    from .layout import check_jobs
+    try:
+        jobs = check_jobs(raw.get("jobs", 1))
+    except ConfigError as e:
+        raise ConfigError(f"profile file {path}: {e}") from None
     return {"name": path.stem, "path": str(path), "description": raw.get("description", ""), "jobs": jobs,
             "threads": defaults.get("threads"), "notebooks": notebooks}
 
@@ -311,11 +315,15 @@ def planned_configs(profile: dict, notebooks=None, exclude=()) -> list:
     return configs
 
 
-def pretrain(profile: dict, *, jobs: int | None = None, device: str = "auto", notebooks=None,
-             executor: str = "local", address: str | None = None) -> list:
+def pretrain(profile: dict, *, jobs=None, device: str = "auto", notebooks=None,
+             executor: str = "local", address: str | None = None, layouts: list | None = None) -> list:
     """Train every run the given notebooks need, longest first, with ``executor``
     (:mod:`rnorm.executors`: ``local`` worker processes, ``jobs`` of them, or ``ray`` tasks on the
     cluster at ``address``).
+
+    ``jobs`` (default: the profile's) is a number of workers of the profile's ``threads`` each, or
+    ``"auto"``: the workers x threads that train fastest on this machine, measured once
+    (:func:`rnorm.layout.choose`). Each round's layout is printed and appended to ``layouts``.
 
     Finished runs are cached, so the notebooks then only load them. A notebook may name some runs
     only after others are trained (03's RobustNorm runs follow its learning-rate sweep), so this
@@ -323,15 +331,24 @@ def pretrain(profile: dict, *, jobs: int | None = None, device: str = "auto", no
     here?)`` per run (:func:`rnorm.executors.train_one`).
     """
     from .executors import run_all
+    from .layout import Layout, resolve
     done: list = []
     results: list = []
+    jobs = jobs or profile["jobs"]
     for _ in range(5):
         configs = planned_configs(profile, notebooks, exclude=done)
         if not configs:
             break
         configs = sorted(configs, key=_cost, reverse=True)
-        results += run_all(configs, executor=executor, jobs=jobs or profile["jobs"], device=device,
-                           threads=profile.get("threads"), address=address)
+        if executor == "ray":  # the cluster's resources decide; each task asks for the profile's threads
+            lay = Layout(1, profile.get("threads") or 1, note="Ray tasks")
+        else:
+            lay = resolve(jobs, configs, threads=profile.get("threads"), device=device)
+            print(f"[rnorm] training {len(configs)} run(s) with {lay.describe()}", flush=True)
+        if layouts is not None:
+            layouts.append(lay)
+        results += run_all(configs, executor=executor, jobs=lay.workers, device=device, threads=lay.threads,
+                           address=address)
         done += configs
     return results
 
@@ -476,6 +493,7 @@ def run_book(profile_name: str, *, jobs: int | None = None, build: bool = True, 
     chosen = execution_order(notebooks or REGISTRY)
     todo = chosen if rerun else stale_notebooks(profile, chosen, out_dir)
     timings: dict = {}
+    layouts: list = []
     record = {"profile": profile["name"], "jobs": jobs or profile["jobs"], "executed": todo, "seconds": timings,
               "cpu_count": os.cpu_count()}
     t0 = time.time()
@@ -486,8 +504,9 @@ def run_book(profile_name: str, *, jobs: int | None = None, build: bool = True, 
             preflight(nb, notebook_params(profile, nb, {"device": device} if get(nb).trains else {}), out_dir)
         print(f"executing {', '.join(todo)}", flush=True)
         pretrain(profile, jobs=jobs, device=device, notebooks=[nb for nb in todo if get(nb).trains],
-                 executor=executor, address=address)
+                 executor=executor, address=address, layouts=layouts)
         timings["pretrain"] = round(time.time() - t0, 1)
+        record["layouts"] = [lay.describe() for lay in layouts]
         from concurrent.futures import ThreadPoolExecutor
 
         def one(nb):
@@ -499,7 +518,9 @@ def run_book(profile_name: str, *, jobs: int | None = None, build: bool = True, 
             return nb, round(time.time() - t, 1)
 
         studies = [nb for nb in todo if get(nb).trains]
-        with ThreadPoolExecutor(max(1, jobs or profile["jobs"])) as pool:
+        from .layout import available_cores
+        parallel = record["jobs"] if record["jobs"] != "auto" else available_cores()
+        with ThreadPoolExecutor(max(1, min(parallel, len(studies) or 1))) as pool:
             for nb, seconds in pool.map(one, studies):
                 timings[nb] = seconds
         timings_file = out_dir / "results" / f"timings-{profile['name']}.json"

@@ -40,7 +40,8 @@ def _parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("book", help="run every notebook of a profile, then build the book")
     b.add_argument("--profile", default="cpu")
-    b.add_argument("--jobs", type=int, default=None, help="parallel training workers (default: the profile's)")
+    b.add_argument("--jobs", default=None, help="parallel training workers, or 'auto' (measure the fastest "
+                                                "workers x threads here; default: the profile's)")
     b.add_argument("--no-build", action="store_true", help="run the notebooks but do not build the HTML")
     b.add_argument("--rerun", action="store_true", help="re-execute every notebook, not only those whose inputs changed")
     b.add_argument("--out-dir", default=None, help="folder for executed/ and results/ (default: book/)")
@@ -56,7 +57,8 @@ def _parser() -> argparse.ArgumentParser:
                                      "(resumable: an interrupted run continues from its last epoch)")
     t.add_argument("--profile", default="cpu")
     t.add_argument("--only", nargs="+", default=None, help="only the runs of these notebooks")
-    t.add_argument("--jobs", type=int, default=None, help="parallel training workers (default: the profile's)")
+    t.add_argument("--jobs", default=None, help="parallel training workers, or 'auto' (measure the fastest "
+                                                "workers x threads here; default: the profile's)")
     t.add_argument("--device", default="auto")
     _executor_args(t)
     pu = sub.add_parser("publish", help="copy the finished runs a profile's notebooks need into models/ (final "
@@ -115,9 +117,7 @@ def _dispatch(args) -> int:
         return 0
     if args.command == "train":
         prof = book.load_profile(args.profile)
-        if args.jobs is not None:
-            from ._validate import check_int
-            check_int("--jobs", args.jobs, min_value=1, max_value=4 * (os.cpu_count() or 1))
+        args.jobs = _jobs(args.jobs)
         names = _training_notebooks(args.only)
         done = book.pretrain(prof, jobs=args.jobs, device=args.device, notebooks=names, executor=args.executor,
                              address=args.ray_address)
@@ -152,9 +152,7 @@ def _dispatch(args) -> int:
         print(f"wrote {out}")
         return 0
     if args.command == "book":
-        if args.jobs is not None:
-            from ._validate import check_int
-            check_int("--jobs", args.jobs, min_value=1, max_value=4 * (os.cpu_count() or 1))
+        args.jobs = _jobs(args.jobs)
         for nb in args.only or ():
             get(nb)
         record = book.run_book(args.profile, jobs=args.jobs, build=not args.no_build, notebooks=args.only,
@@ -163,6 +161,19 @@ def _dispatch(args) -> int:
         print(f"done: executed {', '.join(record['executed']) or 'nothing'}; seconds {record['seconds']}")
         return 0
     raise AssertionError(args.command)
+
+
+def _jobs(value):
+    """``--jobs``: None (the profile's), ``auto``, or a number of workers up to 4 per core."""
+    if value is None or value == "auto":
+        return value
+    from ._validate import check_int
+    try:
+        n = int(value)
+    except ValueError:
+        raise ConfigError(f"--jobs={value!r} is not allowed; allowed: a positive integer or 'auto' (measure the "
+                          f"fastest workers x threads on this machine).") from None
+    return check_int("--jobs", n, min_value=1, max_value=4 * (os.cpu_count() or 1))
 
 
 if __name__ == "__main__":

@@ -4,9 +4,10 @@ A profile's training runs are independent (each is keyed by its configuration an
 :mod:`rnorm.runs`), so they can run anywhere that sees the same runs folder. The notebooks then
 only load them. Two executors:
 
-* ``local`` (the default): ``jobs`` worker processes of one thread each on this machine (on 2
-  cores, two 1-thread processes train about twice the images per second of one 2-thread process;
-  see the benchmarks), or in this process when ``jobs`` is 1.
+* ``local`` (the default): ``jobs`` worker processes of ``threads`` threads each on this machine
+  (one thread unless told), or in this process when ``jobs`` is 1. How many of each is best
+  depends on the CPU and the network: a profile's ``jobs: auto`` measures it
+  (:mod:`rnorm.layout`).
 * ``ray``: one Ray task per run, with its resource request (1 GPU when the runs train on CUDA,
   else ``threads`` CPUs), on the cluster at ``address`` (``--ray-address``, else ``RAY_ADDRESS``,
   else a Ray instance started on this machine). ``RNORM_RUNS`` must name a folder every node
@@ -35,9 +36,9 @@ def train_one(config, device: str = "auto", threads: int | None = 1, runs_dir=No
     return config.folder_name(), not finished_before and run.environment.get("trained_by") == trained_by()
 
 
-def _worker_init():
+def _worker_init(threads: int):
     import torch
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
 
 
 def _train_args(args):
@@ -45,9 +46,11 @@ def _train_args(args):
 
 
 def run_local(configs: list, *, jobs: int = 1, device: str = "auto", threads: int | None = None) -> list:
-    """Train ``configs`` in ``jobs`` worker processes of one thread (in this process when ``jobs`` is 1,
-    with ``threads``); returns :func:`train_one`'s pairs in completion order."""
+    """Train ``configs`` in ``jobs`` worker processes of ``threads`` threads (default 1; in this
+    process when ``jobs`` is 1); returns :func:`train_one`'s pairs in completion order."""
     jobs = check_int("jobs", jobs, min_value=1)
+    if threads is not None:
+        threads = check_int("threads", threads, min_value=1)
     out = []
     if jobs <= 1 or len(configs) <= 1:
         for i, cfg in enumerate(configs, 1):
@@ -56,8 +59,8 @@ def run_local(configs: list, *, jobs: int = 1, device: str = "auto", threads: in
         return out
     import multiprocessing as mp
     ctx = mp.get_context("spawn")
-    with ctx.Pool(jobs, initializer=_worker_init) as pool:
-        for res in pool.imap_unordered(_train_args, [(c, device, 1) for c in configs]):
+    with ctx.Pool(jobs, initializer=_worker_init, initargs=(threads or 1,)) as pool:
+        for res in pool.imap_unordered(_train_args, [(c, device, threads or 1) for c in configs]):
             _report(out, res, len(configs))
     return out
 

@@ -60,3 +60,13 @@ def test_smoke_pretraining_on_a_local_ray_instance_trains_every_run_once(tmp_pat
         for cfg in planned_runs(nb, prof["notebooks"][nb]):
             run = find_run(cfg)
             assert run is not None and "trained_by" in run.environment
+
+
+def test_local_workers_train_with_the_threads_asked_for(tmp_path, monkeypatch, data_root):
+    """``jobs`` workers of ``threads`` threads each: every run's environment.json records the
+    threads it trained with (the layout ``jobs: auto`` chooses is really applied)."""
+    monkeypatch.setenv("RNORM_RUNS", str(tmp_path))
+    cfgs = [RunConfig(arch="resnet20", width=4, train_subset=64, batch_size=32, epochs=1, precision="fp32", seed=s)
+            for s in (0, 1)]
+    assert sorted(executors.run_local(cfgs, jobs=2, threads=2)) == sorted((c.folder_name(), True) for c in cfgs)
+    assert [find_run(c).environment["threads"] for c in cfgs] == [2, 2]

@@ -6,6 +6,7 @@ import json
 import re
 
 import nbformat
+import pandas as pd
 import pytest
 
 from rnorm import book, cli
@@ -278,16 +279,44 @@ def test_evaluation_is_cached_by_its_inputs(tmp_path, monkeypatch):
         cached_evaluate(run, model, x, y, **{**kw, "eps": (4 / 255,)})
 
 
+def _provenance(folder: Path, nb: str, profile: str, key: str | None = "current") -> None:
+    """A provenance.json as ``rnorm run`` writes it for ``profile``; ``key="current"``: the key that
+    profile gives the notebook now."""
+    if key == "current":
+        key = book.notebook_key(nb, book.notebook_params(book.load_profile(profile), nb))
+    (folder / nb).mkdir(exist_ok=True)
+    (folder / nb / "provenance.json").write_text(json.dumps({"profile": profile, "key": key, "parameters": {}}))
+
+
 def test_ledger_refuses_results_of_different_profiles(tmp_path):
     from rnorm.experiments.ledger import LedgerParams, run
-    for nb, prof in (("02_stats_swap", "cpu"), ("03_robustnorm", "smoke")):
-        (tmp_path / nb).mkdir()
-        (tmp_path / nb / "provenance.json").write_text(json.dumps({"profile": prof, "parameters": {}}))
+    _provenance(tmp_path, "02_stats_swap", "cpu")
+    _provenance(tmp_path, "03_robustnorm", "smoke")
     with pytest.raises(ConfigError, match=r"different profiles.*02_stats_swap/provenance.json: cpu.*"
                                           r"03_robustnorm/provenance.json: smoke"):
         run(LedgerParams(results_dir=str(tmp_path)))
-    (tmp_path / "03_robustnorm" / "provenance.json").write_text(json.dumps({"profile": "cpu", "parameters": {}}))
+    _provenance(tmp_path, "03_robustnorm", "cpu")
     assert run(LedgerParams(results_dir=str(tmp_path))).headline["profile"] == "cpu"
+
+
+@pytest.mark.parametrize("key", [None, "0123456789abcdef"])
+def test_ledger_leaves_out_results_the_profile_would_not_give_now(tmp_path, key):
+    """Results of an earlier build (no key) or of other code/parameters (another key) under a
+    profile's name do not test the claim as the book now states it: their claims are "not run",
+    with the reason, and they neither block the ledger (another profile) nor enter its scale table."""
+    from rnorm.experiments.ledger import LedgerParams, run
+    _provenance(tmp_path, "02_stats_swap", "cpu")
+    _provenance(tmp_path, "03_robustnorm", "smoke", key=key)
+    models = pd.DataFrame({"norm": ["bn"], "seed": [0], "clean_full": [0.99]})
+    models.to_csv(tmp_path / "03_robustnorm" / "models.csv", index=False)
+    res = run(LedgerParams(results_dir=str(tmp_path)))  # no "different profiles": 03 is left out
+    assert res.headline["profile"] == "cpu" and res.headline["stale"] == ["03_robustnorm"]
+    row = res.frames["ledger"].set_index("claim").loc["C3"]
+    assert row["verdict"] == "not run"
+    assert "03_robustnorm's committed results" in row["why"] and "rnorm book --profile smoke" in row["why"]
+    assert ("earlier build" in row["why"]) == (key is None) and (key or "earlier build") in row["why"]
+    assert list(res.frames["scale"]["notebook"]) == ["02_stats_swap"]
+    assert res.headline["inputs"]["03_robustnorm"] is None
 
 
 def test_matching_profile_is_derived_from_the_parameters():

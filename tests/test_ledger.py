@@ -15,8 +15,8 @@ import torch
 
 from rnorm.attacks import format_eps
 from rnorm.evaluate import pack_bits
-from rnorm.experiments import ledger, protocol
-from rnorm.experiments.ledger import Results
+from rnorm.experiments import ledger, protocol, verdicts
+from rnorm.experiments.verdicts import Results
 
 J = protocol.JUDGED_EPS
 N = 1000
@@ -101,39 +101,39 @@ def _c2_frames(rng, *, pop=0.05, wb=0.46, nonorm=0.45, clean_pop=0.90, clean_bat
 
 
 def _c2(frames):
-    return ledger.verdict_c2(Results.of("02_stats_swap", frames))
+    return verdicts.verdict_c2(Results.of("02_stats_swap", frames))
 
 
 def test_c2_reproduced_when_the_swap_matches_no_norm_at_the_same_clean_accuracy():
     v = _c2(_c2_frames(np.random.default_rng(0)))
-    assert v.verdict == ledger.REPRODUCED, v
+    assert v.verdict == verdicts.REPRODUCED, v
 
 
 def test_c2_not_reproduced_when_white_box_batch_statistics_stay_far_below_no_norm():
     v = _c2(_c2_frames(np.random.default_rng(1), wb=0.10))
-    assert v.verdict == ledger.NOT
+    assert v.verdict == verdicts.NOT
     assert "95 % CI" in v.effect + v.checks
 
 
 def test_c2_inconclusive_when_bn_is_not_more_vulnerable_than_no_norm():
     # the FashionMNIST situation of the old book: BN-population 67 %, no norm 68 %: nothing to remove
     v = _c2(_c2_frames(np.random.default_rng(2), pop=0.67, wb=0.66, nonorm=0.68))
-    assert v.verdict == ledger.INCONCLUSIVE
+    assert v.verdict == verdicts.INCONCLUSIVE
     assert "clearly more vulnerable" in v.effect + v.checks
 
 
 def test_c2_inconclusive_below_the_convergence_floor_and_with_a_weak_attack():
     v = _c2(_c2_frames(np.random.default_rng(3), bn_clean_full=0.52))
-    assert v.verdict == ledger.INCONCLUSIVE and "below the convergence floor" in v.effect + v.checks
+    assert v.verdict == verdicts.INCONCLUSIVE and "below the convergence floor" in v.effect + v.checks
     frames = _c2_frames(np.random.default_rng(3))
     frames["eps_sweep"]["params"] = frames["eps_sweep"]["params"].where(frames["eps_sweep"]["attack"] == "clean", PGD5)
     v = _c2(frames)
-    assert v.verdict == ledger.INCONCLUSIVE and "weaker than PGD-20" in v.effect + v.checks
+    assert v.verdict == verdicts.INCONCLUSIVE and "weaker than PGD-20" in v.effect + v.checks
 
 
 def test_c2_two_seeds_cannot_decide_an_across_training_comparison():
     v = _c2(_c2_frames(np.random.default_rng(4), seeds=(0, 1)))
-    assert v.verdict == ledger.INCONCLUSIVE
+    assert v.verdict == verdicts.INCONCLUSIVE
 
 
 def test_c2_uses_the_stronger_attack_per_seed():
@@ -142,7 +142,7 @@ def test_c2_uses_the_stronger_attack_per_seed():
     strong = pd.DataFrame([dict(_row(_correct(0.10, np.random.default_rng(s)), attack="apgd", stats="batch",
                                      params="{}"), norm="bn", seed=s) for s in (0, 1, 2)])
     v = _c2({**frames, "strong": strong})
-    assert v.verdict == ledger.NOT
+    assert v.verdict == verdicts.NOT
 
 
 # --- C3: across trainings, paired over seeds -------------------------------------------------
@@ -164,17 +164,17 @@ def _c3_frames(*, bn_pgd, rn_pgd, bn_clean=0.90, rn_clean=0.895, rn_epochs_late=
 
 
 def _c3(frames):
-    return ledger.verdict_c3(Results.of("03_robustnorm", frames))
+    return verdicts.verdict_c3(Results.of("03_robustnorm", frames))
 
 
 def test_epochs_to_counts_history_epochs_from_one():
     h = pd.DataFrame({"epoch": [1, 2, 3], "test_acc": [0.5, 0.8, 0.9]})
-    assert ledger.epochs_to(h, 0.8) == 2 and ledger.epochs_to(h, 0.95) == float("inf")
+    assert verdicts.epochs_to(h, 0.8) == 2 and verdicts.epochs_to(h, 0.95) == float("inf")
 
 
 def test_c3_reproduced_and_its_parts():
     v = _c3(_c3_frames(bn_pgd=0.05, rn_pgd=0.15))
-    assert v.verdict == ledger.REPRODUCED, v
+    assert v.verdict == verdicts.REPRODUCED, v
     assert set(v.parts) == {f"PGD accuracy at {format_eps(J)}, RobustNorm minus BatchNorm", "clean accuracy (full test set), RobustNorm minus BatchNorm",
                             "epochs to 82.1 % test accuracy, BatchNorm minus RobustNorm"}
 
@@ -186,24 +186,24 @@ def test_c3_a_null_effect_is_never_partly_or_reproduced():
         f = _c3_frames(bn_pgd=0.10, rn_pgd=0.10, spread=0.0)
         f["accuracy"]["accuracy"] += 0.01 * rng.standard_normal(len(f["accuracy"]))  # noise, no effect
         seen.append(_c3(f).parts[next(iter(_c3(f).parts))].verdict)
-    assert ledger.PARTLY not in seen and seen.count(ledger.REPRODUCED) <= 3
+    assert verdicts.PARTLY not in seen and seen.count(verdicts.REPRODUCED) <= 3
 
 
 def test_c3_slower_training_and_lower_clean_accuracy_are_refuted_parts():
     v = _c3(_c3_frames(bn_pgd=0.05, rn_pgd=0.15, rn_clean=0.80, rn_epochs_late=6))
-    assert v.verdict == ledger.INCONCLUSIVE and "RobustNorm p=0.2 seed 0 at" in v.checks  # below its floor
+    assert v.verdict == verdicts.INCONCLUSIVE and "RobustNorm p=0.2 seed 0 at" in v.checks  # below its floor
     v = _c3(_c3_frames(bn_pgd=0.05, rn_pgd=0.15, rn_epochs_late=6))
     speed = [p for k, p in v.parts.items() if k.startswith("epochs")][0]
-    assert speed.verdict == ledger.NOT
-    assert v.verdict == ledger.PARTLY and "epochs to" in v.checks  # more robust, but slower to train
+    assert speed.verdict == verdicts.NOT
+    assert v.verdict == verdicts.PARTLY and "epochs to" in v.checks  # more robust, but slower to train
     v = _c3(_c3_frames(bn_pgd=0.15, rn_pgd=0.05))
-    assert v.verdict == ledger.NOT  # less robust: refuted whatever the side parts say
+    assert v.verdict == verdicts.NOT  # less robust: refuted whatever the side parts say
 
 
 def test_c3_everything_at_the_attack_floor_is_inconclusive():
     v = _c3(_c3_frames(bn_pgd=0.0, rn_pgd=0.0, spread=0.0))
     robust = [p for k, p in v.parts.items() if k.startswith("PGD")][0]
-    assert robust.verdict == ledger.INCONCLUSIVE and "floor" in robust.reason
+    assert robust.verdict == verdicts.INCONCLUSIVE and "floor" in robust.reason
 
 
 # --- C1: ratios against noise, repair paired over images ---------------------------------------
@@ -225,11 +225,11 @@ def _c1_frames(*, ratio=3.0, low=2.5, high=3.5, repaired=0.6, clean=0.9, adv=0.1
 
 
 def _c1(frames):
-    return ledger.verdict_c1(Results.of("01_distribution_shift", frames))
+    return verdicts.verdict_c1(Results.of("01_distribution_shift", frames))
 
 
 def test_c1_reproduced_when_the_shift_beats_noise_and_the_repair_works():
-    assert _c1(_c1_frames()).verdict == ledger.REPRODUCED
+    assert _c1(_c1_frames()).verdict == verdicts.REPRODUCED
 
 
 def test_c1_a_shift_no_larger_than_noise_is_not_reproduced():
@@ -237,22 +237,22 @@ def test_c1_a_shift_no_larger_than_noise_is_not_reproduced():
     # 2x-clean rule; against noise of the same eps a ratio of 1.1 is refuted
     v = _c1(_c1_frames(ratio=1.1, low=1.0, high=1.2))
     shift_parts = [p for k, p in v.parts.items() if k.startswith("shift")]
-    assert all(p.verdict == ledger.NOT for p in shift_parts)
-    assert v.verdict in (ledger.NOT, ledger.INCONCLUSIVE)
+    assert all(p.verdict == verdicts.NOT for p in shift_parts)
+    assert v.verdict in (verdicts.NOT, verdicts.INCONCLUSIVE)
 
 
 def test_c1_repair_that_does_nothing_is_refuted_and_an_attack_that_takes_nothing_is_inconclusive():
     v = _c1(_c1_frames(repaired=0.0))
     repair = [p for k, p in v.parts.items() if k.startswith("repair")][0]
-    assert repair.verdict == ledger.NOT
+    assert repair.verdict == verdicts.NOT
     v = _c1(_c1_frames(adv=0.88))
     repair = [p for k, p in v.parts.items() if k.startswith("repair")][0]
-    assert repair.verdict == ledger.INCONCLUSIVE and "takes only" in repair.reason
+    assert repair.verdict == verdicts.INCONCLUSIVE and "takes only" in repair.reason
 
 
 def test_c1_below_floor_is_inconclusive_never_not_reproduced():
     v = _c1(_c1_frames(ratio=1.1, low=1.0, high=1.2, bn_clean_full=0.5))
-    assert v.verdict == ledger.INCONCLUSIVE and "below the convergence floor" in v.checks
+    assert v.verdict == verdicts.INCONCLUSIVE and "below the convergence floor" in v.checks
 
 
 # --- C4, C5: per setting, paired over seeds ------------------------------------------------------
@@ -276,37 +276,37 @@ def test_c4_and_c5_count_settings_whose_every_ci_excludes_zero():
     bad = {"standard": (0.965, 0.30), "advprop": (0.945, 0.35), "ebn": (0.925, 0.30)}
     f = _ebn_frames({("fashion_mnist", "resnet18"): good, ("cifar10_jpeg", "resnet18"): good})
     r = Results.of("04_easy_batchnorm", f)
-    assert ledger.verdict_c4(r).verdict == ledger.REPRODUCED
-    assert ledger.verdict_c5(r).verdict == ledger.REPRODUCED
+    assert verdicts.verdict_c4(r).verdict == verdicts.REPRODUCED
+    assert verdicts.verdict_c5(r).verdict == verdicts.REPRODUCED
     f = _ebn_frames({("fashion_mnist", "resnet18"): bad, ("cifar10_jpeg", "resnet18"): bad})
     r = Results.of("04_easy_batchnorm", f)
-    assert ledger.verdict_c4(r).verdict == ledger.NOT
-    assert ledger.verdict_c5(r).verdict == ledger.NOT
+    assert verdicts.verdict_c4(r).verdict == verdicts.NOT
+    assert verdicts.verdict_c5(r).verdict == verdicts.NOT
 
 
 def test_c4_is_judged_at_the_training_eps_and_the_standard_eps():
     good = {"standard": (0.925, 0.30), "advprop": (0.945, 0.35), "ebn": (0.965, 0.40)}
     f = _ebn_frames({("fashion_mnist", "resnet18"): good})
-    assert ledger.judged_ebn_eps(f["models"], "fashion_mnist", "resnet18") == [2 / 255, 0.1]
-    v = ledger.verdict_c4(Results.of("04_easy_batchnorm", f))
+    assert verdicts.judged_ebn_eps(f["models"], "fashion_mnist", "resnet18") == [2 / 255, 0.1]
+    v = verdicts.verdict_c4(Results.of("04_easy_batchnorm", f))
     assert "PGD 2/255" in v.effect and "PGD 0.1" in v.effect
     # a standard-eps row missing: that part is not run, so the setting is not a win
     f["accuracy"] = f["accuracy"][(f["accuracy"]["eps"] - 0.1).abs() > 1e-9]
-    assert ledger.verdict_c4(Results.of("04_easy_batchnorm", f)).verdict != ledger.REPRODUCED
+    assert verdicts.verdict_c4(Results.of("04_easy_batchnorm", f)).verdict != verdicts.REPRODUCED
 
 
 def test_c4_below_floor_settings_are_inconclusive():
     low = {"standard": (0.30, 0.10), "advprop": (0.32, 0.15), "ebn": (0.36, 0.20)}
     r = Results.of("04_easy_batchnorm", _ebn_frames({("cifar10_jpeg", "resnet18"): low}))
-    v = ledger.verdict_c4(r)
-    assert v.verdict == ledger.INCONCLUSIVE and "below the convergence floor" in v.effect + v.checks
+    v = verdicts.verdict_c4(r)
+    assert v.verdict == verdicts.INCONCLUSIVE and "below the convergence floor" in v.effect + v.checks
 
 
 def test_findings_state_the_verdict_and_every_part():
-    text = ledger.findings("C2", "02_stats_swap", _c2_frames(np.random.default_rng(0)))
+    text = verdicts.findings("C2", "02_stats_swap", _c2_frames(np.random.default_rng(0)))
     assert text.startswith("**C2: reproduced**") and text.count("95 % CI") >= 2
 
 
 def test_missing_results_are_not_run(tmp_path):
     t = ledger.ledger(tmp_path).set_index("claim")
-    assert (t["verdict"] == ledger.NOT_RUN).all()
+    assert (t["verdict"] == verdicts.NOT_RUN).all()

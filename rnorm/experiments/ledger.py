@@ -1,464 +1,38 @@
-"""The claims ledger: a verdict for each claim C1-C5, computed from the notebooks' results.
+"""The claims ledger (notebook ``05_claims_ledger``): every claim's verdict over a results folder.
 
-Every verdict follows a rule written here and printed in the book beside it, applied to the
-result frames the notebooks write (``results/<notebook>/<frame>.csv``); nothing is typed by
-hand. The protocol (:mod:`rnorm.experiments.protocol`) fixes the judged ε, the convergence
-floors, the attack strength and the margins before any run. Each part of a claim is an effect
-with a 95 % confidence interval (:mod:`rnorm.stats`):
-
-* same weights, two conditions (population vs batch statistics, adversarial vs noise): paired
-  over test images (per-image correctness, a bootstrap over images, all seeds at once);
-* two trainings (RobustNorm vs BatchNorm, EBN vs AdvProp): paired over seeds (≥ 3).
-
-Verdicts: ``reproduced``, ``partly`` (some parts hold, none is refuted), ``not reproduced``,
-``inconclusive`` (with its reason: a model below its floor, a failed precondition, everything at
-the attack's floor, a CI too wide or containing the margin) and ``not run``.
+Reads the results the study notebooks wrote (``<results>/<notebook>/``), leaves out results that
+do not come from the current notebooks, parameters and code of the profile they name
+(:func:`stale_studies`), refuses to mix profiles (:func:`check_one_profile`), applies each
+claim's rule (:mod:`rnorm.experiments.verdicts`) and tabulates the scale and cost of the build.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from .. import stats
-from ..attacks import format_eps
-from ..results import StudyResult, read_csv_exact, results_root
-from . import protocol
+from ..results import StudyResult, results_root
 from .params import ConfigError, NotebookParams
-from .protocol import ATTACK_FLOOR, JUDGED_EPS, MAX_CI_WIDTH, MIN_ATTACK_STEPS, _select
-
-REPRODUCED, PARTLY, NOT, INCONCLUSIVE, NOT_RUN = (stats.REPRODUCED, stats.PARTLY, stats.NOT, stats.INCONCLUSIVE,
-                                                  stats.NOT_RUN)
-
-# --- margins, fixed before the run -------------------------------------------------------------
-SHIFT_MARGIN = 1.5          # C1: adversarial shift at least 1.5x that of sign noise of the same ε
-REPAIR_MARGIN = 0.5         # C1: batch statistics of the adversarial batch give back at least half of what PGD took
-REPAIR_MIN_DROP = 0.10      # C1: ... measured only where PGD takes at least 10 points
-NONORM_MARGIN = -0.05       # C2: batch-statistics BN within 5 points of the no-norm model (or above)
-CLEAN_MARGIN = -0.02        # C2, C3: clean accuracy within 2 points
-ROBUST_MARGIN = 0.0         # C3, C4: robust accuracy higher (CI above 0)
-HEADLINE_P = 0.2            # C3: RobustNorm's default power in the reference code (run.sh also uses 1.0)
-SPEED_TARGET = 0.90         # C3: training speed = epochs to reach 90 % of the reference accuracy (test_acc)
-SPEED_MARGIN = -2.0         # C3: RobustNorm needs at most 2 epochs more than BatchNorm
-
-CLAIMS = {
-    "C1": "Adversarial images shift the distribution of BatchNorm inputs, so the population statistics "
-          "estimated in training are inaccurate for them.",
-    "C2": "Evaluating BatchNorm with the statistics of the inference batch (stats swap) makes its adversarial "
-          "vulnerability disappear: about as robust as a network without BN, at about the same clean accuracy.",
-    "C3": "RobustNorm is more robust than BatchNorm under attack while keeping BatchNorm's clean accuracy "
-          "and training speed.",
-    "C4": "An auxiliary BatchNorm for easy examples (EBN) improves both clean and robust accuracy over AdvProp "
-          "in most settings of dataset x architecture.",
-    "C5": "AdvProp (adversarial examples through an auxiliary BN) improves clean accuracy over standard training.",
-}
-
-_J = format_eps(JUDGED_EPS)
-_COMMON = (f"Preconditions for every part: the models compared reached their convergence floor "
-           f"({protocol.FLOOR_FRACTION:.0%} of a published accuracy, named in the row), robust rows come from PGD "
-           f"with ≥ {MIN_ATTACK_STEPS} steps and random start (or APGD), not everything compared is at the attack's "
-           f"floor (≤ {100 * ATTACK_FLOOR:.0f} %), and a CI on accuracy is at most {100 * MAX_CI_WIDTH:.0f} points "
-           f"wide; otherwise the part is inconclusive. Parts combine as: reproduced if all hold, partly if some "
-           f"hold and none is refuted, not reproduced if some are refuted and none holds, inconclusive otherwise.")
-RULES = {
-    "C1": (f"On BN models trained normally, at ε = {_J}, paired over the probe images (bootstrap, all seeds): "
-           f"(1, 2) the distance of the PGD batch's per-channel mean and variance from the PreciseBN population "
-           f"statistics is at least {SHIFT_MARGIN}× that of random sign noise of the same ε (CI above "
-           f"{SHIFT_MARGIN}×; below it: not reproduced); (3) repair: scoring the PGD images (crafted with population "
-           f"statistics) with the statistics of their own batch gives back at least {REPAIR_MARGIN:.0%} of what PGD "
-           f"took, where PGD takes at least {100 * REPAIR_MIN_DROP:.0f} points. " + _COMMON),
-    "C2": (f"Judged at ε = {_J}, inference batch 128, white-box PGD (through the batch's statistics; with APGD-CE "
-           f"where run, per image the worse of the two). Precondition: BN with population statistics is clearly "
-           f"more vulnerable than the no-norm model (paired over seeds, CI above 0). Parts: (1) BN with batch "
-           f"statistics is within {-100 * NONORM_MARGIN:.0f} points of the no-norm model or above (paired over "
-           f"seeds, CI above {100 * NONORM_MARGIN:+.0f}); (2) its clean accuracy is within "
-           f"{-100 * CLEAN_MARGIN:.0f} points of population statistics (paired over images). " + _COMMON),
-    "C3": (f"RobustNorm p = {HEADLINE_P:g} (the reference default, population statistics = RNT) against BatchNorm, "
-           f"paired over seeds: (1) PGD accuracy at ε = {_J} higher (CI above 0); (2) clean accuracy on the full "
-           f"test set within {-100 * CLEAN_MARGIN:.0f} points (CI above {100 * CLEAN_MARGIN:+.0f}); (3) training "
-           f"speed: epochs to reach {SPEED_TARGET:.0%} of the reference accuracy at most {-SPEED_MARGIN:.0f} more "
-           f"than BatchNorm's (CI above {SPEED_MARGIN:+.0f}). " + _COMMON),
-    "C4": ("Per setting (dataset x architecture), EBN minus AdvProp through the main branch, paired over seeds: "
-           "clean accuracy on the full test set, and PGD-20 accuracy (or APGD-CE where lower) at the recipes' training "
-           "ε and at a standard ε ("
-           f"{', '.join(f'{k}: {format_eps(e)}' for k, e in protocol.EBN_STANDARD_EPS.items())}); a setting "
-           "is a win when every CI lies above 0. Claim: reproduced if more than half of the settings are wins, "
-           "not reproduced if more than half are refuted, partly if some are wins and none is refuted, "
-           "inconclusive otherwise. " + _COMMON),
-    "C5": ("Per setting, AdvProp minus standard training, clean accuracy on the full test set, paired over "
-           "seeds (CI above 0 = a win); combined over settings as C4. " + _COMMON),
-}
-
-
-# --- reading results -----------------------------------------------------------------------------
-
-class Results:
-    """The frames under a results root: ``frame(notebook, name)`` reads ``<root>/<notebook>/<name>.csv``
-    exactly (None when absent). ``Results.of(notebook, frames)`` wraps one study's frames in memory,
-    so a notebook can state its own verdict with the ledger's rule before anything is written."""
-
-    def __init__(self, root=None):
-        self.root = None if root is None else Path(root)
-        self._cache = {}
-
-    @classmethod
-    def of(cls, notebook: str, frames: dict) -> "Results":
-        r = cls(None)
-        r._cache.update({(notebook, k): v for k, v in frames.items()})
-        return r
-
-    def frame(self, notebook: str, name: str) -> pd.DataFrame | None:
-        key = (notebook, name)
-        if key not in self._cache and self.root is None:
-            return None
-        if key not in self._cache:
-            f = self.root / notebook / f"{name}.csv"
-            self._cache[key] = read_csv_exact(f, keep_default_na=False, na_values=[""]) if f.is_file() else None
-        return self._cache[key]
-
-
-@dataclasses.dataclass
-class Row:
-    """A ledger row before formatting: the verdict, the effect text, its parts and the checks made."""
-
-    verdict: str
-    effect: str = "—"
-    parts: dict = dataclasses.field(default_factory=dict)
-    checks: str = ""
-
-
-def _at(frame: pd.DataFrame, eps: float) -> pd.DataFrame:
-    return frame[(frame["eps"].astype(float) - eps).abs() < 1e-9]
-
-
-def per_image(rows: pd.DataFrame, seeds) -> np.ndarray | None:
-    """Per-image correctness (models x images) of one row per seed, the images each row scored.
-
-    Several rows for one seed (e.g. PGD and APGD on the same images) are combined per image as
-    the worst case: correct only if correct under every attack. None if a seed has no row or the
-    rows lack per-image bits.
-    """
-    from ..evaluate import unpack_bits
-    out = []
-    for s in seeds:
-        sub = rows[rows["seed"] == s]
-        if sub.empty or "correct_bits" not in sub or not all(isinstance(b, str) and b for b in sub["correct_bits"]):
-            return None
-        n = len(bytes.fromhex(sub["scored_bits"].iloc[0][5:])) * 8  # "bits:" + hex
-        scored = np.logical_and.reduce([unpack_bits(b, n) for b in sub["scored_bits"]])
-        correct = np.logical_and.reduce([unpack_bits(b, n) for b in sub["correct_bits"]])
-        out.append((scored, correct))
-    common = np.logical_and.reduce([sc for sc, _ in out])
-    return np.stack([c[common] for _, c in out])
-
-
-def seed_values(frame: pd.DataFrame, seeds, value: str = "accuracy") -> list[float] | None:
-    """One value per seed (the minimum if several rows, i.e. the strongest attack); None if one is missing."""
-    out = []
-    for s in seeds:
-        v = frame.loc[frame["seed"] == s, value]
-        if v.empty:
-            return None
-        out.append(float(v.min()))
-    return out
-
-
-def _checked(effect, *, margin, checks: dict, max_width: float | None = MAX_CI_WIDTH) -> stats.Verdict:
-    return stats.judge(effect, margin=margin, preconditions=checks,
-                       max_width=max_width if effect is not None and effect.unit == "points" else None)
-
-
-def _claim(core: dict, side: dict | None = None, checks: dict | None = None) -> Row:
-    """Combine a claim's parts into its verdict.
-
-    ``checks`` are the claim's own preconditions (description -> bool): the first that fails makes
-    the claim inconclusive whatever its parts say. Then the *core* parts (the effect the claim is
-    about; combined with :func:`rnorm.stats.combine`) decide: undecided -> inconclusive, refuted ->
-    not reproduced. If the core holds, the *side* parts (what the claim says comes along, e.g.
-    "at the same clean accuracy") must all hold for ``reproduced``; otherwise ``partly``, naming
-    them. So a null effect is never ``partly``: ``partly`` needs the core effect itself.
-    """
-    side = side or {}
-    parts = {**core, **side}
-    effect = "; ".join(f"{k}: {v.effect.text() if v.effect is not None else '—'}"
-                       + ("" if v.verdict in (REPRODUCED, NOT) else f" ({v.verdict}: {v.reason})")
-                       for k, v in parts.items())
-    for what, ok in (checks or {}).items():
-        if not ok:
-            return Row(INCONCLUSIVE, effect, parts, f"Precondition fails: {what}.")
-    c = stats.combine(core)
-    if c.verdict in (NOT, INCONCLUSIVE, NOT_RUN):
-        return Row(c.verdict, effect, parts, c.reason)
-    if c.verdict == PARTLY:
-        return Row(PARTLY, effect, parts, c.reason)
-    unmet = [k for k, v in side.items() if v.verdict != REPRODUCED]
-    if unmet:
-        return Row(PARTLY, effect, parts, "the core effect holds; not shown: " + ", ".join(
-            f"{k} ({side[k].verdict})" for k in unmet))
-    return Row(REPRODUCED, effect, parts, "")
-
-
-def _robust(acc: pd.DataFrame) -> pd.DataFrame:
-    """Robust rows that may enter a verdict: PGD and APGD/AutoAttack (not FGSM or noise)."""
-    return acc[acc["attack"].isin(("pgd",) + protocol.STRONG_ATTACKS)]
-
-
-# --- C1 ----------------------------------------------------------------------------------------------
-
-def verdict_c1(r: Results) -> Row:
-    nb = "01_distribution_shift"
-    models, effects, acc = r.frame(nb, "models"), r.frame(nb, "shift_effects"), r.frame(nb, "accuracy")
-    if models is None or effects is None or acc is None:
-        return Row(NOT_RUN)
-    seeds = sorted(models["seed"].unique())
-    conv_ok, conv = protocol.convergence(models, norm="bn")
-    acc_j = _at(acc, JUDGED_EPS)
-    pgd = acc_j[(acc_j["attack"] == "pgd")]
-    strong_ok, strong = protocol.attack_strength(pgd)
-    parts = {}
-    for statistic in ("mean", "var"):
-        e = _select(_at(effects, JUDGED_EPS), attack="pgd", control="noise_sign", reference="precise",
-                    statistic=statistic)
-        eff = None if e.empty else stats.Effect(float(e["ratio"].iloc[0]), float(e["low"].iloc[0]),
-                                                float(e["high"].iloc[0]), int(e["n_images"].iloc[0]),
-                                                str(e["paired_over"].iloc[0]), unit="ratio")
-        parts[f"shift of the {'mean' if statistic == 'mean' else 'variance'} (PGD / sign noise)"] = _checked(
-            eff, margin=SHIFT_MARGIN, checks={strong: strong_ok}, max_width=None)
-    clean = per_image(_select(acc[acc["attack"] == "clean"], stats="population"), seeds)
-    adv = per_image(_select(pgd, stats="population", gradient="white-box"), seeds)
-    fixed = per_image(_select(pgd, stats="batch", gradient="transfer"), seeds)
-    if clean is None or adv is None or fixed is None or clean.shape != adv.shape or adv.shape != fixed.shape:
-        parts["repair"] = stats.Verdict(NOT_RUN, None, "no per-image results for the repair test")
-    else:
-        drop = float(clean.mean() - adv.mean())
-        eff = stats.recovered_fraction(clean, adv, fixed)
-        parts["repair (share of PGD's damage undone by the batch's own statistics)"] = _checked(
-            eff, margin=REPAIR_MARGIN, max_width=None, checks={
-                strong: strong_ok,
-                f"PGD at {_J} takes only {100 * drop:.1f} points, less than the {100 * REPAIR_MIN_DROP:.0f} a "
-                f"repair could be measured on": drop >= REPAIR_MIN_DROP})
-    shift = {k: v for k, v in parts.items() if k.startswith("shift")}
-    side = {k: v for k, v in parts.items() if not k.startswith("shift")}
-    return _claim(shift, side, {conv: conv_ok})
-
-
-# --- C2 ----------------------------------------------------------------------------------------------
-
-def verdict_c2(r: Results) -> Row:
-    nb = "02_stats_swap"
-    models, sweep = r.frame(nb, "models"), r.frame(nb, "eps_sweep")
-    if models is None or sweep is None:
-        return Row(NOT_RUN)
-    strong = r.frame(nb, "strong")
-    acc = pd.concat([sweep, strong], ignore_index=True) if strong is not None else sweep
-    acc = acc[acc["batch_size"] == 128] if (acc["batch_size"] == 128).any() else acc
-    seeds = sorted(set(models.loc[models["norm"] == "bn", "seed"]) & set(models.loc[models["norm"] == "none", "seed"]))
-    if not seeds:
-        return Row(NOT_RUN, "—", checks="no seed has both a BN and a no-norm model")
-    conv_ok, conv = protocol.convergence(models, norm="bn")
-    rob = _robust(_at(acc, JUDGED_EPS))
-    strong_ok, strength = protocol.attack_strength(rob)
-    bn, none = rob[rob["norm"] == "bn"], rob[rob["norm"] == "none"]
-    pop = seed_values(_select(bn, stats="population", gradient="white-box"), seeds)
-    wb = seed_values(_select(bn, stats="batch", gradient="white-box"), seeds)
-    nn_ = seed_values(none, seeds)
-    if pop is None or wb is None or nn_ is None:
-        return Row(NOT_RUN, checks=f"no PGD rows at ε = {_J}")
-    pre = stats.paired_seeds(pop, nn_)
-    pre_ok = not math.isnan(pre.low) and pre.low > 0
-    floor_ok, floor = protocol.not_at_floor(*pop, *wb, *nn_)
-    vulnerable = (f"BN with population statistics is clearly more vulnerable than the no-norm model at {_J} "
-                  f"(no-norm minus BN: {pre.text()})")
-    checks = {conv: conv_ok, strength: strong_ok, floor: floor_ok, vulnerable: pre_ok}
-    core = {"batch-statistics BN minus no-norm, white-box": _checked(stats.paired_seeds(nn_, wb),
-                                                                     margin=NONORM_MARGIN, checks={})}
-    clean = sweep[(sweep["attack"] == "clean") & (sweep["norm"] == "bn")]
-    cp = per_image(_select(clean, stats="population"), seeds)
-    cb = per_image(_select(clean, stats="batch"), seeds)
-    side = {"clean accuracy, batch minus population statistics": stats.Verdict(NOT_RUN, None, "no per-image rows")
-            if cp is None or cb is None else _checked(stats.paired_images(cp, cb), margin=CLEAN_MARGIN, checks={})}
-    row = _claim(core, side, checks)
-    gain = per_image(_select(bn, stats="population", gradient="white-box"), seeds), \
-        per_image(_select(bn, stats="batch", gradient="white-box"), seeds)
-    if gain[0] is not None and gain[1] is not None and gain[0].shape == gain[1].shape:
-        row.effect += (f"; for reference, batch minus population statistics under white-box attack: "
-                       f"{stats.paired_images(*gain).text()}")
-    return row
-
-
-# --- C3 ----------------------------------------------------------------------------------------------
-
-def epochs_to(history: pd.DataFrame, target: float) -> float:
-    """The first epoch (``history``'s epochs count from 1) at which ``test_acc`` reaches ``target``;
-    inf if never."""
-    hit = history[history["test_acc"] >= target]
-    return float(hit["epoch"].min()) if len(hit) else math.inf
-
-
-def verdict_c3(r: Results) -> Row:
-    nb = "03_robustnorm"
-    models, acc, history = r.frame(nb, "models"), r.frame(nb, "accuracy"), r.frame(nb, "history")
-    if models is None or acc is None:
-        return Row(NOT_RUN)
-    rn_sel = dict(norm="robustnorm", norm_p=HEADLINE_P)
-    seeds = sorted(set(_select(models, norm="bn")["seed"]) & set(_select(models, **rn_sel)["seed"]))
-    if not seeds:
-        return Row(NOT_RUN, checks=f"no seed has both BatchNorm and RobustNorm p = {HEADLINE_P:g}")
-    ok_bn, t_bn = protocol.convergence(models, norm="bn")
-    ok_rn, t_rn = protocol.convergence(models, **rn_sel)
-    rob = _robust(_select(_at(acc, JUDGED_EPS), stats="population"))
-    strong_ok, strength = protocol.attack_strength(rob)
-    bn, rn = seed_values(_select(rob, norm="bn"), seeds), seeds and seed_values(_select(rob, **rn_sel), seeds)
-    checks = {t_bn: ok_bn, t_rn: ok_rn, strength: strong_ok}
-    core, side = {}, {}
-    if bn is None or rn is None:
-        core["PGD accuracy, RobustNorm minus BatchNorm"] = stats.Verdict(NOT_RUN, None, f"no PGD rows at {_J}")
-    else:
-        floor_ok, floor = protocol.not_at_floor(*bn, *rn)
-        core[f"PGD accuracy at {_J}, RobustNorm minus BatchNorm"] = _checked(
-            stats.paired_seeds(bn, rn), margin=ROBUST_MARGIN, checks={floor: floor_ok})
-    cb = seed_values(_select(models, norm="bn"), seeds, "clean_full")
-    cr = seed_values(_select(models, **rn_sel), seeds, "clean_full")
-    side["clean accuracy (full test set), RobustNorm minus BatchNorm"] = _checked(
-        stats.paired_seeds(cb, cr), margin=CLEAN_MARGIN, checks={})
-    if history is not None and "test_acc" in history:
-        ref = protocol.reference(models["dataset"].iloc[0], models["arch"].iloc[0])
-        if ref is None:
-            side["training speed"] = stats.Verdict(INCONCLUSIVE, None, "no reference accuracy to set the target")
-        else:
-            target = SPEED_TARGET * ref.accuracy
-            eb = [epochs_to(_select(history, norm="bn", seed=s), target) for s in seeds]
-            er = [epochs_to(_select(history, seed=s, **rn_sel), target) for s in seeds]
-            if any(math.isinf(v) for v in eb):
-                side["training speed"] = stats.Verdict(INCONCLUSIVE, None, f"BatchNorm never reached "
-                                                       f"{100 * target:.1f} % test accuracy in some seed")
-            elif any(math.isinf(v) for v in er):
-                side["training speed"] = stats.Verdict(NOT, None, f"RobustNorm never reached {100 * target:.1f} % "
-                                                       f"test accuracy in some seed (BatchNorm did)")
-            else:
-                side[f"epochs to {100 * target:.1f} % test accuracy, BatchNorm minus RobustNorm"] = _checked(
-                    stats.paired_seeds(er, eb, unit="epochs"), margin=SPEED_MARGIN, checks={})
-    return _claim(core, side, checks)
-
-
-# --- C4, C5 ------------------------------------------------------------------------------------------
-
-def _most(settings: dict[str, stats.Verdict]) -> stats.Verdict:
-    """Over settings: reproduced if more than half hold, not reproduced if more than half are refuted,
-    partly if some hold and none is refuted, inconclusive otherwise."""
-    v = [x.verdict for x in settings.values()]
-    if not v:
-        return stats.Verdict(NOT_RUN, None, "no setting")
-    held, refuted = v.count(REPRODUCED), v.count(NOT)
-    if held > len(v) / 2:
-        return stats.Verdict(REPRODUCED)
-    if refuted > len(v) / 2:
-        return stats.Verdict(NOT)
-    if held and not refuted:
-        return stats.Verdict(PARTLY, None, f"{held} of {len(v)} settings hold, none is refuted")
-    return stats.Verdict(INCONCLUSIVE, None, f"{held} of {len(v)} settings hold, {refuted} refuted")
-
-
-def _recipes(r: Results, new: str, old: str, robust: bool) -> Row:
-    nb = "04_easy_batchnorm"
-    models, acc = r.frame(nb, "models"), r.frame(nb, "accuracy")
-    if acc is None:
-        return Row(NOT_RUN)
-    if "share" in acc:
-        acc = acc[acc["share"].isin(("none", ""))]
-    settings, texts = {}, []
-    from ..plots import label
-    for (dataset, arch), sub in acc.groupby(["dataset", "arch"], sort=False):
-        name = f"{label(dataset)} / {arch}"
-        main = sub[sub["branch"] == "main"]
-        seeds = sorted(set(main.loc[main["recipe"] == new, "seed"]) & set(main.loc[main["recipe"] == old, "seed"]))
-        if not seeds:
-            continue
-        if models is None or "clean_full" not in models:
-            conv_ok, conv = False, "no full-test-set clean accuracy was recorded, so convergence cannot be judged"
-        else:
-            m = _select(models, dataset=dataset, arch=arch)
-            m = m[m["recipe"].isin((new, old, "standard")) & m["share"].isin(("none", ""))]
-            conv_ok, conv = protocol.convergence(m)
-        parts, checks = {}, {conv: conv_ok}
-        clean_by = (lambda rec: seed_values(_select(models, dataset=dataset, arch=arch, recipe=rec), seeds,
-                                            "clean_full")) if models is not None and "clean_full" in models else             (lambda rec: seed_values(_select(main, attack="clean", recipe=rec), seeds))
-        parts["clean"] = _checked(stats.paired_seeds(clean_by(old), clean_by(new)), margin=0.0, checks={})
-        if robust:
-            rob = _robust(main)
-            ok, strength = protocol.attack_strength(rob)
-            checks[strength] = ok
-            for eps in judged_ebn_eps(models, dataset, arch):
-                a = seed_values(_select(_at(rob, eps), recipe=old), seeds)
-                b = seed_values(_select(_at(rob, eps), recipe=new), seeds)
-                if a is None or b is None:
-                    parts[f"PGD {format_eps(eps)}"] = stats.Verdict(NOT_RUN, None, f"no robust rows at {format_eps(eps)}")
-                    continue
-                f_ok, floor = protocol.not_at_floor(*a, *b)
-                parts[f"PGD {format_eps(eps)}"] = _checked(stats.paired_seeds(a, b), margin=ROBUST_MARGIN,
-                                                           checks={floor: f_ok})
-        row = _claim(parts, {}, checks)
-        settings[name] = stats.Verdict(row.verdict, None, "; ".join(t for t in (row.effect, row.checks) if t))
-        texts.append(f"{name} ({row.verdict}{': ' + row.checks if row.checks else ''}): {row.effect}")
-    if not settings:
-        return Row(NOT_RUN)
-    overall = _most(settings)
-    return Row(overall.verdict, " | ".join(texts), settings, overall.reason)
-
-
-def judged_ebn_eps(models: pd.DataFrame | None, dataset: str, arch: str) -> list[float]:
-    """The ε at which C4 is judged in a setting: the training ε of its AdvProp/EBN models (from the
-    models frame) and the dataset's standard ε (:data:`protocol.EBN_STANDARD_EPS`)."""
-    out = []
-    if models is not None and "train_eps" in models:
-        m = _select(models, dataset=dataset, arch=arch)
-        out += sorted(set(m.loc[m["recipe"].isin(("advprop", "ebn")), "train_eps"].astype(float)))
-    std = protocol.EBN_STANDARD_EPS.get(dataset)
-    return out + ([std] if std is not None and all(abs(std - e) > 1e-9 for e in out) else [])
-
-
-def verdict_c4(r: Results) -> Row:
-    return _recipes(r, "ebn", "advprop", robust=True)
-
-
-def verdict_c5(r: Results) -> Row:
-    return _recipes(r, "advprop", "standard", robust=False)
-
-
-SOURCES = {"C1": "01_distribution_shift", "C2": "02_stats_swap", "C3": "03_robustnorm",
-           "C4": "04_easy_batchnorm", "C5": "04_easy_batchnorm"}
-VERDICTS = {"C1": verdict_c1, "C2": verdict_c2, "C3": verdict_c3, "C4": verdict_c4, "C5": verdict_c5}
-
+from .verdicts import CLAIMS, RULES, SOURCES, VERDICTS, Results
 
 STUDIES = ("01_distribution_shift", "02_stats_swap", "03_robustnorm", "04_easy_batchnorm")
 
 
-def findings(claim: str, notebook: str, frames: dict) -> str:
-    """A claim's verdict on one study's frames, as markdown: the verdict, each part's effect with its
-    95 % CI and, where undecided, why -- the ledger's own rule, so the chapter and the ledger agree."""
-    v = VERDICTS[claim](Results.of(notebook, frames))
-    lines = [f"**{claim}: {v.verdict}** under the ledger's rule (fixed before the run)."]
-    for name, part in v.parts.items():
-        text = part.effect.text() if part.effect is not None else "—"
-        lines.append(f"- *{name}*: {text} — **{part.verdict}**" + (f" ({part.reason})" if part.reason else ""))
-    if v.checks:
-        lines.append(f"\n{v.checks}")
-    return "\n".join(lines)
-
-
-def ledger(root) -> pd.DataFrame:
+def ledger(root, stale: dict | None = None) -> pd.DataFrame:
     """One row per claim: claim, statement, experiment (notebook), effect (with 95 % CIs), verdict,
-    why (the reason of an inconclusive verdict, or the checks), rule."""
-    r = Results(root)
+    why (the reason of an inconclusive verdict, or the checks), rule. The results of the notebooks in
+    ``stale`` (``{notebook: reason}``, :func:`stale_studies`) are not read: their claims are ``not run``,
+    with the reason as their why."""
+    stale = stale or {}
+    r = Results(root, skip=stale)
     rows = []
     for cid, claim in CLAIMS.items():
         v = VERDICTS[cid](r)
+        why = stale.get(SOURCES[cid], v.checks)
         rows.append({"claim": cid, "statement": claim, "experiment": SOURCES[cid], "effect": v.effect,
-                     "verdict": v.verdict, "why": v.checks, "rule": RULES[cid]})
+                     "verdict": v.verdict, "why": why, "rule": RULES[cid]})
     return pd.DataFrame(rows)
 
 
@@ -469,6 +43,33 @@ def provenances(root) -> dict:
         f = Path(root) / nb / "provenance.json"
         if f.is_file():
             out[nb] = json.loads(f.read_text())
+    return out
+
+
+def stale_studies(provs: dict) -> dict[str, str]:
+    """``{notebook: reason}`` for the results that the profile they name would not give today: their
+    recorded key (:func:`rnorm.book.notebook_key`: notebook source, parameters, code) differs from
+    the key of that notebook under that profile now, or none was recorded (results of an earlier
+    build). A verdict from such results would describe an experiment the book no longer contains,
+    so the ledger leaves them out and says why. Results of custom parameters (no profile) have
+    nothing to be compared with and are kept."""
+    from .. import book
+    out = {}
+    for nb, prov in provs.items():
+        name = prov.get("profile")
+        if name is None:
+            continue
+        try:
+            want = book.notebook_key(nb, book.notebook_params(book.load_profile(name), nb))
+        except ConfigError as e:
+            out[nb] = f"{nb}'s results name profile {name!r}, which cannot be read now ({e})"
+            continue
+        have = prov.get("key")
+        if have != want:
+            how = ("record no key: they come from an earlier build" if have is None
+                   else f"were computed by other code or parameters (key {have}, now {want})")
+            out[nb] = (f"not judged: {nb}'s committed results {how}, so they do not test this claim under the current "
+                       f"protocol; re-execute it (rnorm book --profile {name}).")
     return out
 
 
@@ -499,7 +100,8 @@ def timings_table(provs: dict, timings: dict | None) -> pd.DataFrame:
     """Minutes per step: pre-training (from ``timings-<profile>.json``, when present) and each notebook."""
     rows = []
     if timings and "pretrain" in timings.get("seconds", {}):
-        rows.append({"step": f"training all runs ({timings['jobs']} worker(s))",
+        how = "; ".join(timings.get("layouts") or []) or f"{timings['jobs']} worker(s)"
+        rows.append({"step": f"training all runs ({how})",
                      "minutes": round(timings["seconds"]["pretrain"] / 60, 1)})
     rows += [{"step": nb, "minutes": round(prov["wall_seconds"] / 60, 1)} for nb, prov in provs.items()
              if prov.get("wall_seconds") is not None]
@@ -518,15 +120,18 @@ class LedgerParams(NotebookParams):
 
 
 def run(p: LedgerParams) -> StudyResult:
-    """Read the studies' results, refuse mixed profiles, compute every verdict and the scale/timing tables."""
+    """Read the studies' results, leave out stale ones (:func:`stale_studies`), refuse mixed profiles,
+    compute every verdict and the scale/timing tables."""
     root = results_root(p.results_dir)
-    provs = provenances(root)
+    stale = stale_studies(provenances(root))
+    provs = {nb: prov for nb, prov in provenances(root).items() if nb not in stale}
     profile = check_one_profile(provs, root)
     tf = Path(root) / f"timings-{profile}.json"
     timings = json.loads(tf.read_text()) if profile and tf.is_file() else None
-    table = ledger(root)
+    table = ledger(root, stale)
     headline = {"profile": profile, "verdicts": dict(zip(table["claim"], table["verdict"])),
-                "inputs": {nb: provs[nb].get("key") if nb in provs else None for nb in STUDIES}}
+                "inputs": {nb: provs[nb].get("key") if nb in provs else None for nb in STUDIES},
+                "stale": sorted(stale)}
     return StudyResult(p.NOTEBOOK, p, {"ledger": table, "scale": scale_table(provs),
                                        "timings": timings_table(provs, timings)},
                        table[["claim", "verdict"]], headline, [], "cpu")

@@ -157,7 +157,7 @@ def run(p: RobustNormParams) -> StudyResult:
 
 def headline(cfg: RunConfig, p: RobustNormParams) -> bool:
     """Whether a model enters the ledger's C3 comparison: BatchNorm, and RobustNorm at the ledger's power."""
-    from .ledger import HEADLINE_P
+    from .verdicts import HEADLINE_P
     return cfg.norm == "bn" or (cfg.norm == "robustnorm" and abs(cfg.norm_p - HEADLINE_P) < 1e-9)
 
 

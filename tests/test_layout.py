@@ -1,0 +1,101 @@
+"""Tests of rnorm.layout: workers x threads chosen by measurement, once per machine and network."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from rnorm import book, cli, layout
+from rnorm._validate import ConfigError
+from rnorm.runs import RunConfig
+
+
+def tiny(**kw) -> RunConfig:
+    return RunConfig(**{"arch": "resnet20", "width": 4, "train_subset": 128, "batch_size": 32, "epochs": 1,
+                        "precision": "fp32", **kw})
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("RNORM_CACHE", str(tmp_path))
+    return tmp_path / "hardware.json"
+
+
+@pytest.mark.parametrize("cores, runs, expected", [
+    (1, 3, [(1, 1)]),
+    (2, 5, [(2, 1), (1, 2)]),
+    (2, 1, [(1, 1), (1, 2)]),
+    (4, 2, [(2, 1), (2, 2), (1, 4)]),
+    (6, 10, [(6, 1), (3, 2), (1, 4), (1, 6)]),
+    (16, 40, [(16, 1), (8, 2), (4, 4), (2, 8), (1, 16)]),
+])
+def test_candidates_use_at_most_the_cores_and_one_worker_per_run(cores, runs, expected):
+    got = layout.candidates(cores, runs)
+    assert got == expected
+    assert all(w * t <= cores and w <= runs for w, t in got)
+
+
+def test_choose_takes_the_fastest_measured_layout_and_measures_once(cache):
+    rates = {(2, 1): 900.0, (1, 2): 1100.0, (1, 1): 500.0}
+    calls = []
+
+    def fake(config, workers, threads):
+        calls.append((workers, threads))
+        return rates[(workers, threads)]
+
+    cfgs = [tiny(seed=s) for s in range(3)]
+    lay = layout.choose(cfgs, cores=2, measure_fn=fake, log=lambda *_: None)
+    assert (lay.workers, lay.threads) == (1, 2) and lay.measured == {"2x1": 900.0, "1x2": 1100.0}
+    assert "1 worker(s) x 2 thread(s)" in lay.describe() and "2x1: 900 img/s" in lay.describe()
+    assert calls == [(2, 1), (1, 2)]
+    entry = next(iter(json.loads(cache.read_text()).values()))
+    assert entry["images_per_s"] == {"2x1": 900.0, "1x2": 1100.0} and "load_before" in entry
+    # cached: the same machine and network measure nothing again ...
+    assert (layout.choose(cfgs, cores=2, measure_fn=fake, log=lambda *_: None).workers, len(calls)) == (1, 2)
+    # ... and one run left measures only the layout not yet known (1 worker x 1 thread)
+    one = layout.choose(cfgs[:1], cores=2, measure_fn=fake, log=lambda *_: None)
+    assert calls[2:] == [(1, 1)] and (one.workers, one.threads) == (1, 2)
+    # another network is another question
+    layout.choose([tiny(width=8)], cores=2, measure_fn=fake, log=lambda *_: None)
+    assert calls[3:] == [(1, 1), (1, 2)]
+
+
+def test_choose_prefers_processes_when_they_are_faster(cache):
+    lay = layout.choose([tiny(seed=s) for s in range(4)], cores=2, log=lambda *_: None,
+                        measure_fn=lambda c, w, t: {(2, 1): 1015.0, (1, 2): 590.0}[(w, t)])
+    assert (lay.workers, lay.threads) == (2, 1)
+
+
+def test_measure_runs_the_layout_for_real(cache, data_root):
+    """Two one-thread processes really train the run's network on random images of its shape."""
+    rate = layout.measure(tiny(), workers=2, threads=1, batches=2)
+    assert 0 < rate < 1e6
+    assert any("threads 1" in k for k in json.loads(cache.read_text()))  # the memory layout was resolved first
+
+
+def test_resolve_given_auto_and_gpu(cache, monkeypatch):
+    assert layout.resolve(3, [tiny()], threads=2) == layout.Layout(3, 2, note="as given")
+    assert layout.resolve(2, [tiny()]).threads == 1
+    assert layout.resolve("auto", [tiny()], device="cuda:0").workers == 1
+    monkeypatch.setattr(layout, "choose", lambda configs, log: layout.Layout(7, 1))
+    assert layout.resolve("auto", [tiny()], device="cpu").workers == 7
+    with pytest.raises(ConfigError, match="jobs=0"):
+        layout.resolve(0, [tiny()])
+
+
+@pytest.mark.parametrize("value", ["many", 0, -1, 1.5])
+def test_profile_jobs_must_be_a_count_or_auto(tmp_path, value):
+    f = tmp_path / "p.yaml"
+    f.write_text(f"jobs: {value}\nnotebooks: {{}}\n")
+    with pytest.raises(ConfigError, match=r"p.yaml.*jobs"):
+        book.load_profile(str(f))
+    f.write_text("jobs: auto\nnotebooks: {}\n")
+    assert book.load_profile(str(f))["jobs"] == "auto"
+
+
+def test_cli_jobs_is_a_count_or_auto(capsys):
+    assert cli._jobs(None) is None and cli._jobs("auto") == "auto" and cli._jobs("2") == 2
+    with pytest.raises(ConfigError, match=r"--jobs='two'.*positive integer or 'auto'"):
+        cli._jobs("two")
+    with pytest.raises(ConfigError, match="--jobs"):
+        cli._jobs("0")
