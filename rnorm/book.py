@@ -339,7 +339,7 @@ def pretrain(profile: dict, *, jobs=None, device: str = "auto", notebooks=None,
         configs = planned_configs(profile, notebooks, exclude=done)
         if not configs:
             break
-        configs = sorted(configs, key=_cost, reverse=True)
+        configs = sorted(configs, key=run_cost, reverse=True)
         if executor == "ray":  # the cluster's resources decide; each task asks for the profile's threads
             lay = Layout(1, profile.get("threads") or 1, note="Ray tasks")
         else:
@@ -357,7 +357,7 @@ _RECIPE_COST = {"standard": 1.0, "pgd_at": 1.0, "advprop": 2.0, "ebn": 2.0, "adv
 _ARCH_COST = {"resnet20": 0.6, "resnet18": 1.0, "resnet50": 2.5}
 
 
-def _cost(cfg) -> float:
+def run_cost(cfg) -> float:
     """A rough relative cost of a run, to schedule the longest first."""
     steps = 0 if cfg.recipe == "standard" else cfg.train_steps * (1 if cfg.recipe != "advprop_ebn" else 2)
     n = cfg.train_subset or 60000

@@ -61,6 +61,11 @@ def _parser() -> argparse.ArgumentParser:
                                                 "workers x threads here; default: the profile's)")
     t.add_argument("--device", default="auto")
     _executor_args(t)
+    la = sub.add_parser("layout", help="measure (once per machine, cached) how many training workers of how many "
+                                       "threads train a profile's runs fastest here, and print it")
+    la.add_argument("--profile", default="cpu")
+    la.add_argument("--only", nargs="+", default=None, help="only the runs of these notebooks")
+    la.add_argument("--remeasure", action="store_true", help="measure again, ignoring the cached answer")
     pu = sub.add_parser("publish", help="copy the finished runs a profile's notebooks need into models/ (final "
                                         "weights and history, no optimizer state), so a fresh clone need not train them")
     pu.add_argument("--profile", default="cpu")
@@ -114,6 +119,14 @@ def _dispatch(args) -> int:
                     seen.append(cfg)
                     print(f"{nb:24s} {cfg.name()}-{cfg.key()}")
         print(f"{len(seen)} runs")
+        return 0
+    if args.command == "layout":
+        from .layout import available_cores, choose
+        prof = book.load_profile(args.profile)
+        configs = sorted(book.planned_configs(prof, _training_notebooks(args.only)), key=book.run_cost, reverse=True)
+        lay = choose(configs, remeasure=args.remeasure)
+        print(f"{len(configs)} run(s) of profile {prof['name']!r} on {available_cores()} core(s), measured with "
+              f"{configs[0].name() if configs else 'nothing'}: {lay.describe()}")
         return 0
     if args.command == "train":
         prof = book.load_profile(args.profile)

@@ -164,9 +164,10 @@ def measure(config, workers: int, threads: int, batches: int = 6) -> float:
     return float(sum(rates))
 
 
-def choose(configs: list, *, cores: int | None = None, measure_fn=None, log=print) -> Layout:
+def choose(configs: list, *, cores: int | None = None, measure_fn=None, log=print, remeasure: bool = False) -> Layout:
     """The layout that trains ``configs`` fastest on this machine: measured for the first (the
-    longest, as :func:`rnorm.book.pretrain` orders them) on CPU, cached per machine and network.
+    longest, as :func:`rnorm.book.pretrain` orders them) on CPU, cached per machine and network
+    (``remeasure``: ignore the cache).
 
     ``measure_fn(config, workers, threads) -> images/s`` replaces :func:`measure` (tests).
     """
@@ -177,7 +178,7 @@ def choose(configs: list, *, cores: int | None = None, measure_fn=None, log=prin
     config = configs[0]
     key = _cache_key(config, cores)
     cached = _read_cache().get(key)
-    known = dict(cached.get("images_per_s", {})) if isinstance(cached, dict) else {}
+    known = dict(cached.get("images_per_s", {})) if isinstance(cached, dict) and not remeasure else {}
     todo = [(w, t) for w, t in candidates(cores, len(configs)) if f"{w}x{t}" not in known]
     note = ""
     if todo:

@@ -99,3 +99,14 @@ def test_cli_jobs_is_a_count_or_auto(capsys):
         cli._jobs("two")
     with pytest.raises(ConfigError, match="--jobs"):
         cli._jobs("0")
+
+
+def test_cli_layout_measures_once_then_reads_the_cache(cache, monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(layout, "measure", lambda c, w, t: calls.append((w, t)) or 100.0 * w + t)
+    assert cli.main(["layout", "--profile", "smoke"]) == 0
+    out = capsys.readouterr().out
+    assert "profile 'smoke'" in out and "worker(s) x" in out and calls
+    n = len(calls)
+    assert cli.main(["layout", "--profile", "smoke"]) == 0 and len(calls) == n  # cached
+    assert cli.main(["layout", "--profile", "smoke", "--remeasure"]) == 0 and len(calls) == 2 * n
