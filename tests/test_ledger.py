@@ -69,6 +69,17 @@ def test_convergence_floor_names_source_and_the_models_below_it():
     assert not ok and "no published accuracy" in text
 
 
+def test_fashion_mnist_resnet18_floor_is_the_stricter_one_fixed_for_c4_c5():
+    """95 % of 94 % would be 89.3 %; C4-C5 fixed 92 % before their runs, and the text says which applies."""
+    assert protocol.reference("fashion_mnist", "resnet18").floor == pytest.approx(0.92)
+    fm = [("bn", np.nan, 0, 0.91, "fashion_mnist", "resnet18")]
+    ok, text = protocol.convergence(_models(fm))
+    assert not ok and "92.0 %" in text and "fixed for C4–C5" in text and "seed 0 at 91.0 %" in text
+    ok, text = protocol.convergence(_models([("bn", np.nan, 0, 0.925, "fashion_mnist", "resnet18")]))
+    assert ok
+    assert "86.7 % = 95% of ResNet-20" in protocol.convergence(_models([("bn", np.nan, 0, 0.90)]))[1]
+
+
 def test_attack_strength_and_floor():
     rows = pd.DataFrame([_row(np.ones(N, bool)), _row(np.ones(N, bool), attack="apgd", params="{}")])
     assert protocol.attack_strength(rows)[0]
