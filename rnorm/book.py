@@ -332,6 +332,7 @@ def pretrain(profile: dict, *, jobs=None, device: str = "auto", notebooks=None,
     """
     from .executors import run_all
     from .layout import Layout, resolve
+    from .runs import find_run
     done: list = []
     results: list = []
     jobs = jobs or profile["jobs"]
@@ -342,8 +343,9 @@ def pretrain(profile: dict, *, jobs=None, device: str = "auto", notebooks=None,
         configs = sorted(configs, key=run_cost, reverse=True)
         if executor == "ray":  # the cluster's resources decide; each task asks for the profile's threads
             lay = Layout(1, profile.get("threads") or 1, note="Ray tasks")
-        else:
-            lay = resolve(jobs, configs, threads=profile.get("threads"), device=device)
+        else:  # measured on the runs still to train (finished and published ones need no layout)
+            lay = resolve(jobs, [c for c in configs if find_run(c) is None], threads=profile.get("threads"),
+                          device=device)
             print(f"[rnorm] training {len(configs)} run(s) with {lay.describe()}", flush=True)
         if layouts is not None:
             layouts.append(lay)

@@ -14,7 +14,8 @@ recipe); their images per second are summed. The layout with the highest total w
 Measured layouts are cached in ``hardware.json`` (:func:`rnorm.hardware.cache_file`) under the
 CPU model, torch version, precision, network, recipe and core count, so the measurement runs
 once per machine and network. It should be taken on a quiet machine: a measurement taken beside
-other work is recorded with the load average it saw, and :func:`choose` warns about it.
+other work is recorded with the load average it saw, and :func:`choose` says so each time it is
+used (``rnorm layout --remeasure`` measures again).
 
 None of this changes what is trained: a run's key and results do not depend on its threads.
 """
@@ -31,15 +32,16 @@ from ._validate import ConfigError, check_int
 @dataclasses.dataclass(frozen=True)
 class Layout:
     """``workers`` processes of ``threads`` threads; ``measured`` maps each candidate
-    ``"<workers>x<threads>"`` to its total images/s (empty when the layout was given, not measured)."""
+    ``"<workers>x<threads>"`` to its total images/s (empty when the layout was given, not measured);
+    ``threads`` None leaves torch's default."""
 
     workers: int
-    threads: int
+    threads: int | None  # None: torch's default
     measured: dict = dataclasses.field(default_factory=dict)
     note: str = ""
 
     def describe(self) -> str:
-        what = f"{self.workers} worker(s) x {self.threads} thread(s)"
+        what = f"{self.workers} worker(s) x {self.threads or 'default'} thread(s)"
         if not self.measured:
             return what + (f" ({self.note})" if self.note else "")
         rates = ", ".join(f"{k}: {v:.0f} img/s" for k, v in self.measured.items())
@@ -129,15 +131,26 @@ def _timed_worker(config: dict, threads: int, channels_last: bool, batches: int,
     kw = dict(recipe=cfg.recipe, cfg=cfg, batch_size=cfg.batch_size, seed=0, augment=cfg.resolved_augment(),
               device="cpu", channels_last=channels_last)
     T.run_epoch(model, opt, sched, x[:cfg.batch_size], y[:cfg.batch_size], epoch=0, **kw)  # oneDNN builds kernels
-    barrier.wait()
-    row = T.run_epoch(model, opt, sched, x, y, epoch=1, **kw)
-    results.put(float(row["images_per_s"]))
+    barrier.wait(timeout=_BARRIER_SECONDS)
+    start = time.monotonic()
+    T.run_epoch(model, opt, sched, x, y, epoch=1, **kw)
+    results.put((n, start, time.monotonic()))
+
+
+_BARRIER_SECONDS = 300
+
+
+class MeasurementError(RuntimeError):
+    """A measured layout could not be timed (a worker failed or never reported)."""
 
 
 def measure(config, workers: int, threads: int, batches: int = 6) -> float:
     """Total images/s of ``workers`` processes of ``threads`` threads training ``config`` at once
-    (see the module docstring)."""
+    (see the module docstring): all their images over the time from the first start to the last
+    end, so a worker that finishes early does not count its uncontended time. A worker that dies
+    raises :class:`MeasurementError` naming the layout (the others are stopped)."""
     import multiprocessing as mp
+    import queue
 
     import torch
 
@@ -154,14 +167,26 @@ def measure(config, workers: int, threads: int, batches: int = 6) -> float:
                                                      results)) for _ in range(workers)]
     for p in procs:
         p.start()
+    reports: list = []
     try:
-        rates = [results.get(timeout=600) for _ in procs]
+        deadline = time.monotonic() + _BARRIER_SECONDS + 600
+        while len(reports) < workers:
+            try:
+                reports.append(results.get(timeout=1.0))
+            except queue.Empty:
+                dead = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+                if dead or time.monotonic() > deadline:
+                    barrier.abort()
+                    why = f"a worker exited with code {dead[0]}" if dead else "the workers did not report in time"
+                    raise MeasurementError(f"measuring {workers} worker(s) x {threads} thread(s) on {config.name()}: "
+                                           f"{why}") from None
     finally:
         for p in procs:
             p.join(timeout=60)
-            if p.is_alive():  # pragma: no cover - a worker that died leaves the others at the barrier
+            if p.is_alive():
                 p.kill()
-    return float(sum(rates))
+    images = sum(n for n, _, _ in reports)
+    return images / (max(end for _, _, end in reports) - min(start for _, start, _ in reports))
 
 
 def choose(configs: list, *, cores: int | None = None, measure_fn=None, log=print, remeasure: bool = False) -> Layout:
@@ -180,33 +205,46 @@ def choose(configs: list, *, cores: int | None = None, measure_fn=None, log=prin
     cached = _read_cache().get(key)
     known = dict(cached.get("images_per_s", {})) if isinstance(cached, dict) and not remeasure else {}
     todo = [(w, t) for w, t in candidates(cores, len(configs)) if f"{w}x{t}" not in known]
-    note = ""
+    load = cached.get("load_before", 0.0) if isinstance(cached, dict) and not remeasure else 0.0
+    failed = []
     if todo:
-        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+        load = max(load, os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0)
         log(f"[rnorm] measuring how to spread {len(configs)} run(s) over {cores} core(s) "
             f"({', '.join(f'{w}x{t}' for w, t in todo)} workers x threads, {config.name()}); once per machine")
         for w, t in todo:
-            known[f"{w}x{t}"] = round(measure_fn(config, w, t), 1)
+            try:
+                known[f"{w}x{t}"] = round(measure_fn(config, w, t), 1)
+            except MeasurementError as e:
+                failed.append(str(e))
         _write_cache(key, {"images_per_s": known, "load_before": round(load, 2),
                            "measured": time.strftime("%Y-%m-%dT%H:%M:%S")})
-        if load >= 0.5:
-            note = (f"measured beside other work (1-min load {load:.2f}); delete its entry in hardware.json to "
-                    f"measure again on a quiet machine")
-    options = {f"{w}x{t}": known[f"{w}x{t}"] for w, t in candidates(cores, len(configs))}
+    notes = []
+    if load >= 0.5:
+        notes.append(f"measured beside other work (1-min load {load:.2f}); `rnorm layout --remeasure` on a quiet "
+                     f"machine measures again")
+    notes += [f"not measured: {e}" for e in failed]
+    options = {f"{w}x{t}": known[f"{w}x{t}"] for w, t in candidates(cores, len(configs)) if f"{w}x{t}" in known}
+    if not options:
+        return Layout(min(cores, len(configs)), 1, {}, "; ".join(notes + ["one thread per worker, one worker per core"]))
     best = max(options, key=options.get)
     workers, threads = (int(v) for v in best.split("x"))
-    return Layout(workers, threads, options, note)
+    return Layout(workers, threads, options, "; ".join(notes))
 
 
 def resolve(jobs, configs: list, *, threads: int | None = None, device: str = "auto", log=print) -> Layout:
-    """The layout for training ``configs``: ``jobs`` workers of ``threads`` (default 1) threads
-    when ``jobs`` is a number; :func:`choose` when it is ``"auto"`` on CPU. On a GPU ``"auto"``
-    means one worker (the runs share the device)."""
+    """The layout for training ``configs`` (the runs still to train): ``jobs`` workers of
+    ``threads`` threads when ``jobs`` is a number (without ``threads``: one per worker, or torch's
+    default for a single worker); when it is ``"auto"``, :func:`choose` on CPU, one worker on any
+    other device, and nothing to measure when no run is left to train."""
     if jobs != "auto":
-        return Layout(check_int("jobs", jobs, min_value=1), threads or 1, note="as given")
+        jobs = check_int("jobs", jobs, min_value=1)
+        return Layout(jobs, threads or (None if jobs == 1 else 1), note="as given")
+    if not configs:
+        return Layout(1, threads, note="every run is finished: nothing to train")
     import torch
-    if device != "cpu" and (device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())):
-        return Layout(1, threads or 1, note="one worker per GPU")
+    on_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+    if not on_cpu:
+        return Layout(1, threads, note=f"one worker on {device}")
     return choose(configs, log=log)
 
 

@@ -317,6 +317,9 @@ def test_ledger_leaves_out_results_the_profile_would_not_give_now(tmp_path, key)
     assert ("earlier build" in row["why"]) == (key is None) and (key or "earlier build") in row["why"]
     assert list(res.frames["scale"]["notebook"]) == ["02_stats_swap"]
     assert res.headline["inputs"]["03_robustnorm"] is None
+    from rnorm.experiments.verdicts import Results  # the rules never see a skipped study's frames
+    assert Results(tmp_path).frame("03_robustnorm", "models") is not None
+    assert Results(tmp_path, skip={"03_robustnorm"}).frame("03_robustnorm", "models") is None
 
 
 def test_matching_profile_is_derived_from_the_parameters():

@@ -76,11 +76,64 @@ def test_measure_runs_the_layout_for_real(cache, data_root):
 def test_resolve_given_auto_and_gpu(cache, monkeypatch):
     assert layout.resolve(3, [tiny()], threads=2) == layout.Layout(3, 2, note="as given")
     assert layout.resolve(2, [tiny()]).threads == 1
-    assert layout.resolve("auto", [tiny()], device="cuda:0").workers == 1
+    assert layout.resolve(1, [tiny()]).threads is None  # one worker without a thread count: torch's default
     monkeypatch.setattr(layout, "choose", lambda configs, log: layout.Layout(7, 1))
     assert layout.resolve("auto", [tiny()], device="cpu").workers == 7
+    assert layout.resolve("auto", [tiny()], device="cuda:0").workers == 1
+    assert layout.resolve("auto", [tiny()], device="mps").workers == 1  # not measured on the CPU
+    assert "nothing to train" in layout.resolve("auto", [], device="cpu").note
     with pytest.raises(ConfigError, match="jobs=0"):
         layout.resolve(0, [tiny()])
+
+
+def test_a_layout_that_cannot_be_measured_is_skipped_and_said(cache):
+    def fake(config, workers, threads):
+        if threads == 2:
+            raise layout.MeasurementError(f"measuring {workers} worker(s) x 2 thread(s): a worker exited with code 1")
+        return 800.0
+
+    lay = layout.choose([tiny(), tiny(seed=1)], cores=2, measure_fn=fake, log=lambda *_: None)
+    assert (lay.workers, lay.threads) == (2, 1) and "not measured" in lay.note and "code 1" in lay.note
+    none = layout.choose([tiny(width=8)], cores=2, log=lambda *_: None,
+                         measure_fn=lambda c, w, t: (_ for _ in ()).throw(layout.MeasurementError("boom")))
+    assert (none.workers, none.threads) == (1, 1) and "boom" in none.note
+
+
+def test_a_cached_measurement_taken_under_load_says_so_each_time(cache):
+    cfgs = [tiny(), tiny(seed=1)]
+    layout.choose(cfgs, cores=2, measure_fn=lambda c, w, t: 100.0 * w, log=lambda *_: None)
+    known = json.loads(cache.read_text())
+    key = next(iter(known))
+    known[key]["load_before"] = 1.7
+    cache.write_text(json.dumps(known))
+    again = layout.choose(cfgs, cores=2, measure_fn=None, log=lambda *_: None)  # from the cache: no measure_fn call
+    assert "1-min load 1.70" in again.note and "--remeasure" in again.note
+
+
+def test_measure_names_the_layout_when_a_worker_dies(cache, data_root):
+    with pytest.raises(layout.MeasurementError, match=r"2 worker\(s\) x 1 thread\(s\).*exited with code"):
+        layout.measure(tiny(), workers=2, threads=1, batches=-1)
+
+
+def test_pretrain_with_jobs_auto_trains_with_the_measured_layout(cache, tmp_path, monkeypatch):
+    """``jobs: auto``: pretrain measures on the runs still to train and hands the chosen workers x
+    threads to the executor; with every run finished it measures nothing."""
+    from rnorm import executors
+    monkeypatch.setenv("RNORM_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("RNORM_ARCHIVE", "")
+    measured, calls = [], []
+    monkeypatch.setattr(layout, "measure", lambda c, w, t: measured.append((w, t)) or {1: 300.0, 2: 500.0}[t])
+    monkeypatch.setattr(layout, "available_cores", lambda: 2)
+    monkeypatch.setattr(executors, "run_all", lambda configs, **kw: calls.append(kw) or [(c.folder_name(), True)
+                                                                                         for c in configs])
+    prof = {**book.load_profile("smoke"), "jobs": "auto"}
+    lays: list = []
+    book.pretrain(prof, device="cpu", notebooks=["02_stats_swap"], layouts=lays)
+    assert measured and calls[0]["jobs"] == lays[0].workers == 1 and calls[0]["threads"] == lays[0].threads == 2
+    monkeypatch.setattr("rnorm.runs.find_run", lambda c, *a, **k: object())  # every run finished
+    measured.clear()
+    book.pretrain(prof, device="cpu", notebooks=["02_stats_swap"], layouts=lays)
+    assert not measured and "nothing to train" in lays[-1].note
 
 
 @pytest.mark.parametrize("value", ["many", 0, -1, 1.5])

@@ -61,8 +61,8 @@ def stale_studies(provs: dict) -> dict[str, str]:
             continue
         try:
             want = book.notebook_key(nb, book.notebook_params(book.load_profile(name), nb))
-        except ConfigError as e:
-            out[nb] = f"{nb}'s results name profile {name!r}, which cannot be read now ({e})"
+        except (ConfigError, KeyError) as e:
+            out[nb] = f"not judged: {nb}'s results name profile {name!r}, which cannot give them now ({e})"
             continue
         have = prov.get("key")
         if have != want:
