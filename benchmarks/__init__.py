@@ -190,6 +190,12 @@ def table_rows(results: dict) -> list[tuple[str, str, str, str]]:
         add(f"7. train step with {e['threads']} threads / 1 thread, same process (throughput ratio)",
             f"{_fmt_ratio(e)}; " + ", ".join(f"{k.replace('_', ' ')} {1000 * v:.0f} ms" for k, v in sec.items()),
             None, None)
+    if not err("layout_choice"):
+        e = b["layout_choice"]
+        rates = ", ".join(f"{k}: {v:.0f}" for k, v in e["images_per_s"].items())
+        add(f"8. jobs: auto on {e['cores']} cores, {e['runs']} runs of {e['job']} ({e['precision']}): "
+            "workers x threads, total img/s", f"chose {e['chosen']} ({rates})"
+            + (f"; {e['note']}" if e.get("note") else ""), None, None)
     if not err("bf16_eval_attack"):
         e = b["bf16_eval_attack"]
         parts = [f"{r['eps']}: fp32 {r['robust_acc_fp32_pct']:.1f} % vs bf16 {r['robust_acc_bf16_pct']:.1f} %"

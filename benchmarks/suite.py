@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn as nn
@@ -627,6 +627,24 @@ def threads_two_vs_one(s: Settings, ctx: dict) -> dict:
                   omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"))
 
 
+def layout_choice(s: Settings, ctx: dict) -> dict:
+    """What ``jobs: auto`` chooses here (:func:`rnorm.layout.choose`, measured afresh): every candidate
+    workers x threads trains the ``cpu`` profile's longest run on random images, all its workers at
+    once (quick mode: a width-4 ResNet-20); the answer replaces the cached one."""
+    from rnorm import book, layout
+
+    if s.mode == "quick":
+        cfg = workload.config(arch="resnet20", width=4).cfg
+        configs = [cfg, replace(cfg, seed=1)]
+    else:
+        configs = sorted(book.planned_configs(book.load_profile("cpu")), key=book.run_cost, reverse=True)
+    lay = layout.choose(configs, remeasure=True, log=lambda *_: None)
+    best = lay.measured.get(f"{lay.workers}x{lay.threads}", float("nan"))
+    return _entry(best, "images/s of the chosen layout", None, None, chosen=f"{lay.workers}x{lay.threads}",
+                  images_per_s=lay.measured, job=configs[0].name(), precision=configs[0].precision,
+                  cores=layout.available_cores(), runs=len(configs), note=lay.note)
+
+
 BENCHMARKS = {
     "train_step_vs_torchvision": train_step_vs_torchvision,
     "multibn_split_vs_bn": multibn_split_vs_bn,
@@ -639,4 +657,5 @@ BENCHMARKS = {
     "scaling_dataset_size": scaling_dataset_size,
     "scaling_processes": scaling_processes,
     "threads_two_vs_one": threads_two_vs_one,
+    "layout_choice": layout_choice,
 }

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -27,8 +28,9 @@ def _number(x) -> bool:
 @pytest.fixture(scope="module")
 def quick_result(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
+    env = {**os.environ, "RNORM_CACHE": str(out / "cache")}  # the layout item measures afresh: not into ~/.cache
     proc = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--out", str(out)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=900)
+                          capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 0, f"quick benchmark failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     files = sorted(out.glob("*.json"))
     assert len(files) == 1, files
@@ -55,6 +57,8 @@ def test_quick_mode_writes_every_benchmark_with_numbers(quick_result):
         d = b["recipe_throughput"]["recipes"][recipe]
         for p in ("fp32", "bf16_cl"):
             assert _number(d[p]["images_per_s"]) and _number(d[p]["fraction_of_peak"])
+    lay = b["layout_choice"]
+    assert lay["chosen"] in lay["images_per_s"] and lay["value"] == max(lay["images_per_s"].values())
     for k in ("torch_version", "threads", "cpu_model", "date", "loadavg_before", "loaded_before"):
         assert k in res["environment"], k
 
