@@ -344,9 +344,9 @@ def pretrain(profile: dict, *, jobs=None, device: str = "auto", notebooks=None,
         if executor == "ray":  # the cluster's resources decide; each task asks for the profile's threads
             lay = Layout(1, profile.get("threads") or 1, note="Ray tasks")
         else:  # measured on the runs still to train (finished and published ones need no layout)
-            lay = resolve(jobs, [c for c in configs if find_run(c) is None], threads=profile.get("threads"),
-                          device=device)
-            print(f"[rnorm] training {len(configs)} run(s) with {lay.describe()}", flush=True)
+            todo = [c for c in configs if find_run(c) is None]
+            lay = resolve(jobs, todo, threads=profile.get("threads"), device=device)
+            print(f"[rnorm] {len(todo)} of {len(configs)} run(s) to train, with {lay.describe()}", flush=True)
         if layouts is not None:
             layouts.append(lay)
         results += run_all(configs, executor=executor, jobs=lay.workers, device=device, threads=lay.threads,
@@ -479,7 +479,7 @@ def build_book(*, warnings_as_errors: bool = True, builder: str = "html") -> Pat
     return REPO / "_build" / builder
 
 
-def run_book(profile_name: str, *, jobs: int | None = None, build: bool = True, notebooks=None,
+def run_book(profile_name: str, *, jobs=None, build: bool = True, notebooks=None,
              device: str = "auto", out_dir=None, rerun: bool = False, executor: str = "local",
              address: str | None = None) -> dict:
     """Bring the profile's executed notebooks up to date, then build the book.
