@@ -637,7 +637,7 @@ def layout_choice(s: Settings, ctx: dict) -> dict:
         cfg = workload.config(arch="resnet20", width=4).cfg
         configs = [cfg, replace(cfg, seed=1)]
     else:
-        configs = sorted(book.planned_configs(book.load_profile("cpu")), key=book.run_cost, reverse=True)
+        configs = book.planned_configs(book.load_profile("cpu"), longest_first=True)
     lay = layout.choose(configs, remeasure=True, log=lambda *_: None)
     best = lay.measured.get(f"{lay.workers}x{lay.threads}", float("nan"))
     return _entry(best, "images/s of the chosen layout", None, None, chosen=f"{lay.workers}x{lay.threads}",

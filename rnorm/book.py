@@ -303,16 +303,22 @@ def publish_runs(profile: dict, *, notebooks=None, archive=None) -> tuple[list, 
     return published, missing
 
 
-def planned_configs(profile: dict, notebooks=None, exclude=()) -> list:
-    """The RunConfigs the given notebooks of ``profile`` need as of now, each once, in notebook order,
-    leaving out ``exclude``."""
+def planned_configs(profile: dict, notebooks=None, exclude=(), longest_first: bool = False) -> list:
+    """The RunConfigs the given notebooks of ``profile`` need as of now, each once, in notebook order
+    (``longest_first``: by :func:`run_cost`, the order training schedules them), leaving out ``exclude``."""
     from .experiments import planned_runs
     configs: list = []
     for nb in notebooks if notebooks is not None else REGISTRY:
         for cfg in planned_runs(nb, profile["notebooks"][nb]):
             if cfg not in configs and cfg not in exclude:
                 configs.append(cfg)
-    return configs
+    return sorted(configs, key=run_cost, reverse=True) if longest_first else configs
+
+
+def unfinished(configs: list) -> list:
+    """The configs without a finished run (in ``RNORM_RUNS`` or published), in the same order."""
+    from .runs import find_run
+    return [c for c in configs if find_run(c) is None]
 
 
 def pretrain(profile: dict, *, jobs=None, device: str = "auto", notebooks=None,
@@ -332,19 +338,17 @@ def pretrain(profile: dict, *, jobs=None, device: str = "auto", notebooks=None,
     """
     from .executors import run_all
     from .layout import Layout, resolve
-    from .runs import find_run
     done: list = []
     results: list = []
     jobs = jobs or profile["jobs"]
     for _ in range(5):
-        configs = planned_configs(profile, notebooks, exclude=done)
+        configs = planned_configs(profile, notebooks, exclude=done, longest_first=True)
         if not configs:
             break
-        configs = sorted(configs, key=run_cost, reverse=True)
         if executor == "ray":  # the cluster's resources decide; each task asks for the profile's threads
             lay = Layout(1, profile.get("threads") or 1, note="Ray tasks")
         else:  # measured on the runs still to train (finished and published ones need no layout)
-            todo = [c for c in configs if find_run(c) is None]
+            todo = unfinished(configs)
             lay = resolve(jobs, todo, threads=profile.get("threads"), device=device)
             print(f"[rnorm] {len(todo)} of {len(configs)} run(s) to train, with {lay.describe()}", flush=True)
         if layouts is not None:

@@ -123,7 +123,8 @@ def _dispatch(args) -> int:
     if args.command == "layout":
         from .layout import available_cores, choose
         prof = book.load_profile(args.profile)
-        configs = sorted(book.planned_configs(prof, _training_notebooks(args.only)), key=book.run_cost, reverse=True)
+        planned = book.planned_configs(prof, _training_notebooks(args.only), longest_first=True)
+        configs = book.unfinished(planned) or planned  # what `rnorm train` would measure; all if none is left
         lay = choose(configs, remeasure=args.remeasure)
         print(f"{len(configs)} run(s) of profile {prof['name']!r} on {available_cores()} core(s), measured with "
               f"{configs[0].name() if configs else 'nothing'}: {lay.describe()}")
@@ -178,15 +179,8 @@ def _dispatch(args) -> int:
 
 def _jobs(value):
     """``--jobs``: None (the profile's), ``auto``, or a number of workers up to 4 per core."""
-    if value is None or value == "auto":
-        return value
-    from ._validate import check_int
-    try:
-        n = int(value)
-    except ValueError:
-        raise ConfigError(f"--jobs={value!r} is not allowed; allowed: a positive integer or 'auto' (measure the "
-                          f"fastest workers x threads on this machine).") from None
-    return check_int("--jobs", n, min_value=1, max_value=4 * (os.cpu_count() or 1))
+    from .layout import check_jobs
+    return None if value is None else check_jobs(value, "--jobs", max_value=4 * (os.cpu_count() or 1))
 
 
 if __name__ == "__main__":

@@ -203,9 +203,10 @@ def choose(configs: list, *, cores: int | None = None, measure_fn=None, log=prin
     config = configs[0]
     key = _cache_key(config, cores)
     cached = _read_cache().get(key)
-    known = dict(cached.get("images_per_s", {})) if isinstance(cached, dict) and not remeasure else {}
+    entry = cached if isinstance(cached, dict) and not remeasure else {}
+    known = dict(entry.get("images_per_s", {}))
     todo = [(w, t) for w, t in candidates(cores, len(configs)) if f"{w}x{t}" not in known]
-    load = cached.get("load_before", 0.0) if isinstance(cached, dict) and not remeasure else 0.0
+    load = entry.get("load_before", 0.0)
     failed = []
     if todo:
         load = max(load, os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0)
@@ -248,12 +249,16 @@ def resolve(jobs, configs: list, *, threads: int | None = None, device: str = "a
     return choose(configs, log=log)
 
 
-def check_jobs(value):
-    """``jobs`` as a profile or the command line gives it: a positive int or ``"auto"``."""
+def check_jobs(value, name: str = "jobs", max_value: int | None = None):
+    """``jobs`` as a profile or the command line (text) gives it: a positive int (at most
+    ``max_value``) or ``"auto"``."""
     if value == "auto":
         return value
+    if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+        value = int(value)
     try:
-        return check_int("jobs", value, min_value=1)
+        return check_int(name, value, min_value=1, max_value=max_value)
     except ConfigError:
-        raise ConfigError(f"jobs={value!r} is not allowed; allowed: a positive integer or 'auto' (measure the "
-                          f"fastest workers x threads on this machine).") from None
+        upto = f" (at most {max_value})" if max_value is not None else ""
+        raise ConfigError(f"{name}={value!r} is not allowed; allowed: a positive integer or 'auto' (measure the "
+                          f"fastest workers x threads on this machine){upto}.") from None
