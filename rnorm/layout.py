@@ -260,5 +260,6 @@ def check_jobs(value, name: str = "jobs", max_value: int | None = None):
         return check_int(name, value, min_value=1, max_value=max_value)
     except ConfigError:
         upto = f" (at most {max_value})" if max_value is not None else ""
-        raise ConfigError(f"{name}={value!r} is not allowed; allowed: a positive integer or 'auto' (measure the "
-                          f"fastest workers x threads on this machine){upto}.") from None
+        what = "is out of range" if isinstance(value, int) and not isinstance(value, bool) else "is not allowed"
+        raise ConfigError(f"{name}={value!r} {what}; allowed: a positive integer{upto} or 'auto' (measure the "
+                          f"fastest workers x threads on this machine).") from None

@@ -148,7 +148,7 @@ def test_profile_jobs_must_be_a_count_or_auto(tmp_path, value):
 
 def test_cli_jobs_is_a_count_or_auto(capsys):
     assert cli._jobs(None) is None and cli._jobs("auto") == "auto" and cli._jobs("2") == 2
-    with pytest.raises(ConfigError, match=r"--jobs='two'.*positive integer or 'auto'"):
+    with pytest.raises(ConfigError, match=r"--jobs='two'.*positive integer.*or 'auto'"):
         cli._jobs("two")
     with pytest.raises(ConfigError, match="--jobs"):
         cli._jobs("0")

@@ -146,7 +146,7 @@ def test_unusable_runs_folder_or_data_root_is_one_line(fake_data, monkeypatch, c
 
 
 @pytest.mark.parametrize("args,message", [(["--only", "02_stats_swp"], "Did you mean '02_stats_swap'"),
-                                          (["--jobs", "500"], "--jobs=500 is out of range")])
+                                          (["--jobs", "500"], "--jobs=500 is out of range; allowed: a positive integer (at most")])
 def test_cli_book_arguments(args, message, capsys):
     assert cli.main(["book", "--profile", "smoke", "--no-build", *args]) == 2
     assert message in capsys.readouterr().err
