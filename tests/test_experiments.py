@@ -393,3 +393,16 @@ def test_train_command_trains_the_sweep_then_the_chosen_runs(tmp_path, monkeypat
     assert robustnorm.chosen_lrs(params) == chosen
     for cfg in robustnorm.runs(params):
         assert find_run(cfg) is not None, cfg.name()
+
+
+def test_ebn_training_attack_steps_eps_over_steps_unless_given():
+    from rnorm.experiments import ebn
+    p = EBNParams(train_eps="2/255", train_steps=1, recipes=["standard", "advprop"], ablation=False)
+    adv = [c for c in ebn.runs(p) if c.recipe == "advprop"]
+    assert adv and all(abs(c.train_alpha - 2 / 255) < 1e-12 for c in adv)
+    p2 = EBNParams(train_eps="4/255", train_steps=2, train_alpha="1/255", recipes=["advprop"], ablation=False)
+    assert all(abs(c.train_alpha - 1 / 255) < 1e-12 for c in ebn.runs(p2))
+    assert abs(ebn.train_alpha(EBNParams(train_eps="4/255", train_steps=2)) - 2 / 255) < 1e-12
+    for bad in ("0", "-1/255", "two", "2"):
+        with pytest.raises(ConfigError, match=rf"train_alpha='{re.escape(bad)}' is not allowed; allowed: None"):
+            EBNParams(train_alpha=bad)

@@ -327,3 +327,19 @@ def test_a_training_step_never_reads_back_to_the_host(monkeypatch, recipe):
     monkeypatch.undo()
     assert set(out) == {"n", *T.metric_columns(recipe)}
     assert all(isinstance(v, torch.Tensor) and v.dim() == 0 for k, v in out.items() if k != "n")
+
+
+def test_one_step_training_attack_lands_on_the_surface_when_its_step_reaches_across_the_ball():
+    """Why 04's training attack steps by eps / steps: from a random start, one step of at least 2*eps puts
+    every pixel on the ball's surface (|delta| = eps: an FGSM taken at a random point), erasing the start;
+    a step of eps keeps part of it inside the ball."""
+    model = tiny()
+    torch.manual_seed(1)
+    x, y = torch.rand(16, 1, 28, 28) * 0.8 + 0.1, torch.randint(0, 10, (16,))
+    interior = (x > EPS) & (x < 1 - EPS)  # where clamping to [0, 1] cannot cut delta
+    wide = T.make_examples(model, x, y, "adv", "adv", {"train_eps": EPS, "train_steps": 1})  # default 2.5 eps
+    narrow = T.make_examples(model, x, y, "adv", "adv", {"train_eps": EPS, "train_steps": 1, "train_alpha": EPS})
+    on_surface = lambda xa: ((xa - x).abs() > EPS - 1e-5)[interior].float().mean().item()
+    assert on_surface(wide) > 0.99
+    assert ((narrow - x).abs() <= EPS + 1e-6).all()
+    assert on_surface(narrow) < 0.8  # the random start survives in part

@@ -34,6 +34,7 @@ class EBNParams(TrainingParams):
     recipes: tuple = ("standard", "advprop", "ebn", "advprop_ebn")
     train_eps: str = "2/255"
     train_steps: int = 3
+    train_alpha: str | None = None
     attacks: tuple = ("fgsm", "pgd")
     epsilons: tuple = ("1/255", "4/255")
     pgd_steps: int = 20
@@ -53,6 +54,15 @@ class EBNParams(TrainingParams):
         super()._check()
         self._set("train_eps", parse_eps(self.train_eps))
         self._set("train_steps", check_int("train_steps", self.train_steps, min_value=1))
+        if self.train_alpha is not None:
+            try:
+                alpha = parse_eps(self.train_alpha)
+            except ConfigError:
+                alpha = 0.0
+            if not alpha > 0:
+                raise ConfigError(f"train_alpha={self.train_alpha!r} is not allowed; allowed: None (train_eps / "
+                                  f"train_steps) or a step in (0, 1], written like 0.004 or '1/255'.")
+            self._set("train_alpha", alpha)
         self._check_evaluation()
         check_choice("loss_weighting", self.loss_weighting, LOSS_WEIGHTINGS)
         check_bool("ablation", self.ablation)
@@ -65,10 +75,22 @@ class EBNParams(TrainingParams):
             raise ConfigError(f"recipes={list(self.recipes)!r} repeats a recipe; give each once.")
 
 
+def train_alpha(p: EBNParams) -> float:
+    """The step of each training-attack iteration: ``train_alpha`` if given, else ``train_eps / train_steps``.
+
+    Departs from the library's default for evaluation attacks (``2.5 * eps / steps``, Madry et al.): with a
+    random start, any step of at least ``2 * eps`` puts every pixel on the ball's surface, so a 1-step attack
+    at that step is an FGSM taken at a random point, and the start is erased. ``eps / steps`` is
+    the step of AdvProp's public attack settings as we read them (steps equal to ε in 1/255 units, step
+    1/255), so the one-step attack keeps part of its random start. Stated in the chapter's text.
+    """
+    return p.train_alpha if p.train_alpha is not None else p.train_eps / p.train_steps
+
+
 def _config(p: EBNParams, dataset: str, arch: str, recipe: str, seed: int, share: str = "none") -> RunConfig:
     return p.run_config(dataset=dataset, arch=arch, norm="multibn" if branches_for(recipe) else "bn", share=share,
                         recipe=recipe, seed=seed, train_eps=p.train_eps, train_steps=p.train_steps,
-                        loss_weighting=p.loss_weighting)
+                        train_alpha=train_alpha(p), loss_weighting=p.loss_weighting)
 
 
 def ablation_setting(p: EBNParams) -> tuple[str, str] | None:
