@@ -100,6 +100,7 @@ def accuracy_table(acc, by: list[str], labelled=()):
     stat["value"] = [f"{100 * m:.1f} ± {100 * s:.1f}" for m, s in zip(stat["mean"], stat["std"])]
     columns = list(dict.fromkeys(stat["column"]))
     out = stat.pivot(index=by, columns="column", values="value").reset_index()[by + columns]
+    out[columns] = out[columns].fillna("—")  # a row not evaluated under that attack (e.g. APGD on headline rows only)
     for c in by:
         out[c] = out[c].astype(str).map(label) if c in labelled else out[c].astype(str)
     return out.rename_axis(columns=None)
@@ -117,7 +118,7 @@ def full_test_accuracy(run, model, batch_size: int = 500) -> float:
 
 def models_frame(trained: dict, device):
     """One row per trained model: dataset, arch, width, norm, norm_p, recipe, share, seed, epochs,
-    train_subset, lr, train_eps, train_steps, loss_weighting, clean_full (clean accuracy on the
+    train_subset, lr, train_eps, train_steps, train_alpha (None: the default step), loss_weighting, clean_full (clean accuracy on the
     full test set: what the ledger checks convergence on) and the run's key."""
     import pandas as pd
     rows = []
@@ -127,7 +128,8 @@ def models_frame(trained: dict, device):
                      "norm_p": cfg.norm_p if cfg.norm == "robustnorm" else float("nan"), "recipe": cfg.recipe,
                      "share": getattr(cfg, "share", "none"), "seed": cfg.seed, "epochs": cfg.epochs,
                      "train_subset": cfg.train_subset, "lr": cfg.lr, "train_eps": cfg.train_eps,
-                     "train_steps": cfg.train_steps, "loss_weighting": cfg.loss_weighting,
+                     "train_steps": cfg.train_steps, "train_alpha": cfg.train_alpha,
+                     "loss_weighting": cfg.loss_weighting,
                      "clean_full": full_test_accuracy(r, model),
                      "key": cfg.key()})
     return pd.DataFrame(rows)

@@ -22,7 +22,8 @@ STUDIES = ("01_distribution_shift", "02_stats_swap", "03_robustnorm", "04_easy_b
 
 def ledger(root, stale: dict | None = None) -> pd.DataFrame:
     """One row per claim: claim, statement, experiment (notebook), effect (with 95 % CIs), verdict,
-    why (the reason of an inconclusive verdict, or the checks), rule. The results of the notebooks in
+    why (the reason of an undecided verdict, then the preconditions that were checked and hold, each with its
+    threshold: the convergence floor and its source, the attack strength), rule. The results of the notebooks in
     ``stale`` (``{notebook: reason}``, :func:`stale_studies`) are not read: their claims are ``not run``,
     with the reason as their why."""
     stale = stale or {}
@@ -30,7 +31,8 @@ def ledger(root, stale: dict | None = None) -> pd.DataFrame:
     rows = []
     for cid, claim in CLAIMS.items():
         v = VERDICTS[cid](r)
-        why = stale.get(SOURCES[cid], v.checks)
+        held = ("Preconditions met: " + "; ".join(v.held) + ".") if v.held else ""
+        why = stale.get(SOURCES[cid], " ".join(t for t in (v.checks, held) if t))
         rows.append({"claim": cid, "statement": claim, "experiment": SOURCES[cid], "effect": v.effect,
                      "verdict": v.verdict, "why": why, "rule": RULES[cid]})
     return pd.DataFrame(rows)
