@@ -406,3 +406,35 @@ def test_ebn_training_attack_steps_eps_over_steps_unless_given():
     for bad in ("0", "-1/255", "two", "2"):
         with pytest.raises(ConfigError, match=rf"train_alpha='{re.escape(bad)}' is not allowed; allowed: None"):
             EBNParams(train_alpha=bad)
+
+
+def test_robustnorm_sweep_picks_the_best_rate_ties_to_the_smaller_and_nan_last():
+    from rnorm.experiments import robustnorm
+    assert robustnorm.pick_lr({0.05: 0.70, 0.1: 0.75, 0.2: 0.74}) == 0.1
+    assert robustnorm.pick_lr({0.2: 0.75, 0.1: 0.75, 0.05: 0.60}) == 0.1  # tie: the smaller rate
+    assert robustnorm.pick_lr({0.05: 0.30, 0.1: float("nan")}) == 0.05  # diverged: ranks last
+    p = RobustNormParams(rn_lrs=[0.05, 0.1, 0.2], powers=[0.2, 1.0])
+    sweep = pd.DataFrame([dict(epoch=e, norm_p=q, lr=lr, val_acc=v * e / 2) for q, accs in
+                          ((0.2, {0.05: 0.70, 0.1: 0.73, 0.2: 0.75}), (1.0, {0.05: 0.67, 0.1: 0.69, 0.2: 0.69}))
+                          for lr, v in accs.items() for e in (1, 2)])
+    t = robustnorm.sweep_table(p, sweep).set_index(["norm_p", "lr"])
+    assert t.loc[(0.2, 0.2), "chosen"] and t.loc[(0.2, 0.2), "at_grid_edge"]  # the largest rate: not bracketed
+    assert t.loc[(1.0, 0.1), "chosen"] and not t.loc[(1.0, 0.1), "at_grid_edge"] and not t.loc[(1.0, 0.2), "chosen"]
+    assert t.loc[(0.2, 0.2), "val_acc"] == pytest.approx(0.75)  # the final epoch's accuracy
+
+
+def test_matched_trend_measures_robustnorm_against_the_line_through_the_others():
+    """Reference points on robust = -0.5 + 1.0 * clean exactly; RobustNorm 4 points above it on every seed
+    (with a little seed noise) and inside their clean range -> residual +0.04 with a CI above 0."""
+    from rnorm.experiments import robustnorm
+    rows = []
+    for s, (cb, cn, cr, noise) in enumerate([(0.90, 0.80, 0.85, 0.002), (0.91, 0.81, 0.86, -0.001),
+                                             (0.89, 0.82, 0.84, 0.0)]):
+        rows += [dict(norm="bn", norm_p=float("nan"), seed=s, clean_full=cb, pgd=cb - 0.5),
+                 dict(norm="none", norm_p=float("nan"), seed=s, clean_full=cn, pgd=cn - 0.5),
+                 dict(norm="robustnorm", norm_p=0.2, seed=s, clean_full=cr, pgd=cr - 0.5 + 0.04 + noise)]
+    (a, b), t = robustnorm.matched_trend(pd.DataFrame(rows))
+    assert a == pytest.approx(-0.5) and b == pytest.approx(1.0)
+    r = t.iloc[0]
+    assert r["residual"] == pytest.approx(0.04 + 0.001 / 3) and r["low"] > 0 and r["inside"] and r["n_seeds"] == 3
+    assert robustnorm.matched_trend(pd.DataFrame(rows[:1]))[0] is None  # one reference point: no line
