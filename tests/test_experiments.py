@@ -438,3 +438,44 @@ def test_matched_trend_measures_robustnorm_against_the_line_through_the_others()
     r = t.iloc[0]
     assert r["residual"] == pytest.approx(0.04 + 0.001 / 3) and r["low"] > 0 and r["inside"] and r["n_seeds"] == 3
     assert robustnorm.matched_trend(pd.DataFrame(rows[:1]))[0] is None  # one reference point: no line
+
+
+def _ebn_acc(values: dict, seeds=(0, 1, 2)) -> pd.DataFrame:
+    """Main-branch rows: {recipe: (clean, pgd at 2/255)} with a small seed effect shared by every recipe."""
+    rows = []
+    for s in seeds:
+        for recipe, (clean, pgd) in values.items():
+            for attack, eps, v in (("clean", 0.0, clean), ("pgd", 2 / 255, pgd)):
+                rows.append(dict(dataset="fashion_mnist", arch="resnet18", recipe=recipe, share="none", seed=s,
+                                 branch="main", attack=attack, eps=eps, accuracy=v + 0.002 * s))
+    return pd.DataFrame(rows)
+
+
+def test_ebn_ranking_says_plainly_when_ebn_is_last_and_by_how_much():
+    from rnorm.experiments import ebn
+    acc = _ebn_acc({"standard": (0.93, 0.70), "advprop": (0.935, 0.76), "ebn": (0.94, 0.59)})
+    text = ebn.ranking_findings(acc)
+    pgd_line = [line for line in text.splitlines() if line.startswith("- PGD accuracy at 2/255")][0]
+    assert "AdvProp 76.2 % > standard 70.2 % > EBN 59.2 %" in pgd_line and "EBN is last of 3 recipes" in pgd_line
+    assert "EBN minus AdvProp -17.0 points [95 % CI -17.0, -17.0]" in pgd_line and "(lower)" in pgd_line
+    clean_line = [line for line in text.splitlines() if line.startswith("- clean accuracy")][0]
+    assert "EBN is last" not in clean_line and "(higher)" in clean_line
+
+
+def test_ebn_tables_take_clean_accuracy_from_the_full_test_set():
+    from rnorm.experiments import ebn
+    acc = _ebn_acc({"standard": (0.50, 0.30), "ebn": (0.50, 0.20)})
+    full = acc[acc["attack"] == "clean"].assign(accuracy=0.9, n=10000)
+    shown = ebn.with_full_clean(acc, full)
+    assert (shown.loc[shown["attack"] == "clean", "accuracy"] == 0.9).all() and len(shown) == len(acc)
+    assert (shown.loc[shown["attack"] == "pgd", "accuracy"] == acc.loc[acc["attack"] == "pgd", "accuracy"].values).all()
+    assert "90.0" in ebn.main_table(shown).to_string() and ebn.with_full_clean(acc, None) is acc
+
+
+def test_ebn_ablation_findings_pair_shared_against_separate_branches():
+    from rnorm.experiments import ebn
+    base = _ebn_acc({"ebn": (0.94, 0.60)})
+    affine = _ebn_acc({"ebn": (0.94, 0.50)}).assign(share="affine")
+    text = ebn.ablation_findings(pd.concat([base, affine], ignore_index=True))
+    assert "shared γ/β: clean +0.0 points" in text and "PGD 2/255 -10.0 points" in text and "(lower)" in text
+    assert ebn.ablation_findings(base) == ""

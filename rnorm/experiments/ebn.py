@@ -13,7 +13,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from ..attacks import parse_eps
+from ..attacks import format_eps, parse_eps
 from ..evaluate import summarize, test_subset
 from ..results import StudyResult
 from ..runs import RunConfig
@@ -122,14 +122,18 @@ HEADLINE_RECIPES = ("standard", "advprop", "ebn")
 
 
 def run(p: EBNParams) -> StudyResult:
-    """Train (or reuse) every recipe x setting x seed, evaluate through every branch at every ε, and
-    APGD-CE through the main branch at the standard ε on the first ``apgd_n`` images for the
-    recipes the ledger compares."""
-    from .protocol import EBN_STANDARD_EPS
+    """Train (or reuse) every recipe x setting x seed; evaluate through every branch at every ε on the
+    fixed ``test_n`` images, clean accuracy through every branch on the full test set, and APGD-CE
+    through the main branch at the judged ε (the training ε and the standard ε) on the first
+    ``apgd_n`` images for the recipes the ledger compares.
+
+    Frames: ``accuracy`` (per-image rows on the subset), ``clean_full`` (per model and branch, the
+    whole test set), ``history`` and ``models``."""
     device = setup(p)
     trained = train_runs(runs(p), p)
     tests = {d: test_subset(d, p.test_n, seed=0) for d in p.datasets}
-    frames, histories = [], []
+    full = {d: test_subset(d, None) for d in p.datasets}
+    frames, fulls, histories = [], [], []
     for cfg, r in trained.items():
         model = r.model(device=device)
         x, y = tests[cfg.dataset]
@@ -138,32 +142,52 @@ def run(p: EBNParams) -> StudyResult:
                              stats=("population",), batch_sizes=(p.eval_batch_size,), branches=branches,
                              attack_params={"pgd": {"steps": p.pgd_steps}}, per_image=True, device=p.device,
                              seed=cfg.seed, progress=p.progress)
-        if cfg.recipe in HEADLINE_RECIPES and cfg.share == "none" and cfg.dataset in EBN_STANDARD_EPS:
+        if cfg.recipe in HEADLINE_RECIPES and cfg.share == "none":
             strong = cached_evaluate(r, model, x[:p.apgd_n], y[:p.apgd_n], attacks=("apgd",),
-                                     eps=(EBN_STANDARD_EPS[cfg.dataset],), stats=("population",),
+                                     eps=judged_eps(p, cfg.dataset), stats=("population",),
                                      batch_sizes=(p.eval_batch_size,), attack_params={"apgd": {"steps": p.apgd_steps}},
-                                     device=p.device, seed=cfg.seed, progress=p.progress)
+                                     per_image=True, device=p.device, seed=cfg.seed, progress=p.progress)
             df = pd.concat([df, strong], ignore_index=True)
+        xf, yf = full[cfg.dataset]
+        clean = cached_evaluate(r, model, xf, yf, attacks=("clean",), stats=("population",),
+                                batch_sizes=(min(500, len(yf)),), branches=branches, shuffle=False, device=p.device)
         names = dict(dataset=cfg.dataset, arch=cfg.arch, recipe=cfg.recipe, share=cfg.share, seed=cfg.seed)
         frames.append(df.assign(**names))
+        fulls.append(clean.assign(**names))
         histories.append(r.history.assign(**names))
     acc = pd.concat(frames, ignore_index=True)
+    clean_full = pd.concat(fulls, ignore_index=True)
     table = summarize(acc, ["dataset", "arch", "recipe", "share", "branch", "attack", "eps"])
     models = models_frame(trained, device)
-    return StudyResult(p.NOTEBOOK, p, {"accuracy": acc, "history": pd.concat(histories, ignore_index=True),
-                                       "models": models}, table,
-                       summary(p, acc), list(trained.values()), str(device))
+    return StudyResult(p.NOTEBOOK, p, {"accuracy": acc, "clean_full": clean_full,
+                                       "history": pd.concat(histories, ignore_index=True), "models": models}, table,
+                       summary(p, acc, clean_full), list(trained.values()), str(device))
 
 
-def branch_findings(acc: pd.DataFrame, models: pd.DataFrame | None = None) -> str:
-    """Plain-words findings per setting: for every recipe and branch, the clean and PGD accuracy
-    (at each ε) minus standard training's main branch, paired over seeds with a 95 % CI, sorted so
-    that what hurts is said as plainly as what helps."""
-    from .. import stats
-    from ..attacks import format_eps
+def judged_eps(p: EBNParams, dataset: str) -> tuple[float, ...]:
+    """The ε C4 is judged at in a setting: the training ε and the dataset's standard ε (when known)."""
+    from .protocol import EBN_STANDARD_EPS
+    std = EBN_STANDARD_EPS.get(dataset)
+    return tuple(sorted({p.train_eps} | ({std} if std is not None else set())))
+
+
+def with_full_clean(acc: pd.DataFrame, clean_full: pd.DataFrame | None) -> pd.DataFrame:
+    """``acc`` with its clean rows (the ``test_n`` subset) replaced by the full-test-set clean rows of
+    the same models and branches, for the tables and findings (attacks stay on the subset)."""
+    if clean_full is None or clean_full.empty:
+        return acc
+    cols = [c for c in acc.columns if c in clean_full.columns]
+    return pd.concat([acc[acc["attack"] != "clean"], clean_full[cols]], ignore_index=True)
+
+
+def branch_findings(acc: pd.DataFrame, clean_full: pd.DataFrame | None = None) -> str:
+    """Plain-words findings per setting: for every recipe and branch, the clean (full test set where
+    measured) and PGD accuracy (at each ε) minus standard training's main branch, paired over seeds
+    with a 95 % CI, so that what hurts is said as plainly as what helps."""
     from ..plots import label
     lines = []
-    main = acc[acc["share"] == "none"]
+    main = with_full_clean(acc, clean_full)
+    main = main[main["share"] == "none"]
     for (d, a), sub in main.groupby(["dataset", "arch"], sort=False):
         base = sub[(sub["recipe"] == "standard") & (sub["branch"] == "main")]
         if base.empty:
@@ -171,15 +195,11 @@ def branch_findings(acc: pd.DataFrame, models: pd.DataFrame | None = None) -> st
         lines.append(f"**{label(d)} / {a}** — difference from standard training (main branch), paired over seeds:")
         for (recipe, branch), rows in sub[sub["recipe"] != "standard"].groupby(["recipe", "branch"], sort=False):
             parts = []
-            for attack, eps in rows[rows["attack"].isin(("clean", "pgd"))][["attack", "eps"]].drop_duplicates().itertuples(index=False):
-                def per_seed(frame):
-                    f = frame[(frame["attack"] == attack) & ((frame["eps"] - eps).abs() < 1e-9)]
-                    return f.groupby("seed")["accuracy"].min()
-                b, r = per_seed(base), per_seed(rows)
-                seeds = sorted(set(b.index) & set(r.index))
-                if not seeds:
+            for attack, eps in rows[rows["attack"].isin(("clean", "pgd"))][["attack", "eps"]].drop_duplicates() \
+                    .sort_values(["attack", "eps"]).itertuples(index=False):
+                e = _paired(_per_seed(base, attack, eps), _per_seed(rows, attack, eps))
+                if e is None:
                     continue
-                e = stats.paired_seeds([b[s] for s in seeds], [r[s] for s in seeds])
                 what = "clean" if attack == "clean" else f"PGD {format_eps(eps)}"
                 word = "" if math.isnan(e.low) else " (helps)" if e.low > 0 else " (hurts)" if e.high < 0 else ""
                 parts.append(f"{what} {e.text()}{word}")
@@ -209,20 +229,96 @@ def ablation_table(acc: pd.DataFrame) -> pd.DataFrame:
     return _display(abl, ["dataset", "arch", "share"]) if abl["share"].nunique() > 1 else abl.iloc[:0]
 
 
-def summary(p: EBNParams, acc: pd.DataFrame) -> dict:
-    """Per (dataset, arch): mean/std over seeds of clean and PGD (largest eps) accuracy per recipe (by name)."""
-    eps = max(p.epsilons)
-    main = acc[(acc["branch"] == "main") & (acc["share"] == "none")]
-    out = {"eps": eps, "settings": []}
+def summary(p: EBNParams, acc: pd.DataFrame, clean_full: pd.DataFrame | None = None) -> dict:
+    """Per (dataset, arch): mean/std over seeds of clean accuracy (full test set where measured) and of PGD
+    accuracy at every evaluated ε, per recipe (by name), through the main branch."""
+    main = with_full_clean(acc, clean_full)
+    main = main[(main["branch"] == "main") & (main["share"] == "none")]
+    out = {"settings": []}
+
+    def mean_sd(v):
+        return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0, "n_seeds": int(len(v))}
+
     for (d, a), sub in main.groupby(["dataset", "arch"], sort=False):
         entry = {"dataset": d, "arch": a, "recipes": {}}
         for recipe, rs in sub.groupby("recipe", sort=False):
-            clean = rs[rs["attack"] == "clean"]["accuracy"]
-            pgd = rs[(rs["attack"] == "pgd") & np.isclose(rs["eps"], eps, rtol=0, atol=1e-9)]["accuracy"]
+            pgd = rs[rs["attack"] == "pgd"]
             entry["recipes"][recipe] = {
-                "clean_mean": float(clean.mean()), "clean_std": float(clean.std(ddof=1)) if len(clean) > 1 else 0.0,
-                "pgd_mean": float(pgd.mean()) if len(pgd) else None,
-                "pgd_std": (float(pgd.std(ddof=1)) if len(pgd) > 1 else 0.0) if len(pgd) else None,
-                "n_seeds": int(len(clean))}
+                "clean": mean_sd(rs[rs["attack"] == "clean"]["accuracy"]),
+                "pgd": {format_eps(e): mean_sd(g["accuracy"]) for e, g in pgd.groupby("eps")}}
         out["settings"].append(entry)
     return out
+
+
+def _per_seed(frame: pd.DataFrame, attack: str, eps: float) -> pd.Series:
+    f = frame[(frame["attack"] == attack) & ((frame["eps"].astype(float) - eps).abs() < 1e-9)]
+    return f.groupby("seed")["accuracy"].min()
+
+
+def _paired(a: pd.Series, b: pd.Series):
+    from .. import stats
+    seeds = sorted(set(a.index) & set(b.index))
+    return stats.paired_seeds([a[s] for s in seeds], [b[s] for s in seeds]) if seeds else None
+
+
+def _word(e) -> str:
+    return "" if e is None or math.isnan(e.low) else " (higher)" if e.low > 0 else " (lower)" if e.high < 0 else \
+        " (no difference shown)"
+
+
+def ranking_findings(acc: pd.DataFrame, clean_full: pd.DataFrame | None = None) -> str:
+    """The chapter's headline, in plain words, per setting through the main branch: the recipes ranked by
+    mean clean accuracy and by mean PGD accuracy at each ε, which recipe is last, and EBN against AdvProp
+    (paired over seeds, 95 % CI), whatever way it cuts."""
+    from ..plots import label
+    main = with_full_clean(acc, clean_full)
+    main = main[(main["branch"] == "main") & (main["share"] == "none")]
+    lines = []
+    for (d, a), sub in main.groupby(["dataset", "arch"], sort=False):
+        lines.append(f"**{label(d)} / {a}, main branch** (what is deployed):")
+        for attack, eps in sub[sub["attack"].isin(("clean", "pgd"))][["attack", "eps"]].drop_duplicates() \
+                .sort_values(["attack", "eps"]).itertuples(index=False):
+            what = "clean accuracy (full test set)" if attack == "clean" else f"PGD accuracy at {format_eps(eps)}"
+            means = {r: _per_seed(g, attack, eps).mean() for r, g in sub.groupby("recipe", sort=False)}
+            order = sorted(means, key=lambda r: -means[r])
+            text = " > ".join(f"{label(r)} {100 * means[r]:.1f} %" for r in order)
+            e = _paired(_per_seed(sub[sub["recipe"] == "advprop"], attack, eps),
+                        _per_seed(sub[sub["recipe"] == "ebn"], attack, eps))
+            versus = "" if e is None else f"; EBN minus AdvProp {e.text()}{_word(e)}"
+            last = f" EBN is last of {len(order)} recipes." if len(order) > 2 and order[-1] == "ebn" else ""
+            lines.append(f"- {what}: {text}{versus}.{last}")
+    return "\n".join(lines)
+
+
+def ablation_findings(acc: pd.DataFrame, clean_full: pd.DataFrame | None = None) -> str:
+    """The sharing ablation in numbers: EBN with shared affine parameters, and with shared statistics,
+    minus EBN with separate branches, through the main branch, paired over seeds with 95 % CIs."""
+    from ..plots import label
+    main = with_full_clean(acc, clean_full)
+    abl = main[(main["recipe"] == "ebn") & (main["branch"] == "main")]
+    if abl["share"].nunique() < 2:
+        return ""
+    lines = ["**Sharing ablation** (EBN, main branch; shared minus separate branches, paired over seeds):"]
+    for (d, a), sub in abl.groupby(["dataset", "arch"], sort=False):
+        base = sub[sub["share"] == "none"]
+        for share, rows in sub[sub["share"] != "none"].groupby("share", sort=False):
+            parts = []
+            for attack, eps in rows[rows["attack"].isin(("clean", "pgd"))][["attack", "eps"]].drop_duplicates() \
+                    .sort_values(["attack", "eps"]).itertuples(index=False):
+                e = _paired(_per_seed(base, attack, eps), _per_seed(rows, attack, eps))
+                if e is not None:
+                    parts.append(f"{'clean' if attack == 'clean' else 'PGD ' + format_eps(eps)} {e.text()}{_word(e)}")
+            what = "shared γ/β" if share == "affine" else "shared statistics"
+            lines.append(f"- {label(d)} / {a}, {what}: " + "; ".join(parts))
+    return "\n".join(lines)
+
+
+def cost_table(history: pd.DataFrame) -> pd.DataFrame:
+    """Measured training cost per recipe: seconds per epoch and training images per second (mean over
+    the epochs of every seed), from the runs' histories. These were taken on the machine that trained,
+    with as many concurrent workers as its layout ran, so they compare recipes, not machines."""
+    cols = [c for c in ("epoch_seconds", "images_per_s") if c in history]
+    if not cols:
+        return pd.DataFrame(columns=["dataset", "arch", "recipe", "share"])
+    t = history.groupby(["dataset", "arch", "recipe", "share"], sort=False)[cols].mean().reset_index()
+    return t.round({"epoch_seconds": 0, "images_per_s": 0})
