@@ -381,3 +381,13 @@ def test_c4_a_setting_whose_standard_eps_is_at_the_attack_floor_is_partly_not_lo
     v = verdicts.verdict_c4(Results.of("04_easy_batchnorm", f))
     setting = next(iter(v.parts.values()))
     assert setting.verdict == verdicts.PARTLY and v.verdict == verdicts.PARTLY and "1 partly" in v.checks
+
+
+def test_eps_curves_give_every_condition_the_c2_verdict_compares(tmp_path):
+    (tmp_path / "02_stats_swap").mkdir()
+    for name, frame in _c2_frames(np.random.default_rng(0)).items():
+        frame.to_csv(tmp_path / "02_stats_swap" / f"{name}.csv", index=False)
+    c = ledger.eps_curves(tmp_path)
+    assert set(c["claim"]) == {"C2"} and (c["eps"] > 0).all()
+    assert {"no norm", "BatchNorm, population stats (white-box)", "BatchNorm, batch stats (white-box)"} <= set(c["curve"])
+    assert ledger.eps_curves(tmp_path, {"02_stats_swap": "stale"}).empty  # a stale chapter draws no curve

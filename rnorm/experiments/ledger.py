@@ -114,6 +114,51 @@ def timings_table(provs: dict, timings: dict | None) -> pd.DataFrame:
     return out
 
 
+def eps_curves(root, stale: dict | None = None) -> pd.DataFrame:
+    """The whole ε curves the verdicts rest on, to print beside each rule: one row per claim, curve,
+    setting, ε and seed with PGD accuracy (PGD with random start, the chapters' sweep), read from the
+    results the ledger judges (stale chapters left out). C1: BatchNorm with population statistics and
+    with the adversarial batch's own statistics (the repair); C2: BatchNorm with population statistics,
+    with batch statistics (white-box and transfer), and no norm, at inference batch 128; C3: every
+    normalization with population statistics; C4-C5: every recipe through the main branch."""
+    from ..plots import label, model_label
+    r = Results(root, skip=stale or {})
+    cols = ["claim", "setting", "curve", "eps", "seed", "accuracy"]
+    parts = []
+
+    def pgd(frame):
+        return frame[(frame["attack"] == "pgd") & (frame["eps"].astype(float) > 0)]
+
+    def stats_curve(f):
+        return [f"BatchNorm, {label(st)} ({g})" for st, g in zip(f["stats"], f["gradient"])]
+
+    def has(frame, *names):  # results of an older layout lack a column: no curve rather than an error
+        return frame is not None and all(n in frame for n in ("attack", "eps", "seed", "accuracy") + names)
+
+    a = r.frame("01_distribution_shift", "accuracy")
+    if has(a, "stats", "gradient"):
+        f = pgd(a)
+        parts.append(f.assign(claim="C1", setting="", curve=stats_curve(f)))
+    a = r.frame("02_stats_swap", "eps_sweep")
+    if has(a, "stats", "gradient", "norm", "batch_size"):
+        f = pgd(a[a["batch_size"] == 128]) if (a["batch_size"] == 128).any() else pgd(a)
+        curve = [model_label(n) if n != "bn" else c for n, c in zip(f["norm"], stats_curve(f))]
+        parts.append(f.assign(claim="C2", setting="", curve=curve))
+    a = r.frame("03_robustnorm", "accuracy")
+    if has(a, "stats", "norm", "norm_p"):
+        f = pgd(a[a["stats"] == "population"])
+        parts.append(f.assign(claim="C3", setting="", curve=[model_label(n, q) for n, q in zip(f["norm"], f["norm_p"])]))
+    a = r.frame("04_easy_batchnorm", "accuracy")
+    if has(a, "branch", "share", "dataset", "arch", "recipe"):
+        f = pgd(a[(a["branch"] == "main") & (a["share"].isin(("none", "")))])
+        setting = [f"{label(d)} / {ar}" for d, ar in zip(f["dataset"], f["arch"])]
+        for claim in ("C4", "C5"):
+            parts.append(f.assign(claim=claim, setting=setting, curve=f["recipe"].map(label)))
+    if not parts:
+        return pd.DataFrame(columns=cols)
+    return pd.concat([p_[cols] for p_ in parts], ignore_index=True)
+
+
 @dataclasses.dataclass(frozen=True)
 class LedgerParams(NotebookParams):
     """Parameters of ``05_claims_ledger``: only where the results are read from."""
@@ -135,7 +180,7 @@ def run(p: LedgerParams) -> StudyResult:
                 "inputs": {nb: provs[nb].get("key") if nb in provs else None for nb in STUDIES},
                 "stale": sorted(stale)}
     return StudyResult(p.NOTEBOOK, p, {"ledger": table, "scale": scale_table(provs),
-                                       "timings": timings_table(provs, timings)},
+                                       "timings": timings_table(provs, timings), "eps_curves": eps_curves(root, stale)},
                        table[["claim", "verdict"]], headline, [], "cpu")
 
 
