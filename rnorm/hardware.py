@@ -102,28 +102,6 @@ def cache_file() -> Path:
     return Path(base) / "hardware.json"
 
 
-def read_cache() -> dict:
-    """The measurements cached in :func:`cache_file` (``{key: entry}``); empty if absent or unreadable."""
-    try:
-        known = json.loads(cache_file().read_text())
-    except (OSError, ValueError):
-        return {}
-    return known if isinstance(known, dict) else {}
-
-
-def store_cache(key: str, entry: dict) -> None:
-    """Add or replace one entry of :func:`cache_file`, written atomically. An unwritable cache only
-    costs a re-measurement next time, so a failure to write is ignored."""
-    from ._io import atomic_write_text
-    known = read_cache()
-    known[key] = entry
-    try:
-        cache_file().parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(cache_file(), json.dumps(known, indent=2) + "\n")
-    except OSError:  # pragma: no cover - e.g. a read-only home directory
-        pass
-
-
 def _small_net() -> torch.nn.Module:
     return torch.nn.Sequential(*[m for _ in range(3) for m in (torch.nn.Conv2d(16, 16, 3, padding=1, bias=False),
                                                                torch.nn.BatchNorm2d(16), torch.nn.ReLU())])
@@ -171,7 +149,11 @@ def resolve_channels_last(value="auto", device="cpu", precision: str = "fp32", *
     hw = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     key = (f"{hw}|torch {torch.__version__}|{device.type}|{precision}|threads {torch.get_num_threads()}|"
            f"{model_id}|{tuple(input_shape)}")
-    known = read_cache()
+    f = cache_file()
+    try:
+        known = json.loads(f.read_text())
+    except (OSError, ValueError):
+        known = {}
     if isinstance(known.get(key), dict) and isinstance(known[key].get("channels_last"), bool):
         return known[key]["channels_last"]
     plain, cl = [], []
@@ -179,8 +161,14 @@ def resolve_channels_last(value="auto", device="cpu", precision: str = "fp32", *
         plain.append(_time_layout(make_model, input_shape, False, precision, device))
         cl.append(_time_layout(make_model, input_shape, True, precision, device))
     choice = min(cl) < 0.97 * min(plain)
-    store_cache(key, {"channels_last": choice, "seconds_contiguous": min(plain), "seconds_channels_last": min(cl),
-                      "measured": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    known[key] = {"channels_last": choice, "seconds_contiguous": min(plain), "seconds_channels_last": min(cl),
+                  "measured": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    try:
+        from ._io import atomic_write_text
+        f.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(f, json.dumps(known, indent=2) + "\n")
+    except OSError:
+        pass  # an unwritable cache only costs a re-measurement next time
     return choice
 
 

@@ -22,11 +22,11 @@ None of this changes what is trained: a run's key and results do not depend on i
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
 
 from ._validate import ConfigError, check_int
-from .hardware import read_cache, store_cache
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +84,27 @@ def _cache_key(config, cores: int) -> str:
     from .hardware import cpu_name
     return (f"layout|{cpu_name()}|torch {torch.__version__}|{config.precision}|{config.dataset}|"
             f"{config.arch}w{config.width}-{config.norm}|{config.recipe}|batch {config.batch_size}|cores {cores}")
+
+
+def _read_cache() -> dict:
+    from .hardware import cache_file
+    try:
+        known = json.loads(cache_file().read_text())
+    except (OSError, ValueError):
+        return {}
+    return known if isinstance(known, dict) else {}
+
+
+def _write_cache(key: str, entry: dict) -> None:
+    from ._io import atomic_write_text
+    from .hardware import cache_file
+    known = _read_cache()
+    known[key] = entry
+    try:
+        cache_file().parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(cache_file(), json.dumps(known, indent=2) + "\n")
+    except OSError:  # pragma: no cover - an unwritable cache only costs a re-measurement
+        pass
 
 
 def _timed_worker(config: dict, threads: int, channels_last: bool, batches: int, barrier, results) -> None:
@@ -181,7 +202,7 @@ def choose(configs: list, *, cores: int | None = None, measure_fn=None, log=prin
     measure_fn = measure_fn or measure
     config = configs[0]
     key = _cache_key(config, cores)
-    cached = read_cache().get(key)
+    cached = _read_cache().get(key)
     entry = cached if isinstance(cached, dict) and not remeasure else {}
     known = dict(entry.get("images_per_s", {}))
     todo = [(w, t) for w, t in candidates(cores, len(configs)) if f"{w}x{t}" not in known]
@@ -196,8 +217,8 @@ def choose(configs: list, *, cores: int | None = None, measure_fn=None, log=prin
                 known[f"{w}x{t}"] = round(measure_fn(config, w, t), 1)
             except MeasurementError as e:
                 failed.append(str(e))
-        store_cache(key, {"images_per_s": known, "load_before": round(load, 2),
-                          "measured": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        _write_cache(key, {"images_per_s": known, "load_before": round(load, 2),
+                           "measured": time.strftime("%Y-%m-%dT%H:%M:%S")})
     notes = []
     if load >= 0.5:
         notes.append(f"measured beside other work (1-min load {load:.2f}); `rnorm layout --remeasure` on a quiet "

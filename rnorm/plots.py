@@ -14,7 +14,6 @@ import matplotlib
 
 matplotlib.use(os.environ.get("MPLBACKEND", "Agg"))
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
@@ -340,12 +339,9 @@ def attack_convergence(curve: pd.DataFrame, *, title: str | None = None):
     return fig
 
 
-def matched_clean(points: pd.DataFrame, *, eps_text: str = "", title: str | None = None,
-                  trend: tuple[float, float] | None = None):
+def matched_clean(points: pd.DataFrame, *, eps_text: str = "", title: str | None = None):
     """Robust against clean accuracy (%), one point per model and seed: a normalization that is more
-    robust only because it is less accurate lies on the others' trend, not above it. ``trend``
-    (intercept, slope), fitted on accuracies as fractions, is drawn as a dashed line over the
-    plotted range."""
+    robust only because it is less accurate lies on the others' trend, not above it."""
     use_style()
     df = points.copy()
     df["model"] = [model_label(n, q) for n, q in zip(df["norm"], df["norm_p"])]
@@ -353,9 +349,6 @@ def matched_clean(points: pd.DataFrame, *, eps_text: str = "", title: str | None
     df["robust accuracy (%)"] = df["pgd"] * 100
     fig, ax = plt.subplots(figsize=(5.0, 3.6))
     sns.scatterplot(data=df, x="clean accuracy (%)", y="robust accuracy (%)", hue="model", style="model", s=60, ax=ax)
-    if trend is not None and len(df):
-        xs = np.linspace(df["clean_full"].min(), df["clean_full"].max(), 2)
-        ax.plot(100 * xs, 100 * (trend[0] + trend[1] * xs), "--", color="0.5", lw=1, label="trend of the others")
     ax.set_ylabel(f"PGD accuracy {eps_text} (%)".replace("  ", " "))
     if title:
         ax.set_title(title)

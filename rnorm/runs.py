@@ -498,7 +498,8 @@ def restore_published(config: RunConfig, path: Path, *, archive=None) -> bool:
         src = root / config.folder_name()
         if not (src / "model.pt").is_file():
             continue
-        _read_config(src)  # refuses a config.json that does not hash to its folder's name
+        if _read_config(src) != config:  # pragma: no cover - the folder name carries the key
+            raise RunError(f"{src / 'config.json'} does not describe this run.")
         blob = _torch_load(src / "model.pt")
         if not isinstance(blob, dict) or blob.get("config_key") != config.key():
             raise RunError(_damaged(src / "model.pt", f"its weights do not carry the key {config.key()!r}"))
