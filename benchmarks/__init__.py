@@ -16,7 +16,8 @@ The benchmarks (see :mod:`benchmarks.suite`):
 2. ``multibn_split_vs_bn`` -- multibn forward+backward over a [clean; adv; easy] batch routed to
    three branches vs the plain BN network over the same batch (target >= 0.90).
 3. ``robustnorm_vs_bn`` -- robustnorm vs bn training step (target <= 1.3x the time), with the
-   earlier RobustNorm implementation timed alongside (before/after).
+   earlier RobustNorm implementation timed alongside (before/after); also chapter 03's ResNet-20 at
+   RobustNorm's powers 0.2 and 1.0 (``resnet20_time_ratio``, reported, no target).
 4. ``pgd_wrapper_vs_torchattacks`` -- ``make_attack("pgd")`` vs ``torchattacks.PGD`` (target >= 1
    within noise, same adversarial accuracy).
 5. ``recipe_throughput`` + ``matmul_peak`` -- one epoch per recipe in fp32 and bf16+channels-last,
@@ -145,6 +146,10 @@ def table_rows(results: dict) -> list[tuple[str, str, str, str]]:
         prev = e["before_change"]["time_ratio"]
         add("3. robustnorm / bn train step (time ratio)",
             f"{_fmt_ratio(e, 'time_ratio')}; before the change: {prev['median']:.3f}", "≤ 1.3", e["met"])
+        if "resnet20_time_ratio" in e:
+            r20 = e["resnet20_time_ratio"]
+            add("3b. ResNet-20 (chapter 03): robustnorm / bn train step (time ratio)",
+                "; ".join(f"p={k.split('_p')[1]}: {v['median']:.3f}" for k, v in r20.items()), None, None)
     if not err("pgd_wrapper_vs_torchattacks"):
         e = b["pgd_wrapper_vs_torchattacks"]
         acc = e["adversarial_accuracy_pct"]

@@ -210,8 +210,16 @@ def robustnorm_vs_bn(s: Settings, ctx: dict) -> dict:
     with reference.robustnorm_before():
         gb = _grads(b, x, y)
     diff = max(float((u - v).abs().max() / (v.abs().max() + 1e-12)) for u, v in zip(ga, gb))
+    # Chapter 03's networks: ResNet-20 (width s.width) with RobustNorm at the two powers the chapter trains.
+    from rnorm.models import resnet20
+    nets20 = {"bn": resnet20(width=s.width, norm="bn")}
+    nets20.update({f"robustnorm_p{q:g}": resnet20(width=s.width, norm="robustnorm", p=q) for q in (0.2, 1.0)})
+    timed20 = timing.interleave({k: _sgd_step(m, x, y) for k, m in nets20.items()},
+                                rounds=s.rounds, warmup=s.warmup, reps=s.reps)
+    resnet20_ratios = {k: _ratios(timed20, k, "bn")["ratio"] for k in nets20 if k != "bn"}
     r = after["ratio"]
     return _entry(r["median"], "time ratio robustnorm/bn", "<= 1.3", r["median"] <= 1.3,
+                  resnet20_time_ratio=resnet20_ratios, resnet20_times=_times(timed20),
                   time_ratio=r, time_ratio_wall=after["ratio_wall"], time_ratio_cpu=after["ratio_cpu"],
                   before_change={"time_ratio": prev["ratio"], "time_ratio_wall": prev["ratio_wall"],
                                  "time_ratio_cpu": prev["ratio_cpu"], "implementation":

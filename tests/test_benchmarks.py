@@ -50,6 +50,8 @@ def test_quick_mode_writes_every_benchmark_with_numbers(quick_result):
         assert (entry["target"] is None) == (entry["met"] is None), name
     b = res["benchmarks"]
     assert _number(b["robustnorm_vs_bn"]["before_change"]["time_ratio"]["median"])
+    assert {k: _number(v["median"]) for k, v in b["robustnorm_vs_bn"]["resnet20_time_ratio"].items()} == \
+        {"robustnorm_p0.2": True, "robustnorm_p1": True}
     assert _number(b["bf16_eval_attack"]["robust_acc_fp32_pct"])
     assert _number(b["bf16_eval_attack"]["robust_acc_bf16_pct"])
     assert b["pgd_wrapper_vs_torchattacks"]["max_abs_diff_adv_images"] == 0.0
