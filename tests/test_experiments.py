@@ -479,3 +479,21 @@ def test_ebn_ablation_findings_pair_shared_against_separate_branches():
     text = ebn.ablation_findings(pd.concat([base, affine], ignore_index=True))
     assert "shared γ/β: clean +0.0 points" in text and "PGD 2/255 -10.0 points" in text and "(lower)" in text
     assert ebn.ablation_findings(base) == ""
+
+
+def test_ebn_ranking_ties_are_equal_and_never_make_ebn_last():
+    from rnorm.experiments import ebn
+    acc = _ebn_acc({"standard": (0.93, 0.0), "advprop": (0.935, 0.0), "ebn": (0.94, 0.0)}, seeds=(0,))
+    acc.loc[acc["attack"] == "pgd", "accuracy"] = 0.0
+    pgd_line = [x for x in ebn.ranking_findings(acc).splitlines() if x.startswith("- PGD")][0]
+    assert "standard 0.0 % = AdvProp 0.0 % = EBN 0.0 %" in pgd_line and "last" not in pgd_line
+
+
+def test_with_full_clean_keeps_subset_clean_rows_of_models_without_a_full_row_and_puts_clean_first():
+    from rnorm.experiments import ebn
+    acc = _ebn_acc({"standard": (0.50, 0.30), "ebn": (0.50, 0.20)})
+    full = acc[(acc["attack"] == "clean") & (acc["recipe"] == "standard")].assign(accuracy=0.9)
+    shown = ebn.with_full_clean(acc, full)
+    assert shown.iloc[0]["attack"] == "clean" and len(shown) == len(acc)
+    clean = shown[shown["attack"] == "clean"].groupby("recipe")["accuracy"].mean()
+    assert clean["standard"] == pytest.approx(0.9) and clean["ebn"] == pytest.approx(0.502)

@@ -80,9 +80,10 @@ def train_alpha(p: EBNParams) -> float:
 
     Departs from the library's default for evaluation attacks (``2.5 * eps / steps``, Madry et al.): with a
     random start, any step of at least ``2 * eps`` puts every pixel on the ball's surface, so a 1-step attack
-    at that step is an FGSM taken at a random point, and the start is erased. ``eps / steps`` is
-    the step of AdvProp's public attack settings as we read them (steps equal to ε in 1/255 units, step
-    1/255), so the one-step attack keeps part of its random start. Stated in the chapter's text.
+    at that step is an FGSM taken at a random point, and the start is erased. With ``eps / steps`` the
+    attack can just reach the surface in its steps (the public AdvProp ports in ``PAPERS.md`` take one
+    step at ε = 1/255, a step of ε) and a one-step attack keeps part of its random start. The ``cpu``
+    profile's ε (2/255) is twice those ports'. Stated in the chapter's text.
     """
     return p.train_alpha if p.train_alpha is not None else p.train_eps / p.train_steps
 
@@ -176,8 +177,14 @@ def with_full_clean(acc: pd.DataFrame, clean_full: pd.DataFrame | None) -> pd.Da
     the same models and branches, for the tables and findings (attacks stay on the subset)."""
     if clean_full is None or clean_full.empty:
         return acc
+    keys = [k for k in ("dataset", "arch", "recipe", "share", "seed", "branch") if k in acc and k in clean_full]
     cols = [c for c in acc.columns if c in clean_full.columns]
-    return pd.concat([acc[acc["attack"] != "clean"], clean_full[cols]], ignore_index=True)
+    full = clean_full[cols]
+    have = set(full[keys].itertuples(index=False, name=None))
+    clean = acc[acc["attack"] == "clean"]
+    kept = clean[[row not in have for row in clean[keys].itertuples(index=False, name=None)]]
+    # clean first, as the tables order their columns by first appearance
+    return pd.concat([full, kept, acc[acc["attack"] != "clean"]], ignore_index=True)
 
 
 def branch_findings(acc: pd.DataFrame, clean_full: pd.DataFrame | None = None) -> str:
@@ -273,19 +280,27 @@ def ranking_findings(acc: pd.DataFrame, clean_full: pd.DataFrame | None = None) 
     from ..plots import label
     main = with_full_clean(acc, clean_full)
     main = main[(main["branch"] == "main") & (main["share"] == "none")]
+    full = clean_full is not None and not clean_full.empty
     lines = []
     for (d, a), sub in main.groupby(["dataset", "arch"], sort=False):
         lines.append(f"**{label(d)} / {a}, main branch** (what is deployed):")
         for attack, eps in sub[sub["attack"].isin(("clean", "pgd"))][["attack", "eps"]].drop_duplicates() \
                 .sort_values(["attack", "eps"]).itertuples(index=False):
-            what = "clean accuracy (full test set)" if attack == "clean" else f"PGD accuracy at {format_eps(eps)}"
+            what = (f"clean accuracy ({'full test set' if full else 'test subset'})" if attack == "clean"
+                    else f"PGD accuracy at {format_eps(eps)}")
             means = {r: _per_seed(g, attack, eps).mean() for r, g in sub.groupby("recipe", sort=False)}
+            means = {r: m for r, m in means.items() if m == m}  # a recipe without rows here is not ranked
             order = sorted(means, key=lambda r: -means[r])
-            text = " > ".join(f"{label(r)} {100 * means[r]:.1f} %" for r in order)
+            shown = [round(100 * means[r], 1) for r in order]
+            text = label(order[0]) + f" {shown[0]:.1f} %" if order else ""
+            for r, prev, cur in zip(order[1:], shown, shown[1:]):  # equal to the shown precision: "=", not ">"
+                text += f" {'=' if cur == prev else '>'} {label(r)} {cur:.1f} %"
             e = _paired(_per_seed(sub[sub["recipe"] == "advprop"], attack, eps),
                         _per_seed(sub[sub["recipe"] == "ebn"], attack, eps))
             versus = "" if e is None else f"; EBN minus AdvProp {e.text()}{_word(e)}"
-            last = f" EBN is last of {len(order)} recipes." if len(order) > 2 and order[-1] == "ebn" else ""
+            others = [means[r] for r in order if r != "ebn"]
+            last = (f" EBN is last of {len(order)} recipes." if len(order) > 2 and "ebn" in means
+                    and round(100 * means["ebn"], 1) < min(round(100 * m, 1) for m in others) else "")
             lines.append(f"- {what}: {text}{versus}.{last}")
     return "\n".join(lines)
 

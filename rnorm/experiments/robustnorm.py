@@ -123,7 +123,7 @@ def sweep_table(p: RobustNormParams, lr_sweep: pd.DataFrame) -> pd.DataFrame:
     chosen rate sits at an end of the grid (the sweep then did not bracket the best rate)."""
     if lr_sweep.empty:
         return pd.DataFrame(columns=["norm_p", "lr", "val_acc", "chosen", "at_grid_edge"])
-    last = lr_sweep.sort_values("epoch").groupby(["norm_p", "lr"], as_index=False).last()
+    last = lr_sweep.sort_values("epoch").groupby(["norm_p", "lr"], as_index=False).tail(1)  # NaN stays NaN
     rows = []
     for pw, sub in last.groupby("norm_p"):
         best = pick_lr(dict(zip(sub["lr"], sub["val_acc"])))
@@ -272,9 +272,11 @@ def observations(p: RobustNormParams, frames: dict) -> str:
             apgd.assign(norm_p=apgd["norm_p"].astype(float))[keys + ["accuracy"]], on=keys, suffixes=("_pgd", "_apgd"))
         for (n, q), sub in both.groupby(["norm", "norm_p"], dropna=False):
             gap = 100 * (sub["accuracy_pgd"] - sub["accuracy_apgd"]).mean()
+            verdict = ("the PGD rows overstate robustness by that much." if gap > 1 else
+                       "APGD-CE is the weaker attack here, so the PGD rows are the ones to trust." if gap < -1 else
+                       "the two attacks agree within a point.")
             out.append(f"- APGD-CE finds {gap:.1f} points more than PGD-{p.pgd_steps} against {model_label(n, q)} "
-                       f"at {j} (mean over {len(sub)} seeds): " + ("the PGD rows overstate robustness by that much."
-                                                                     if gap > 1 else "PGD has converged there."))
+                       f"at {j} (mean over {len(sub)} seeds): {verdict}")
     intercept_slope, trend = matched_trend(matched_clean(models, acc))
     for _, t in trend.iterrows():
         if np.isnan(t["low"]):
