@@ -32,7 +32,8 @@ def ledger(root, stale: dict | None = None) -> pd.DataFrame:
     for cid, claim in CLAIMS.items():
         v = VERDICTS[cid](r)
         held = ("Preconditions met: " + "; ".join(v.held) + ".") if v.held else ""
-        why = stale.get(SOURCES[cid], " ".join(t for t in (v.checks, held) if t))
+        reason = v.checks if not v.checks or v.checks.endswith(".") else v.checks + "."
+        why = stale.get(SOURCES[cid], " ".join(t for t in (reason, held) if t))
         rows.append({"claim": cid, "statement": claim, "experiment": SOURCES[cid], "effect": v.effect,
                      "verdict": v.verdict, "why": why, "rule": RULES[cid]})
     return pd.DataFrame(rows)
