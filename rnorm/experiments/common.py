@@ -100,7 +100,7 @@ def accuracy_table(acc, by: list[str], labelled=()):
     stat["value"] = [f"{100 * m:.1f} ± {100 * s:.1f}" for m, s in zip(stat["mean"], stat["std"])]
     columns = list(dict.fromkeys(stat["column"]))
     out = stat.pivot(index=by, columns="column", values="value").reset_index()[by + columns]
-    out[columns] = out[columns].fillna("—")  # a row not evaluated under that attack (e.g. APGD on headline rows only)
+    out[columns] = out[columns].fillna("—")  # not evaluated under that attack (e.g. APGD on headline rows only)
     for c in by:
         out[c] = out[c].astype(str).map(label) if c in labelled else out[c].astype(str)
     return out.rename_axis(columns=None)

@@ -65,8 +65,8 @@ _J = format_eps(JUDGED_EPS)
 _COMMON = (f"Preconditions for every part: the claim's reference models (BatchNorm for C1-C3, standard training "
            f"for C4-C5) reached their convergence floor ({protocol.FLOOR_FRACTION:.0%} of a published accuracy, or a "
            f"floor fixed before the runs; named in the row), so the schedule trains the network; a compared "
-           f"method's model below the floor is named, and its clean-accuracy part measures the shortfall; robust rows come from PGD "
-           f"with ≥ {MIN_ATTACK_STEPS} steps and random start (or APGD), not everything compared is at the attack's "
+           f"method's model below the floor is named, and its clean-accuracy part measures the shortfall; robust "
+           f"rows come from PGD with ≥ {MIN_ATTACK_STEPS} steps and random start (or APGD), not everything compared is at the attack's "
            f"floor (≤ {100 * ATTACK_FLOOR:.0f} %), and a CI on accuracy is at most {100 * MAX_CI_WIDTH:.0f} points "
            f"wide; otherwise the part is inconclusive. Parts combine as: reproduced if all hold, partly if some "
            f"hold and none is refuted, not reproduced if some are refuted and none holds, inconclusive otherwise.")
@@ -84,12 +84,14 @@ RULES = {
            f"seeds, CI above {100 * NONORM_MARGIN:+.0f}); (2) its clean accuracy is within "
            f"{-100 * CLEAN_MARGIN:.0f} points of population statistics (paired over images). " + _COMMON),
     "C3": (f"RobustNorm p = {HEADLINE_P:g} (the reference default, population statistics = RNT) against BatchNorm, "
-           f"paired over seeds: (1) PGD accuracy at ε = {_J} higher (CI above 0); (2) clean accuracy on the full "
+           f"paired over seeds: (1) robust accuracy at ε = {_J} (per image the worse of PGD-{MIN_ATTACK_STEPS} and APGD-CE "
+           f"where run) higher (CI above 0); (2) clean accuracy on the full "
            f"test set within {-100 * CLEAN_MARGIN:.0f} points (CI above {100 * CLEAN_MARGIN:+.0f}); (3) training "
            f"speed: epochs to reach {SPEED_TARGET:.0%} of the reference accuracy at most {-SPEED_MARGIN:.0f} more "
            f"than BatchNorm's (CI above {SPEED_MARGIN:+.0f}). " + _COMMON),
     "C4": ("Per setting (dataset x architecture), EBN minus AdvProp through the main branch, paired over seeds: "
-           "clean accuracy on the full test set, and PGD-20 accuracy (or APGD-CE where lower) at the recipes' training "
+           "clean accuracy on the full test set, and robust accuracy (per image the worse of PGD-20 and APGD-CE where run) "
+           "at the recipes' training "
            "ε and at a standard ε ("
            f"{', '.join(f'{k}: {format_eps(e)}' for k, e in protocol.EBN_STANDARD_EPS.items())}); a setting "
            "is a win when every CI lies above 0, partly when some do and none lies below. Claim: reproduced if "
@@ -146,22 +148,40 @@ def _at(frame: pd.DataFrame, eps: float) -> pd.DataFrame:
 def per_image(rows: pd.DataFrame, seeds) -> np.ndarray | None:
     """Per-image correctness (models x images) of one row per seed, the images each row scored.
 
-    Several rows for one seed (e.g. PGD and APGD on the same images) are combined per image as
-    the worst case: correct only if correct under every attack. None if a seed has no row or the
-    rows lack per-image bits.
+    Several rows for one seed (e.g. PGD and APGD) are combined per image as the worst case: correct
+    only if correct under every attack, on the images every row scored (a row over the first
+    ``apgd_n`` images of the test subset restricts the comparison to those). None if a seed has no
+    row or the rows lack per-image bits.
     """
     from ..evaluate import unpack_bits
+
+    def bits(text: str, n: int) -> np.ndarray:  # padded with False (not scored) to n
+        own = len(bytes.fromhex(text[5:])) * 8  # "bits:" + hex
+        return np.pad(unpack_bits(text, own), (0, n - own))
+
     out = []
     for s in seeds:
         sub = rows[rows["seed"] == s]
         if sub.empty or "correct_bits" not in sub or not all(isinstance(b, str) and b for b in sub["correct_bits"]):
             return None
-        n = len(bytes.fromhex(sub["scored_bits"].iloc[0][5:])) * 8  # "bits:" + hex
-        scored = np.logical_and.reduce([unpack_bits(b, n) for b in sub["scored_bits"]])
-        correct = np.logical_and.reduce([unpack_bits(b, n) for b in sub["correct_bits"]])
+        n = max(len(bytes.fromhex(b[5:])) * 8 for b in sub["scored_bits"])
+        scored = np.logical_and.reduce([bits(b, n) for b in sub["scored_bits"]])
+        correct = np.logical_and.reduce([bits(b, n) for b in sub["correct_bits"]])
         out.append((scored, correct))
+    n = max(len(sc) for sc, _ in out)
+    out = [(np.pad(sc, (0, n - len(sc))), np.pad(c, (0, n - len(c)))) for sc, c in out]
     common = np.logical_and.reduce([sc for sc, _ in out])
     return np.stack([c[common] for _, c in out])
+
+
+def worst_case(rows: pd.DataFrame, seeds) -> list[float] | None:
+    """Robust accuracy per seed under the worse of the rows' attacks *per image* (an image counts only if
+    it survives every attack), on the images they all scored; the minimum of the rows' accuracies where
+    the rows carry no per-image bits (results of an older layout). None if a seed has no row."""
+    m = per_image(rows, seeds)
+    if m is None:
+        return seed_values(rows, seeds)
+    return [float(v) for v in m.mean(axis=1)]
 
 
 def seed_values(frame: pd.DataFrame, seeds, value: str = "accuracy") -> list[float] | None:
@@ -272,9 +292,9 @@ def verdict_c2(r: Results) -> Row:
     rob = _robust(_at(acc, JUDGED_EPS))
     strong_ok, strength = protocol.attack_strength(rob)
     bn, none = rob[rob["norm"] == "bn"], rob[rob["norm"] == "none"]
-    pop = seed_values(_select(bn, stats="population", gradient="white-box"), seeds)
-    wb = seed_values(_select(bn, stats="batch", gradient="white-box"), seeds)
-    nn_ = seed_values(none, seeds)
+    pop = worst_case(_select(bn, stats="population", gradient="white-box"), seeds)
+    wb = worst_case(_select(bn, stats="batch", gradient="white-box"), seeds)
+    nn_ = worst_case(none, seeds)
     if pop is None or wb is None or nn_ is None:
         return Row(NOT_RUN, checks=f"no PGD rows at ε = {_J}")
     pre = stats.paired_seeds(pop, nn_)
@@ -320,10 +340,10 @@ def verdict_c3(r: Results) -> Row:
     ok_bn, t_bn = protocol.convergence(models, norm="bn")
     rob = _robust(_select(_at(acc, JUDGED_EPS), stats="population"))
     strong_ok, strength = protocol.attack_strength(rob)
-    bn, rn = seed_values(_select(rob, norm="bn"), seeds), seeds and seed_values(_select(rob, **rn_sel), seeds)
+    bn, rn = worst_case(_select(rob, norm="bn"), seeds), worst_case(_select(rob, **rn_sel), seeds)
     checks = {t_bn: ok_bn, strength: strong_ok}
     core, side = {}, {}
-    robust_name = (f"robust accuracy at {_J} (per seed the lower of PGD-{MIN_ATTACK_STEPS} and APGD-CE where run), "
+    robust_name = (f"robust accuracy at {_J} (per image the worse of PGD-{MIN_ATTACK_STEPS} and APGD-CE where run), "
                    f"RobustNorm minus BatchNorm")
     if bn is None or rn is None:
         core[robust_name] = stats.Verdict(NOT_RUN, None, f"no PGD rows at {_J}")
@@ -341,7 +361,8 @@ def verdict_c3(r: Results) -> Row:
     row = _claim(core, side, checks)
     ok_rn, t_rn = protocol.convergence(models, **rn_sel)
     if not ok_rn:
-        row.effect += f"; RobustNorm p = {HEADLINE_P:g} trained by BatchNorm's schedule stays {t_rn}"
+        row.effect += (f"; RobustNorm p = {HEADLINE_P:g}, trained for the same epochs and schedule at its swept "
+                       f"learning rate, stays {t_rn}")
     return row
 
 
@@ -358,15 +379,15 @@ def _speed(models: pd.DataFrame, history: pd.DataFrame | None, seeds, rn_sel: di
     if ref is None:
         return {name: stats.Verdict(INCONCLUSIVE, None, "no reference accuracy to set the target")}
     target = SPEED_TARGET * ref.accuracy
-    curves = {("bn", s): _select(history, norm="bn", seed=s) for s in seeds}
-    curves.update({("rn", s): _select(history, seed=s, **rn_sel) for s in seeds})
+    curves = {("BatchNorm", s): _select(history, norm="bn", seed=s) for s in seeds}
+    curves.update({("RobustNorm", s): _select(history, seed=s, **rn_sel) for s in seeds})
     gaps = [f"{who} seed {s}" for (who, s), h in curves.items()
             if h.empty or pd.to_numeric(h["test_acc"], errors="coerce").isna().any()]
     if gaps:
         return {name: stats.Verdict(INCONCLUSIVE, None, "test accuracy is missing at some epoch of: "
-                                    + ", ".join(gaps).replace("bn ", "BatchNorm ").replace("rn ", "RobustNorm "))}
-    eb = [epochs_to(curves["bn", s], target) for s in seeds]
-    er = [epochs_to(curves["rn", s], target) for s in seeds]
+                                    + ", ".join(gaps))}
+    eb = [epochs_to(curves["BatchNorm", s], target) for s in seeds]
+    er = [epochs_to(curves["RobustNorm", s], target) for s in seeds]
     if any(math.isinf(v) for v in eb):
         return {name: stats.Verdict(INCONCLUSIVE, None, f"BatchNorm never reached {100 * target:.1f} % test "
                                                         f"accuracy in some seed")}
@@ -404,7 +425,7 @@ def _recipes(r: Results, new: str, old: str, robust: bool) -> Row:
         acc = acc[acc["share"].isin(("none", ""))]
     if models is not None and "share" in models:  # the sharing ablation's EBN models are not the recipes compared
         models = models[models["share"].isin(("none", ""))]
-    settings, texts = {}, []
+    settings, texts, held = {}, [], []
     from ..plots import label
     for (dataset, arch), sub in acc.groupby(["dataset", "arch"], sort=False):
         name = f"{label(dataset)} / {arch}"
@@ -430,8 +451,8 @@ def _recipes(r: Results, new: str, old: str, robust: bool) -> Row:
             ok, strength = protocol.attack_strength(rob)
             checks[strength] = ok
             for eps in judged_ebn_eps(models, dataset, arch):
-                a = seed_values(_select(_at(rob, eps), recipe=old), seeds)
-                b = seed_values(_select(_at(rob, eps), recipe=new), seeds)
+                a = worst_case(_select(_at(rob, eps), recipe=old), seeds)
+                b = worst_case(_select(_at(rob, eps), recipe=new), seeds)
                 if a is None or b is None:
                     parts[f"PGD {format_eps(eps)}"] = stats.Verdict(NOT_RUN, None, f"no robust rows at {format_eps(eps)}")
                     continue
@@ -440,12 +461,13 @@ def _recipes(r: Results, new: str, old: str, robust: bool) -> Row:
                                                            checks={floor: f_ok})
         row = _claim(parts, {}, checks)
         row.effect += below
+        held += [h for h in row.held if h not in held]
         settings[name] = stats.Verdict(row.verdict, None, "; ".join(t for t in (row.effect, row.checks) if t))
         texts.append(f"{name} ({row.verdict}{': ' + row.checks if row.checks else ''}): {row.effect}")
     if not settings:
         return Row(NOT_RUN)
     overall = _most(settings)
-    return Row(overall.verdict, " | ".join(texts), settings, overall.reason)
+    return Row(overall.verdict, " | ".join(texts), settings, overall.reason, tuple(held))
 
 
 def judged_ebn_eps(models: pd.DataFrame | None, dataset: str, arch: str) -> list[float]:
