@@ -303,16 +303,32 @@ def publish_runs(profile: dict, *, notebooks=None, archive=None) -> tuple[list, 
     return published, missing
 
 
-def planned_configs(profile: dict, notebooks=None, exclude=(), longest_first: bool = False) -> list:
+def planned_configs(profile: dict, notebooks=None, exclude=(), longest_first: bool = False,
+                    match=None) -> list:
     """The RunConfigs the given notebooks of ``profile`` need as of now, each once, in notebook order
-    (``longest_first``: by :func:`run_cost`, the order training schedules them), leaving out ``exclude``."""
+    (``longest_first``: by :func:`run_cost`, the order training schedules them), leaving out ``exclude``;
+    with ``match`` (texts), only the runs whose folder name contains one of them."""
     from .experiments import planned_runs
     configs: list = []
     for nb in notebooks if notebooks is not None else REGISTRY:
         for cfg in planned_runs(nb, profile["notebooks"][nb]):
-            if cfg not in configs and cfg not in exclude:
+            if cfg not in configs and cfg not in exclude and (
+                    not match or any(m in cfg.folder_name() for m in match)):
                 configs.append(cfg)
     return sorted(configs, key=run_cost, reverse=True) if longest_first else configs
+
+
+def check_match(profile: dict, notebooks, match) -> None:
+    """Refuse, before any work, a ``match`` text that names none of the planned runs."""
+    from ._validate import ConfigError
+    if not match:
+        return
+    planned = [c.folder_name() for c in planned_configs(profile, notebooks)]
+    for m in match:
+        if not any(m in name for name in planned):
+            raise ConfigError(f"--match {m!r} is in none of the {len(planned)} planned run names; allowed: a part "
+                              f"of a name, e.g. {planned[0] if planned else 'none planned'!r}"
+                              f" (`rnorm plan --profile {profile.get('name', 'cpu')}` lists them).")
 
 
 def unfinished(configs: list) -> list:
@@ -322,7 +338,8 @@ def unfinished(configs: list) -> list:
 
 
 def pretrain(profile: dict, *, jobs=None, device: str = "auto", notebooks=None,
-             executor: str = "local", address: str | None = None, layouts: list | None = None) -> list:
+             executor: str = "local", address: str | None = None, layouts: list | None = None,
+             match=None) -> list:
     """Train every run the given notebooks need, longest first, with ``executor``
     (:mod:`rnorm.executors`: ``local`` worker processes, ``jobs`` of them, or ``ray`` tasks on the
     cluster at ``address``).
@@ -330,6 +347,9 @@ def pretrain(profile: dict, *, jobs=None, device: str = "auto", notebooks=None,
     ``jobs`` (default: the profile's) is a number of workers of the profile's ``threads`` each, or
     ``"auto"``: the workers x threads that train fastest on this machine, measured once
     (:func:`rnorm.layout.choose`). Each round's layout is printed and appended to ``layouts``.
+
+    ``match`` (texts) trains only the runs whose folder name contains one of them, e.g. a standard
+    run first, to check its convergence floor before the long recipes (:func:`check_match`).
 
     Finished runs are cached, so the notebooks then only load them. A notebook may name some runs
     only after others are trained (03's RobustNorm runs follow its learning-rate sweep), so this
@@ -342,7 +362,7 @@ def pretrain(profile: dict, *, jobs=None, device: str = "auto", notebooks=None,
     results: list = []
     jobs = jobs or profile["jobs"]
     for _ in range(5):
-        configs = planned_configs(profile, notebooks, exclude=done, longest_first=True)
+        configs = planned_configs(profile, notebooks, exclude=done, longest_first=True, match=match)
         if not configs:
             break
         if executor == "ray":  # the cluster's resources decide; each task asks for the profile's threads

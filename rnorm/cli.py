@@ -59,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--only", nargs="+", default=None, help="only the runs of these notebooks")
     t.add_argument("--jobs", default=None, help="parallel training workers, or 'auto' (measure the fastest "
                                                 "workers x threads here; default: the profile's)")
+    t.add_argument("--match", nargs="+", default=None, metavar="TEXT",
+                   help="only the runs whose name contains one of these texts, e.g. standard-e15-s0 to train a "
+                        "reference run first and check its convergence floor")
     t.add_argument("--device", default="auto")
     _executor_args(t)
     la = sub.add_parser("layout", help="measure (once per machine, cached) how many training workers of how many "
@@ -133,8 +136,9 @@ def _dispatch(args) -> int:
         prof = book.load_profile(args.profile)
         args.jobs = _jobs(args.jobs)
         names = _training_notebooks(args.only)
+        book.check_match(prof, names, args.match)
         done = book.pretrain(prof, jobs=args.jobs, device=args.device, notebooks=names, executor=args.executor,
-                             address=args.ray_address)
+                             address=args.ray_address, match=args.match)
         trained = sum(t for _, t in done)
         print(f"done: {len(done)} runs, {trained} trained now, {len(done) - trained} found finished")
         return 0

@@ -497,3 +497,19 @@ def test_with_full_clean_keeps_subset_clean_rows_of_models_without_a_full_row_an
     assert shown.iloc[0]["attack"] == "clean" and len(shown) == len(acc)
     clean = shown[shown["attack"] == "clean"].groupby("recipe")["accuracy"].mean()
     assert clean["standard"] == pytest.approx(0.9) and clean["ebn"] == pytest.approx(0.502)
+
+
+def test_train_match_trains_only_the_named_runs_and_refuses_a_text_that_names_none(tmp_path, monkeypatch,
+                                                                                    data_root, capsys):
+    from rnorm.experiments import ebn
+    from rnorm.runs import find_run
+    monkeypatch.setenv("RNORM_RUNS", str(tmp_path))
+    prof = book.load_profile("smoke")
+    assert cli.main(["train", "--profile", "smoke", "--only", "04_easy_batchnorm", "--match", "nothing-like-this",
+                     "--jobs", "1"]) == 2
+    assert "--match 'nothing-like-this' is in none of the" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # refused before any work
+    assert cli.main(["train", "--profile", "smoke", "--only", "04_easy_batchnorm", "--match", "bn-standard-",
+                     "--jobs", "1"]) == 0
+    runs = ebn.runs(EBNParams.from_dict(prof["notebooks"]["04_easy_batchnorm"]))
+    assert all((find_run(c) is not None) == (c.recipe == "standard") for c in runs)
