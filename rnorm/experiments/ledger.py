@@ -121,7 +121,8 @@ def eps_curves(root, stale: dict | None = None) -> pd.DataFrame:
     results the ledger judges (stale chapters left out). C1: BatchNorm with population statistics and
     with the adversarial batch's own statistics (the repair); C2: BatchNorm with population statistics,
     with batch statistics (white-box and transfer), and no norm, at inference batch 128; C3: every
-    normalization with population statistics; C4-C5: every recipe through the main branch."""
+    normalization with population statistics; C4 (whose models C5 also judges): every recipe through the
+    main branch."""
     from ..plots import label, model_label
     r = Results(root, skip=stale or {})
     cols = ["claim", "setting", "curve", "eps", "seed", "accuracy"]
@@ -153,8 +154,7 @@ def eps_curves(root, stale: dict | None = None) -> pd.DataFrame:
     if has(a, "branch", "share", "dataset", "arch", "recipe"):
         f = pgd(a[(a["branch"] == "main") & (a["share"].isin(("none", "")))])
         setting = [f"{label(d)} / {ar}" for d, ar in zip(f["dataset"], f["arch"])]
-        for claim in ("C4", "C5"):
-            parts.append(f.assign(claim=claim, setting=setting, curve=f["recipe"].map(label)))
+        parts.append(f.assign(claim="C4", setting=setting, curve=f["recipe"].map(label)))  # C5's models too
     if not parts:
         return pd.DataFrame(columns=cols)
     return pd.concat([p_[cols] for p_ in parts], ignore_index=True)
