@@ -35,7 +35,7 @@ from pathlib import Path
 import yaml
 
 from ._io import atomic_write_text
-from ._validate import ConfigError, check_int, suggest
+from ._validate import ConfigError, suggest
 from .experiments import REGISTRY, execution_order, get
 
 REPO = Path(__file__).resolve().parent.parent

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import math
 
-import numpy as np
 import pandas as pd
 
 from ..attacks import format_eps, parse_eps
