@@ -514,3 +514,33 @@ def test_train_match_trains_only_the_named_runs_and_refuses_a_text_that_names_no
                      "--jobs", "1"]) == 0
     runs = ebn.runs(EBNParams.from_dict(prof["notebooks"]["04_easy_batchnorm"]))
     assert all((find_run(c) is not None) == (c.recipe == "standard") for c in runs)
+
+
+def test_robustnorm_observations_state_every_power_the_apgd_gap_and_epochs_to_target():
+    """Synthetic CIFAR-10 JPEG ResNet-20 results with known answers: RobustNorm p=0.2 is 5 points more robust
+    and 2 points less accurate than BatchNorm on every seed; APGD finds 3 points more than PGD against BatchNorm;
+    BatchNorm reaches the speed target (82.1 %) at epoch 3, RobustNorm at epoch 4."""
+    from rnorm.experiments import robustnorm
+    p = RobustNormParams(dataset="cifar10_jpeg", powers=[0.2, 1.0], seeds=[0, 1, 2], epochs=5)
+    acc, models, hist = [], [], []
+    for s in (0, 1, 2):
+        j = 0.01 * s
+        for norm, q, pgd, clean, late in (("bn", float("nan"), 0.40, 0.87, 0), ("robustnorm", 0.2, 0.45, 0.85, 1),
+                                          ("robustnorm", 1.0, 0.40, 0.80, 1), ("none", float("nan"), 0.38, 0.84, 0)):
+            acc.append(dict(attack="pgd", eps=1 / 255, stats="population", accuracy=pgd + j, norm=norm, norm_p=q, seed=s))
+            if norm == "bn":
+                acc.append(dict(attack="apgd", eps=1 / 255, stats="population", accuracy=pgd + j - 0.03, norm=norm,
+                                norm_p=q, seed=s))
+            models.append(dict(norm=norm, norm_p=q, seed=s, clean_full=clean + j))
+            hist += [dict(epoch=e, test_acc=[0.5, 0.7, 0.83, 0.85, 0.86][max(0, e - 1 - late)], norm=norm, norm_p=q,
+                          seed=s) for e in range(1, 6)]
+    text = robustnorm.observations(p, {"accuracy": pd.DataFrame(acc), "models": pd.DataFrame(models),
+                                       "history": pd.DataFrame(hist)})
+    p02 = [x for x in text.splitlines() if "RobustNorm p=0.2 minus BatchNorm" in x][0]
+    assert "(the power the ledger judges)" in p02 and "clean accuracy -2.0 points" in p02
+    assert "PGD-20 at 1/255 +5.0 points" in p02
+    assert "(reported, not judged by a rule)" in [x for x in text.splitlines() if "p=1 minus" in x][0]
+    assert "APGD-CE finds 3.0 points more than PGD-20 against BatchNorm" in text and "overstate" in text
+    speed = [x for x in text.splitlines() if "Epochs to 82.1 %" in x][0]
+    assert "BatchNorm 3, 3, 3" in speed and "RobustNorm p=0.2 4, 4, 4" in speed
+    assert "lossy JPEG copy" in text
