@@ -239,14 +239,12 @@ def observations(p: RobustNormParams, frames: dict) -> str:
     from ..plots import label, model_label
     from .protocol import reference
     from .verdicts import SPEED_TARGET, epochs_to
+    from .verdicts import seed_values as per_seed
     acc, models, history = frames["accuracy"], frames["models"], frames["history"]
     where = f"{label(p.dataset)}, {p.arch} width {p.width}"
     j = format_eps(JUDGED_EPS)
     pop = acc[(acc["stats"] == "population") & np.isclose(acc["eps"].astype(float), JUDGED_EPS, rtol=0, atol=1e-9)]
     out = [f"In {where} (numbers in points of accuracy, mean over seeds with a 95 % CI over the paired seeds):"]
-
-    def per_seed(frame, seeds, value="accuracy"):
-        return [float(frame.loc[frame["seed"] == s, value].min()) for s in seeds]
 
     bn_models = models[models["norm"] == "bn"]
     for pw in p.powers:
