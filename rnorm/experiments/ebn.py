@@ -10,8 +10,10 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numpy as np
 import pandas as pd
 
+from .. import stats
 from ..attacks import format_eps, parse_eps
 from ..evaluate import summarize, test_subset
 from ..results import StudyResult
@@ -19,6 +21,7 @@ from ..runs import RunConfig
 from ..train import LOSS_WEIGHTINGS, branches_for
 from .common import accuracy_table, cached_evaluate, models_frame, setup, train_runs
 from .params import ConfigError, TrainingParams, check_bool, check_choice, check_int, choice_list
+from .verdicts import seed_values
 
 RECIPES = ("standard", "pgd_at", "advprop", "ebn", "advprop_ebn")
 
@@ -201,9 +204,8 @@ def branch_findings(acc: pd.DataFrame, clean_full: pd.DataFrame | None = None) -
         lines.append(f"**{label(d)} / {a}** — difference from standard training (main branch), paired over seeds:")
         for (recipe, branch), rows in sub[sub["recipe"] != "standard"].groupby(["recipe", "branch"], sort=False):
             parts = []
-            for attack, eps in rows[rows["attack"].isin(("clean", "pgd"))][["attack", "eps"]].drop_duplicates() \
-                    .sort_values(["attack", "eps"]).itertuples(index=False):
-                e = _paired(_per_seed(base, attack, eps), _per_seed(rows, attack, eps))
+            for attack, eps in _scored(rows):
+                e = _paired(base, rows, attack, eps)
                 if e is None:
                     continue
                 what = "clean" if attack == "clean" else f"PGD {format_eps(eps)}"
@@ -256,15 +258,30 @@ def summary(p: EBNParams, acc: pd.DataFrame, clean_full: pd.DataFrame | None = N
     return out
 
 
-def _per_seed(frame: pd.DataFrame, attack: str, eps: float) -> pd.Series:
-    f = frame[(frame["attack"] == attack) & ((frame["eps"].astype(float) - eps).abs() < 1e-9)]
-    return f.groupby("seed")["accuracy"].min()
+def _scored(frame: pd.DataFrame) -> list[tuple[str, float]]:
+    """The (attack, ε) pairs of ``frame``'s clean and PGD rows, clean first, then PGD by ε."""
+    rows = frame[frame["attack"].isin(("clean", "pgd"))][["attack", "eps"]].drop_duplicates()
+    return list(rows.sort_values(["attack", "eps"]).itertuples(index=False, name=None))
 
 
-def _paired(a: pd.Series, b: pd.Series):
-    from .. import stats
-    seeds = sorted(set(a.index) & set(b.index))
-    return stats.paired_seeds([a[s] for s in seeds], [b[s] for s in seeds]) if seeds else None
+def _at(frame: pd.DataFrame, attack: str, eps: float) -> pd.DataFrame:
+    return frame[(frame["attack"] == attack) & ((frame["eps"].astype(float) - eps).abs() < 1e-9)]
+
+
+def _mean_over_seeds(frame: pd.DataFrame, attack: str, eps: float) -> float:
+    """Mean over seeds of one value per seed (:func:`~rnorm.experiments.verdicts.seed_values`); NaN if none."""
+    rows = _at(frame, attack, eps)
+    seeds = sorted(set(rows["seed"]))
+    return float(np.mean(seed_values(rows, seeds))) if seeds else math.nan
+
+
+def _paired(a: pd.DataFrame, b: pd.DataFrame, attack: str, eps: float):
+    """``b`` minus ``a`` at (attack, ε), paired over the seeds both have (one value per seed,
+    :func:`~rnorm.experiments.verdicts.seed_values`), with :func:`rnorm.stats.paired_seeds`'s 95 % CI;
+    None if they share no seed."""
+    a, b = _at(a, attack, eps), _at(b, attack, eps)
+    seeds = sorted(set(a["seed"]) & set(b["seed"]))
+    return stats.paired_seeds(seed_values(a, seeds), seed_values(b, seeds)) if seeds else None
 
 
 def _word(e) -> str:
@@ -283,19 +300,17 @@ def ranking_findings(acc: pd.DataFrame, clean_full: pd.DataFrame | None = None) 
     lines = []
     for (d, a), sub in main.groupby(["dataset", "arch"], sort=False):
         lines.append(f"**{label(d)} / {a}, main branch** (what is deployed):")
-        for attack, eps in sub[sub["attack"].isin(("clean", "pgd"))][["attack", "eps"]].drop_duplicates() \
-                .sort_values(["attack", "eps"]).itertuples(index=False):
+        for attack, eps in _scored(sub):
             what = (f"clean accuracy ({'full test set' if full else 'test subset'})" if attack == "clean"
                     else f"PGD accuracy at {format_eps(eps)}")
-            means = {r: _per_seed(g, attack, eps).mean() for r, g in sub.groupby("recipe", sort=False)}
+            means = {r: _mean_over_seeds(g, attack, eps) for r, g in sub.groupby("recipe", sort=False)}
             means = {r: m for r, m in means.items() if m == m}  # a recipe without rows here is not ranked
             order = sorted(means, key=lambda r: -means[r])
             shown = [round(100 * means[r], 1) for r in order]
             text = label(order[0]) + f" {shown[0]:.1f} %" if order else ""
             for r, prev, cur in zip(order[1:], shown, shown[1:]):  # equal to the shown precision: "=", not ">"
                 text += f" {'=' if cur == prev else '>'} {label(r)} {cur:.1f} %"
-            e = _paired(_per_seed(sub[sub["recipe"] == "advprop"], attack, eps),
-                        _per_seed(sub[sub["recipe"] == "ebn"], attack, eps))
+            e = _paired(sub[sub["recipe"] == "advprop"], sub[sub["recipe"] == "ebn"], attack, eps)
             versus = "" if e is None else f"; EBN minus AdvProp {e.text()}{_word(e)}"
             others = [means[r] for r in order if r != "ebn"]
             last = (f" EBN is last of {len(order)} recipes." if len(order) > 2 and "ebn" in means
@@ -317,9 +332,8 @@ def ablation_findings(acc: pd.DataFrame, clean_full: pd.DataFrame | None = None)
         base = sub[sub["share"] == "none"]
         for share, rows in sub[sub["share"] != "none"].groupby("share", sort=False):
             parts = []
-            for attack, eps in rows[rows["attack"].isin(("clean", "pgd"))][["attack", "eps"]].drop_duplicates() \
-                    .sort_values(["attack", "eps"]).itertuples(index=False):
-                e = _paired(_per_seed(base, attack, eps), _per_seed(rows, attack, eps))
+            for attack, eps in _scored(rows):
+                e = _paired(base, rows, attack, eps)
                 if e is not None:
                     parts.append(f"{'clean' if attack == 'clean' else 'PGD ' + format_eps(eps)} {e.text()}{_word(e)}")
             what = "shared γ/β" if share == "affine" else "shared statistics"
