@@ -69,6 +69,20 @@ def test_convergence_floor_names_source_and_the_models_below_it():
     assert not ok and "no published accuracy" in text
 
 
+def test_a_floor_met_by_the_reference_models_says_so_not_that_every_model_met_it():
+    """C3: BatchNorm above the floor, RobustNorm below: the met text names BatchNorm only, and RobustNorm's
+    own check names it below (the ledger printed "every model at or above" beside a RobustNorm shortfall)."""
+    models = _models([("bn", np.nan, 0, 0.88), ("robustnorm", 0.2, 0, 0.85)])
+    ok, text = protocol.convergence(models, norm="bn")
+    assert ok and text.startswith("every BatchNorm model at or above its convergence floor")
+    ok, text = protocol.convergence(models, norm="robustnorm", norm_p=0.2)
+    assert not ok and "RobustNorm p=0.2 seed 0 at 85.0 %" in text
+    ok, text = protocol.convergence(models.assign(recipe="standard"), recipe="standard")
+    assert not ok
+    ok, text = protocol.convergence(models.iloc[:1].assign(recipe="standard"), recipe="standard")
+    assert ok and text.startswith("every standard-trained model at or above")
+
+
 def test_fashion_mnist_resnet18_floor_is_the_stricter_one_fixed_for_c4_c5():
     """95 % of 94 % would be 89.3 %; C4-C5 fixed 92 % before their runs, and the text says which applies."""
     assert protocol.reference("fashion_mnist", "resnet18").floor == pytest.approx(0.92)
@@ -354,7 +368,7 @@ def test_c4_below_floor_settings_are_inconclusive():
 def test_findings_state_the_verdict_and_every_part():
     text = verdicts.findings("C2", "02_stats_swap", _c2_frames(np.random.default_rng(0)))
     assert text.startswith("**C2: reproduced**") and text.count("95 % CI") >= 2
-    assert "Preconditions met: every model at or above its convergence floor (86.7 %" in text
+    assert "Preconditions met: every BatchNorm model at or above its convergence floor (86.7 %" in text
     assert verdicts.RULES["C2"] in text
 
 
@@ -369,7 +383,7 @@ def test_ledger_why_names_the_floor_even_when_the_claim_is_reproduced(tmp_path):
         frame.to_csv(tmp_path / "02_stats_swap" / f"{name}.csv", index=False)
     t = ledger.ledger(tmp_path).set_index("claim")
     assert t.loc["C2", "verdict"] == verdicts.REPRODUCED
-    assert t.loc["C2", "why"].startswith("Preconditions met: every model at or above its convergence floor (86.7 %")
+    assert t.loc["C2", "why"].startswith("Preconditions met: every BatchNorm model at or above its convergence floor (86.7 %")
 
 
 def test_c4_a_setting_whose_standard_eps_is_at_the_attack_floor_is_partly_not_lost():

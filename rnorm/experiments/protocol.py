@@ -122,7 +122,19 @@ def convergence(models: pd.DataFrame, **select) -> tuple[bool, str]:
     what = "; ".join(sorted(floors))
     if bad:
         return False, f"below the convergence floor ({what}): " + ", ".join(bad)
-    return True, f"every model at or above its convergence floor ({what})"
+    return True, f"every {_kind(select)}model at or above its convergence floor ({what})"
+
+
+def _kind(select: dict) -> str:
+    """Which models a selection names, for the text ("BatchNorm ", "standard-trained ", ""), so that a
+    floor met by the reference models is never read as met by every model."""
+    from ..plots import model_label
+    words = []
+    if "norm" in select:
+        words.append(model_label(select["norm"], select.get("norm_p")))
+    if "recipe" in select:
+        words.append("standard-trained" if select["recipe"] == "standard" else f"{select['recipe']}-trained")
+    return " ".join(words) + " " if words else ""
 
 
 def _describe(m) -> str:
