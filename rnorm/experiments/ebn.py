@@ -21,6 +21,7 @@ from ..runs import RunConfig
 from ..train import LOSS_WEIGHTINGS, branches_for
 from .common import accuracy_table, cached_evaluate, models_frame, setup, train_runs
 from .params import ConfigError, TrainingParams, check_bool, check_choice, check_int, choice_list
+from .protocol import _select
 from .verdicts import seed_values
 
 RECIPES = ("standard", "pgd_at", "advprop", "ebn", "advprop_ebn")
@@ -264,13 +265,9 @@ def _scored(frame: pd.DataFrame) -> list[tuple[str, float]]:
     return list(rows.sort_values(["attack", "eps"]).itertuples(index=False, name=None))
 
 
-def _at(frame: pd.DataFrame, attack: str, eps: float) -> pd.DataFrame:
-    return frame[(frame["attack"] == attack) & ((frame["eps"].astype(float) - eps).abs() < 1e-9)]
-
-
 def _mean_over_seeds(frame: pd.DataFrame, attack: str, eps: float) -> float:
     """Mean over seeds of one value per seed (:func:`~rnorm.experiments.verdicts.seed_values`); NaN if none."""
-    rows = _at(frame, attack, eps)
+    rows = _select(frame, attack=attack, eps=float(eps))
     seeds = sorted(set(rows["seed"]))
     return float(np.mean(seed_values(rows, seeds))) if seeds else math.nan
 
@@ -279,7 +276,7 @@ def _paired(a: pd.DataFrame, b: pd.DataFrame, attack: str, eps: float):
     """``b`` minus ``a`` at (attack, ε), paired over the seeds both have (one value per seed,
     :func:`~rnorm.experiments.verdicts.seed_values`), with :func:`rnorm.stats.paired_seeds`'s 95 % CI;
     None if they share no seed."""
-    a, b = _at(a, attack, eps), _at(b, attack, eps)
+    a, b = _select(a, attack=attack, eps=float(eps)), _select(b, attack=attack, eps=float(eps))
     seeds = sorted(set(a["seed"]) & set(b["seed"]))
     return stats.paired_seeds(seed_values(a, seeds), seed_values(b, seeds)) if seeds else None
 
