@@ -247,21 +247,20 @@ def _size(effect: Effect, value: float, signed: bool = False) -> str:
 
 
 def combine(parts: dict[str, Verdict]) -> Verdict:
-    """A claim made of several parts: reproduced if all hold; not reproduced if some are refuted and
-    none holds; partly if some hold and none is refuted; inconclusive otherwise (naming the parts)."""
+    """A claim made of several parts, all of which it asserts: reproduced if all hold; not reproduced if
+    any is refuted (a claim that "X improves both A and B" is false when B is shown to get worse, even
+    if A improves; the reason then names the parts that hold as well); partly if some hold and none is
+    refuted; inconclusive otherwise (naming the parts)."""
     verdicts = {k: v.verdict for k, v in parts.items()}
     held = [k for k, v in verdicts.items() if v == REPRODUCED]
     refuted = [k for k, v in verdicts.items() if v == NOT]
     open_ = [k for k, v in verdicts.items() if v not in (REPRODUCED, NOT)]
     if verdicts and len(held) == len(verdicts):
         return Verdict(REPRODUCED)
-    if refuted and not held:
-        return Verdict(NOT, reason="refuted: " + ", ".join(refuted))
-    if held and not refuted:
+    if refuted:
+        return Verdict(NOT, reason="refuted: " + ", ".join(refuted) + ("; holds: " + ", ".join(held) if held else ""))
+    if held:
         return Verdict(PARTLY, reason="holds: " + ", ".join(held) + "; undecided: " + ", ".join(open_))
-    if held and refuted:
-        return Verdict(INCONCLUSIVE, reason="parts disagree: holds " + ", ".join(held) + "; refuted "
-                                            + ", ".join(refuted))
     return Verdict(INCONCLUSIVE, reason="no part could be decided: " + "; ".join(
         f"{k}: {parts[k].reason}" for k in open_))
 

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -452,10 +453,18 @@ def _ebn_acc(values: dict, seeds=(0, 1, 2)) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _ebn_models(recipes, standard_clean: float = 0.93, seeds=(0, 1, 2)) -> pd.DataFrame:
+    """A models frame: every recipe's models; standard training at ``standard_clean`` on the full test set."""
+    return pd.DataFrame([dict(dataset="fashion_mnist", arch="resnet18", norm="bn" if r in ("standard", "pgd_at")
+                              else "multibn", recipe=r, share="none", seed=s, width=16,
+                              clean_full=standard_clean if r == "standard" else 0.93)
+                         for r in recipes for s in seeds])
+
+
 def test_ebn_ranking_says_plainly_when_ebn_is_last_and_by_how_much():
     from rnorm.experiments import ebn
     acc = _ebn_acc({"standard": (0.93, 0.70), "advprop": (0.935, 0.76), "ebn": (0.94, 0.59)})
-    text = ebn.ranking_findings(acc)
+    text = ebn.ranking_findings(acc, models=_ebn_models(["standard", "advprop", "ebn"]))
     pgd_line = [line for line in text.splitlines() if line.startswith("- PGD accuracy at 2/255")][0]
     assert "AdvProp 76.2 % > standard 70.2 % > EBN 59.2 %" in pgd_line and "EBN is last of 3 recipes" in pgd_line
     assert "EBN minus AdvProp -17.0 points [95 % CI -17.0, -17.0]" in pgd_line and "(lower)" in pgd_line
@@ -477,17 +486,63 @@ def test_ebn_ablation_findings_pair_shared_against_separate_branches():
     from rnorm.experiments import ebn
     base = _ebn_acc({"ebn": (0.94, 0.60)})
     affine = _ebn_acc({"ebn": (0.94, 0.50)}).assign(share="affine")
-    text = ebn.ablation_findings(pd.concat([base, affine], ignore_index=True))
+    models = _ebn_models(["standard", "ebn"])
+    text = ebn.ablation_findings(pd.concat([base, affine], ignore_index=True), models=models)
     assert "shared γ/β: clean +0.0 points" in text and "PGD 2/255 -10.0 points" in text and "(lower)" in text
-    assert ebn.ablation_findings(base) == ""
+    assert ebn.ablation_findings(base, models=models) == ""
 
 
 def test_ebn_ranking_ties_are_equal_and_never_make_ebn_last():
     from rnorm.experiments import ebn
     acc = _ebn_acc({"standard": (0.93, 0.0), "advprop": (0.935, 0.0), "ebn": (0.94, 0.0)}, seeds=(0,))
     acc.loc[acc["attack"] == "pgd", "accuracy"] = 0.0
-    pgd_line = [x for x in ebn.ranking_findings(acc).splitlines() if x.startswith("- PGD")][0]
+    text = ebn.ranking_findings(acc, models=_ebn_models(["standard", "advprop", "ebn"], seeds=(0,)))
+    pgd_line = [x for x in text.splitlines() if x.startswith("- PGD")][0]
     assert "standard 0.0 % = AdvProp 0.0 % = EBN 0.0 %" in pgd_line and "last" not in pgd_line
+
+
+def test_ebn_branch_findings_say_helps_and_hurts_only_where_the_ci_excludes_zero():
+    from rnorm.experiments import ebn
+    acc = _ebn_acc({"standard": (0.93, 0.70), "advprop": (0.95, 0.60)})
+    acc["params"] = np.where(acc["attack"] == "pgd", json.dumps({"steps": 20, "random_start": True}), "")
+    text = ebn.branch_findings(acc, models=_ebn_models(["standard", "advprop"]))
+    line = [x for x in text.splitlines() if x.startswith("- AdvProp, main branch")][0]
+    assert "clean +2.0 points" in line and "(helps)" in line
+    assert "PGD-20 2/255 -10.0 points" in line and "(hurts)" in line and "Not judged" not in text
+
+
+def test_ebn_findings_give_no_direction_when_standard_training_is_below_its_floor():
+    """The verdicts call such a setting inconclusive; the prose above them must not say "helps"."""
+    from rnorm.experiments import ebn
+    acc = _ebn_acc({"standard": (0.93, 0.70), "advprop": (0.95, 0.60), "ebn": (0.96, 0.50)})
+    low = _ebn_models(["standard", "advprop", "ebn"], standard_clean=0.90)
+    for text in (ebn.branch_findings(acc, models=low), ebn.ranking_findings(acc, models=low)):
+        assert "Not judged: below the convergence floor (92.0 %" in text and "BatchNorm seed 0 at 90.0 %" in text
+        assert not any(w in text for w in ("(helps)", "(hurts)", "(higher)", "(lower)", "no difference shown"))
+        assert "+2.0 points" in text or "+1.0 points" in text  # the numbers are still shown
+    assert "Not judged: no full-test-set clean accuracy" in ebn.ranking_findings(acc, models=None)
+
+
+def test_ebn_findings_say_when_every_robust_accuracy_is_at_the_attack_floor():
+    from rnorm.experiments import ebn
+    acc = _ebn_acc({"standard": (0.93, 0.004), "advprop": (0.95, 0.0)})
+    acc.loc[acc["attack"] == "pgd", "accuracy"] = np.where(acc.loc[acc["attack"] == "pgd", "recipe"] == "standard",
+                                                           0.008, 0.0)
+    line = [x for x in ebn.branch_findings(acc, models=_ebn_models(["standard", "advprop"])).splitlines()
+            if x.startswith("- AdvProp")][0]
+    assert "PGD 2/255 -0.8 points" in line and "(both at the attack's floor" in line and "(hurts)" not in line
+
+
+def test_ebn_cost_table_gives_each_recipes_fastest_and_slowest_run():
+    from rnorm.experiments import ebn
+    h = pd.DataFrame([dict(dataset="fashion_mnist", arch="resnet18", recipe=r, share="none", seed=s, epoch=e,
+                           epoch_seconds=secs + e, images_per_s=60000 / (secs + e))
+                      for r, runs in {"standard": {0: 40, 1: 170}, "advprop": {0: 245}}.items()
+                      for s, secs in runs.items() for e in (0, 2)])
+    t = ebn.cost_table(h).set_index("recipe")
+    assert t.loc["standard", "runs"] == 2 and t.loc["advprop", "runs"] == 1
+    assert t.loc["standard", "epoch_seconds_min"] == 41 and t.loc["standard", "epoch_seconds_max"] == 171
+    assert t.loc["advprop", "epoch_seconds_min"] == t.loc["advprop", "epoch_seconds_max"] == 246
 
 
 def test_with_full_clean_keeps_subset_clean_rows_of_models_without_a_full_row_and_puts_clean_first():

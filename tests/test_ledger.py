@@ -327,12 +327,32 @@ def test_c4_and_c5_count_settings_whose_every_ci_excludes_zero():
     assert verdicts.verdict_c5(r).verdict == verdicts.NOT
 
 
+def test_c4_cleaner_but_less_robust_is_not_reproduced_and_says_what_held():
+    """EBN "improves both": more clean accuracy cannot rescue a robust accuracy shown to be lower."""
+    mixed = {"standard": (0.925, 0.30), "advprop": (0.945, 0.40), "ebn": (0.965, 0.30)}
+    v = verdicts.verdict_c4(Results.of("04_easy_batchnorm", _ebn_frames({("fashion_mnist", "resnet18"): mixed})))
+    setting = next(iter(v.parts.values()))
+    assert setting.verdict == verdicts.NOT and v.verdict == verdicts.NOT
+    assert "refuted: robust 2/255, robust 0.1; holds: clean" in setting.reason
+    assert "EBN minus AdvProp" in v.effect
+
+
+def test_c4_and_c5_say_how_many_settings_were_judged():
+    good = {"standard": (0.925, 0.30), "advprop": (0.945, 0.35), "ebn": (0.965, 0.40)}
+    r = Results.of("04_easy_batchnorm", _ebn_frames({("fashion_mnist", "resnet18"): good}))
+    c4, c5 = verdicts.verdict_c4(r), verdicts.verdict_c5(r)
+    assert c4.checks.endswith("judged in 1 setting (FashionMNIST / resnet18) of the 4 the claim covers "
+                              "(FashionMNIST, CIFAR-10 x ResNet-18, ResNet-50)")
+    assert c5.checks.endswith("judged in 1 setting (FashionMNIST / resnet18)")
+    assert "AdvProp minus standard" in c5.effect
+
+
 def test_c4_is_judged_at_the_training_eps_and_the_standard_eps():
     good = {"standard": (0.925, 0.30), "advprop": (0.945, 0.35), "ebn": (0.965, 0.40)}
     f = _ebn_frames({("fashion_mnist", "resnet18"): good})
     assert verdicts.judged_ebn_eps(f["models"], "fashion_mnist", "resnet18") == [2 / 255, 0.1]
     v = verdicts.verdict_c4(Results.of("04_easy_batchnorm", f))
-    assert "PGD 2/255" in v.effect and "PGD 0.1" in v.effect
+    assert "robust 2/255" in v.effect and "robust 0.1" in v.effect
     # a standard-eps row missing: that part is not run, so the setting is not a win
     f["accuracy"] = f["accuracy"][(f["accuracy"]["eps"] - 0.1).abs() > 1e-9]
     assert verdicts.verdict_c4(Results.of("04_easy_batchnorm", f)).verdict != verdicts.REPRODUCED

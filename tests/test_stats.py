@@ -82,7 +82,10 @@ def test_combining_parts():
     assert stats.combine({"clean": r, "robust": r}).verdict == stats.REPRODUCED
     assert stats.combine({"clean": r, "robust": i}).verdict == stats.PARTLY
     assert stats.combine({"clean": n, "robust": i}).verdict == stats.NOT
-    assert stats.combine({"clean": r, "robust": n}).verdict == stats.INCONCLUSIVE
+    # a claim asserts all its parts: one refuted part refutes it, and the reason still names what held
+    mixed = stats.combine({"clean": r, "robust": n})
+    assert mixed.verdict == stats.NOT
+    assert mixed.reason == "refuted: robust; holds: clean"
     assert stats.combine({"clean": i, "robust": i}).verdict == stats.INCONCLUSIVE
 
 

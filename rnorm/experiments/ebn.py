@@ -1,13 +1,14 @@
 """Notebook 04, claims C4 and C5: Easy Batch Normalization against AdvProp and standard training.
 
-Standard training, AdvProp, EBN and AdvProp+EBN on each dataset and architecture, over several
-seeds: clean, FGSM and PGD accuracy through the main branch (what the papers deploy), the same
+Standard training, PGD-AT, AdvProp, EBN and (where a profile lists it) AdvProp+EBN on each dataset
+and architecture, over several seeds: clean, FGSM and PGD accuracy through the main branch (what the papers deploy), the same
 through each auxiliary branch, and an ablation in which the EBN branches share either their
 affine parameters or their statistics (Zhang et al. 2024).
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 import numpy as np
@@ -21,7 +22,7 @@ from ..runs import RunConfig
 from ..train import LOSS_WEIGHTINGS, branches_for
 from .common import accuracy_table, cached_evaluate, models_frame, setup, train_runs
 from .params import ConfigError, TrainingParams, check_bool, check_choice, check_int, choice_list
-from .protocol import _select
+from .protocol import _select, convergence, not_at_floor
 from .verdicts import seed_values
 
 RECIPES = ("standard", "pgd_at", "advprop", "ebn", "advprop_ebn")
@@ -190,10 +191,54 @@ def with_full_clean(acc: pd.DataFrame, clean_full: pd.DataFrame | None) -> pd.Da
     return pd.concat([full, kept, acc[acc["attack"] != "clean"]], ignore_index=True)
 
 
-def branch_findings(acc: pd.DataFrame, clean_full: pd.DataFrame | None = None) -> str:
+def judged(models: pd.DataFrame | None, dataset: str, arch: str) -> tuple[bool, str]:
+    """Whether a setting's differences may be given a direction in words: standard training (the
+    reference of C4-C5, separate branches) reached its convergence floor there
+    (:func:`rnorm.experiments.protocol.convergence`, the rule the verdicts apply). ``(ok, text)``; the
+    text says why not, or which floor was met."""
+    if models is None or "clean_full" not in models:
+        return False, "no full-test-set clean accuracy was recorded, so convergence cannot be judged"
+    m = models[models["share"].isin(("none", ""))] if "share" in models else models
+    return convergence(_select(m, dataset=dataset, arch=arch), recipe="standard")
+
+
+def _header(text: str, ok: bool, why: str) -> str:
+    """A setting's heading line; when it is not judged, the reason, and that no word gives a direction."""
+    return text if ok else (f"{text}\n\n*Not judged: {why}. The differences are shown; no word says which way "
+                            f"they go.*")
+
+
+def _direction(e, a, b, attack: str, ok: bool, words: tuple[str, str, str]) -> str:
+    """The word for a paired difference ``e`` of per-seed values ``a`` -> ``b``: ``words`` = (above 0, below 0,
+    neither) when the CI decides and the setting is judged; nothing when it is not judged or has one seed;
+    a note instead when every robust accuracy compared is at the attack's floor."""
+    if not ok or e is None or math.isnan(e.low):
+        return ""
+    if attack != "clean" and not not_at_floor(*a, *b)[0]:
+        return " (both at the attack's floor: no difference can show)"
+    return f" ({words[0] if e.low > 0 else words[1] if e.high < 0 else words[2]})"
+
+
+def _attack_name(rows: pd.DataFrame, attack: str, eps: float) -> str:
+    """``clean``, or the attack with its steps and ε as run (``PGD-20 2/255``), read from the rows' params."""
+    if attack == "clean":
+        return "clean"
+    name, steps = attack.upper(), set()
+    if "params" in rows:
+        for text in _select(rows, attack=attack, eps=float(eps))["params"].dropna():
+            steps.add(json.loads(text).get("steps") if isinstance(text, str) and text else None)
+    if len(steps) == 1 and None not in steps:
+        name += f"-{steps.pop()}"
+    return f"{name} {format_eps(eps)}"
+
+
+def branch_findings(acc: pd.DataFrame, clean_full: pd.DataFrame | None = None, *,
+                    models: pd.DataFrame | None) -> str:
     """Plain-words findings per setting: for every recipe and branch, the clean (full test set where
     measured) and PGD accuracy (at each ε) minus standard training's main branch, paired over seeds
-    with a 95 % CI, so that what hurts is said as plainly as what helps."""
+    with a 95 % CI, so that what hurts is said as plainly as what helps. "helps"/"hurts" only where
+    the CI excludes 0, standard training reached its floor (:func:`judged`) and the robust accuracies
+    are not all at the attack's floor."""
     from ..plots import label
     lines = []
     main = with_full_clean(acc, clean_full)
@@ -202,16 +247,18 @@ def branch_findings(acc: pd.DataFrame, clean_full: pd.DataFrame | None = None) -
         base = sub[(sub["recipe"] == "standard") & (sub["branch"] == "main")]
         if base.empty:
             continue
-        lines.append(f"**{label(d)} / {a}** — difference from standard training (main branch), paired over seeds:")
+        ok, why = judged(models, d, a)
+        lines.append(_header(f"**{label(d)} / {a}** — difference from standard training (main branch), paired "
+                             f"over seeds:", ok, why))
         for (recipe, branch), rows in sub[sub["recipe"] != "standard"].groupby(["recipe", "branch"], sort=False):
             parts = []
             for attack, eps in _scored(rows):
-                e = _paired(base, rows, attack, eps)
-                if e is None:
+                got = _paired(base, rows, attack, eps)
+                if got is None:
                     continue
-                what = "clean" if attack == "clean" else f"PGD {format_eps(eps)}"
-                word = "" if math.isnan(e.low) else " (helps)" if e.low > 0 else " (hurts)" if e.high < 0 else ""
-                parts.append(f"{what} {e.text()}{word}")
+                e, va, vb = got
+                word = _direction(e, va, vb, attack, ok, ("helps", "hurts", "no difference shown"))
+                parts.append(f"{_attack_name(rows, attack, eps)} {e.text()}{word}")
             lines.append(f"- {label(recipe)}, {branch} branch: " + "; ".join(parts))
     return "\n".join(lines)
 
@@ -274,32 +321,37 @@ def _mean_over_seeds(frame: pd.DataFrame, attack: str, eps: float) -> float:
 
 def _paired(a: pd.DataFrame, b: pd.DataFrame, attack: str, eps: float):
     """``b`` minus ``a`` at (attack, ε), paired over the seeds both have (one value per seed,
-    :func:`~rnorm.experiments.verdicts.seed_values`), with :func:`rnorm.stats.paired_seeds`'s 95 % CI;
-    None if they share no seed."""
+    :func:`~rnorm.experiments.verdicts.seed_values`): ``(effect, a's values, b's values)`` with
+    :func:`rnorm.stats.paired_seeds`'s 95 % CI; None if they share no seed."""
     a, b = _select(a, attack=attack, eps=float(eps)), _select(b, attack=attack, eps=float(eps))
     seeds = sorted(set(a["seed"]) & set(b["seed"]))
-    return stats.paired_seeds(seed_values(a, seeds), seed_values(b, seeds)) if seeds else None
+    if not seeds:
+        return None
+    va, vb = seed_values(a, seeds), seed_values(b, seeds)
+    return stats.paired_seeds(va, vb), va, vb
 
 
-def _word(e) -> str:
-    return "" if e is None or math.isnan(e.low) else " (higher)" if e.low > 0 else " (lower)" if e.high < 0 else \
-        " (no difference shown)"
+_COMPARED = ("higher", "lower", "no difference shown")
 
 
-def ranking_findings(acc: pd.DataFrame, clean_full: pd.DataFrame | None = None) -> str:
+def ranking_findings(acc: pd.DataFrame, clean_full: pd.DataFrame | None = None, *,
+                     models: pd.DataFrame | None) -> str:
     """The chapter's headline, in plain words, per setting through the main branch: the recipes ranked by
     mean clean accuracy and by mean PGD accuracy at each ε, which recipe is last, and EBN against AdvProp
-    (paired over seeds, 95 % CI), whatever way it cuts."""
+    (paired over seeds, 95 % CI), whatever way it cuts; the direction in words only where the setting
+    is judged (:func:`judged`). The PGD rows here are PGD alone; the C4 verdict's robust parts take the
+    per-image worst case of PGD and APGD-CE and are named "robust" to keep the two apart."""
     from ..plots import label
     main = with_full_clean(acc, clean_full)
     main = main[(main["branch"] == "main") & (main["share"] == "none")]
     full = clean_full is not None and not clean_full.empty
     lines = []
     for (d, a), sub in main.groupby(["dataset", "arch"], sort=False):
-        lines.append(f"**{label(d)} / {a}, main branch** (what is deployed):")
+        ok, why = judged(models, d, a)
+        lines.append(_header(f"**{label(d)} / {a}, main branch** (what is deployed):", ok, why))
         for attack, eps in _scored(sub):
             what = (f"clean accuracy ({'full test set' if full else 'test subset'})" if attack == "clean"
-                    else f"PGD accuracy at {format_eps(eps)}")
+                    else _attack_name(sub, attack, eps).replace(" ", " accuracy at ", 1))
             means = {r: _mean_over_seeds(g, attack, eps) for r, g in sub.groupby("recipe", sort=False)}
             means = {r: m for r, m in means.items() if m == m}  # a recipe without rows here is not ranked
             order = sorted(means, key=lambda r: -means[r])
@@ -307,8 +359,9 @@ def ranking_findings(acc: pd.DataFrame, clean_full: pd.DataFrame | None = None) 
             text = label(order[0]) + f" {shown[0]:.1f} %" if order else ""
             for r, prev, cur in zip(order[1:], shown, shown[1:]):  # equal to the shown precision: "=", not ">"
                 text += f" {'=' if cur == prev else '>'} {label(r)} {cur:.1f} %"
-            e = _paired(sub[sub["recipe"] == "advprop"], sub[sub["recipe"] == "ebn"], attack, eps)
-            versus = "" if e is None else f"; EBN minus AdvProp {e.text()}{_word(e)}"
+            got = _paired(sub[sub["recipe"] == "advprop"], sub[sub["recipe"] == "ebn"], attack, eps)
+            versus = "" if got is None else (f"; EBN minus AdvProp {got[0].text()}"
+                                             f"{_direction(*got, attack, ok, _COMPARED)}")
             others = [means[r] for r in order if r != "ebn"]
             last = (f" EBN is last of {len(order)} recipes." if len(order) > 2 and "ebn" in means
                     and round(100 * means["ebn"], 1) < min(round(100 * m, 1) for m in others) else "")
@@ -316,9 +369,11 @@ def ranking_findings(acc: pd.DataFrame, clean_full: pd.DataFrame | None = None) 
     return "\n".join(lines)
 
 
-def ablation_findings(acc: pd.DataFrame, clean_full: pd.DataFrame | None = None) -> str:
+def ablation_findings(acc: pd.DataFrame, clean_full: pd.DataFrame | None = None, *,
+                      models: pd.DataFrame | None) -> str:
     """The sharing ablation in numbers: EBN with shared affine parameters, and with shared statistics,
-    minus EBN with separate branches, through the main branch, paired over seeds with 95 % CIs."""
+    minus EBN with separate branches, through the main branch, paired over seeds with 95 % CIs (the
+    direction in words only where the setting is judged, :func:`judged`)."""
     from ..plots import label
     main = with_full_clean(acc, clean_full)
     abl = main[(main["recipe"] == "ebn") & (main["branch"] == "main")]
@@ -327,23 +382,31 @@ def ablation_findings(acc: pd.DataFrame, clean_full: pd.DataFrame | None = None)
     lines = ["**Sharing ablation** (EBN, main branch; shared minus separate branches, paired over seeds):"]
     for (d, a), sub in abl.groupby(["dataset", "arch"], sort=False):
         base = sub[sub["share"] == "none"]
+        ok, why = judged(models, d, a)
+        if not ok:
+            lines.append(f"- {label(d)} / {a}: *not judged: {why}; no word says which way the differences go.*")
         for share, rows in sub[sub["share"] != "none"].groupby("share", sort=False):
             parts = []
             for attack, eps in _scored(rows):
-                e = _paired(base, rows, attack, eps)
-                if e is not None:
-                    parts.append(f"{'clean' if attack == 'clean' else 'PGD ' + format_eps(eps)} {e.text()}{_word(e)}")
+                got = _paired(base, rows, attack, eps)
+                if got is not None:
+                    parts.append(f"{_attack_name(rows, attack, eps)} {got[0].text()}"
+                                 f"{_direction(*got, attack, ok, _COMPARED)}")
             what = "shared γ/β" if share == "affine" else "shared statistics"
             lines.append(f"- {label(d)} / {a}, {what}: " + "; ".join(parts))
     return "\n".join(lines)
 
 
 def cost_table(history: pd.DataFrame) -> pd.DataFrame:
-    """Measured training cost per recipe: seconds per epoch and training images per second (mean over
-    the epochs of every seed), from the runs' histories. These were taken on the machine that trained,
-    with as many concurrent workers as its layout ran, so they compare recipes, not machines."""
+    """Measured training cost per recipe, from the runs' histories: each run's mean seconds per epoch and
+    training images per second, then per recipe the fastest and the slowest run. The runs were trained
+    over several sessions, alone or beside other work, with one or two workers, so a recipe's range
+    shows that load as much as the recipe; the benchmarks compare recipes on one quiet machine."""
     cols = [c for c in ("epoch_seconds", "images_per_s") if c in history]
+    keys = ["dataset", "arch", "recipe", "share"]
     if not cols:
-        return pd.DataFrame(columns=["dataset", "arch", "recipe", "share"])
-    t = history.groupby(["dataset", "arch", "recipe", "share"], sort=False)[cols].mean().reset_index()
-    return t.round({"epoch_seconds": 0, "images_per_s": 0})
+        return pd.DataFrame(columns=keys)
+    per_run = history.groupby(keys + ["seed"], sort=False)[cols].mean().reset_index()
+    t = per_run.groupby(keys, sort=False).agg(runs=("seed", "size"), **{
+        f"{c}_{f}": (c, f) for c in cols for f in ("min", "max")}).reset_index()
+    return t.round({c: 0 for c in t.columns if c.endswith(("_min", "_max"))})

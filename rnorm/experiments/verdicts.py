@@ -68,8 +68,9 @@ _COMMON = (f"Preconditions for every part: the claim's reference models (BatchNo
            f"method's model below the floor is named, and its clean-accuracy part measures the shortfall; robust "
            f"rows come from PGD with ≥ {MIN_ATTACK_STEPS} steps and random start (or APGD), not everything compared is at the attack's "
            f"floor (≤ {100 * ATTACK_FLOOR:.0f} %), and a CI on accuracy is at most {100 * MAX_CI_WIDTH:.0f} points "
-           f"wide; otherwise the part is inconclusive. Parts combine as: reproduced if all hold, partly if some "
-           f"hold and none is refuted, not reproduced if some are refuted and none holds, inconclusive otherwise.")
+           f"wide; otherwise the part is inconclusive. Parts combine as: reproduced if all hold, not reproduced if any "
+           f"is refuted (a claim asserts every part), partly if some hold and none is refuted, inconclusive "
+           f"otherwise.")
 RULES = {
     "C1": (f"On BN models trained normally, at ε = {_J}, paired over the probe images (bootstrap, all seeds): "
            f"(1, 2) the distance of the PGD batch's per-channel mean and variance from the PreciseBN population "
@@ -94,7 +95,7 @@ RULES = {
            "at the recipes' training "
            "ε and at a standard ε ("
            f"{', '.join(f'{k}: {format_eps(e)}' for k, e in protocol.EBN_STANDARD_EPS.items())}); a setting "
-           "is a win when every CI lies above 0, partly when some do and none lies below. Claim: reproduced if "
+           "is a win when every CI lies above 0, refuted when any lies below 0 (the claim is that EBN improves both), partly when some lie above and none below. Claim: reproduced if "
            "more than half of the settings are wins, not reproduced if more than half are refuted, partly if some "
            "are wins or partly and none is refuted, inconclusive otherwise. " + _COMMON),
     "C5": ("Per setting, AdvProp minus standard training, clean accuracy on the full test set, paired over "
@@ -139,10 +140,6 @@ class Row:
     parts: dict = dataclasses.field(default_factory=dict)
     checks: str = ""
     held: tuple = ()  # the preconditions that were checked and hold (each a sentence naming its threshold)
-
-
-def _at(frame: pd.DataFrame, eps: float) -> pd.DataFrame:
-    return frame[(frame["eps"].astype(float) - eps).abs() < 1e-9]
 
 
 def per_image(rows: pd.DataFrame, seeds) -> np.ndarray | None:
@@ -245,12 +242,12 @@ def verdict_c1(r: Results) -> Row:
         return Row(NOT_RUN)
     seeds = sorted(models["seed"].unique())
     conv_ok, conv = protocol.convergence(models, norm="bn")
-    acc_j = _at(acc, JUDGED_EPS)
+    acc_j = _select(acc, eps=float(JUDGED_EPS))
     pgd = acc_j[(acc_j["attack"] == "pgd")]
     strong_ok, strong = protocol.attack_strength(pgd)
     parts = {}
     for statistic in ("mean", "var"):
-        e = _select(_at(effects, JUDGED_EPS), attack="pgd", control="noise_sign", reference="precise",
+        e = _select(_select(effects, eps=float(JUDGED_EPS)), attack="pgd", control="noise_sign", reference="precise",
                     statistic=statistic)
         eff = None if e.empty else stats.Effect(float(e["ratio"].iloc[0]), float(e["low"].iloc[0]),
                                                 float(e["high"].iloc[0]), int(e["n_images"].iloc[0]),
@@ -289,7 +286,7 @@ def verdict_c2(r: Results) -> Row:
     if not seeds:
         return Row(NOT_RUN, "—", checks="no seed has both a BN and a no-norm model")
     conv_ok, conv = protocol.convergence(models, norm="bn")
-    rob = _robust(_at(acc, JUDGED_EPS))
+    rob = _robust(_select(acc, eps=float(JUDGED_EPS)))
     strong_ok, strength = protocol.attack_strength(rob)
     bn, none = rob[rob["norm"] == "bn"], rob[rob["norm"] == "none"]
     pop = worst_case(_select(bn, stats="population", gradient="white-box"), seeds)
@@ -338,7 +335,7 @@ def verdict_c3(r: Results) -> Row:
     if not seeds:
         return Row(NOT_RUN, checks=f"no seed has both BatchNorm and RobustNorm p = {HEADLINE_P:g}")
     ok_bn, t_bn = protocol.convergence(models, norm="bn")
-    rob = _robust(_select(_at(acc, JUDGED_EPS), stats="population"))
+    rob = _robust(_select(_select(acc, eps=float(JUDGED_EPS)), stats="population"))
     strong_ok, strength = protocol.attack_strength(rob)
     bn, rn = worst_case(_select(rob, norm="bn"), seeds), worst_case(_select(rob, **rn_sel), seeds)
     checks = {t_bn: ok_bn, strength: strong_ok}
@@ -416,7 +413,11 @@ def _most(settings: dict[str, stats.Verdict]) -> stats.Verdict:
     return stats.Verdict(INCONCLUSIVE, None, f"{held} of {len(v)} settings hold, {partly} partly, {refuted} refuted")
 
 
-def _recipes(r: Results, new: str, old: str, robust: bool) -> Row:
+def _recipes(r: Results, new: str, old: str, robust: bool, claim_settings: tuple[int, str] | None = None) -> Row:
+    """``new`` minus ``old`` per (dataset, arch) setting of chapter 04, paired over seeds, each setting a
+    :func:`_claim` (clean, and with ``robust`` the worst case of PGD and APGD at each judged ε) gated by
+    standard training's floor; combined over settings by :func:`_most`. The reason says how many
+    settings were judged, and of how many the paper's claim covers (``claim_settings``: count, text)."""
     nb = "04_easy_batchnorm"
     models, acc = r.frame(nb, "models"), r.frame(nb, "accuracy")
     if acc is None:
@@ -443,31 +444,43 @@ def _recipes(r: Results, new: str, old: str, robust: bool) -> Row:
             ok_c, t_c = protocol.convergence(compared) if len(compared) else (True, "")
             below = "" if ok_c else f"; trained by standard training's schedule, {t_c.replace('below', 'stay below')}"
         parts, checks = {}, {conv: conv_ok}
-        clean_by = (lambda rec: seed_values(_select(models, dataset=dataset, arch=arch, recipe=rec), seeds,
-                                            "clean_full")) if models is not None and "clean_full" in models else             (lambda rec: seed_values(_select(main, attack="clean", recipe=rec), seeds))
-        parts["clean"] = _checked(stats.paired_seeds(clean_by(old), clean_by(new)), margin=0.0, checks={})
+        if models is not None and "clean_full" in models:
+            def clean_by(rec):
+                return seed_values(_select(models, dataset=dataset, arch=arch, recipe=rec), seeds, "clean_full")
+        else:
+            def clean_by(rec):
+                return seed_values(_select(main, attack="clean", recipe=rec), seeds)
+        ca, cb = clean_by(old), clean_by(new)
+        parts["clean"] = (stats.Verdict(NOT_RUN, None, "a model has no clean accuracy recorded") if ca is None
+                          or cb is None else _checked(stats.paired_seeds(ca, cb), margin=0.0, checks={}))
         if robust:
             rob = _robust(main)
             ok, strength = protocol.attack_strength(rob)
             checks[strength] = ok
             for eps in judged_ebn_eps(models, dataset, arch):
-                a = worst_case(_select(_at(rob, eps), recipe=old), seeds)
-                b = worst_case(_select(_at(rob, eps), recipe=new), seeds)
+                a = worst_case(_select(_select(rob, eps=float(eps)), recipe=old), seeds)
+                b = worst_case(_select(_select(rob, eps=float(eps)), recipe=new), seeds)
                 if a is None or b is None:
-                    parts[f"PGD {format_eps(eps)}"] = stats.Verdict(NOT_RUN, None, f"no robust rows at {format_eps(eps)}")
+                    parts[f"robust {format_eps(eps)}"] = stats.Verdict(NOT_RUN, None,
+                                                                       f"no robust rows at {format_eps(eps)}")
                     continue
                 f_ok, floor = protocol.not_at_floor(*a, *b)
-                parts[f"PGD {format_eps(eps)}"] = _checked(stats.paired_seeds(a, b), margin=ROBUST_MARGIN,
-                                                           checks={floor: f_ok})
+                parts[f"robust {format_eps(eps)}"] = _checked(stats.paired_seeds(a, b), margin=ROBUST_MARGIN,
+                                                              checks={floor: f_ok})
         row = _claim(parts, {}, checks)
         row.effect += below
         held += [h for h in row.held if h not in held]
         settings[name] = stats.Verdict(row.verdict, None, "; ".join(t for t in (row.effect, row.checks) if t))
-        texts.append(f"{name} ({row.verdict}{': ' + row.checks if row.checks else ''}): {row.effect}")
+        texts.append(f"{name}, {label(new)} minus {label(old)} ({row.verdict}"
+                     f"{': ' + row.checks if row.checks else ''}): {row.effect}")
     if not settings:
         return Row(NOT_RUN)
     overall = _most(settings)
-    return Row(overall.verdict, " | ".join(texts), settings, overall.reason, tuple(held))
+    scope = f"judged in {len(settings)} setting{'s' if len(settings) > 1 else ''} ({', '.join(settings)})"
+    if claim_settings:
+        scope += f" of the {claim_settings[0]} the claim covers ({claim_settings[1]})"
+    return Row(overall.verdict, " | ".join(texts), settings, "; ".join(t for t in (overall.reason, scope) if t),
+               tuple(held))
 
 
 def judged_ebn_eps(models: pd.DataFrame | None, dataset: str, arch: str) -> list[float]:
@@ -481,8 +494,11 @@ def judged_ebn_eps(models: pd.DataFrame | None, dataset: str, arch: str) -> list
     return out + ([std] if std is not None and all(abs(std - e) > 1e-9 for e in out) else [])
 
 
+C4_SETTINGS = (4, "FashionMNIST, CIFAR-10 x ResNet-18, ResNet-50")  # PAPERS.md, C4
+
+
 def verdict_c4(r: Results) -> Row:
-    return _recipes(r, "ebn", "advprop", robust=True)
+    return _recipes(r, "ebn", "advprop", robust=True, claim_settings=C4_SETTINGS)
 
 
 def verdict_c5(r: Results) -> Row:
