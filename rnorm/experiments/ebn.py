@@ -1,9 +1,9 @@
 """Notebook 04, claims C4 and C5: Easy Batch Normalization against AdvProp and standard training.
 
 Standard training, PGD-AT, AdvProp, EBN and (where a profile lists it) AdvProp+EBN on each dataset
-and architecture, over several seeds: clean, FGSM and PGD accuracy through the main branch (what the papers deploy), the same
-through each auxiliary branch, and an ablation in which the EBN branches share either their
-affine parameters or their statistics (Zhang et al. 2024).
+and architecture, over several seeds: clean, FGSM and PGD accuracy through the main branch (what the
+papers deploy), the same through each auxiliary branch, and an ablation in which the EBN branches
+share either their affine parameters or their statistics (Zhang et al. 2024).
 """
 from __future__ import annotations
 

@@ -133,7 +133,7 @@ def _kind(select: dict) -> str:
     if "norm" in select:
         words.append(model_label(select["norm"], select.get("norm_p")))
     if "recipe" in select:
-        words.append("standard-trained" if select["recipe"] == "standard" else f"{select['recipe']}-trained")
+        words.append(f"{select['recipe']}-trained")
     return " ".join(words) + " " if words else ""
 
 

@@ -239,7 +239,7 @@ def observations(p: RobustNormParams, frames: dict) -> str:
     from ..plots import label, model_label
     from .protocol import reference
     from .verdicts import SPEED_TARGET, epochs_to
-    from .verdicts import seed_values as per_seed
+    from .verdicts import seed_values
     acc, models, history = frames["accuracy"], frames["models"], frames["history"]
     where = f"{label(p.dataset)}, {p.arch} width {p.width}"
     j = format_eps(JUDGED_EPS)
@@ -253,13 +253,14 @@ def observations(p: RobustNormParams, frames: dict) -> str:
         if not seeds:
             continue
         name = model_label("robustnorm", pw)
-        clean = stats.paired_seeds(per_seed(bn_models, seeds, "clean_full"), per_seed(rn_models, seeds, "clean_full"))
+        clean = stats.paired_seeds(seed_values(bn_models, seeds, "clean_full"),
+                                   seed_values(rn_models, seeds, "clean_full"))
         parts = [f"clean accuracy {clean.text()}"]
         for attack in ("pgd", "apgd"):
             a = pop[pop["attack"] == attack]
             b, r = a[a["norm"] == "bn"], a[(a["norm"] == "robustnorm") & np.isclose(a["norm_p"].astype(float), pw)]
             if set(seeds) <= set(b["seed"]) and set(seeds) <= set(r["seed"]):
-                e = stats.paired_seeds(per_seed(b, seeds), per_seed(r, seeds))
+                e = stats.paired_seeds(seed_values(b, seeds), seed_values(r, seeds))
                 parts.append(f"{'PGD-' + str(p.pgd_steps) if attack == 'pgd' else 'APGD-CE'} at {j} {e.text()}")
         judged = " (the power the ledger judges)" if abs(pw - 0.2) < 1e-9 else " (reported, not judged by a rule)"
         out.append(f"- **{name} minus BatchNorm**{judged}: " + "; ".join(parts) + ".")
