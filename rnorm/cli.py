@@ -38,7 +38,9 @@ def _parser() -> argparse.ArgumentParser:
                                                    "published profile's exact parameters, else _scratch/<profile>/)")
     r.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N")
 
-    b = sub.add_parser("book", help="run every notebook of a profile, then build the book")
+    b = sub.add_parser("book", help="bring a profile's executed notebooks up to date (re-execute only those whose "
+                                       "source, parameters or code changed, or whose outputs are missing; "
+                                       "--rerun: all), then build the book")
     b.add_argument("--profile", default="cpu")
     b.add_argument("--jobs", default=None, help="parallel training workers, or 'auto' (measure the fastest "
                                                 "workers x threads here; default: the profile's)")
