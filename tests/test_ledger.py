@@ -449,3 +449,15 @@ def test_c4_robust_parts_are_per_image_worst_cases_on_the_images_every_attack_sc
     frame = pd.DataFrame(rows)
     assert verdicts.worst_case(frame, [0, 1, 2]) == [0.5, 0.5, 0.5]  # images 1 and 3 fall to one attack each
     assert verdicts.worst_case(frame.drop(columns=["correct_bits", "scored_bits"]), [0, 1, 2]) == [0.75] * 3
+
+
+def test_timings_table_never_calls_a_build_that_trained_nothing_the_cost_of_training():
+    provs = {"01_distribution_shift": {"wall_seconds": 960.0}, "02_stats_swap": {"wall_seconds": 30.0}}
+    idle = {"jobs": "auto", "seconds": {"pretrain": 11.0},
+            "layouts": ["1 worker(s) x 1 thread(s) (every run is finished: nothing to train)"]}
+    t = ledger.timings_table(provs, idle)
+    assert t.iloc[0]["step"] == "training: none needed (every run was already trained or published)"
+    assert list(t["minutes"]) == [0.2, 16.0, 0.5, 16.7]
+    busy = {"jobs": "auto", "seconds": {"pretrain": 3600.0}, "layouts": ["2 worker(s) x 1 thread(s)"]}
+    assert ledger.timings_table(provs, busy).iloc[0]["step"] == "training the runs not yet trained (2 worker(s) x 1 thread(s))"
+    assert list(ledger.timings_table(provs, None)["step"])[:2] == ["01_distribution_shift", "02_stats_swap"]

@@ -100,12 +100,14 @@ def scale_table(provs: dict) -> pd.DataFrame:
 
 
 def timings_table(provs: dict, timings: dict | None) -> pd.DataFrame:
-    """Minutes per step: pre-training (from ``timings-<profile>.json``, when present) and each notebook."""
+    """Minutes per step: the training ``rnorm book`` did before executing (from ``timings-<profile>.json``,
+    when present; runs already trained or published cost nothing there) and each notebook."""
     rows = []
     if timings and "pretrain" in timings.get("seconds", {}):
         how = "; ".join(timings.get("layouts") or []) or f"{timings['jobs']} worker(s)"
-        rows.append({"step": f"training all runs ({how})",
-                     "minutes": round(timings["seconds"]["pretrain"] / 60, 1)})
+        step = ("training: none needed (every run was already trained or published)" if "nothing to train" in how
+                else f"training the runs not yet trained ({how})")
+        rows.append({"step": step, "minutes": round(timings["seconds"]["pretrain"] / 60, 1)})
     rows += [{"step": nb, "minutes": round(prov["wall_seconds"] / 60, 1)} for nb, prov in provs.items()
              if prov.get("wall_seconds") is not None]
     out = pd.DataFrame(rows, columns=["step", "minutes"])
