@@ -459,5 +459,6 @@ def test_timings_table_never_calls_a_build_that_trained_nothing_the_cost_of_trai
     assert t.iloc[0]["step"] == "training: none needed (every run was already trained or published)"
     assert list(t["minutes"]) == [0.2, 16.0, 0.5, 16.7]
     busy = {"jobs": "auto", "seconds": {"pretrain": 3600.0}, "layouts": ["2 worker(s) x 1 thread(s)"]}
-    assert ledger.timings_table(provs, busy).iloc[0]["step"] == "training the runs not yet trained (2 worker(s) x 1 thread(s))"
+    step = ledger.timings_table(provs, busy).iloc[0]["step"]
+    assert step == "training the runs not yet trained (2 worker(s) x 1 thread(s))"
     assert list(ledger.timings_table(provs, None)["step"])[:2] == ["01_distribution_shift", "02_stats_swap"]

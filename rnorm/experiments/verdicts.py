@@ -68,9 +68,9 @@ _COMMON = (f"Preconditions for every part: the claim's reference models (BatchNo
            f"method's model below the floor is named, and its clean-accuracy part measures the shortfall; robust "
            f"rows come from PGD with ≥ {MIN_ATTACK_STEPS} steps and random start (or APGD), not everything compared is at the attack's "
            f"floor (≤ {100 * ATTACK_FLOOR:.0f} %), and a CI on accuracy is at most {100 * MAX_CI_WIDTH:.0f} points "
-           f"wide; otherwise the part is inconclusive. Parts combine as: reproduced if all hold, not reproduced if any "
-           f"is refuted (a claim asserts every part), partly if some hold and none is refuted, inconclusive "
-           f"otherwise.")
+           f"wide; otherwise the part is inconclusive. Parts combine as: reproduced if all hold, not reproduced "
+           f"if any is refuted (a claim asserts every part), partly if some hold and none is refuted, "
+           f"inconclusive otherwise.")
 RULES = {
     "C1": (f"On BN models trained normally, at ε = {_J}, paired over the probe images (bootstrap, all seeds): "
            f"(1, 2) the distance of the PGD batch's per-channel mean and variance from the PreciseBN population "
@@ -95,9 +95,10 @@ RULES = {
            "at the recipes' training "
            "ε and at a standard ε ("
            f"{', '.join(f'{k}: {format_eps(e)}' for k, e in protocol.EBN_STANDARD_EPS.items())}); a setting "
-           "is a win when every CI lies above 0, refuted when any lies below 0 (the claim is that EBN improves both), partly when some lie above and none below. Claim: reproduced if "
-           "more than half of the settings are wins, not reproduced if more than half are refuted, partly if some "
-           "are wins or partly and none is refuted, inconclusive otherwise. " + _COMMON),
+           "is a win when every CI lies above 0, refuted when any lies below 0 (the claim is that EBN improves "
+           "both), partly when some lie above and none below. Claim: reproduced if more than half of the "
+           "settings are wins, not reproduced if more than half are refuted, partly if some are wins or partly "
+           "and none is refuted, inconclusive otherwise. " + _COMMON),
     "C5": ("Per setting, AdvProp minus standard training, clean accuracy on the full test set, paired over "
            "seeds (CI above 0 = a win); combined over settings as C4. " + _COMMON),
 }
