@@ -599,3 +599,26 @@ def test_robustnorm_observations_state_every_power_the_apgd_gap_and_epochs_to_ta
     speed = [x for x in text.splitlines() if "Epochs to 82.1 %" in x][0]
     assert "BatchNorm 3, 3, 3" in speed and "RobustNorm p=0.2 4, 4, 4" in speed
     assert "lossy JPEG copy" in text
+
+
+def test_ebn_precompute_evaluates_each_trained_run_once_over_its_shards_and_trains_nothing(monkeypatch):
+    """The pre-computation makes run()'s own per-run call (evaluate_run) for every trained run, split
+    disjointly over the shards; untrained runs are skipped, and a bad shard is refused before any work."""
+    import rnorm.runs
+    from rnorm.experiments import ebn
+    p = EBNParams.from_dict(book.load_profile("smoke")["notebooks"]["04_easy_batchnorm"])
+    planned = ebn.runs(p)
+    untrained = planned[1]
+    monkeypatch.setattr(rnorm.runs, "find_run", lambda cfg: None if cfg == untrained else f"run:{cfg.name()}")
+    monkeypatch.setattr(ebn, "setup", lambda params: "cpu")
+    monkeypatch.setattr(ebn, "test_subset", lambda dataset, n, seed=0: (dataset, n))
+    seen = []
+    monkeypatch.setattr(ebn, "evaluate_run", lambda params, cfg, r, device, tests, full: seen.append((cfg, r)))
+    with pytest.raises(ConfigError, match="shard=2"):
+        ebn.precompute_evaluations(p, shard=2, shards=2)
+    assert seen == []
+    done = [ebn.precompute_evaluations(p, shard=k, shards=2, log=lambda *_: None) for k in (0, 1)]
+    assert [c for c, _ in seen] == [c for i, c in enumerate(planned) if i % 2 == 0 and c != untrained] + \
+        [c for i, c in enumerate(planned) if i % 2 == 1 and c != untrained]
+    assert all(r == f"run:{c.name()}" for c, r in seen)
+    assert sorted(done[0] + done[1]) == sorted(c.name() for c in planned if c != untrained)

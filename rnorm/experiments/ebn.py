@@ -126,11 +126,61 @@ def eval_eps(p: EBNParams, dataset: str) -> tuple[float, ...]:
 HEADLINE_RECIPES = ("standard", "advprop", "ebn")
 
 
+def evaluate_run(p: EBNParams, cfg: RunConfig, r, device, tests: dict, full: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One trained run's evaluations (each cached in its folder by the hash of its inputs): every branch at
+    every ε (:func:`eval_eps`) on the fixed ``test_n`` images, plus APGD-CE through the main branch at the
+    judged ε on the first ``apgd_n`` for the recipes the ledger compares; and clean accuracy through every
+    branch on the full test set. ``tests``/``full``: ``{dataset: (x, y)}``. Returns (accuracy rows,
+    full-test-set clean rows), without the run's names."""
+    model = r.model(device=device)
+    x, y = tests[cfg.dataset]
+    branches = ("main",) + branches_for(cfg.recipe)
+    df = cached_evaluate(r, model, x, y, attacks=("clean",) + tuple(p.attacks), eps=eval_eps(p, cfg.dataset),
+                         stats=("population",), batch_sizes=(p.eval_batch_size,), branches=branches,
+                         attack_params={"pgd": {"steps": p.pgd_steps}}, per_image=True, device=p.device,
+                         seed=cfg.seed, progress=p.progress)
+    if cfg.recipe in HEADLINE_RECIPES and cfg.share == "none":
+        strong = cached_evaluate(r, model, x[:p.apgd_n], y[:p.apgd_n], attacks=("apgd",),
+                                 eps=judged_eps(p, cfg.dataset), stats=("population",),
+                                 batch_sizes=(p.eval_batch_size,), attack_params={"apgd": {"steps": p.apgd_steps}},
+                                 per_image=True, device=p.device, seed=cfg.seed, progress=p.progress)
+        df = pd.concat([df, strong], ignore_index=True)
+    xf, yf = full[cfg.dataset]
+    clean = cached_evaluate(r, model, xf, yf, attacks=("clean",), stats=("population",),
+                            batch_sizes=(min(500, len(yf)),), branches=branches, shuffle=False, device=p.device)
+    return df, clean
+
+
+def precompute_evaluations(p: EBNParams, shard: int = 0, shards: int = 1, log=print) -> list[str]:
+    """Compute, ahead of the notebook, the evaluations of the runs already trained, with exactly the calls
+    :func:`run` makes (:func:`evaluate_run`), so that executing the chapter finds them cached. Runs not yet
+    trained are skipped (nothing is trained here); ``shard`` of ``shards`` takes every ``shards``-th run,
+    so several processes (one per core) share the work. Returns the names of the runs evaluated."""
+    from ..runs import find_run
+    check_int("shards", shards, min_value=1)
+    check_int("shard", shard, min_value=0, max_value=shards - 1)
+    device = setup(p)
+    tests = {d: test_subset(d, p.test_n, seed=0) for d in p.datasets}
+    full = {d: test_subset(d, None) for d in p.datasets}
+    done = []
+    for i, cfg in enumerate(runs(p)):
+        if i % shards != shard:
+            continue
+        r = find_run(cfg)
+        if r is None:
+            log(f"not trained yet, skipped: {cfg.name()}")
+            continue
+        evaluate_run(p, cfg, r, device, tests, full)
+        log(f"evaluated: {cfg.name()}")
+        done.append(cfg.name())
+    return done
+
+
 def run(p: EBNParams) -> StudyResult:
-    """Train (or reuse) every recipe x setting x seed; evaluate through every branch at every ε on the
-    fixed ``test_n`` images, clean accuracy through every branch on the full test set, and APGD-CE
-    through the main branch at the judged ε (the training ε and the standard ε) on the first
-    ``apgd_n`` images for the recipes the ledger compares.
+    """Train (or reuse) every recipe x setting x seed and evaluate each (:func:`evaluate_run`): every
+    branch at every ε on the fixed ``test_n`` images, clean accuracy through every branch on the full
+    test set, and APGD-CE through the main branch at the judged ε (the training ε and the standard ε) on
+    the first ``apgd_n`` images for the recipes the ledger compares.
 
     Frames: ``accuracy`` (per-image rows on the subset), ``clean_full`` (per model and branch, the
     whole test set), ``history`` and ``models``."""
@@ -140,22 +190,7 @@ def run(p: EBNParams) -> StudyResult:
     full = {d: test_subset(d, None) for d in p.datasets}
     frames, fulls, histories = [], [], []
     for cfg, r in trained.items():
-        model = r.model(device=device)
-        x, y = tests[cfg.dataset]
-        branches = ("main",) + branches_for(cfg.recipe)
-        df = cached_evaluate(r, model, x, y, attacks=("clean",) + tuple(p.attacks), eps=eval_eps(p, cfg.dataset),
-                             stats=("population",), batch_sizes=(p.eval_batch_size,), branches=branches,
-                             attack_params={"pgd": {"steps": p.pgd_steps}}, per_image=True, device=p.device,
-                             seed=cfg.seed, progress=p.progress)
-        if cfg.recipe in HEADLINE_RECIPES and cfg.share == "none":
-            strong = cached_evaluate(r, model, x[:p.apgd_n], y[:p.apgd_n], attacks=("apgd",),
-                                     eps=judged_eps(p, cfg.dataset), stats=("population",),
-                                     batch_sizes=(p.eval_batch_size,), attack_params={"apgd": {"steps": p.apgd_steps}},
-                                     per_image=True, device=p.device, seed=cfg.seed, progress=p.progress)
-            df = pd.concat([df, strong], ignore_index=True)
-        xf, yf = full[cfg.dataset]
-        clean = cached_evaluate(r, model, xf, yf, attacks=("clean",), stats=("population",),
-                                batch_sizes=(min(500, len(yf)),), branches=branches, shuffle=False, device=p.device)
+        df, clean = evaluate_run(p, cfg, r, device, tests, full)
         names = dict(dataset=cfg.dataset, arch=cfg.arch, recipe=cfg.recipe, share=cfg.share, seed=cfg.seed)
         frames.append(df.assign(**names))
         fulls.append(clean.assign(**names))
