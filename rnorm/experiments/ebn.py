@@ -126,6 +126,14 @@ def eval_eps(p: EBNParams, dataset: str) -> tuple[float, ...]:
 HEADLINE_RECIPES = ("standard", "advprop", "ebn")
 
 
+def test_sets(p: EBNParams) -> tuple[dict, dict]:
+    """``({dataset: (x, y)}, {dataset: (x, y)})``: the fixed ``test_n`` images the attacks score and the
+    full test set, per dataset; the one definition :func:`run` and :func:`precompute_evaluations` share,
+    so that a pre-computed evaluation has the key the notebook looks up."""
+    return ({d: test_subset(d, p.test_n, seed=0) for d in p.datasets},
+            {d: test_subset(d, None) for d in p.datasets})
+
+
 def evaluate_run(p: EBNParams, cfg: RunConfig, r, device, tests: dict, full: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     """One trained run's evaluations (each cached in its folder by the hash of its inputs): every branch at
     every ε (:func:`eval_eps`) on the fixed ``test_n`` images, plus APGD-CE through the main branch at the
@@ -160,8 +168,7 @@ def precompute_evaluations(p: EBNParams, shard: int = 0, shards: int = 1, log=pr
     check_int("shards", shards, min_value=1)
     check_int("shard", shard, min_value=0, max_value=shards - 1)
     device = setup(p)
-    tests = {d: test_subset(d, p.test_n, seed=0) for d in p.datasets}
-    full = {d: test_subset(d, None) for d in p.datasets}
+    tests, full = test_sets(p)
     done = []
     for i, cfg in enumerate(runs(p)):
         if i % shards != shard:
@@ -186,8 +193,7 @@ def run(p: EBNParams) -> StudyResult:
     whole test set), ``history`` and ``models``."""
     device = setup(p)
     trained = train_runs(runs(p), p)
-    tests = {d: test_subset(d, p.test_n, seed=0) for d in p.datasets}
-    full = {d: test_subset(d, None) for d in p.datasets}
+    tests, full = test_sets(p)
     frames, fulls, histories = [], [], []
     for cfg, r in trained.items():
         df, clean = evaluate_run(p, cfg, r, device, tests, full)
