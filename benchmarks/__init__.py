@@ -27,6 +27,11 @@ The benchmarks (see :mod:`benchmarks.suite`):
    processes vs one 2-thread process, which also runs with ``OMP_WAIT_POLICY=PASSIVE``) and
    ``threads_two_vs_one`` (2 vs 1 torch threads for the same step, in this process).
 
+9. ``precision_auto_isa_capped`` -- ``precision: auto`` on a CPU without native bf16, emulated by
+   capping PyTorch's kernels at AVX2 (``ONEDNN_MAX_CPU_ISA``, ``ATEN_CPU_CAPABILITY``) in a worker
+   process: the resolved precision, and the resolved ``cpu``-profile run vs plain fp32 (target >= 0.90)
+   and vs forced bf16.
+
 Also ``bf16_eval_attack``: robust accuracy with bf16 evaluation attacks vs fp32 (same images).
 
 Threads: ``--threads N``; by default all cores on an idle machine and one thread when the
@@ -201,6 +206,15 @@ def table_rows(results: dict) -> list[tuple[str, str, str, str]]:
         add(f"8. jobs: auto on {e['cores']} cores, {e['runs']} runs of {e['job']} ({e['precision']}): "
             "workers x threads, total img/s", f"chose {e['chosen']} ({rates})"
             + (f"; {e['note']}" if e.get("note") else ""), None, None)
+    if not err("precision_auto_isa_capped"):
+        e = b["precision_auto_isa_capped"]
+        ips = e["images_per_s"]
+        cap = "capped at AVX2" if e["cap_in_effect"] else f"cap not in effect: {e['cpu_capability']}"
+        add(f"9. `precision: auto` without native bf16 (kernels {cap}, bf16 flags hidden): resolved run / "
+            "plain fp32 (throughput ratio)",
+            f"resolves to **{e['precision_resolved']}**, channels_last {e['channels_last_resolved']}; "
+            f"{_fmt_ratio(e)}; {ips['auto']:.0f} vs {ips['fp32']:.0f} img/s; forced bf16+CL {ips['bf16_cl']:.0f} "
+            f"img/s ({e['bf16_over_fp32']['median']:.2f}× fp32)", "≥ 0.90 and fp32", e["met"])
     if not err("bf16_eval_attack"):
         e = b["bf16_eval_attack"]
         parts = [f"{r['eps']}: fp32 {r['robust_acc_fp32_pct']:.1f} % vs bf16 {r['robust_acc_bf16_pct']:.1f} %"
@@ -292,10 +306,16 @@ def main(argv=None) -> int:
                                                 "or benchmarks/results/quick with --quick)")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads (default: all cores on an idle machine, 1 on a loaded one)")
+    ap.add_argument("--only", nargs="+", default=None, metavar="NAME",
+                    help="run only these benchmarks (give --out too, or latest.md holds only them)")
     a = ap.parse_args(argv)
     if a.threads is not None and a.threads < 1:
         ap.error(f"--threads {a.threads}: give a number >= 1")
-    res = run(quick=a.quick, out=a.out, threads=a.threads)
+    from . import suite
+    unknown = [n for n in a.only or () if n not in suite.BENCHMARKS]
+    if unknown:
+        ap.error(f"--only {' '.join(unknown)}: no such benchmark; choose from {', '.join(suite.BENCHMARKS)}")
+    res = run(quick=a.quick, out=a.out, threads=a.threads, only=a.only)
     print(markdown(res))
     print(f"wrote {res['paths']['json']}, {res['paths']['markdown']}, {res['paths']['latest']}")
     return 1 if any("error" in e for e in res["benchmarks"].values()) else 0

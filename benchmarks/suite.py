@@ -61,6 +61,9 @@ class Settings:
     eval_eps: tuple = (2 / 255, 8 / 255)
     eval_steps: int = 10
     eval_batch: int = 250
+    isa_images: int = 1024        # precision_auto_isa_capped: images per fp32 / auto epoch
+    isa_bf16_images: int = 256    # ... per bf16 epoch (emulated under the cap: about 10x slower)
+    isa_rounds: int = 3
 
     @classmethod
     def quick(cls) -> "Settings":
@@ -68,7 +71,8 @@ class Settings:
                    pgd_images=32, pgd_steps=2, pgd_rounds=2, epoch_images=64, recipe_batch=32, train_steps=1,
                    recipe_rounds=1, mm_n=512, mm_reps=2, conv_peak_shape=(2, 64), share_images=128, share_rounds=1,
                    sizes=(64, 128, 192, 256), size_rounds=1, proc_images=32, proc_rounds=1, thread_rounds=1,
-                   eval_train_images=256, eval_test_images=64, eval_steps=2, eval_batch=32)
+                   eval_train_images=256, eval_test_images=64, eval_steps=2, eval_batch=32,
+                   isa_images=64, isa_bf16_images=32, isa_rounds=1)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -653,6 +657,39 @@ def layout_choice(s: Settings, ctx: dict) -> dict:
                   cores=layout.available_cores(), runs=len(configs), note=lay.note)
 
 
+# ---------------------------------------------------------------------------------- 9
+#: The cap: the instruction set of a CPU with AVX2 but neither AVX-512 nor native bf16 (such as AMD Zen 3).
+ISA_CAP = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+
+
+def precision_auto_isa_capped(s: Settings, ctx: dict) -> dict:
+    """``precision: auto`` on a CPU without native bf16, emulated here by capping PyTorch's kernels at
+    AVX2 (:data:`ISA_CAP`, see :mod:`benchmarks._isa_worker`): what ``auto`` resolves to, and the
+    throughput of the ``cpu`` profile's resolved standard run against plain fp32 (target: within 10 %)
+    and against forced bf16 + channels-last (the profile's former fixed choice). On a CPU that has
+    only AVX2 anyway, the cap changes nothing and this is the machine's own measurement."""
+    cmd = [sys.executable, "-m", "benchmarks._isa_worker", "--images", str(s.isa_images),
+           "--bf16-images", str(s.isa_bf16_images), "--rounds", str(s.isa_rounds), "--width", str(s.width),
+           "--batch", str(s.recipe_batch)]
+    with tempfile.TemporaryDirectory() as cache:  # the capped layout measurement must not enter the real cache
+        env = dict(os.environ, RNORM_CACHE=cache, OMP_NUM_THREADS="1", **ISA_CAP)
+        proc = subprocess.run(cmd, cwd=workload.ROOT, env=env, capture_output=True, text=True, timeout=3600)
+    if proc.returncode != 0:
+        raise RuntimeError(f"ISA-capped worker exited with {proc.returncode}: {proc.stderr[-2000:]}")
+    w = json.loads(proc.stdout.strip().splitlines()[-1])
+    ips = w["images_per_s"]
+    r = {**timing.summarize([a / b for a, b in zip(ips["auto"], ips["fp32"])]), "clock": "cpu"}
+    bf = timing.summarize([a / b for a, b in zip(ips["bf16_cl"], ips["fp32"])])
+    capped = w["cpu_capability"].upper() == "AVX2"
+    return _entry(r["median"], "throughput ratio auto (resolved) / plain fp32, ISA capped at AVX2", ">= 0.90",
+                  bool(r["median"] >= 0.90 and w["precision_resolved"] == "fp32"), ratio=r, bf16_over_fp32=bf,
+                  images_per_s={k: timing.median(v) for k, v in ips.items()}, cap=ISA_CAP, cap_in_effect=capped,
+                  **{k: w[k] for k in ("cpu_capability", "flags_hidden", "native_bf16_seen",
+                                                     "precision_resolved", "config_precision",
+                                                     "channels_last_resolved", "images", "data", "cpu_util")},
+                  job=f"standard recipe, resnet18 w{s.width}, batch {s.recipe_batch}, 1 thread, one epoch per round")
+
+
 BENCHMARKS = {  # layout first: its load reading should see the machine, not the suite's own earlier items
     "layout_choice": layout_choice,
     "train_step_vs_torchvision": train_step_vs_torchvision,
@@ -666,4 +703,5 @@ BENCHMARKS = {  # layout first: its load reading should see the machine, not the
     "scaling_dataset_size": scaling_dataset_size,
     "scaling_processes": scaling_processes,
     "threads_two_vs_one": threads_two_vs_one,
+    "precision_auto_isa_capped": precision_auto_isa_capped,
 }

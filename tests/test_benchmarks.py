@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import reference, suite, timing  # noqa: E402
+from rnorm.hardware import cpu_flags  # noqa: E402
 
 
 def _number(x) -> bool:
@@ -59,6 +60,12 @@ def test_quick_mode_writes_every_benchmark_with_numbers(quick_result):
         d = b["recipe_throughput"]["recipes"][recipe]
         for p in ("fp32", "bf16_cl"):
             assert _number(d[p]["images_per_s"]) and _number(d[p]["fraction_of_peak"])
+    isa = b["precision_auto_isa_capped"]  # a CPU without native bf16, emulated: auto must give fp32
+    assert isa["precision_resolved"] == isa["config_precision"] == "fp32" and isa["native_bf16_seen"] is False
+    assert not any(f.startswith(("avx512", "amx")) for f in set(cpu_flags()) - set(isa["flags_hidden"]))
+    if "avx2" in cpu_flags():
+        assert isa["cap_in_effect"] and isa["cpu_capability"] == "AVX2"
+    assert all(_number(v) and v > 0 for v in isa["images_per_s"].values())
     lay = b["layout_choice"]
     assert lay["chosen"] in lay["images_per_s"] and lay["value"] == max(lay["images_per_s"].values())
     for k in ("torch_version", "threads", "cpu_model", "date", "loadavg_before", "loaded_before"):
