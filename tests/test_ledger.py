@@ -94,6 +94,27 @@ def test_fashion_mnist_resnet18_floor_is_the_stricter_one_fixed_for_c4_c5():
     assert "86.7 % = 95% of ResNet-20" in protocol.convergence(_models([("bn", np.nan, 0, 0.90)]))[1]
 
 
+def test_standard_floor_judges_one_setting_by_its_separate_branch_standard_models():
+    fm = ("fashion_mnist", "resnet18")
+    models = _models([("bn", np.nan, 0, 0.93, *fm), ("multibn", np.nan, 0, 0.50, *fm, "ebn"),
+                      ("bn", np.nan, 0, 0.50, "cifar10_jpeg", "resnet18")])
+    ok, text = protocol.standard_floor(models, *fm)
+    assert ok and text.startswith("every standard-trained model")  # EBN below and CIFAR below do not count
+    ablation = models.iloc[[0]].assign(share="stats", clean_full=0.10)  # a sharing-ablation row is not standard's
+    assert protocol.standard_floor(pd.concat([models, ablation]), *fm)[0]
+    ok, text = protocol.standard_floor(models.assign(clean_full=0.91), *fm)
+    assert not ok and "seed 0 at 91.0 %" in text
+    assert not protocol.standard_floor(None, *fm)[0]
+    ok, text = protocol.standard_floor(models.drop(columns="clean_full"), *fm)
+    assert not ok and "cannot be judged" in text
+    assert not protocol.standard_floor(models, "cifar10_jpeg", "resnet50")[0]  # nothing trained there
+
+
+def test_attack_params_reads_a_rows_json():
+    assert protocol.attack_params(PGD5) == json.loads(PGD5)
+    assert protocol.attack_params("") == protocol.attack_params(None) == protocol.attack_params(float("nan")) == {}
+
+
 def test_attack_strength_and_floor():
     rows = pd.DataFrame([_row(np.ones(N, bool)), _row(np.ones(N, bool), attack="apgd", params="{}")])
     assert protocol.attack_strength(rows)[0]

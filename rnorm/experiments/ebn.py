@@ -8,7 +8,6 @@ share either their affine parameters or their statistics (Zhang et al. 2024).
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 
 import numpy as np
@@ -22,7 +21,7 @@ from ..runs import RunConfig
 from ..train import LOSS_WEIGHTINGS, branches_for
 from .common import accuracy_table, cached_evaluate, models_frame, setup, train_runs
 from .params import ConfigError, TrainingParams, check_bool, check_choice, check_int, choice_list
-from .protocol import _select, convergence, not_at_floor
+from .protocol import _select, attack_params, not_at_floor, standard_floor
 from .verdicts import seed_values
 
 RECIPES = ("standard", "pgd_at", "advprop", "ebn", "advprop_ebn")
@@ -235,12 +234,9 @@ def with_full_clean(acc: pd.DataFrame, clean_full: pd.DataFrame | None) -> pd.Da
 def judged(models: pd.DataFrame | None, dataset: str, arch: str) -> tuple[bool, str]:
     """Whether a setting's differences may be given a direction in words: standard training (the
     reference of C4-C5, separate branches) reached its convergence floor there
-    (:func:`rnorm.experiments.protocol.convergence`, the rule the verdicts apply). ``(ok, text)``; the
+    (:func:`rnorm.experiments.protocol.standard_floor`, the rule the verdicts apply). ``(ok, text)``; the
     text says why not, or which floor was met."""
-    if models is None or "clean_full" not in models:
-        return False, "no full-test-set clean accuracy was recorded, so convergence cannot be judged"
-    m = models[models["share"].isin(("none", ""))] if "share" in models else models
-    return convergence(_select(m, dataset=dataset, arch=arch), recipe="standard")
+    return standard_floor(models, dataset, arch)
 
 
 def _header(text: str, ok: bool, why: str) -> str:
@@ -267,7 +263,7 @@ def _attack_name(rows: pd.DataFrame, attack: str, eps: float) -> str:
     name, steps = attack.upper(), set()
     if "params" in rows:
         for text in _select(rows, attack=attack, eps=float(eps))["params"].dropna():
-            steps.add(json.loads(text).get("steps") if isinstance(text, str) and text else None)
+            steps.add(attack_params(text).get("steps"))
     if len(steps) == 1 and None not in steps:
         name += f"-{steps.pop()}"
     return f"{name} {format_eps(eps)}"

@@ -125,6 +125,16 @@ def convergence(models: pd.DataFrame, **select) -> tuple[bool, str]:
     return True, f"every {_kind(select)}model at or above its convergence floor ({what})"
 
 
+def standard_floor(models: pd.DataFrame | None, dataset: str, arch: str) -> tuple[bool, str]:
+    """Whether standard training (the reference of C4-C5, separate-branch models only: the sharing
+    ablation's are not the recipes compared) reached its convergence floor in one setting
+    (:func:`convergence`). ``(ok, text)``; the text says why not, or which floor was met."""
+    if models is None or "clean_full" not in models:
+        return False, "no full-test-set clean accuracy was recorded, so convergence cannot be judged"
+    m = models[models["share"].isin(("none", ""))] if "share" in models else models
+    return convergence(_select(m, dataset=dataset, arch=arch), recipe="standard")
+
+
 def _kind(select: dict) -> str:
     """Which models a selection names, for the text ("BatchNorm ", "standard-trained ", ""), so that a
     floor met by the reference models is never read as met by every model."""
@@ -159,6 +169,11 @@ def _select(frame: pd.DataFrame, **select) -> pd.DataFrame:
     return sub
 
 
+def attack_params(text) -> dict:
+    """The attack parameters of a result row (its ``params`` column, JSON); ``{}`` where absent or empty."""
+    return json.loads(text) if isinstance(text, str) and text else {}
+
+
 def attack_strength(rows: pd.DataFrame) -> tuple[bool, str]:
     """Whether every robust row (attack not ``clean`` nor a noise control) comes from a strong enough
     attack: PGD with at least :data:`MIN_ATTACK_STEPS` steps and a random start, or APGD/AutoAttack."""
@@ -166,7 +181,7 @@ def attack_strength(rows: pd.DataFrame) -> tuple[bool, str]:
     for _, r in rows.iterrows():
         if r["attack"] in ("clean", "noise_sign", "noise_uniform") or r["attack"] in STRONG_ATTACKS:
             continue
-        params = json.loads(r["params"]) if isinstance(r.get("params"), str) and r["params"] else {}
+        params = attack_params(r.get("params"))
         if r["attack"] != "pgd" or params.get("steps", 0) < MIN_ATTACK_STEPS or not params.get("random_start", False):
             weak.append(f"{r['attack']} {params or ''}".strip())
     if weak:

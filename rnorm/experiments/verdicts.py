@@ -248,7 +248,7 @@ def verdict_c1(r: Results) -> Row:
     strong_ok, strong = protocol.attack_strength(pgd)
     parts = {}
     for statistic in ("mean", "var"):
-        e = _select(_select(effects, eps=float(JUDGED_EPS)), attack="pgd", control="noise_sign", reference="precise",
+        e = _select(effects, eps=float(JUDGED_EPS), attack="pgd", control="noise_sign", reference="precise",
                     statistic=statistic)
         eff = None if e.empty else stats.Effect(float(e["ratio"].iloc[0]), float(e["low"].iloc[0]),
                                                 float(e["high"].iloc[0]), int(e["n_images"].iloc[0]),
@@ -336,7 +336,7 @@ def verdict_c3(r: Results) -> Row:
     if not seeds:
         return Row(NOT_RUN, checks=f"no seed has both BatchNorm and RobustNorm p = {HEADLINE_P:g}")
     ok_bn, t_bn = protocol.convergence(models, norm="bn")
-    rob = _robust(_select(_select(acc, eps=float(JUDGED_EPS)), stats="population"))
+    rob = _robust(_select(acc, eps=float(JUDGED_EPS), stats="population"))
     strong_ok, strength = protocol.attack_strength(rob)
     bn, rn = worst_case(_select(rob, norm="bn"), seeds), worst_case(_select(rob, **rn_sel), seeds)
     checks = {t_bn: ok_bn, strength: strong_ok}
@@ -436,11 +436,9 @@ def _recipes(r: Results, new: str, old: str, robust: bool, claim_settings: tuple
         if not seeds:
             continue
         below = ""
-        if models is None or "clean_full" not in models:
-            conv_ok, conv = False, "no full-test-set clean accuracy was recorded, so convergence cannot be judged"
-        else:
+        conv_ok, conv = protocol.standard_floor(models, dataset, arch)
+        if models is not None and "clean_full" in models:
             m = _select(models, dataset=dataset, arch=arch)
-            conv_ok, conv = protocol.convergence(m, recipe="standard")
             compared = m[m["recipe"].isin((new, old)) & (m["recipe"] != "standard")]
             ok_c, t_c = protocol.convergence(compared) if len(compared) else (True, "")
             below = "" if ok_c else f"; trained by standard training's schedule, {t_c.replace('below', 'stay below')}"
@@ -459,8 +457,8 @@ def _recipes(r: Results, new: str, old: str, robust: bool, claim_settings: tuple
             ok, strength = protocol.attack_strength(rob)
             checks[strength] = ok
             for eps in judged_ebn_eps(models, dataset, arch):
-                a = worst_case(_select(_select(rob, eps=float(eps)), recipe=old), seeds)
-                b = worst_case(_select(_select(rob, eps=float(eps)), recipe=new), seeds)
+                at_eps = _select(rob, eps=float(eps))
+                a, b = worst_case(_select(at_eps, recipe=old), seeds), worst_case(_select(at_eps, recipe=new), seeds)
                 if a is None or b is None:
                     parts[f"robust {format_eps(eps)}"] = stats.Verdict(NOT_RUN, None,
                                                                        f"no robust rows at {format_eps(eps)}")
