@@ -232,6 +232,21 @@ def test_rows_are_reproducible_and_the_callers_rng_is_untouched(bn_model, data):
     assert a.drop(columns="seconds").equals(b.drop(columns="seconds"))
 
 
+def test_a_grid_split_by_eps_and_attack_gives_the_same_rows(bn_model, data):
+    """Chapter 04 caches each ε apart (so a new ε costs that ε alone): every row, per image, must be what
+    the one-call grid gives, i.e. a row's seed depends on what it is, not where it sits in the grid."""
+    _, (xt, yt) = data
+    kw = dict(stats=("population",), batch_sizes=(16,), attack_params=PGD, per_image=True, device="cpu", seed=5)
+    whole = evaluate(bn_model, xt, yt, attacks=("clean", "fgsm", "pgd"), eps=(0.1, 0.3), **kw)
+    parts = pd.concat([evaluate(bn_model, xt, yt, attacks=("clean",), eps=(0.3,), **kw)]
+                      + [evaluate(bn_model, xt, yt, attacks=("fgsm", "pgd"), eps=(e,), **kw) for e in (0.3, 0.1)])
+    key = ["attack", "eps"]
+    a = whole.drop(columns="seconds").sort_values(key).reset_index(drop=True)
+    b = parts.drop(columns="seconds").sort_values(key).reset_index(drop=True)
+    assert len(a) == 5 and a.equals(b)
+    assert 0 < a.loc[a.attack == "pgd", "accuracy"].max() < a.loc[a.attack == "clean", "accuracy"].iloc[0]
+
+
 def test_progress_callback_sees_every_row(bn_model, data):
     _, (xt, yt) = data
     seen = []

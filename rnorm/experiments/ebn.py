@@ -138,14 +138,21 @@ def evaluate_run(p: EBNParams, cfg: RunConfig, r, device, tests: dict, full: dic
     every ε (:func:`eval_eps`) on the fixed ``test_n`` images, plus APGD-CE through the main branch at the
     judged ε on the first ``apgd_n`` for the recipes the ledger compares; and clean accuracy through every
     branch on the full test set. ``tests``/``full``: ``{dataset: (x, y)}``. Returns (accuracy rows,
-    full-test-set clean rows), without the run's names."""
+    full-test-set clean rows), without the run's names.
+
+    The subset's clean rows and each ε's attacks are cached apart, so adding an ε to ``epsilons`` evaluates
+    that ε alone; the rows are the same as from one call (each row's seed derives from the run's seed, the
+    attack, ε, batch size and branch, not from its place in the grid)."""
     model = r.model(device=device)
     x, y = tests[cfg.dataset]
     branches = ("main",) + branches_for(cfg.recipe)
-    df = cached_evaluate(r, model, x, y, attacks=("clean",) + tuple(p.attacks), eps=eval_eps(p, cfg.dataset),
-                         stats=("population",), batch_sizes=(p.eval_batch_size,), branches=branches,
-                         attack_params={"pgd": {"steps": p.pgd_steps}}, per_image=True, device=p.device,
-                         seed=cfg.seed, progress=p.progress)
+    grid = dict(stats=("population",), batch_sizes=(p.eval_batch_size,), branches=branches, per_image=True,
+                device=p.device, seed=cfg.seed, progress=p.progress)
+    eps = eval_eps(p, cfg.dataset)
+    frames = [cached_evaluate(r, model, x, y, attacks=("clean",), eps=(p.train_eps,), **grid)]
+    frames += [cached_evaluate(r, model, x, y, attacks=tuple(p.attacks), eps=(e,),
+                               attack_params={"pgd": {"steps": p.pgd_steps}}, **grid) for e in eps]
+    df = pd.concat(frames, ignore_index=True)
     if cfg.recipe in HEADLINE_RECIPES and cfg.share == "none":
         strong = cached_evaluate(r, model, x[:p.apgd_n], y[:p.apgd_n], attacks=("apgd",),
                                  eps=judged_eps(p, cfg.dataset), stats=("population",),
