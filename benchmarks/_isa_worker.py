@@ -47,16 +47,16 @@ def main(argv=None) -> int:
 
     x, y, source = workload.images("train", a.images)
     xb, yb = x[: a.bf16_images], y[: a.bf16_images]
-    auto_cfg = workload.config(width=a.width, batch_size=a.batch, recipe="standard", subset=a.images,
-                               precision="auto").cfg
-    channels_last = runs._layout(auto_cfg, "auto", torch.device("cpu"))
+
+    def config(images, **kw):
+        return workload.config(width=a.width, batch_size=a.batch, recipe="standard", subset=images, **kw)
+
+    auto = config(a.images, precision="auto")  # resolved at construction, as in a run's config
+    auto.channels_last = channels_last = runs._layout(auto.cfg, "auto", torch.device("cpu"))
     contenders = {
-        "auto": (workload.config(width=a.width, batch_size=a.batch, recipe="standard", subset=a.images,
-                                 precision="auto", channels_last=channels_last), x, y),
-        "fp32": (workload.config(width=a.width, batch_size=a.batch, recipe="standard", subset=a.images,
-                                 precision="fp32", channels_last=False), x, y),
-        "bf16_cl": (workload.config(width=a.width, batch_size=a.batch, recipe="standard", subset=a.bf16_images,
-                                    precision="bf16", channels_last=True), xb, yb),
+        "auto": (auto, x, y),
+        "fp32": (config(a.images, precision="fp32", channels_last=False), x, y),
+        "bf16_cl": (config(a.bf16_images, precision="bf16", channels_last=True), xb, yb),
     }
     for cfg, cx, cy in contenders.values():
         workload.warm(cfg, cx, cy)

@@ -684,9 +684,8 @@ def precision_auto_isa_capped(s: Settings, ctx: dict) -> dict:
     return _entry(r["median"], "throughput ratio auto (resolved) / plain fp32, ISA capped at AVX2", ">= 0.90",
                   bool(r["median"] >= 0.90 and w["precision_resolved"] == "fp32"), ratio=r, bf16_over_fp32=bf,
                   images_per_s={k: timing.median(v) for k, v in ips.items()}, cap=ISA_CAP, cap_in_effect=capped,
-                  **{k: w[k] for k in ("cpu_capability", "flags_hidden", "native_bf16_seen",
-                                                     "precision_resolved", "config_precision",
-                                                     "channels_last_resolved", "images", "data", "cpu_util")},
+                  **{k: w[k] for k in ("cpu_capability", "flags_hidden", "native_bf16_seen", "precision_resolved",
+                                       "config_precision", "channels_last_resolved", "images", "data", "cpu_util")},
                   job=f"standard recipe, resnet18 w{s.width}, batch {s.recipe_batch}, 1 thread, one epoch per round")
 
 

@@ -146,19 +146,17 @@ def evaluate_run(p: EBNParams, cfg: RunConfig, r, device, tests: dict, full: dic
     model = r.model(device=device)
     x, y = tests[cfg.dataset]
     branches = ("main",) + branches_for(cfg.recipe)
-    grid = dict(stats=("population",), batch_sizes=(p.eval_batch_size,), branches=branches, per_image=True,
-                device=p.device, seed=cfg.seed, progress=p.progress)
-    eps = eval_eps(p, cfg.dataset)
-    frames = [cached_evaluate(r, model, x, y, attacks=("clean",), eps=(p.train_eps,), **grid)]
-    frames += [cached_evaluate(r, model, x, y, attacks=tuple(p.attacks), eps=(e,),
-                               attack_params={"pgd": {"steps": p.pgd_steps}}, **grid) for e in eps]
-    df = pd.concat(frames, ignore_index=True)
+    common = dict(stats=("population",), batch_sizes=(p.eval_batch_size,), per_image=True, device=p.device,
+                  seed=cfg.seed, progress=p.progress)
+    frames = [cached_evaluate(r, model, x, y, attacks=("clean",), eps=(p.train_eps,), branches=branches, **common)]
+    frames += [cached_evaluate(r, model, x, y, attacks=tuple(p.attacks), eps=(e,), branches=branches,
+                               attack_params={"pgd": {"steps": p.pgd_steps}}, **common)
+               for e in eval_eps(p, cfg.dataset)]
     if cfg.recipe in HEADLINE_RECIPES and cfg.share == "none":
-        strong = cached_evaluate(r, model, x[:p.apgd_n], y[:p.apgd_n], attacks=("apgd",),
-                                 eps=judged_eps(p, cfg.dataset), stats=("population",),
-                                 batch_sizes=(p.eval_batch_size,), attack_params={"apgd": {"steps": p.apgd_steps}},
-                                 per_image=True, device=p.device, seed=cfg.seed, progress=p.progress)
-        df = pd.concat([df, strong], ignore_index=True)
+        frames.append(cached_evaluate(r, model, x[:p.apgd_n], y[:p.apgd_n], attacks=("apgd",),
+                                      eps=judged_eps(p, cfg.dataset),
+                                      attack_params={"apgd": {"steps": p.apgd_steps}}, **common))
+    df = pd.concat(frames, ignore_index=True)
     xf, yf = full[cfg.dataset]
     clean = cached_evaluate(r, model, xf, yf, attacks=("clean",), stats=("population",),
                             batch_sizes=(min(500, len(yf)),), branches=branches, shuffle=False, device=p.device)
