@@ -413,6 +413,17 @@ def test_findings_state_the_verdict_and_every_part():
     assert verdicts.RULES["C2"] in text
 
 
+def test_findings_give_a_part_without_an_effect_its_verdict_and_reason_only():
+    good = {"standard": (0.925, 0.30), "advprop": (0.945, 0.35), "ebn": (0.965, 0.40)}
+    f = _ebn_frames({("fashion_mnist", "resnet18"): good})
+    f["accuracy"] = f["accuracy"][(f["accuracy"]["eps"] - 0.1).abs() > 1e-9]  # no row at the standard eps
+    text = verdicts.findings("C4", "04_easy_batchnorm", f)
+    line = next(t for t in text.splitlines() if t.startswith("- *FashionMNIST"))
+    # a setting has a verdict and a reason but no effect of its own: no dashes stand in for one
+    assert line.startswith("- *FashionMNIST / resnet18*: **partly** (") and "— —" not in line
+    assert "robust 0.1: — (not run: no robust rows at 0.1)" in line
+
+
 def test_missing_results_are_not_run(tmp_path):
     t = ledger.ledger(tmp_path).set_index("claim")
     assert (t["verdict"] == verdicts.NOT_RUN).all()

@@ -437,18 +437,18 @@ def _recipes(r: Results, new: str, old: str, robust: bool, claim_settings: tuple
             continue
         below = ""
         conv_ok, conv = protocol.standard_floor(models, dataset, arch)
-        if models is not None and "clean_full" in models:
+        if models is not None and "clean_full" in models:  # clean accuracy on the full test set, per model
             m = _select(models, dataset=dataset, arch=arch)
             compared = m[m["recipe"].isin((new, old)) & (m["recipe"] != "standard")]
             ok_c, t_c = protocol.convergence(compared) if len(compared) else (True, "")
             below = "" if ok_c else f"; trained by standard training's schedule, {t_c.replace('below', 'stay below')}"
-        parts, checks = {}, {conv: conv_ok}
-        if models is not None and "clean_full" in models:
+
             def clean_by(rec):
-                return seed_values(_select(models, dataset=dataset, arch=arch, recipe=rec), seeds, "clean_full")
-        else:
+                return seed_values(_select(m, recipe=rec), seeds, "clean_full")
+        else:  # no models frame: the clean rows of the evaluated subset
             def clean_by(rec):
                 return seed_values(_select(main, attack="clean", recipe=rec), seeds)
+        parts, checks = {}, {conv: conv_ok}
         ca, cb = clean_by(old), clean_by(new)
         parts["clean"] = (stats.Verdict(NOT_RUN, None, "a model has no clean accuracy recorded") if ca is None
                           or cb is None else _checked(stats.paired_seeds(ca, cb), margin=0.0, checks={}))
@@ -515,8 +515,8 @@ def findings(claim: str, notebook: str, frames: dict) -> str:
     v = VERDICTS[claim](Results.of(notebook, frames))
     lines = [f"**{claim}: {v.verdict}** under the ledger's rule (fixed before the run)."]
     for name, part in v.parts.items():
-        text = part.effect.text() if part.effect is not None else "—"
-        lines.append(f"- *{name}*: {text} — **{part.verdict}**" + (f" ({part.reason})" if part.reason else ""))
+        effect = f"{part.effect.text()} — " if part.effect is not None else ""
+        lines.append(f"- *{name}*: {effect}**{part.verdict}**" + (f" ({part.reason})" if part.reason else ""))
     if v.checks:
         lines.append(f"\n{v.checks}")
     if v.held:
