@@ -14,7 +14,11 @@ syntax trees without docstrings, so a comment or a docstring changes nothing).
 missing (plus the ledger when any study re-ran), trains only the runs those need, then builds.
 ``rerun=True`` re-executes every notebook of the profile. A notebook that reads others (the
 ledger) is also re-executed when the keys of the results it read differ from the ones it
-recorded, e.g. after ``rnorm book --only 02_stats_swap``.
+recorded, e.g. after ``rnorm book --only 02_stats_swap``. Beside ``provenance.json``,
+:func:`run_notebook` records what the key was computed from (:data:`KEY_FILE`), so
+:func:`staleness` can say *why* a notebook is stale (which parameters, which modules), and
+``rnorm book --dry-run`` (:func:`describe_book_plan`) says what a build would execute and train
+without doing any of it.
 
 Where results go. ``rnorm book --profile NAME`` builds the book from that profile, in ``book/``.
 :func:`run_notebook` (``rnorm run``) writes into ``book/`` only when the parameters are exactly
@@ -24,6 +28,7 @@ those of the published profile (:data:`PUBLISHED_PROFILE`); anything else goes t
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import json
 import os
@@ -225,10 +230,16 @@ def code_version(source_code: str) -> dict[str, str]:
         f = _module_file(name)
         if name in seen or name in _NOT_RESULTS or f.name == "__init__.py":
             continue
-        tree = ast.parse(f.read_text())
-        seen[name] = hashlib.sha256(_code_fingerprint(tree).encode()).hexdigest()[:16]
-        todo |= _rnorm_imports(ast.parse(f.read_text()), name.rsplit(".", 1)[0]) - set(seen)
+        seen[name], imports = _module_summary(f.read_text(), name.rsplit(".", 1)[0])
+        todo |= set(imports) - set(seen)
     return dict(sorted(seen.items()))
+
+
+@functools.lru_cache(maxsize=256)
+def _module_summary(text: str, package: str) -> tuple[str, tuple[str, ...]]:
+    """(fingerprint hash, rnorm modules imported) of a module's text, parsed once per process and text."""
+    imports = tuple(sorted(_rnorm_imports(ast.parse(text), package)))
+    return hashlib.sha256(_code_fingerprint(ast.parse(text)).encode()).hexdigest()[:16], imports
 
 
 def notebook_source(notebook: str) -> Path:
@@ -241,13 +252,23 @@ def _notebook_code(notebook: str) -> str:
     return "\n".join(c.source for c in nb.cells if c.cell_type == "code")
 
 
+def key_inputs(notebook: str, params: dict) -> dict:
+    """What :func:`notebook_key` hashes: the source's sha256, the result parameters and the code
+    version, as JSON values (so they compare equal to the copy :func:`run_notebook` records)."""
+    src = notebook_source(notebook).read_text()
+    inputs = {"source": hashlib.sha256(src.encode()).hexdigest(), "params": result_params(notebook, params),
+              "code": code_version(_notebook_code(notebook))}
+    return json.loads(json.dumps(inputs, default=str))
+
+
+def _hash_inputs(inputs: dict) -> str:
+    blob = json.dumps(inputs, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
 def notebook_key(notebook: str, params: dict) -> str:
     """16 hex digits identifying what a notebook's results depend on (module docstring)."""
-    src = notebook_source(notebook).read_text()
-    blob = json.dumps({"source": hashlib.sha256(src.encode()).hexdigest(),
-                       "params": result_params(notebook, params),
-                       "code": code_version(_notebook_code(notebook))}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return _hash_inputs(key_inputs(notebook, params))
 
 
 def recorded_key(notebook: str, out_dir) -> str | None:
@@ -262,18 +283,85 @@ def recorded_key(notebook: str, out_dir) -> str | None:
         return None
 
 
-def stale_notebooks(profile: dict, notebooks=None, out_dir=None) -> list[str]:
-    """The notebooks of ``profile`` (in execution order) whose outputs are missing or whose key changed;
-    a notebook that reads a stale one is stale too."""
+KEY_FILE = "key.json"  # beside provenance.json: the key and what it was computed from (:func:`key_inputs`)
+
+
+def staleness(profile: dict, notebooks=None, out_dir=None) -> dict[str, list[str]]:
+    """``{notebook: reasons}`` for the notebooks of ``profile`` (in execution order) whose outputs are
+    missing or whose key changed, and for those that read a stale one or whose recorded inputs
+    differ from the results now there (the ledger). The reasons say what changed, as far as the
+    executed copy recorded it (:func:`why_stale`)."""
     out_dir = Path(out_dir or REPO / "book")
-    stale: list[str] = []
+    stale: dict[str, list[str]] = {}
     for nb in execution_order(notebooks or REGISTRY):
-        expected = notebook_key(nb, profile["notebooks"][nb])
+        why = why_stale(nb, profile["notebooks"][nb], out_dir)
         reads = get(nb).reads
-        if recorded_key(nb, out_dir) != expected or any(r in stale for r in reads) or \
-                (reads and recorded_inputs(nb, out_dir) != {r: recorded_key(r, out_dir) for r in reads}):
-            stale.append(nb)
+        why += [f"it reads {r}, which is stale" for r in reads if r in stale]
+        if reads and not any(r in stale for r in reads) and \
+                recorded_inputs(nb, out_dir) != {r: recorded_key(r, out_dir) for r in reads}:
+            why.append("the results it read were re-executed after it ran")
+        if why:
+            stale[nb] = why
     return stale
+
+
+def stale_notebooks(profile: dict, notebooks=None, out_dir=None) -> list[str]:
+    """The notebooks :func:`staleness` finds stale, in execution order."""
+    return list(staleness(profile, notebooks, out_dir))
+
+
+def why_stale(notebook: str, params: dict, out_dir) -> list[str]:
+    """Why the executed copy of ``notebook`` in ``out_dir`` does not match ``params`` and the code
+    now ([] when its key matches): outputs missing, source changed, which parameters changed (old
+    and new value), which ``rnorm`` modules changed. Copies executed before :data:`KEY_FILE` was
+    recorded only show their parameters (from provenance.json); the rest is then not known."""
+    out_dir = Path(out_dir)
+    res = out_dir / "results" / notebook
+    if not (out_dir / "executed" / f"{notebook}.ipynb").is_file():
+        return [f"no executed copy in {out_dir / 'executed'}"]
+    have = recorded_key(notebook, out_dir)
+    if have is None:
+        return ["its provenance.json records no key (executed before keys were recorded)"
+                if (res / "provenance.json").is_file() else f"no provenance.json in {res}"]
+    now = key_inputs(notebook, params)
+    if have == _hash_inputs(now):
+        return []
+    try:
+        rec = json.loads((res / KEY_FILE).read_text())
+        if rec.get("key") != have:
+            rec = None
+    except (OSError, ValueError):
+        rec = None
+    if rec is None:  # executed before the key's inputs were recorded: its parameters are in provenance
+        try:
+            recorded = json.loads((res / "provenance.json").read_text())["parameters"]
+            try:
+                old = result_params(notebook, recorded)
+            except ConfigError:  # valid then, not under today's rules: its resolved values as recorded
+                old = {k: v for k, v in recorded.items() if k not in RUNTIME_PARAMS}
+            old = json.loads(json.dumps(old, default=str))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            old = None
+        why = _param_changes(old, now["params"]) if old is not None else []
+        return why or ["its source or the code it imports changed (executed before the key's inputs were "
+                       f"recorded in {KEY_FILE}, so which of them is not known)"]
+    why = []
+    if rec.get("source") != now["source"]:
+        why.append(f"its source {notebook_source(notebook).relative_to(REPO)} changed")
+    why += _param_changes(rec.get("params") or {}, now["params"])
+    old_code, new_code = rec.get("code") or {}, now["code"]
+    changed = sorted(m for m in set(old_code) | set(new_code) if old_code.get(m) != new_code.get(m))
+    if changed:
+        why.append("code changed: " + ", ".join(changed))
+    return why or ["its key differs from the one recorded"]
+
+
+def _param_changes(old: dict, new: dict) -> list[str]:
+    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if not changed:
+        return []
+    return ["parameters changed: " + "; ".join(f"{k} {old.get(k, '(unset)')!r} -> {new.get(k, '(unset)')!r}"
+                                               for k in changed)]
 
 
 def recorded_inputs(notebook: str, out_dir) -> dict | None:
@@ -469,6 +557,7 @@ def run_notebook(notebook: str, params: dict, *, out_dir: Path | None = None, lo
             params["results_dir"] = str(results.relative_to(REPO))
         except ValueError:
             params["results_dir"] = str(results)
+    inputs = key_inputs(entry.name, params)  # before the run: what this execution's key is computed from
     jupytext.write(jupytext.read(src), tmp_src, fmt="ipynb")
     try:
         pm.execute_notebook(str(tmp_src), str(tmp), parameters=params, cwd=str(REPO), kernel_name="python3",
@@ -478,6 +567,10 @@ def run_notebook(notebook: str, params: dict, *, out_dir: Path | None = None, lo
     finally:
         for f in (tmp_src, tmp):
             f.unlink(missing_ok=True)
+    res = REPO / params["results_dir"] / entry.name
+    if res.is_dir():  # lets `rnorm book --dry-run` say later what changed since this execution
+        atomic_write_text(res / KEY_FILE, json.dumps({"key": _hash_inputs(inputs), **inputs}, indent=1,
+                                                      sort_keys=True) + "\n")
     return target
 
 
@@ -503,6 +596,56 @@ def build_book(*, warnings_as_errors: bool = True, builder: str = "html") -> Pat
     return REPO / "_build" / builder
 
 
+def run_state(cfg) -> str:
+    """Where a planned run stands, without touching anything: ``finished`` (in ``RNORM_RUNS``),
+    ``published`` (in the archive, copied on first use), ``trained k of n epochs`` (a checkpoint to
+    resume) or ``to train``."""
+    from .runs import _run_path, archive_roots, is_complete
+    path = _run_path(cfg)
+    if is_complete(path):
+        return "finished"
+    if any(is_complete(root / path.name) or (root / path.name / "model.pt").is_file() for root in archive_roots()):
+        return "published"
+    if (path / "checkpoint.pt").is_file() and (path / "history.csv").is_file():
+        done = max(0, len((path / "history.csv").read_text().strip().splitlines()) - 1)
+        return f"trained {done} of {cfg.epochs} epochs"
+    return "to train"
+
+
+def describe_book_plan(profile_name: str, *, notebooks=None, out_dir=None, rerun: bool = False) -> str:
+    """What :func:`run_book` would do, as text, doing none of it (``rnorm book --dry-run``): each
+    notebook current or to be executed and why, then the training runs the executed studies need
+    and where each stands (:func:`run_state`)."""
+    from .runs import runs_root
+    profile = load_profile(profile_name)
+    out_dir = Path(out_dir or REPO / "book")
+    chosen = execution_order(notebooks or REGISTRY)
+    stale = {nb: ["--rerun"] for nb in chosen} if rerun else staleness(profile, chosen, out_dir)
+    lines = [f"profile {profile['name']!r}, executed notebooks in {out_dir}:"]
+    for nb in chosen:
+        lines.append(f"  {nb:24s} " + ("execute: " + "; ".join(stale[nb]) if nb in stale else "up to date"))
+    studies = [nb for nb in stale if get(nb).trains]
+    configs = planned_configs(profile, studies)
+    states = [(cfg, run_state(cfg)) for cfg in configs]
+    todo = [(cfg, st) for cfg, st in states if st not in ("finished", "published")]
+    counts = {k: sum(st == k for _, st in states) for k in ("finished", "published")}
+    if not stale:
+        lines.append("nothing to execute; `rnorm book` only builds the HTML.")
+    elif not configs:
+        lines.append("the notebooks to execute train nothing.")
+    else:
+        lines.append(f"{len(configs)} training run(s) needed: {counts['finished']} finished in {runs_root()}, "
+                     f"{counts['published']} published in models/, {len(todo)} to train or resume"
+                     + (":" if todo else "."))
+        width = max(len(cfg.folder_name()) for cfg, _ in todo) if todo else 0
+        for cfg, st in todo:
+            lines.append(f"  {cfg.folder_name():{width}s}  {st}")
+        if todo:
+            lines.append(f"(`rnorm layout --profile {profile['name']}` measures how fast this machine trains them; "
+                         "models/*/history.csv records what each published run took.)")
+    return "\n".join(lines)
+
+
 def run_book(profile_name: str, *, jobs=None, build: bool = True, notebooks=None,
              device: str = "auto", out_dir=None, rerun: bool = False, executor: str = "local",
              address: str | None = None) -> dict:
@@ -517,7 +660,8 @@ def run_book(profile_name: str, *, jobs=None, build: bool = True, notebooks=None
     profile = load_profile(profile_name)
     out_dir = Path(out_dir or REPO / "book")
     chosen = execution_order(notebooks or REGISTRY)
-    todo = chosen if rerun else stale_notebooks(profile, chosen, out_dir)
+    why = {nb: ["--rerun"] for nb in chosen} if rerun else staleness(profile, chosen, out_dir)
+    todo = list(why)
     timings: dict = {}
     layouts: list = []
     record = {"profile": profile["name"], "jobs": jobs or profile["jobs"], "executed": todo, "seconds": timings,
@@ -528,7 +672,7 @@ def run_book(profile_name: str, *, jobs=None, build: bool = True, notebooks=None
     else:
         for nb in todo:  # every mistake that can be caught before training is caught here
             preflight(nb, notebook_params(profile, nb, {"device": device} if get(nb).trains else {}), out_dir)
-        print(f"executing {', '.join(todo)}", flush=True)
+        print("executing " + "; ".join(f"{nb} ({', '.join(why[nb])})" for nb in todo), flush=True)
         pretrain(profile, jobs=jobs, device=device, notebooks=[nb for nb in todo if get(nb).trains],
                  executor=executor, address=address, layouts=layouts)
         timings["pretrain"] = round(time.time() - t0, 1)

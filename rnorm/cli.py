@@ -46,6 +46,8 @@ def _parser() -> argparse.ArgumentParser:
                                                 "workers x threads here; default: the profile's)")
     b.add_argument("--no-build", action="store_true", help="run the notebooks but do not build the HTML")
     b.add_argument("--rerun", action="store_true", help="re-execute every notebook, not only those whose inputs changed")
+    b.add_argument("--dry-run", action="store_true", help="say which notebooks would be executed and why, and which "
+                                                           "training runs they need, doing nothing (like make -n)")
     b.add_argument("--out-dir", default=None, help="folder for executed/ and results/ (default: book/)")
     b.add_argument("--only", nargs="+", default=None, help="run only these notebooks")
     b.add_argument("--device", default="auto")
@@ -96,6 +98,9 @@ def main(argv=None) -> int:
     except (ConfigError, DataError, RunError, DiskFullError) as e:
         print(f"rnorm: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (`rnorm plan | head`): not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("rnorm: interrupted; finished training runs are kept and will be reused.", file=sys.stderr)
         return 130
@@ -175,6 +180,9 @@ def _dispatch(args) -> int:
         args.jobs = _jobs(args.jobs)
         for nb in args.only or ():
             get(nb)
+        if args.dry_run:
+            print(book.describe_book_plan(args.profile, notebooks=args.only, out_dir=args.out_dir, rerun=args.rerun))
+            return 0
         record = book.run_book(args.profile, jobs=args.jobs, build=not args.no_build, notebooks=args.only,
                                device=args.device, out_dir=args.out_dir, rerun=args.rerun,
                                executor=args.executor, address=args.ray_address)

@@ -100,7 +100,11 @@ def test_book_is_incremental_like_make(smoke_runs, tmp_path, monkeypatch):
     (profiles / "smoke.yaml").write_text(text.replace(
         "  02_stats_swap:\n", "  02_stats_swap:\n    adv_fraction: 0.5\n", 1))
     monkeypatch.setenv("RNORM_PROFILES", str(profiles))
-    assert book.stale_notebooks(book.load_profile("smoke"), out_dir=root) == ["02_stats_swap", "05_claims_ledger"]
+    why = book.staleness(book.load_profile("smoke"), out_dir=root)
+    assert list(why) == ["02_stats_swap", "05_claims_ledger"]
+    # run_notebook recorded the key's inputs, so the reason is exact
+    assert len(why["02_stats_swap"]) == 1 and re.fullmatch(r"parameters changed: adv_fraction \S+ -> 0\.5",
+                                                           why["02_stats_swap"][0])
     record = book.run_book("smoke", build=False, out_dir=root, device="cpu")
     assert record["executed"] == ["02_stats_swap", "05_claims_ledger"]
     assert book.run_book("smoke", build=False, out_dir=root, device="cpu")["executed"] == []
