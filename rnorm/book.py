@@ -569,9 +569,27 @@ def run_notebook(notebook: str, params: dict, *, out_dir: Path | None = None, lo
             f.unlink(missing_ok=True)
     res = REPO / params["results_dir"] / entry.name
     if res.is_dir():  # lets `rnorm book --dry-run` say later what changed since this execution
-        atomic_write_text(res / KEY_FILE, json.dumps({"key": _hash_inputs(inputs), **inputs}, indent=1,
-                                                      sort_keys=True) + "\n")
+        _write_key_inputs(res, inputs)
     return target
+
+
+def _write_key_inputs(res: Path, inputs: dict) -> None:
+    atomic_write_text(res / KEY_FILE, json.dumps({"key": _hash_inputs(inputs), **inputs}, indent=1,
+                                                  sort_keys=True) + "\n")
+
+
+def record_missing_key_inputs(profile: dict, notebooks, out_dir) -> list[str]:
+    """Write :data:`KEY_FILE` for up-to-date notebooks executed before it existed: their recorded key
+    equals the key of today's inputs, so today's inputs are the ones it was computed from. Returns
+    the notebooks it was written for."""
+    written = []
+    for nb in notebooks:
+        res = Path(out_dir) / "results" / nb
+        inputs = key_inputs(nb, profile["notebooks"][nb])
+        if not (res / KEY_FILE).is_file() and recorded_key(nb, out_dir) == _hash_inputs(inputs):
+            _write_key_inputs(res, inputs)
+            written.append(nb)
+    return written
 
 
 def _hide_parameter_cells(path: Path) -> None:
@@ -662,6 +680,7 @@ def run_book(profile_name: str, *, jobs=None, build: bool = True, notebooks=None
     chosen = execution_order(notebooks or REGISTRY)
     why = {nb: ["--rerun"] for nb in chosen} if rerun else staleness(profile, chosen, out_dir)
     todo = list(why)
+    record_missing_key_inputs(profile, [nb for nb in chosen if nb not in why], out_dir)
     timings: dict = {}
     layouts: list = []
     record = {"profile": profile["name"], "jobs": jobs or profile["jobs"], "executed": todo, "seconds": timings,

@@ -394,6 +394,12 @@ def test_why_stale_says_what_an_older_executed_copy_can_tell(tmp_path):
     assert book.why_stale(nb, prof, tmp_path) == [f"parameters changed: test_n 7 -> {prof['test_n']!r}"]
     _executed_copy(tmp_path, nb, other, resolved, key_file=False)
     assert "which of them is not known" in book.why_stale(nb, prof, tmp_path)[0]
+    # an up-to-date copy without key.json gets one (its key proves today's inputs are its own); a stale one not
+    profile = book.load_profile("smoke")
+    assert book.record_missing_key_inputs(profile, [nb], tmp_path) == []
+    _executed_copy(tmp_path, nb, book.key_inputs(nb, prof), resolved, key_file=False)
+    assert book.record_missing_key_inputs(profile, [nb], tmp_path) == [nb]
+    assert json.loads((tmp_path / "results" / nb / book.KEY_FILE).read_text())["key"] == book.notebook_key(nb, prof)
 
 
 def test_staleness_passes_on_to_the_notebooks_that_read_a_stale_one(tmp_path):
