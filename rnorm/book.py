@@ -587,7 +587,10 @@ def record_missing_key_inputs(profile: dict, notebooks, out_dir) -> list[str]:
         res = Path(out_dir) / "results" / nb
         inputs = key_inputs(nb, profile["notebooks"][nb])
         if not (res / KEY_FILE).is_file() and recorded_key(nb, out_dir) == _hash_inputs(inputs):
-            _write_key_inputs(res, inputs)
+            try:
+                _write_key_inputs(res, inputs)
+            except OSError:  # a read-only copy of the book: the reasons stay less precise, nothing else
+                continue
             written.append(nb)
     return written
 
@@ -622,7 +625,7 @@ def run_state(cfg) -> str:
     path = _run_path(cfg)
     if is_complete(path):
         return "finished"
-    if any(is_complete(root / path.name) or (root / path.name / "model.pt").is_file() for root in archive_roots()):
+    if any((root / path.name / "model.pt").is_file() for root in archive_roots()):  # as restore_published looks
         return "published"
     if (path / "checkpoint.pt").is_file() and (path / "history.csv").is_file():
         done = max(0, len((path / "history.csv").read_text().strip().splitlines()) - 1)
