@@ -6,6 +6,8 @@
     rnorm profiles                   # list profiles and what they are for
     rnorm plan --profile cpu         # the training runs a profile needs
     rnorm train --profile cpu        # train them ahead (resumable; e.g. in the background), no notebook
+    rnorm train --profile cpu --only 04_easy_batchnorm -p seeds "[0, 1, 2, 3]"   # ... with one notebook's overrides
+    rnorm book --profile cpu --dry-run                 # what `rnorm book` would execute and train, and why
 
 A user mistake (unknown profile, notebook or parameter, a malformed value) ends with one line
 naming it and exit status 2, never a traceback.
@@ -67,6 +69,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="only the runs whose name contains one of these texts, e.g. standard-e15-s0 to train a "
                         "reference run first and check its convergence floor")
     t.add_argument("--device", default="auto")
+    _param_arg(t)
     _executor_args(t)
     la = sub.add_parser("layout", help="measure (once per machine, cached) how many training workers of how many "
                                        "threads train a profile's runs fastest here, and print it")
@@ -78,7 +81,28 @@ def _parser() -> argparse.ArgumentParser:
     pu.add_argument("--profile", default="cpu")
     pu.add_argument("--only", nargs="+", default=None, help="only the runs of these notebooks")
     pu.add_argument("--archive", default=None, help="target folder (default: the repository's models/)")
+    _param_arg(pu)
     return p
+
+
+def _param_arg(p) -> None:
+    p.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                   help="override a parameter of the one notebook named by --only (VALUE read as YAML), e.g. to "
+                        "train ahead the runs of a build with more seeds or recipes than the profile's")
+
+
+def _with_params(prof: dict, names: list[str], pairs) -> dict:
+    """The profile with ``-p`` overrides applied to the one notebook ``--only`` names (validated)."""
+    from . import book
+    if not pairs:
+        return prof
+    if len(names) != 1:
+        raise ConfigError(f"-p {pairs[0][0]} ...: -p overrides the parameters of one notebook, so --only must name "
+                          f"exactly one (got {', '.join(names) if names else 'none'}).")
+    overrides = {name: book.parse_cli_value(value) for name, value in pairs}
+    notebooks = dict(prof["notebooks"])
+    notebooks[names[0]] = book.notebook_params(prof, names[0], overrides)
+    return {**prof, "notebooks": notebooks}
 
 
 def _executor_args(p) -> None:
@@ -143,6 +167,7 @@ def _dispatch(args) -> int:
         prof = book.load_profile(args.profile)
         args.jobs = _jobs(args.jobs)
         names = _training_notebooks(args.only)
+        prof = _with_params(prof, names, args.param)
         book.check_match(prof, names, args.match)
         done = book.pretrain(prof, jobs=args.jobs, device=args.device, notebooks=names, executor=args.executor,
                              address=args.ray_address, match=args.match)
@@ -152,6 +177,7 @@ def _dispatch(args) -> int:
     if args.command == "publish":
         prof = book.load_profile(args.profile)
         names = _training_notebooks(args.only)
+        prof = _with_params(prof, names, args.param)
         published, missing = book.publish_runs(prof, notebooks=names, archive=args.archive)
         for path in published:
             print(f"published {path}")

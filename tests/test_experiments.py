@@ -673,6 +673,27 @@ def test_train_match_trains_only_the_named_runs_and_refuses_a_text_that_names_no
     assert all((find_run(c) is not None) == (c.recipe == "standard") for c in runs)
 
 
+def test_train_and_publish_take_one_notebooks_parameters_and_refuse_them_without_one(tmp_path, monkeypatch,
+                                                                                     data_root, capsys):
+    from rnorm.experiments import ebn
+    from rnorm.runs import find_run
+    monkeypatch.setenv("RNORM_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("RNORM_ARCHIVE", "")
+    assert cli.main(["train", "--profile", "smoke", "-p", "seeds", "[5]", "--jobs", "1"]) == 2
+    assert "--only must name exactly one (got 01_distribution_shift, " in capsys.readouterr().err
+    assert cli.main(["train", "--profile", "smoke", "--only", "04_easy_batchnorm", "-p", "sedes", "[5]"]) == 2
+    assert "sedes" in capsys.readouterr().err and not (tmp_path / "runs").exists()  # refused before any work
+    extra = ["--only", "04_easy_batchnorm", "-p", "seeds", "[5]", "-p", "recipes", "[standard]", "-p", "ablation",
+             "false"]
+    assert cli.main(["train", "--profile", "smoke", "--jobs", "1", *extra]) == 0
+    prof = book.load_profile("smoke")["notebooks"]["04_easy_batchnorm"]
+    (cfg,) = ebn.runs(EBNParams.from_dict({**prof, "seeds": [5], "recipes": ["standard"], "ablation": False}))
+    assert cfg.seed == 5 and find_run(cfg) is not None
+    assert cli.main(["publish", "--profile", "smoke", "--archive", str(tmp_path / "models"), *extra]) == 0
+    assert (tmp_path / "models" / cfg.folder_name() / "model.pt").is_file()
+    assert "done: 1 runs published, 0 not finished" in capsys.readouterr().out
+
+
 def test_robustnorm_observations_state_every_power_the_apgd_gap_and_epochs_to_target():
     """Synthetic CIFAR-10 JPEG ResNet-20 results with known answers: RobustNorm p=0.2 is 5 points more robust
     and 2 points less accurate than BatchNorm on every seed; APGD finds 3 points more than PGD against BatchNorm;
