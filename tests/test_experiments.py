@@ -574,6 +574,29 @@ def test_ebn_ranking_says_plainly_when_ebn_is_last_and_by_how_much():
     assert "EBN is last" not in clean_line and "(higher)" in clean_line
 
 
+def test_ebn_headline_says_where_ebn_ranks_and_gives_words_only_where_the_ci_excludes_zero():
+    from rnorm.experiments import ebn
+    acc = _ebn_acc({"standard": (0.93, 0.70), "advprop": (0.935, 0.76), "ebn": (0.931, 0.59)})
+    # EBN's clean accuracy by seed against standard: -0.3 / +0.2 / +0.7 points, against AdvProp -0.8 / -0.3 / +0.2:
+    # both CIs hold 0
+    clean_ebn = (acc["recipe"] == "ebn") & (acc["attack"] == "clean")
+    acc.loc[clean_ebn, "accuracy"] = [0.927, 0.934, 0.941]
+    models = _ebn_models(["standard", "advprop", "ebn"])
+    text = ebn.headline(acc, models=models)
+    assert text.startswith("**In short (FashionMNIST / resnet18, main branch, what is deployed):** under PGD 2/255, "
+                           "EBN is the least robust of the 3 recipes (59.2 %): -11.0 points [95 % CI -11.0, -11.0]")
+    assert "against standard training (lower), -17.0 points" in text and "against AdvProp (lower)." in text
+    clean = text.split("On clean accuracy (test subset): ")[1]
+    assert "+0.2 points [95 % CI -1.0, +1.4] (paired over 3 seeds) against standard training (no difference shown)" \
+        in clean and "-0.3 points [95 % CI -1.5, +0.9] (paired over 3 seeds) against AdvProp (no difference shown)" in clean
+    # not judged (standard below its floor) or no EBN: no lead at all
+    assert ebn.headline(acc, models=_ebn_models(["standard", "advprop", "ebn"], standard_clean=0.5)) == ""
+    assert ebn.headline(acc[acc["recipe"] != "ebn"], models=models) == ""
+    # every PGD accuracy at the floor: no robust lead either
+    floor = acc.assign(accuracy=np.where(acc["attack"] == "pgd", 0.0, acc["accuracy"]))
+    assert ebn.headline(floor, models=models) == ""
+
+
 def test_ebn_tables_take_clean_accuracy_from_the_full_test_set():
     from rnorm.experiments import ebn
     acc = _ebn_acc({"standard": (0.50, 0.30), "ebn": (0.50, 0.20)})

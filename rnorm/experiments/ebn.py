@@ -411,6 +411,47 @@ def ranking_findings(acc: pd.DataFrame, clean_full: pd.DataFrame | None = None, 
     return "\n".join(lines)
 
 
+def headline(acc: pd.DataFrame, clean_full: pd.DataFrame | None = None, *, models: pd.DataFrame | None) -> str:
+    """The chapter's lead, per judged setting (:func:`judged`), through the main branch: where EBN ranks
+    under PGD at the smallest ε at which not everything compared is at the attack's floor, its paired
+    difference there from standard training and from AdvProp, and the same two on clean accuracy, each
+    with its 95 % CI and a word only where the CI excludes 0 -- whichever way that cuts. Empty where the
+    setting is not judged or lacks EBN or both references (the findings below say why)."""
+    from ..plots import label
+    main = with_full_clean(acc, clean_full)
+    main = main[(main["branch"] == "main") & (main["share"] == "none")]
+    full = clean_full is not None and not clean_full.empty
+    lines = []
+    for (d, a), sub in main.groupby(["dataset", "arch"], sort=False):
+        ok, _ = judged(models, d, a)
+        refs = [r for r in ("standard", "advprop") if (sub["recipe"] == r).any()]
+        ebn_rows = sub[sub["recipe"] == "ebn"]
+        if not ok or ebn_rows.empty or not refs:
+            continue
+        for attack, eps in [x for x in _scored(sub) if x[0] == "pgd"]:
+            got = {r: _paired(sub[sub["recipe"] == r], ebn_rows, attack, eps) for r in refs}
+            if any(g is not None and not_at_floor(*g[1], *g[2])[0] for g in got.values()):
+                break
+        else:
+            continue
+        means = {r: _mean_over_seeds(g, attack, eps) for r, g in sub.groupby("recipe", sort=False)}
+        means = {r: m for r, m in means.items() if m == m}
+        rank = 1 + sum(round(100 * m, 1) > round(100 * means["ebn"], 1) for r, m in means.items() if r != "ebn")
+        place = ("the least robust" if rank == len(means) else "the most robust" if rank == 1
+                 else f"number {rank}") + f" of the {len(means)} recipes"
+
+        def versus(got_by, what):
+            return ", ".join(f"{g[0].text()} against {label(r) if r != 'standard' else 'standard training'}"
+                             f"{_direction(*g, what, ok, _COMPARED)}" for r, g in got_by.items() if g is not None)
+
+        clean = {r: _paired(sub[sub["recipe"] == r], ebn_rows, "clean", 0.0) for r in refs}
+        lines.append(f"**In short ({label(d)} / {a}, main branch, what is deployed):** under "
+                     f"{_attack_name(sub, attack, eps)}, EBN is {place} ({100 * means['ebn']:.1f} %): "
+                     f"{versus(got, attack)}. On clean accuracy ({'full test set' if full else 'test subset'}): "
+                     f"{versus(clean, 'clean')}.")
+    return "\n\n".join(lines)
+
+
 def ablation_findings(acc: pd.DataFrame, clean_full: pd.DataFrame | None = None, *,
                       models: pd.DataFrame | None) -> str:
     """The sharing ablation in numbers: EBN with shared affine parameters, and with shared statistics,
