@@ -51,7 +51,25 @@ ALL_NOTEBOOKS = tuple(REGISTRY)
 
 
 class _YamlLoader(yaml.SafeLoader):
-    """YAML 1.1 reads ``1e-3`` as a string; this loader reads it as the float it means."""
+    """YAML 1.1 reads ``1e-3`` as a string; this loader reads it as the float it means. A key given twice
+    in one mapping is an error (plain YAML keeps the last silently, so an edit above an existing
+    line would change nothing)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            first: dict = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    if key in first:
+                        raise yaml.constructor.ConstructorError(
+                            "while reading a mapping", node.start_mark,
+                            f"key {key!r} is given twice (lines {first[key]} and {key_node.start_mark.line + 1}); "
+                            "allowed: each key once per mapping", key_node.start_mark)
+                    first[key] = key_node.start_mark.line + 1
+                except TypeError:  # an unhashable key: SafeLoader names it itself
+                    continue
+        return super().construct_mapping(node, deep=deep)
 
 
 _YamlLoader.add_implicit_resolver(

@@ -188,6 +188,10 @@ def test_unknown_profile(tmp_path):
     ("jobs: 0\n", "jobs"),
     ("- a\n- b\n", "mapping"),
     ("a: [\n", "not valid YAML"),
+    # a key given twice: plain YAML would keep the second silently, and an edit above it would change nothing
+    ("notebooks:\n  02_stats_swap:\n    test_n: 32\n    epochs: 1\n    test_n: 64\n",
+     r"key 'test_n' is given twice \(lines 3 and 5\)"),
+    ("notebooks:\n  02_stats_swap: {test_n: 32}\n  02_stats_swap: {}\n", "key '02_stats_swap' is given twice"),
 ])
 def test_bad_profile_files(tmp_path, text, match):
     f = tmp_path / "mine.yaml"
