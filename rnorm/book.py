@@ -59,6 +59,8 @@ class _YamlLoader(yaml.SafeLoader):
         if isinstance(node, yaml.MappingNode):
             first: dict = {}
             for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: its keys may be overridden here
+                    continue
                 key = self.construct_object(key_node, deep=True)
                 try:
                     if key in first:
@@ -156,6 +158,17 @@ def parse_cli_value(text: str):
     except yaml.YAMLError as e:
         raise ConfigError(f"-p value {text!r} is not valid YAML ({getattr(e, 'problem', e)}); write lists like "
                           f"\"[0.01, 0.03]\" and strings like 8/255.") from None
+
+
+def parse_overrides(pairs) -> dict:
+    """``-p NAME VALUE`` pairs as ``{name: value}`` (values read as YAML); a name given twice is an error,
+    as a key given twice in a profile is."""
+    out: dict = {}
+    for name, value in pairs:
+        if name in out:
+            raise ConfigError(f"-p {name} is given twice; allowed: each parameter once.")
+        out[name] = parse_cli_value(value)
+    return out
 
 
 def notebook_params(profile: dict, notebook: str, overrides: dict | None = None) -> dict:
@@ -315,9 +328,12 @@ def staleness(profile: dict, notebooks=None, out_dir=None) -> dict[str, list[str
         why = why_stale(nb, profile["notebooks"][nb], out_dir)
         reads = get(nb).reads
         why += [f"it reads {r}, which is stale" for r in reads if r in stale]
-        if reads and not any(r in stale for r in reads) and \
-                recorded_inputs(nb, out_dir) != {r: recorded_key(r, out_dir) for r in reads}:
-            why.append("the results it read were re-executed after it ran")
+        if reads and not why:  # its own copy is current: were the results it read replaced since?
+            had = recorded_inputs(nb, out_dir)
+            if had is None:
+                why.append("it recorded no inputs (summary.json)")
+            elif had != {r: recorded_key(r, out_dir) for r in reads}:
+                why.append("the results it read were re-executed after it ran")
         if why:
             stale[nb] = why
     return stale
@@ -360,9 +376,14 @@ def why_stale(notebook: str, params: dict, out_dir) -> list[str]:
             old = json.loads(json.dumps(old, default=str))
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             old = None
+        unknown = (f"its source or the code it imports changed (executed before the key's inputs were recorded "
+                   f"in {KEY_FILE}, so which of them is not known)")
         why = _param_changes(old, now["params"]) if old is not None else []
-        return why or ["its source or the code it imports changed (executed before the key's inputs were "
-                       f"recorded in {KEY_FILE}, so which of them is not known)"]
+        if not why:
+            return [unknown]
+        if _hash_inputs({**now, "params": old}) != have:  # the parameters alone do not explain the key
+            why.append(unknown.replace("changed", "may also have changed", 1))
+        return why
     why = []
     if rec.get("source") != now["source"]:
         why.append(f"its source {notebook_source(notebook).relative_to(REPO)} changed")
@@ -637,25 +658,28 @@ def build_book(*, warnings_as_errors: bool = True, builder: str = "html") -> Pat
 
 def run_state(cfg) -> str:
     """Where a planned run stands, without touching anything: ``finished`` (in ``RNORM_RUNS``),
-    ``published`` (in the archive, copied on first use), ``trained k of n epochs`` (a checkpoint to
-    resume) or ``to train``."""
+    ``trained k of n epochs`` (a checkpoint: training resumes it, even where the archive has the run),
+    ``published`` (in the archive, copied on first use) or ``to train``."""
     from .runs import _run_path, archive_roots, is_complete
     path = _run_path(cfg)
     if is_complete(path):
         return "finished"
+    if (path / "checkpoint.pt").is_file():  # restore_published leaves a run being trained alone: it resumes
+        hist = path / "history.csv"
+        done = max(0, len(hist.read_text().strip().splitlines()) - 1) if hist.is_file() else 0
+        return f"trained {done} of {cfg.epochs} epochs"
     if any((root / path.name / "model.pt").is_file() for root in archive_roots()):  # as restore_published looks
         return "published"
-    if (path / "checkpoint.pt").is_file() and (path / "history.csv").is_file():
-        done = max(0, len((path / "history.csv").read_text().strip().splitlines()) - 1)
-        return f"trained {done} of {cfg.epochs} epochs"
     return "to train"
 
 
 def describe_book_plan(profile_name: str, *, notebooks=None, out_dir=None, rerun: bool = False) -> str:
     """What :func:`run_book` would do, as text, doing none of it (``rnorm book --dry-run``): each
     notebook current or to be executed and why, then the training runs the executed studies need
-    and where each stands (:func:`run_state`)."""
-    from .runs import runs_root
+    and where each stands (:func:`run_state`). Nothing is executed, trained or written to the book;
+    like ``rnorm plan``, planning may copy published runs that it reads (chapter 3's learning-rate
+    sweep, whose results name the later runs) from the archive into ``RNORM_RUNS``."""
+    from .runs import archive_roots, runs_root
     profile = load_profile(profile_name)
     out_dir = Path(out_dir or REPO / "book")
     chosen = execution_order(notebooks or REGISTRY)
@@ -664,7 +688,7 @@ def describe_book_plan(profile_name: str, *, notebooks=None, out_dir=None, rerun
     for nb in chosen:
         lines.append(f"  {nb:24s} " + ("execute: " + "; ".join(stale[nb]) if nb in stale else "up to date"))
     studies = [nb for nb in stale if get(nb).trains]
-    configs = planned_configs(profile, studies)
+    configs = planned_configs(profile, studies)  # like `rnorm plan`: may copy published runs the plan reads
     states = [(cfg, run_state(cfg)) for cfg in configs]
     todo = [(cfg, st) for cfg, st in states if st not in ("finished", "published")]
     counts = {k: sum(st == k for _, st in states) for k in ("finished", "published")}
@@ -673,8 +697,9 @@ def describe_book_plan(profile_name: str, *, notebooks=None, out_dir=None, rerun
     elif not configs:
         lines.append("the notebooks to execute train nothing.")
     else:
-        lines.append(f"{len(configs)} training run(s) needed: {counts['finished']} finished in {runs_root()}, "
-                     f"{counts['published']} published in models/, {len(todo)} to train or resume"
+        archive = ", ".join(str(r) for r in archive_roots()) or "no archive"
+        lines.append(f"{len(configs)} training run(s) needed as of now: {counts['finished']} finished in {runs_root()}, "
+                     f"{counts['published']} published in {archive}, {len(todo)} to train or resume"
                      + (":" if todo else "."))
         width = max(len(cfg.folder_name()) for cfg, _ in todo) if todo else 0
         for cfg, st in todo:

@@ -91,15 +91,16 @@ def _param_arg(p) -> None:
                         "train ahead the runs of a build with more seeds or recipes than the profile's")
 
 
-def _with_params(prof: dict, names: list[str], pairs) -> dict:
+def _with_params(prof: dict, only, pairs) -> dict:
     """The profile with ``-p`` overrides applied to the one notebook ``--only`` names (validated)."""
     from . import book
     if not pairs:
         return prof
+    names = _training_notebooks(only) if only else []
     if len(names) != 1:
         raise ConfigError(f"-p {pairs[0][0]} ...: -p overrides the parameters of one notebook, so --only must name "
-                          f"exactly one (got {', '.join(names) if names else 'none'}).")
-    overrides = {name: book.parse_cli_value(value) for name, value in pairs}
+                          f"exactly one (got {', '.join(names) if names else 'no --only'}).")
+    overrides = book.parse_overrides(pairs)
     notebooks = dict(prof["notebooks"])
     notebooks[names[0]] = book.notebook_params(prof, names[0], overrides)
     return {**prof, "notebooks": notebooks}
@@ -122,9 +123,6 @@ def main(argv=None) -> int:
     except (ConfigError, DataError, RunError, DiskFullError) as e:
         print(f"rnorm: error: {e}", file=sys.stderr)
         return 2
-    except BrokenPipeError:  # the reader went away (`rnorm plan | head`): not an error of ours
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
     except KeyboardInterrupt:
         print("rnorm: interrupted; finished training runs are kept and will be reused.", file=sys.stderr)
         return 130
@@ -146,14 +144,13 @@ def _dispatch(args) -> int:
         return 0
     if args.command == "plan":
         prof = book.load_profile(args.profile)
-        seen = []
+        seen, lines = [], []
         for nb in REGISTRY:
             for cfg in planned_runs(nb, prof["notebooks"][nb]):
                 if cfg not in seen:
                     seen.append(cfg)
-                    print(f"{nb:24s} {cfg.name()}-{cfg.key()}")
-        print(f"{len(seen)} runs")
-        return 0
+                    lines.append(f"{nb:24s} {cfg.name()}-{cfg.key()}")
+        return _emit("\n".join(lines + [f"{len(seen)} runs"]))
     if args.command == "layout":
         from .layout import available_cores, choose
         prof = book.load_profile(args.profile)
@@ -167,7 +164,7 @@ def _dispatch(args) -> int:
         prof = book.load_profile(args.profile)
         args.jobs = _jobs(args.jobs)
         names = _training_notebooks(args.only)
-        prof = _with_params(prof, names, args.param)
+        prof = _with_params(prof, args.only, args.param)
         book.check_match(prof, names, args.match)
         done = book.pretrain(prof, jobs=args.jobs, device=args.device, notebooks=names, executor=args.executor,
                              address=args.ray_address, match=args.match)
@@ -177,7 +174,7 @@ def _dispatch(args) -> int:
     if args.command == "publish":
         prof = book.load_profile(args.profile)
         names = _training_notebooks(args.only)
-        prof = _with_params(prof, names, args.param)
+        prof = _with_params(prof, args.only, args.param)
         published, missing = book.publish_runs(prof, notebooks=names, archive=args.archive)
         for path in published:
             print(f"published {path}")
@@ -191,7 +188,7 @@ def _dispatch(args) -> int:
     if args.command == "run":
         entry = get(args.notebook)
         prof = book.load_profile(args.profile)
-        overrides = {name: book.parse_cli_value(value) for name, value in args.param}
+        overrides = book.parse_overrides(args.param)
         if args.device:
             overrides["device"] = args.device
         params = book.notebook_params(prof, entry.name, overrides)
@@ -207,14 +204,23 @@ def _dispatch(args) -> int:
         for nb in args.only or ():
             get(nb)
         if args.dry_run:
-            print(book.describe_book_plan(args.profile, notebooks=args.only, out_dir=args.out_dir, rerun=args.rerun))
-            return 0
+            return _emit(book.describe_book_plan(args.profile, notebooks=args.only, out_dir=args.out_dir,
+                                                 rerun=args.rerun))
         record = book.run_book(args.profile, jobs=args.jobs, build=not args.no_build, notebooks=args.only,
                                device=args.device, out_dir=args.out_dir, rerun=args.rerun,
                                executor=args.executor, address=args.ray_address)
         print(f"done: executed {', '.join(record['executed']) or 'nothing'}; seconds {record['seconds']}")
         return 0
     raise AssertionError(args.command)
+
+
+def _emit(text: str) -> int:
+    """Print a report; a reader that went away (``rnorm plan | head``) ends it quietly, status 0."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+    return 0
 
 
 def _jobs(value):

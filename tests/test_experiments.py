@@ -179,6 +179,12 @@ def test_unknown_profile(tmp_path):
         book.load_profile("cpux")
 
 
+def test_profile_yaml_merge_keys_may_be_overridden_but_keys_not_repeated(tmp_path):
+    f = tmp_path / "mine.yaml"
+    f.write_text("defaults: &base {epochs: 1}\nnotebooks:\n  02_stats_swap:\n    <<: *base\n    epochs: 2\n")
+    assert book.load_profile(str(f))["notebooks"]["02_stats_swap"]["epochs"] == 2
+
+
 @pytest.mark.parametrize("text,match", [
     ("jobz: 2\n", "unknown key 'jobz'"),
     ("notebooks:\n  02_stat_swap: {}\n", "unknown notebook '02_stat_swap'"),
@@ -395,7 +401,13 @@ def test_why_stale_says_what_an_older_executed_copy_can_tell(tmp_path):
     resolved = json.loads(json.dumps(book.result_params(nb, prof)))  # as provenance.json records them
     # parameters from provenance only; test_n=7 is no longer valid with eval_batch_size 32 and is shown as recorded
     _executed_copy(tmp_path, nb, other, {**resolved, "test_n": 7, "device": "cpu"}, key_file=False)
-    assert book.why_stale(nb, prof, tmp_path) == [f"parameters changed: test_n 7 -> {prof['test_n']!r}"]
+    why = book.why_stale(nb, prof, tmp_path)
+    assert why[0] == f"parameters changed: test_n 7 -> {prof['test_n']!r}"
+    assert "may also have changed" in why[1] and len(why) == 2  # its key was not of today's code either
+    # the parameters alone explain the key: they are the whole reason
+    then = {**json.loads(json.dumps(book.key_inputs(nb, prof))), "params": {**resolved, "test_n": 48}}
+    _executed_copy(tmp_path, nb, then, {**resolved, "test_n": 48}, key_file=False)
+    assert book.why_stale(nb, prof, tmp_path) == [f"parameters changed: test_n 48 -> {prof['test_n']!r}"]
     _executed_copy(tmp_path, nb, other, resolved, key_file=False)
     assert "which of them is not known" in book.why_stale(nb, prof, tmp_path)[0]
     # an up-to-date copy without key.json gets one (its key proves today's inputs are its own); a stale one not
@@ -419,6 +431,11 @@ def test_staleness_passes_on_to_the_notebooks_that_read_a_stale_one(tmp_path):
     why = book.staleness(prof, out_dir=tmp_path)
     assert list(why) == ["03_robustnorm", "05_claims_ledger"] == book.stale_notebooks(prof, out_dir=tmp_path)
     assert why["05_claims_ledger"] == ["it reads 03_robustnorm, which is stale"]
+    led.unlink()
+    assert book.staleness(prof, out_dir=tmp_path)["05_claims_ledger"] == ["it reads 03_robustnorm, which is stale"]
+    _executed_copy(tmp_path, "03_robustnorm", book.key_inputs("03_robustnorm", prof["notebooks"]["03_robustnorm"]),
+                   prof["notebooks"]["03_robustnorm"])
+    assert book.staleness(prof, out_dir=tmp_path) == {"05_claims_ledger": ["it recorded no inputs (summary.json)"]}
 
 
 def test_book_dry_run_reports_and_changes_nothing(tmp_path, monkeypatch, capsys):
@@ -429,7 +446,7 @@ def test_book_dry_run_reports_and_changes_nothing(tmp_path, monkeypatch, capsys)
     text = capsys.readouterr().out
     assert "02_stats_swap            execute: no executed copy" in text
     cfgs = book.planned_configs(book.load_profile("smoke"), ["02_stats_swap"])
-    assert f"{len(cfgs)} training run(s) needed: 0 finished" in text and cfgs[0].folder_name() in text
+    assert f"{len(cfgs)} training run(s) needed as of now: 0 finished" in text and cfgs[0].folder_name() in text
     assert not out.exists() and not (tmp_path / "runs").exists()
 
 
@@ -448,7 +465,10 @@ def test_run_state_reads_where_a_run_stands_without_touching_it(tmp_path, monkey
     pub = tmp_path / "models" / cfg.folder_name()
     pub.mkdir(parents=True)
     (pub / "model.pt").write_bytes(b"")
+    assert book.run_state(cfg) == "trained 2 of 3 epochs"  # a checkpoint is resumed, not replaced by the archive
+    (run / "checkpoint.pt").unlink()
     assert book.run_state(cfg) == "published"
+    (run / "checkpoint.pt").write_bytes(b"")
     (run / "model.pt").write_bytes(b"")
     (run / "done").write_text("")
     assert book.run_state(cfg) == "finished"
@@ -596,6 +616,12 @@ def test_ebn_headline_says_where_ebn_ranks_and_gives_words_only_where_the_ci_exc
     # not judged (standard below its floor) or no EBN: no lead at all
     assert ebn.headline(acc, models=_ebn_models(["standard", "advprop", "ebn"], standard_clean=0.5)) == ""
     assert ebn.headline(acc[acc["recipe"] != "ebn"], models=models) == ""
+    # EBN level with standard training under PGD (a CI that holds 0): no place among the recipes is claimed
+    level = _ebn_acc({"standard": (0.93, 0.70), "advprop": (0.935, 0.76), "ebn": (0.931, 0.70)})
+    level.loc[(level["recipe"] == "ebn") & (level["attack"] == "pgd"), "accuracy"] = [0.69, 0.71, 0.70]
+    text = ebn.headline(level, models=models)
+    assert "under PGD 2/255, EBN scores (70.0 %): " in text and "least" not in text and "most" not in text
+    assert "against standard training (no difference shown)" in text.split("On clean")[0]
     # every PGD accuracy at the floor: no robust lead either
     floor = acc.assign(accuracy=np.where(acc["attack"] == "pgd", 0.0, acc["accuracy"]))
     assert ebn.headline(floor, models=models) == ""
@@ -706,8 +732,15 @@ def test_train_and_publish_take_one_notebooks_parameters_and_refuse_them_without
     from rnorm.runs import find_run
     monkeypatch.setenv("RNORM_RUNS", str(tmp_path / "runs"))
     monkeypatch.setenv("RNORM_ARCHIVE", "")
-    assert cli.main(["train", "--profile", "smoke", "-p", "seeds", "[5]", "--jobs", "1"]) == 2
-    assert "--only must name exactly one (got 01_distribution_shift, " in capsys.readouterr().err
+    for cmd in ("train", "publish"):
+        assert cli.main([cmd, "--profile", "smoke", "-p", "seeds", "[5]"]) == 2
+        assert "--only must name exactly one (got no --only)" in capsys.readouterr().err
+    assert cli.main(["train", "--profile", "smoke", "--only", "02_stats_swap", "03_robustnorm", "-p", "seeds",
+                     "[5]"]) == 2
+    assert "(got 02_stats_swap, 03_robustnorm)" in capsys.readouterr().err
+    assert cli.main(["train", "--profile", "smoke", "--only", "04_easy_batchnorm", "-p", "seeds", "[5]", "-p",
+                     "seeds", "[6]"]) == 2
+    assert "-p seeds is given twice" in capsys.readouterr().err
     assert cli.main(["train", "--profile", "smoke", "--only", "04_easy_batchnorm", "-p", "sedes", "[5]"]) == 2
     assert "sedes" in capsys.readouterr().err and not (tmp_path / "runs").exists()  # refused before any work
     extra = ["--only", "04_easy_batchnorm", "-p", "seeds", "[5]", "-p", "recipes", "[standard]", "-p", "ablation",

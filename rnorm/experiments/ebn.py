@@ -412,11 +412,13 @@ def ranking_findings(acc: pd.DataFrame, clean_full: pd.DataFrame | None = None, 
 
 
 def headline(acc: pd.DataFrame, clean_full: pd.DataFrame | None = None, *, models: pd.DataFrame | None) -> str:
-    """The chapter's lead, per judged setting (:func:`judged`), through the main branch: where EBN ranks
-    under PGD at the smallest ε at which not everything compared is at the attack's floor, its paired
-    difference there from standard training and from AdvProp, and the same two on clean accuracy, each
-    with its 95 % CI and a word only where the CI excludes 0 -- whichever way that cuts. Empty where the
-    setting is not judged or lacks EBN or both references (the findings below say why)."""
+    """The lead of the chapter's findings, per judged setting (:func:`judged`), through the main branch:
+    EBN under PGD at the smallest ε at which not everything compared is at the attack's floor -- "the
+    least (most) robust of the recipes" only where its paired CI against every other recipe lies below
+    (above) 0 -- its paired difference there from standard training and from AdvProp, and the same two
+    on clean accuracy, each with its 95 % CI and a word only where the CI excludes 0, whichever way that
+    cuts. Empty where the setting is not judged or lacks EBN or both references (the findings below say
+    why)."""
     from ..plots import label
     main = with_full_clean(acc, clean_full)
     main = main[(main["branch"] == "main") & (main["share"] == "none")]
@@ -434,21 +436,28 @@ def headline(acc: pd.DataFrame, clean_full: pd.DataFrame | None = None, *, model
                 break
         else:
             continue
-        means = {r: _mean_over_seeds(g, attack, eps) for r, g in sub.groupby("recipe", sort=False)}
-        means = {r: m for r, m in means.items() if m == m}
-        rank = 1 + sum(round(100 * m, 1) > round(100 * means["ebn"], 1) for r, m in means.items() if r != "ebn")
-        place = ("the least robust" if rank == len(means) else "the most robust" if rank == 1
-                 else f"number {rank}") + f" of the {len(means)} recipes"
+        mine = _mean_over_seeds(ebn_rows, attack, eps)
+        if mine != mine:
+            continue
+        # a place among the recipes only where every paired CI against the others puts EBN on one side
+        others = {r: _paired(g, ebn_rows, attack, eps) for r, g in sub.groupby("recipe", sort=False) if r != "ebn"}
+        others = {r: g for r, g in others.items() if g is not None}
+        below = bool(others) and all(g[0].high < 0 for g in others.values())
+        above = bool(others) and all(g[0].low > 0 for g in others.values())
+        place = (f"the least robust of the {len(others) + 1} recipes" if below else
+                 f"the most robust of the {len(others) + 1} recipes" if above else "")
 
         def versus(got_by, what):
             return ", ".join(f"{g[0].text()} against {label(r) if r != 'standard' else 'standard training'}"
                              f"{_direction(*g, what, ok, _COMPARED)}" for r, g in got_by.items() if g is not None)
 
-        clean = {r: _paired(sub[sub["recipe"] == r], ebn_rows, "clean", 0.0) for r in refs}
-        lines.append(f"**In short ({label(d)} / {a}, main branch, what is deployed):** under "
-                     f"{_attack_name(sub, attack, eps)}, EBN is {place} ({100 * means['ebn']:.1f} %): "
-                     f"{versus(got, attack)}. On clean accuracy ({'full test set' if full else 'test subset'}): "
-                     f"{versus(clean, 'clean')}.")
+        text = (f"**In short ({label(d)} / {a}, main branch, what is deployed):** under "
+                f"{_attack_name(sub, attack, eps)}, EBN {'is ' + place + ' ' if place else 'scores '}"
+                f"({100 * mine:.1f} %): {versus(got, attack)}.")
+        clean = versus({r: _paired(sub[sub["recipe"] == r], ebn_rows, "clean", 0.0) for r in refs}, "clean")
+        if clean:
+            text += f" On clean accuracy ({'full test set' if full else 'test subset'}): {clean}."
+        lines.append(text)
     return "\n\n".join(lines)
 
 
