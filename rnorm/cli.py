@@ -49,7 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--no-build", action="store_true", help="run the notebooks but do not build the HTML")
     b.add_argument("--rerun", action="store_true", help="re-execute every notebook, not only those whose inputs changed")
     b.add_argument("--dry-run", action="store_true", help="say which notebooks would be executed and why, and which "
-                                                           "training runs they need, doing nothing (like make -n)")
+                                                           "training runs they need, executing and training nothing "
+                                                           "(like make -n)")
     b.add_argument("--out-dir", default=None, help="folder for executed/ and results/ (default: book/)")
     b.add_argument("--only", nargs="+", default=None, help="run only these notebooks")
     b.add_argument("--device", default="auto")
