@@ -620,7 +620,7 @@ def test_ebn_headline_says_where_ebn_ranks_and_gives_words_only_where_the_ci_exc
     level = _ebn_acc({"standard": (0.93, 0.70), "advprop": (0.935, 0.76), "ebn": (0.931, 0.70)})
     level.loc[(level["recipe"] == "ebn") & (level["attack"] == "pgd"), "accuracy"] = [0.69, 0.71, 0.70]
     text = ebn.headline(level, models=models)
-    assert "under PGD 2/255, EBN scores (70.0 %): " in text and "least" not in text and "most" not in text
+    assert "under PGD 2/255, EBN scores 70.0 %: " in text and "least" not in text and "most" not in text
     assert "against standard training (no difference shown)" in text.split("On clean")[0]
     # every PGD accuracy at the floor: no robust lead either
     floor = acc.assign(accuracy=np.where(acc["attack"] == "pgd", 0.0, acc["accuracy"]))
@@ -644,7 +644,30 @@ def test_ebn_ablation_findings_pair_shared_against_separate_branches():
     models = _ebn_models(["standard", "ebn"])
     text = ebn.ablation_findings(pd.concat([base, affine], ignore_index=True), models=models)
     assert "shared γ/β: clean +0.0 points" in text and "PGD 2/255 -10.0 points" in text and "(lower)" in text
+    assert "minus shared statistics" not in text  # only one of the two ablations trained
     assert ebn.ablation_findings(base, models=models) == ""
+    # both trained: shared γ/β against shared statistics, paired, which is the comparison Zhang et al. argue about
+    stats = _ebn_acc({"ebn": (0.94, 0.58)}).assign(share="stats")
+    text = ebn.ablation_findings(pd.concat([base, affine, stats], ignore_index=True), models=models)
+    line = [x for x in text.splitlines() if "shared γ/β minus shared statistics" in x][0]
+    assert "PGD 2/255 -8.0 points [95 % CI -8.0, -8.0]" in line and "(lower)" in line and "Zhang et al." in line
+    assert "shared statistics: clean +0.0 points" in text and "PGD 2/255 -2.0 points" in text
+    # not judged (standard training below its floor): the numbers, without a word for the direction
+    text = ebn.ablation_findings(pd.concat([base, affine, stats], ignore_index=True),
+                                 models=_ebn_models(["standard", "ebn"], standard_clean=0.5))
+    line = [x for x in text.splitlines() if "shared γ/β minus shared statistics" in x][0]
+    assert "-8.0 points" in line and "(lower)" not in line
+
+
+def test_ebn_ablation_table_compares_the_three_sharings_on_the_attacks_all_three_had():
+    from rnorm.experiments import ebn
+    base = _ebn_acc({"ebn": (0.94, 0.60)})
+    apgd = base[base["attack"] == "pgd"].assign(attack="apgd", accuracy=0.55)  # separate branches only
+    shared = [_ebn_acc({"ebn": (0.93, v)}).assign(share=s) for s, v in (("affine", 0.50), ("stats", 0.58))]
+    table = ebn.ablation_table(pd.concat([base, apgd, *shared], ignore_index=True))
+    assert list(table["share"]) == ["none", "affine", "stats"]
+    assert not [c for c in table.columns if "APGD" in str(c)] and len(table.columns) == 5
+    assert ebn.ablation_table(pd.concat([base, apgd], ignore_index=True)).empty  # no ablation trained
 
 
 def test_ebn_ranking_ties_are_equal_and_never_make_ebn_last():

@@ -67,6 +67,12 @@ def test_every_notebook_runs_and_writes_results(smoke_book):
         for pdf in figures:  # every figure in three formats beside the CSV it was drawn from
             for ext in (".svg", ".png", ".csv"):
                 assert pdf.with_suffix(ext).is_file(), pdf.with_suffix(ext)
+    import pandas as pd
+    from rnorm.experiments import ebn
+    acc = pd.read_csv(root / "results" / "04_easy_batchnorm" / "accuracy.csv")
+    apgd = acc[acc["attack"] == "apgd"]  # APGD-CE: the main branch of the compared recipes and the baseline only
+    assert set(apgd["recipe"]) == set(acc["recipe"]) & set(ebn.HEADLINE_RECIPES) != set()
+    assert set(apgd["branch"]) == {"main"} and set(apgd["share"]) == {"none"}
     ledger = (root / "results" / "05_claims_ledger" / "ledger.csv").read_text()
     assert all(c in ledger for c in ("C1", "C2", "C3", "C4", "C5"))
     assert set(record["seconds"]) >= set(REGISTRY) | {"pretrain"}
