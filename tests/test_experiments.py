@@ -53,7 +53,8 @@ def test_parameters_cell_equals_the_parameter_class(name):
     source = _parameters_cell(jupytext.read(REPO / "notebooks" / f"{name}.md"))
     ns: dict = {}
     exec(source, {"Optional": object, "Union": object}, ns)
-    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+    defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                for f in dataclasses.fields(cls)}
     got = {k: (tuple(v) if isinstance(v, list) else v) for k, v in ns.items() if not k.startswith("__")}
     assert got == defaults
     lines = [ln for ln in source.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
@@ -129,6 +130,11 @@ BAD_PARAMS = [
     (EBNParams, {"loss_weighting": "avg"}, "loss_weighting", "mean"),
     (EBNParams, {"ablation": 1}, "ablation", None),
     (EBNParams, {"channels_last": "yes"}, "channels_last", None),
+    (EBNParams, {"epochs_by_dataset": {"cifar10_jpg": 30}}, "epochs_by_dataset", "cifar10_jpeg"),
+    (EBNParams, {"epochs_by_dataset": {"cifar10_jpeg": 0}}, "epochs_by_dataset[cifar10_jpeg]", None),
+    (EBNParams, {"epochs_by_dataset": {"cifar10_jpeg": 2}, "epochs": 3, "warmup_epochs": 2},
+     "epochs_by_dataset[cifar10_jpeg]", None),
+    (EBNParams, {"epochs_by_dataset": [30]}, "epochs_by_dataset", None),
 ]
 
 
@@ -521,6 +527,24 @@ def test_train_command_trains_the_sweep_then_the_chosen_runs(tmp_path, monkeypat
     assert robustnorm.chosen_lrs(params) == chosen
     for cfg in robustnorm.runs(params):
         assert find_run(cfg) is not None, cfg.name()
+
+
+def test_ebn_epochs_per_dataset_reach_the_runs_and_the_texts():
+    from rnorm.experiments import ebn, ledger
+    p = EBNParams(datasets=["fashion_mnist", "cifar10_jpeg"], recipes=["standard", "ebn"], epochs=15,
+                  epochs_by_dataset={"cifar10_jpeg": 30, "cifar10": 40}, ablation=True)
+    by_dataset = {(c.dataset, c.recipe, c.share): c.epochs for c in ebn.runs(p)}
+    assert by_dataset == {("fashion_mnist", "standard", "none"): 15, ("fashion_mnist", "ebn", "none"): 15,
+                          ("fashion_mnist", "ebn", "affine"): 15, ("fashion_mnist", "ebn", "stats"): 15,
+                          ("cifar10_jpeg", "standard", "none"): 30, ("cifar10_jpeg", "ebn", "none"): 30}
+    # a run's key is its settings: the same run as one planned with epochs 30 outright
+    alone = EBNParams(datasets=["cifar10_jpeg"], recipes=["standard"], epochs=30, ablation=False)
+    assert ebn.runs(alone)[0].key() == [c for c in ebn.runs(p) if c.dataset == "cifar10_jpeg"][0].key()
+    assert ebn.epochs_text(p) == "15 epoch(s) on FashionMNIST, 30 on CIFAR-10 (lossy JPEG copy)"
+    assert ebn.epochs_text(EBNParams(epochs=15, epochs_by_dataset={"cifar10_jpeg": 30})) == "15 epoch(s)"
+    assert ledger._epochs(p.as_dict()) == "15 (cifar10_jpeg: 30)"
+    assert ledger._epochs(alone.as_dict()) == 30
+    assert ledger._epochs({**alone.as_dict(), "epochs_by_dataset": {"cifar10_jpeg": 25}}) == "cifar10_jpeg: 25"
 
 
 def test_ebn_training_attack_steps_eps_over_steps_unless_given():

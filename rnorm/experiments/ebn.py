@@ -47,6 +47,7 @@ class EBNParams(TrainingParams):
     eval_batch_size: int = 64
     loss_weighting: str = "mean"
     ablation: bool = True
+    epochs_by_dataset: dict = dataclasses.field(default_factory=dict)
 
     def _check(self):
         from ..data import DATASETS
@@ -76,6 +77,39 @@ class EBNParams(TrainingParams):
                               f"allowed: at least one inference batch of images.")
         if len(self.recipes) != len(set(self.recipes)):
             raise ConfigError(f"recipes={list(self.recipes)!r} repeats a recipe; give each once.")
+        self._set("epochs_by_dataset", _epochs_by_dataset(self.epochs_by_dataset, self.warmup_epochs))
+
+
+def _epochs_by_dataset(value, warmup_epochs: int) -> dict:
+    """``epochs_by_dataset`` checked: a mapping from dataset names (any the library knows, so that a
+    profile may name a dataset a ``-p datasets`` override leaves out) to at least ``warmup_epochs + 1``
+    epochs."""
+    from ..data import DATASETS
+    if not isinstance(value, dict):
+        raise ConfigError(f"epochs_by_dataset={value!r} is not allowed; allowed: a mapping from dataset "
+                          f"({', '.join(DATASETS)}) to epochs, e.g. {{cifar10_jpeg: 30}}, or {{}}.")
+    out = {}
+    for name, epochs in value.items():
+        check_choice("epochs_by_dataset", name, tuple(DATASETS))
+        out[name] = check_int(f"epochs_by_dataset[{name}]", epochs, min_value=warmup_epochs + 1)
+    return out
+
+
+def epochs_for(p: EBNParams, dataset: str) -> int:
+    """The epochs ``dataset``'s runs train for: ``epochs_by_dataset[dataset]`` where given, else ``epochs``
+    (one schedule does not converge every dataset: the ``cpu`` profile's CIFAR-10 ResNet-18 needs longer
+    than its FashionMNIST one)."""
+    return p.epochs_by_dataset.get(dataset, p.epochs)
+
+
+def epochs_text(p: EBNParams) -> str:
+    """The epochs of this build's datasets in words: ``15 epoch(s)`` when they share one number, else
+    ``15 epoch(s) on FashionMNIST, 30 on CIFAR-10 (lossy JPEG copy)``."""
+    from ..plots import label
+    per = {d: epochs_for(p, d) for d in p.datasets}
+    if len(set(per.values())) == 1:
+        return f"{next(iter(per.values()))} epoch(s)"
+    return ", ".join(f"{e}{' epoch(s)' if i == 0 else ''} on {label(d)}" for i, (d, e) in enumerate(per.items()))
 
 
 def train_alpha(p: EBNParams) -> float:
@@ -92,9 +126,10 @@ def train_alpha(p: EBNParams) -> float:
 
 
 def _config(p: EBNParams, dataset: str, arch: str, recipe: str, seed: int, share: str = "none") -> RunConfig:
-    return p.run_config(dataset=dataset, arch=arch, norm="multibn" if branches_for(recipe) else "bn", share=share,
-                        recipe=recipe, seed=seed, train_eps=p.train_eps, train_steps=p.train_steps,
-                        train_alpha=train_alpha(p), loss_weighting=p.loss_weighting)
+    cfg = p.run_config(dataset=dataset, arch=arch, norm="multibn" if branches_for(recipe) else "bn", share=share,
+                       recipe=recipe, seed=seed, train_eps=p.train_eps, train_steps=p.train_steps,
+                       train_alpha=train_alpha(p), loss_weighting=p.loss_weighting)
+    return cfg if cfg.epochs == epochs_for(p, dataset) else dataclasses.replace(cfg, epochs=epochs_for(p, dataset))
 
 
 def ablation_setting(p: EBNParams) -> tuple[str, str] | None:

@@ -87,6 +87,18 @@ def check_one_profile(provs: dict, root) -> str | None:
     return next(iter(profiles.values()), None)
 
 
+def _epochs(p: dict):
+    """The epochs of one notebook's parameters: ``epochs``, or where ``epochs_by_dataset`` gives a dataset
+    of the build other epochs, the numbers per dataset (e.g. ``15 (cifar10_jpeg: 30)``)."""
+    datasets = p.get("datasets") or [p.get("dataset")]
+    other = {d: e for d, e in (p.get("epochs_by_dataset") or {}).items() if d in datasets and e != p.get("epochs")}
+    if not other:
+        return p.get("epochs")
+    rest = [d for d in datasets if d not in other]
+    parts = ", ".join(f"{d}: {e}" for d, e in other.items())
+    return f"{p.get('epochs')} ({parts})" if rest else parts
+
+
 def scale_table(provs: dict) -> pd.DataFrame:
     """The scale of every experiment (datasets, architectures, width, epochs, images, seeds), from provenance."""
     rows = []
@@ -94,7 +106,7 @@ def scale_table(provs: dict) -> pd.DataFrame:
         p = prov["parameters"]
         rows.append({"notebook": nb, "dataset(s)": ", ".join(p.get("datasets") or [p.get("dataset", "")]),
                      "arch(s)": ", ".join(p.get("archs") or [p.get("arch", "")]), "width": p.get("width"),
-                     "epochs": p.get("epochs"), "training images": p.get("train_subset") or "all",
+                     "epochs": _epochs(p), "training images": p.get("train_subset") or "all",
                      "seeds": len(p.get("seeds", [])), "test images": p.get("test_n", p.get("probe_n"))})
     return pd.DataFrame(rows)
 
