@@ -542,9 +542,40 @@ def test_ebn_epochs_per_dataset_reach_the_runs_and_the_texts():
     assert ebn.runs(alone)[0].key() == [c for c in ebn.runs(p) if c.dataset == "cifar10_jpeg"][0].key()
     assert ebn.epochs_text(p) == "15 epoch(s) on FashionMNIST, 30 on CIFAR-10 (lossy JPEG copy)"
     assert ebn.epochs_text(EBNParams(epochs=15, epochs_by_dataset={"cifar10_jpeg": 30})) == "15 epoch(s)"
+    # held immutable and hashable, only for the build's datasets whose epochs differ
+    assert p.epochs_by_dataset == (("cifar10_jpeg", 30),) and hash(p) == hash(dataclasses.replace(p))
+    assert p.as_dict()["epochs_by_dataset"] == {"cifar10_jpeg": 30}
+    assert EBNParams(epochs=15, epochs_by_dataset={"cifar10_jpeg": 30}).as_dict()["epochs_by_dataset"] == {}
     assert ledger._epochs(p.as_dict()) == "15 (cifar10_jpeg: 30)"
     assert ledger._epochs(alone.as_dict()) == 30
     assert ledger._epochs({**alone.as_dict(), "epochs_by_dataset": {"cifar10_jpeg": 25}}) == "cifar10_jpeg: 25"
+
+
+def test_ebn_apgd_attacks_the_main_branch_of_the_compared_recipes_and_the_pgd_at_baseline(monkeypatch):
+    import torch
+    from rnorm.experiments import ebn
+    calls = []
+
+    def fake_evaluate(run, model, x, y, *, attacks, **kw):
+        calls.append((run.recipe, run.share, attacks, kw.get("branches", ("main",))))
+        return pd.DataFrame({"attack": list(attacks)})
+
+    class FakeRun:
+        def __init__(self, cfg):
+            self.recipe, self.share = cfg.recipe, cfg.share
+
+        def model(self, device):
+            return None
+
+    monkeypatch.setattr(ebn, "cached_evaluate", fake_evaluate)
+    p = EBNParams(recipes=["standard", "pgd_at", "advprop", "ebn", "advprop_ebn"], ablation=True, test_n=128,
+                  apgd_n=64, eval_batch_size=64)
+    x, y = torch.zeros(128, 1, 28, 28), torch.zeros(128, dtype=torch.long)
+    for cfg in ebn.runs(p):
+        ebn.evaluate_run(p, cfg, FakeRun(cfg), "cpu", {cfg.dataset: (x, y)}, {cfg.dataset: (x, y)})
+    apgd = {(r, s): b for r, s, attacks, b in calls if attacks == ("apgd",)}
+    assert set(apgd) == {("standard", "none"), ("pgd_at", "none"), ("advprop", "none"), ("ebn", "none")}
+    assert set(apgd.values()) == {("main",)}
 
 
 def test_ebn_training_attack_steps_eps_over_steps_unless_given():

@@ -91,7 +91,8 @@ def _epochs(p: dict):
     """The epochs of one notebook's parameters: ``epochs``, or where ``epochs_by_dataset`` gives a dataset
     of the build other epochs, the numbers per dataset (e.g. ``15 (cifar10_jpeg: 30)``)."""
     datasets = p.get("datasets") or [p.get("dataset")]
-    other = {d: e for d, e in (p.get("epochs_by_dataset") or {}).items() if d in datasets and e != p.get("epochs")}
+    given = p.get("epochs_by_dataset") or {}
+    other = {d: given[d] for d in datasets if d in given and given[d] != p.get("epochs")}
     if not other:
         return p.get("epochs")
     rest = [d for d in datasets if d not in other]
