@@ -507,6 +507,18 @@ def headline(acc: pd.DataFrame, clean_full: pd.DataFrame | None = None, *, model
     return "\n\n".join(lines)
 
 
+def _paired_parts(a: pd.DataFrame, b: pd.DataFrame, ok: bool) -> list[str]:
+    """``b`` minus ``a`` at each of ``b``'s clean and PGD settings (:func:`_scored`), paired over the seeds
+    both have, as "<attack> <difference with CI> (<direction>)" (the word only where ``ok``); none where
+    they share no seed."""
+    parts = []
+    for attack, eps in _scored(b):
+        got = _paired(a, b, attack, eps)
+        if got is not None:
+            parts.append(f"{_attack_name(b, attack, eps)} {got[0].text()}{_direction(*got, attack, ok, _COMPARED)}")
+    return parts
+
+
 def ablation_findings(acc: pd.DataFrame, clean_full: pd.DataFrame | None = None, *,
                       models: pd.DataFrame | None) -> str:
     """The sharing ablation in numbers: EBN with shared affine parameters, and with shared statistics,
@@ -527,22 +539,11 @@ def ablation_findings(acc: pd.DataFrame, clean_full: pd.DataFrame | None = None,
         if not ok:
             lines.append(f"- {label(d)} / {a}: *not judged: {why}; no word says which way the differences go.*")
         for share, rows in sub[sub["share"] != "none"].groupby("share", sort=False):
-            parts = []
-            for attack, eps in _scored(rows):
-                got = _paired(base, rows, attack, eps)
-                if got is not None:
-                    parts.append(f"{_attack_name(rows, attack, eps)} {got[0].text()}"
-                                 f"{_direction(*got, attack, ok, _COMPARED)}")
             what = "shared γ/β" if share == "affine" else "shared statistics"
-            lines.append(f"- {label(d)} / {a}, {what}: " + "; ".join(parts))
+            lines.append(f"- {label(d)} / {a}, {what}: " + "; ".join(_paired_parts(base, rows, ok)))
         affine, shared_stats = sub[sub["share"] == "affine"], sub[sub["share"] == "stats"]
         if len(affine) and len(shared_stats):
-            parts = []
-            for attack, eps in _scored(affine):
-                got = _paired(shared_stats, affine, attack, eps)
-                if got is not None:
-                    parts.append(f"{_attack_name(affine, attack, eps)} {got[0].text()}"
-                                 f"{_direction(*got, attack, ok, _COMPARED)}")
+            parts = _paired_parts(shared_stats, affine, ok)
             if parts:  # none while the two share no seed
                 lines.append(f"- {label(d)} / {a}, shared γ/β minus shared statistics: " + "; ".join(parts)
                              + ". Zhang et al. (2024) argue that separate affine parameters matter more than "
