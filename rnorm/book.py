@@ -415,7 +415,8 @@ def recorded_inputs(notebook: str, out_dir) -> dict | None:
 # ------------------------------------------------------------------------------------- training
 def publish_runs(profile: dict, *, notebooks=None, archive=None) -> tuple[list, list]:
     """Copy every finished run the notebooks of ``profile`` need into ``archive`` (default: the
-    repository's ``models/``) with :func:`rnorm.runs.publish_run`; returns (published folders,
+    repository's ``models/``) with :func:`rnorm.runs.publish_run`, with its evaluation caches (those
+    computed here and those published before: :func:`copy_evaluations`); returns (published folders,
     names of the runs not finished). Runs named only after others finish (03's RobustNorm runs
     after its sweep) are included once those have finished."""
     from .runs import find_run, publish_run
@@ -426,8 +427,54 @@ def publish_runs(profile: dict, *, notebooks=None, archive=None) -> tuple[list, 
         if run is None:
             missing.append(cfg.folder_name())
         else:
-            published.append(publish_run(run, archive))
+            # publish_run replaces the folder: carry the evaluations published before (perhaps on
+            # another machine) into the run first, so the archive keeps them all
+            copy_evaluations(archive / run.path.name, run.path)
+            folder = publish_run(run, archive)
+            copy_evaluations(run.path, folder)
+            published.append(folder)
     return published, missing
+
+
+#: The evaluation caches of a run (:func:`rnorm.experiments.common.cached_evaluate`): their name is
+#: the hash of everything an evaluation depends on (the run, the test images, the attack, the code).
+EVALUATION_FILES = "eval-*.csv"
+
+
+def copy_evaluations(src, dst) -> list:
+    """Copy the evaluation caches (:data:`EVALUATION_FILES`) of the run folder ``src`` that the run folder
+    ``dst`` lacks into it, each atomically; returns the names copied. A missing ``src`` copies nothing.
+
+    The published book carries them beside each run in ``models/`` (:func:`publish_runs`), and
+    :func:`restore_evaluations` puts them back in ``RNORM_RUNS``, so a fresh machine re-executes a
+    chapter without evaluating its models again. A cache is only ever read under its own name, which
+    hashes the evaluation code and the test images, so one written by other code or from other
+    images is never used: it stays unread."""
+    from ._io import atomic_write_bytes
+    src, dst = Path(src), Path(dst)
+    if not src.is_dir():
+        return []
+    copied = []
+    for f in sorted(src.glob(EVALUATION_FILES)):
+        if not (dst / f.name).exists():
+            atomic_write_bytes(dst / f.name, f.read_bytes())
+            copied.append(f.name)
+    return copied
+
+
+def restore_evaluations(configs, *, archive=None) -> int:
+    """For each config whose run is finished or published (restored into ``RNORM_RUNS`` by
+    :func:`rnorm.runs.find_run`), copy the evaluations published beside it (:func:`copy_evaluations`)
+    that its run folder lacks; returns the number of files copied. Runs not trained yet are skipped."""
+    from .runs import archive_roots, find_run
+    n = 0
+    for cfg in configs:
+        run = find_run(cfg, archive=archive)
+        if run is None:
+            continue
+        for root in archive_roots(archive):
+            n += len(copy_evaluations(root / run.path.name, run.path))
+    return n
 
 
 def planned_configs(profile: dict, notebooks=None, exclude=(), longest_first: bool = False,
@@ -742,6 +789,9 @@ def run_book(profile_name: str, *, jobs=None, build: bool = True, notebooks=None
                  executor=executor, address=address, layouts=layouts)
         timings["pretrain"] = round(time.time() - t0, 1)
         record["layouts"] = [lay.describe() for lay in layouts]
+        restored = restore_evaluations(planned_configs(profile, [nb for nb in todo if get(nb).trains]))
+        if restored:
+            print(f"restored {restored} published evaluation(s) into RNORM_RUNS", flush=True)
         from concurrent.futures import ThreadPoolExecutor
 
         def one(nb):

@@ -78,7 +78,8 @@ def _parser() -> argparse.ArgumentParser:
     la.add_argument("--only", nargs="+", default=None, help="only the runs of these notebooks")
     la.add_argument("--remeasure", action="store_true", help="measure again, ignoring the cached answer")
     pu = sub.add_parser("publish", help="copy the finished runs a profile's notebooks need into models/ (final "
-                                        "weights and history, no optimizer state), so a fresh clone need not train them")
+                                        "weights, history and the evaluations computed so far; no optimizer state), so a fresh "
+                                        "clone need neither train nor evaluate them again")
     pu.add_argument("--profile", default="cpu")
     pu.add_argument("--only", nargs="+", default=None, help="only the runs of these notebooks")
     pu.add_argument("--archive", default=None, help="target folder (default: the repository's models/)")

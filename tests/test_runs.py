@@ -455,6 +455,56 @@ def test_published_run_is_restored_without_training(env, monkeypatch):
     assert runs.find_run(cfg, env / "third", archive=env / "archive") is not None
 
 
+def test_published_evaluations_travel_with_the_run(env, monkeypatch):
+    """``rnorm publish`` puts a run's evaluation caches beside it in the archive, and the book restores
+    them into a fresh runs folder, where the evaluation is then read, not computed again. Publishing
+    from a machine that evaluated something else keeps what was published before (the union)."""
+    import pandas as pd
+
+    import rnorm.evaluate as ev
+    from rnorm import book
+    from rnorm.experiments.common import cached_evaluate
+
+    cfg = tiny(epochs=1)
+    monkeypatch.setattr(book, "planned_configs", lambda profile, notebooks=None: [cfg])
+    archive = env / "archive"
+    x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    kw = dict(attacks=("clean", "fgsm"), eps=(8 / 255,), batch_sizes=(8,), device="cpu")
+
+    run = runs.train(cfg)
+    first = cached_evaluate(run, run.model(), x, y, **kw)
+    (name,) = [p.name for p in run.path.glob("eval-*.csv")]
+    published, missing = book.publish_runs({}, archive=archive)
+    assert missing == [] and published == [archive / cfg.folder_name()]
+    assert (archive / cfg.folder_name() / name).read_bytes() == (run.path / name).read_bytes()
+
+    # a fresh machine: the run and its evaluation come from the archive; nothing is evaluated
+    monkeypatch.setenv("RNORM_RUNS", str(env / "fresh"))
+    assert book.restore_evaluations([cfg], archive=archive) == 1
+    assert book.restore_evaluations([cfg], archive=archive) == 0  # already there
+    again = runs.find_run(cfg)
+    assert again.path == env / "fresh" / cfg.folder_name()
+    with monkeypatch.context() as m:
+        m.setattr(ev, "evaluate", lambda *a, **k: pytest.fail("evaluated again instead of reading the cache"))
+        read = cached_evaluate(again, again.model(), x, y, **kw)
+    pd.testing.assert_frame_equal(first.reset_index(drop=True), read, check_dtype=False)
+
+    # a third machine evaluates something else and publishes: the archive keeps both
+    monkeypatch.setenv("RNORM_RUNS", str(env / "third"))
+    third = runs.find_run(cfg, archive=archive)
+    assert not list(third.path.glob("eval-*.csv"))  # restoring a run alone copies no evaluation
+    cached_evaluate(third, third.model(), x, y, **{**kw, "eps": (4 / 255,)})
+    book.publish_runs({}, archive=archive)
+    assert len(list((archive / cfg.folder_name()).glob("eval-*.csv"))) == 2
+    assert runs.find_run(cfg, archive=archive) is not None  # still a complete, loadable published run
+
+
+def test_restoring_evaluations_skips_runs_not_trained(env):
+    from rnorm import book
+    assert book.restore_evaluations([tiny(epochs=1)], archive=env / "archive") == 0
+    assert not (env / "runs" / tiny(epochs=1).folder_name() / "done").exists()
+
+
 def test_archived_weights_of_another_key_are_refused(env):
     cfg = tiny(epochs=1)
     folder = runs.publish_run(runs.train(cfg), env / "archive")
