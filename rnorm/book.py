@@ -446,10 +446,10 @@ def copy_evaluations(src, dst) -> list:
     ``dst`` lacks into it, each atomically; returns the names copied. A missing ``src`` copies nothing.
 
     The published book carries them beside each run in ``models/`` (:func:`publish_runs`), and
-    :func:`restore_evaluations` puts them back in ``RNORM_RUNS``, so a fresh machine re-executes a
-    chapter without evaluating its models again. A cache is only ever read under its own name, which
-    hashes the evaluation code and the test images, so one written by other code or from other
-    images is never used: it stays unread."""
+    :func:`restore_evaluations` puts them back in ``RNORM_RUNS`` (:func:`run_notebook` calls it), so a
+    fresh machine re-executes a chapter without evaluating its models again. A cache is only ever read
+    under its own name, which hashes the evaluation code and the test images, so one written by other
+    code or from other images is never used: it stays unread."""
     from ._io import atomic_write_bytes
     src, dst = Path(src), Path(dst)
     if not src.is_dir():
@@ -620,7 +620,9 @@ def default_out_dir(notebook: str, params: dict) -> Path:
 def run_notebook(notebook: str, params: dict, *, out_dir: Path | None = None, log_output: bool = False) -> Path:
     """Execute ``notebooks/<notebook>.md`` (read with jupytext) with papermill into ``<out_dir>/executed/``.
 
-    ``out_dir`` defaults to :func:`default_out_dir`. The executed notebook is written atomically.
+    ``out_dir`` defaults to :func:`default_out_dir`. The executed notebook is written atomically. A study's
+    evaluations published in the archive are first copied beside its finished runs
+    (:func:`restore_evaluations`), so the notebook reads them instead of computing them again.
     """
     import jupytext
     import papermill as pm
@@ -631,6 +633,11 @@ def run_notebook(notebook: str, params: dict, *, out_dir: Path | None = None, lo
     if not src.is_file():
         raise ConfigError(f"notebook={notebook!r}: no file {src}; notebooks: {', '.join(ALL_NOTEBOOKS)}.")
     preflight(entry.name, params, out_dir)
+    if entry.trains:  # the evaluations published beside its finished runs are read, not computed again
+        from .experiments import planned_runs
+        restored = restore_evaluations(planned_runs(entry.name, params))
+        if restored:
+            print(f"{entry.name}: restored {restored} published evaluation(s) into RNORM_RUNS", flush=True)
     executed = out_dir / "executed"
     executed.mkdir(parents=True, exist_ok=True)
     target = executed / f"{entry.name}.ipynb"
@@ -789,9 +796,6 @@ def run_book(profile_name: str, *, jobs=None, build: bool = True, notebooks=None
                  executor=executor, address=address, layouts=layouts)
         timings["pretrain"] = round(time.time() - t0, 1)
         record["layouts"] = [lay.describe() for lay in layouts]
-        restored = restore_evaluations(planned_configs(profile, [nb for nb in todo if get(nb).trains]))
-        if restored:
-            print(f"restored {restored} published evaluation(s) into RNORM_RUNS", flush=True)
         from concurrent.futures import ThreadPoolExecutor
 
         def one(nb):

@@ -883,3 +883,35 @@ def test_ebn_precompute_evaluates_each_trained_run_once_over_its_shards_and_trai
         [c for i, c in enumerate(planned) if i % 2 == 1 and c != untrained]
     assert all(r == f"run:{c.name()}" for c, r in seen)
     assert sorted(done[0] + done[1]) == sorted(c.name() for c in planned if c != untrained)
+
+
+def test_executing_a_study_first_restores_its_published_evaluations(tmp_path, monkeypatch, data_root):
+    """``run_notebook`` (``rnorm run`` and ``rnorm book``) copies the evaluations published beside a study's
+    runs into RNORM_RUNS before papermill starts, for exactly the runs the study plans; a notebook that
+    trains nothing (the ledger) restores nothing."""
+    import papermill
+
+    from rnorm.experiments import planned_runs
+
+    monkeypatch.setenv("RNORM_DATA", str(data_root))
+    monkeypatch.setenv("RNORM_RUNS", str(tmp_path / "runs"))
+    calls = []
+    monkeypatch.setattr(book, "restore_evaluations", lambda configs, archive=None: calls.append(list(configs)) or 0)
+
+    class Executed(Exception):
+        pass
+
+    def execute(*a, **k):  # records how many restores had happened when papermill started
+        raise Executed(len(calls))
+
+    monkeypatch.setattr(papermill, "execute_notebook", execute)
+    params = book.notebook_params(book.load_profile("smoke"), "04_easy_batchnorm")
+    with pytest.raises(Executed) as started:
+        book.run_notebook("04_easy_batchnorm", params, out_dir=tmp_path / "out")
+    assert started.value.args == (1,)  # restored before papermill started
+    assert calls == [planned_runs("04_easy_batchnorm", params)] and calls[0]
+    calls.clear()
+    with pytest.raises(Executed) as started:
+        book.run_notebook("05_claims_ledger", book.notebook_params(book.load_profile("smoke"), "05_claims_ledger"),
+                          out_dir=tmp_path / "out")
+    assert started.value.args == (0,) and calls == []
