@@ -417,7 +417,7 @@ def publish_runs(profile: dict, *, notebooks=None, archive=None) -> tuple[list, 
     """Copy every finished run the notebooks of ``profile`` need into ``archive`` (default: the
     repository's ``models/``) with :func:`rnorm.runs.publish_run`, with its evaluation caches (those
     computed here and those published before: :func:`copy_evaluations`); returns (published folders,
-    names of the runs not finished). Runs named only after others finish (03's RobustNorm runs
+    names of the runs neither finished here nor published before). Runs named only after others finish (03's RobustNorm runs
     after its sweep) are included once those have finished."""
     from .runs import find_run, publish_run
     archive = Path(archive) if archive is not None else REPO / "models"
@@ -425,7 +425,8 @@ def publish_runs(profile: dict, *, notebooks=None, archive=None) -> tuple[list, 
     for cfg in planned_configs(profile, notebooks):
         run = find_run(cfg, archive=[])
         if run is None:
-            missing.append(cfg.folder_name())
+            if not (archive / cfg.folder_name() / "model.pt").is_file():  # else published before, not here now
+                missing.append(cfg.folder_name())
         else:
             # publish_run replaces the folder: carry the evaluations published before (perhaps on
             # another machine) into the run first, so the archive keeps them all

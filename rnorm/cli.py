@@ -182,7 +182,7 @@ def _dispatch(args) -> int:
             print(f"published {path}")
         for name in missing:
             print(f"not finished, not published: {name}")
-        print(f"done: {len(published)} runs published, {len(missing)} not finished")
+        print(f"done: {len(published)} runs published, {len(missing)} neither finished nor published before")
         return 0
     if args.command == "build":
         book.build_book()

@@ -829,7 +829,7 @@ def test_train_and_publish_take_one_notebooks_parameters_and_refuse_them_without
     assert cfg.seed == 5 and find_run(cfg) is not None
     assert cli.main(["publish", "--profile", "smoke", "--archive", str(tmp_path / "models"), *extra]) == 0
     assert (tmp_path / "models" / cfg.folder_name() / "model.pt").is_file()
-    assert "done: 1 runs published, 0 not finished" in capsys.readouterr().out
+    assert "done: 1 runs published, 0 neither finished nor published before" in capsys.readouterr().out
 
 
 def test_robustnorm_observations_state_every_power_the_apgd_gap_and_epochs_to_target():

@@ -496,6 +496,10 @@ def test_published_evaluations_travel_with_the_run(env, monkeypatch):
     cached_evaluate(third, third.model(), x, y, **{**kw, "eps": (4 / 255,)})
     book.publish_runs({}, archive=archive)
     assert len(list((archive / cfg.folder_name()).glob("eval-*.csv"))) == 2
+    # where the run is published but not in this runs folder, it is neither re-published nor reported missing
+    monkeypatch.setenv("RNORM_RUNS", str(env / "fourth"))
+    assert book.publish_runs({}, archive=archive) == ([], [])
+    assert book.publish_runs({}, archive=env / "empty") == ([], [cfg.folder_name()])
     assert runs.find_run(cfg, archive=archive) is not None  # still a complete, loadable published run
 
 
