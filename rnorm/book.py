@@ -417,8 +417,8 @@ def publish_runs(profile: dict, *, notebooks=None, archive=None) -> tuple[list, 
     """Copy every finished run the notebooks of ``profile`` need into ``archive`` (default: the
     repository's ``models/``) with :func:`rnorm.runs.publish_run`, with its evaluation caches (those
     computed here and those published before: :func:`copy_evaluations`); returns (published folders,
-    names of the runs neither finished here nor published before). Runs named only after others finish (03's RobustNorm runs
-    after its sweep) are included once those have finished."""
+    names of the runs neither finished here nor published before). Runs named only after others
+    finish (03's RobustNorm runs after its sweep) are included once those have finished."""
     from .runs import find_run, publish_run
     archive = Path(archive) if archive is not None else REPO / "models"
     published, missing = [], []
