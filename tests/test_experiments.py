@@ -863,8 +863,9 @@ def test_robustnorm_observations_state_every_power_the_apgd_gap_and_epochs_to_ta
 
 
 def test_ebn_precompute_evaluates_each_trained_run_once_over_its_shards_and_trains_nothing(monkeypatch):
-    """The pre-computation makes run()'s own per-run call (evaluate_run) for every trained run, split
-    disjointly over the shards; untrained runs are skipped, and a bad shard is refused before any work."""
+    """The pre-computation makes run()'s own per-run calls (evaluate_run, and models_frame's full-test-set
+    accuracy) for every trained run, split disjointly over the shards; untrained runs are skipped, and a bad
+    shard is refused before any work."""
     import rnorm.runs
     from rnorm.experiments import ebn
     p = EBNParams.from_dict(book.load_profile("smoke")["notebooks"]["04_easy_batchnorm"])
@@ -875,12 +876,15 @@ def test_ebn_precompute_evaluates_each_trained_run_once_over_its_shards_and_trai
     monkeypatch.setattr(ebn, "test_subset", lambda dataset, n, seed=0: (dataset, n))
     seen = []
     monkeypatch.setattr(ebn, "evaluate_run", lambda params, cfg, r, device, tests, full: seen.append((cfg, r)))
+    framed = []
+    monkeypatch.setattr(ebn, "models_frame", lambda trained, device: framed.append(dict(trained)))
     with pytest.raises(ConfigError, match="shard=2"):
         ebn.precompute_evaluations(p, shard=2, shards=2)
-    assert seen == []
+    assert seen == [] and framed == []
     done = [ebn.precompute_evaluations(p, shard=k, shards=2, log=lambda *_: None) for k in (0, 1)]
     assert [c for c, _ in seen] == [c for i, c in enumerate(planned) if i % 2 == 0 and c != untrained] + \
         [c for i, c in enumerate(planned) if i % 2 == 1 and c != untrained]
+    assert framed == [{c: r} for c, r in seen]  # the same runs, one at a time, as run() frames them
     assert all(r == f"run:{c.name()}" for c, r in seen)
     assert sorted(done[0] + done[1]) == sorted(c.name() for c in planned if c != untrained)
 

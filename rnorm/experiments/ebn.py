@@ -212,7 +212,9 @@ def precompute_evaluations(p: EBNParams, shard: int = 0, shards: int = 1, log=pr
     """Compute, ahead of the notebook, the evaluations of the runs already trained, with exactly the calls
     :func:`run` makes (:func:`evaluate_run`), so that executing the chapter finds them cached. Runs not yet
     trained are skipped (nothing is trained here); ``shard`` of ``shards`` takes every ``shards``-th run,
-    so several processes (one per core) share the work. Returns the names of the runs evaluated."""
+    so several processes (one per core) share the work. The clean accuracy on the full test set that
+    :func:`~rnorm.experiments.common.models_frame` records for the ledger's convergence floors is computed
+    too, by that same call. Returns the names of the runs evaluated."""
     from ..runs import find_run
     check_int("shards", shards, min_value=1)
     check_int("shard", shard, min_value=0, max_value=shards - 1)
@@ -227,6 +229,7 @@ def precompute_evaluations(p: EBNParams, shard: int = 0, shards: int = 1, log=pr
             log(f"not trained yet, skipped: {cfg.name()}")
             continue
         evaluate_run(p, cfg, r, device, tests, full)
+        models_frame({cfg: r}, device)
         log(f"evaluated: {cfg.name()}")
         done.append(cfg.name())
     return done
