@@ -706,12 +706,45 @@ def test_ebn_ablation_findings_pair_shared_against_separate_branches():
     text = ebn.ablation_findings(pd.concat([base, affine, stats], ignore_index=True), models=models)
     line = [x for x in text.splitlines() if "shared γ/β minus shared statistics" in x][0]
     assert "PGD 2/255 -8.0 points [95 % CI -8.0, -8.0]" in line and "(lower)" in line and "Zhang et al." in line
+    assert "It is below 0 in PGD 2/255, as they argue; no difference is shown in clean accuracy" in line
     assert "shared statistics: clean +0.0 points" in text and "PGD 2/255 -2.0 points" in text
     # not judged (standard training below its floor): the numbers, without a word for the direction
     text = ebn.ablation_findings(pd.concat([base, affine, stats], ignore_index=True),
                                  models=_ebn_models(["standard", "ebn"], standard_clean=0.5))
     line = [x for x in text.splitlines() if "shared γ/β minus shared statistics" in x][0]
-    assert "-8.0 points" in line and "(lower)" not in line
+    assert "-8.0 points" in line and "(lower)" not in line and "as they argue" not in line
+    # the opposite direction is said as plainly
+    stats_lower = _ebn_acc({"ebn": (0.94, 0.45)}).assign(share="stats")
+    text = ebn.ablation_findings(pd.concat([base, affine, stats_lower], ignore_index=True), models=models)
+    assert "It is above 0, against their view, in PGD 2/255; no difference is shown in clean accuracy" in text and "as they argue" not in text
+
+
+def test_ebn_slice_loss_findings_by_hand():
+    from rnorm.experiments import ebn
+    losses = {0: ((0.6, 0.3), (0.2, 0.02), (0.1, 0.02)),  # (clean, easy) per epoch; easy/clean 0.5, 0.1, 0.2
+              1: ((0.8, 0.32), (0.4, 0.04), (0.3, 0.03))}  # 0.4, 0.1, 0.1
+    rows = []
+    for seed, per_epoch in losses.items():
+        for epoch, (main, aux) in enumerate(per_epoch, start=1):
+            common = dict(dataset="fashion_mnist", arch="resnet18", seed=seed, epoch=epoch, loss_main=main)
+            rows.append(dict(common, recipe="ebn", share="none", loss_easy=aux))
+            rows.append(dict(common, recipe="advprop", share="none", loss_adv=2 * main))
+            rows.append(dict(common, recipe="ebn", share="affine", loss_main=9.0, loss_easy=9.0))  # left out
+    h = pd.DataFrame(rows)
+    text = ebn.slice_loss_findings(h)
+    # first epoch: clean (0.6 + 0.8) / 2, easy (0.3 + 0.32) / 2; last: (0.1 + 0.3) / 2, (0.02 + 0.03) / 2;
+    # median ratio per seed 0.2 and 0.1, mean 15 %
+    assert ("EBN (2 seeds, 3 epochs): clean slice 0.7 → 0.2; easy slice 0.31 → 0.025 (median over epochs 15 % "
+            "of the clean slice's)") in text
+    assert "adversarial slice 1.4 → 0.4 (median over epochs 200 % of the clean slice's)" in text
+    assert "9" not in text.split("\n\n")[0] and "weight (½ for AdvProp and EBN" in text
+    assert "every term has weight 1" in ebn.slice_loss_findings(h, "sum")
+    assert ebn.slice_loss_findings(h[h["recipe"] == "standard"]) == ""
+    assert ebn.slice_loss_findings(h.drop(columns="epoch")) == "" and ebn.slice_loss_findings(None) == ""
+    one = ebn.slice_loss_findings(h[h["epoch"] == 1])
+    assert "EBN (2 seeds, 1 epoch): clean slice 0.7; easy slice 0.31 (median over epochs 45 %" in one
+    uneven = ebn.slice_loss_findings(h[(h["seed"] == 0) | (h["epoch"] < 3)])  # seed 1 stopped after 2 epochs
+    assert "EBN (2 seeds, 2–3 epochs)" in uneven
 
 
 def test_ebn_ablation_table_compares_the_three_sharings_on_the_attacks_all_three_had():

@@ -549,10 +549,111 @@ def ablation_findings(acc: pd.DataFrame, clean_full: pd.DataFrame | None = None,
             parts = _paired_parts(shared_stats, affine, ok)
             if parts:  # none while the two share no seed
                 lines.append(f"- {label(d)} / {a}, shared γ/β minus shared statistics: " + "; ".join(parts)
-                             + ". Zhang et al. (2024) argue that separate affine parameters matter more than "
-                               "separate statistics; that would show here as a difference below 0 (no ledger "
-                               "verdict rests on it).")
+                             + ". " + " ".join(t for t in (
+                                 "Zhang et al. (2024) argue that separate affine parameters matter more than "
+                                 "separate statistics, which would show here as a difference below 0.",
+                                 _zhang_reading(shared_stats, affine, ok), "No ledger verdict rests on it.") if t))
     return "\n".join(lines)
+
+
+def _zhang_reading(shared_stats: pd.DataFrame, affine: pd.DataFrame, ok: bool) -> str:
+    """Whether shared γ/β minus shared statistics is below 0, as Zhang et al. argue, in plain words: where
+    its CI says so, where it says the opposite, where it shows nothing, where both are at the attack's
+    floor and where there is no CI; empty when the setting is not judged."""
+    if not ok:
+        return ""
+    words = {"lower": [], "higher": [], "none": [], "floor": [], "no CI": []}
+    for attack, eps in _scored(affine):
+        got = _paired(shared_stats, affine, attack, eps)
+        if got is None:
+            continue
+        d = _direction(*got, attack, ok, ("higher", "lower", "none")).strip(" ()")
+        name = "clean accuracy" if attack == "clean" else _attack_name(affine, attack, eps)
+        words[d if d in words else "floor" if "floor" in d else "no CI"].append(name)
+    shown = ([f"below 0 in {', '.join(words['lower'])}, as they argue"] if words["lower"] else []) + (
+        [f"above 0, against their view, in {', '.join(words['higher'])}"] if words["higher"] else [])
+    out = ["It is " + "; and ".join(shown)] if shown else []
+    if words["none"]:
+        out.append(f"no difference is shown in {', '.join(words['none'])}")
+    if words["floor"]:
+        out.append(f"both are at the attack's floor under {', '.join(words['floor'])}")
+    if words["no CI"]:
+        out.append(f"no direction can be read in {', '.join(words['no CI'])} (fewer than 3 seeds: no CI)")
+    text = "; ".join(out)
+    return (text[0].upper() + text[1:] + ". APGD-CE is not run on the ablation models.") if text else ""
+
+
+_AUX = {"advprop": ("adv",), "ebn": ("easy",), "advprop_ebn": ("adv", "easy")}
+_HISTORY_KEYS = ("dataset", "arch", "recipe", "seed", "epoch", "loss_main")
+
+
+def slice_loss_findings(history: pd.DataFrame | None, loss_weighting: str = "mean") -> str:
+    """How hard each auxiliary slice is, from the runs' training histories: per setting and recipe, the
+    training loss of the clean slice and of each auxiliary slice (adversarial, easy) at the first and the
+    last epoch, and the median over epochs of the auxiliary slice's loss as a share of the clean slice's
+    (per seed, then the mean over seeds, so a seed with fewer epochs weighs as much; the median keeps the
+    warmup epoch from dominating). The sharing ablation is left out. It tests our reading of EBN (an easy
+    example is easier than the clean one: its loss should be lower) and bounds what the loss weighting
+    (``loss_weighting``: ``mean`` or ``sum``, Methods) can promise: a cross-entropy's gradient shrinks
+    roughly with its loss once that is small, so a slice far below the clean one adds little to the step
+    on the shared weights. Empty without the history's columns."""
+    from ..plots import label
+    if history is None or not set(_HISTORY_KEYS) <= set(history.columns):
+        return ""
+    h = history[history["share"].isin(("none", ""))] if "share" in history else history
+    lines = []
+    for (d, a), sub in h.groupby(["dataset", "arch"], sort=False):
+        parts = []
+        for recipe, branches in _AUX.items():
+            rows = sub[sub["recipe"] == recipe]
+            cols = [f"loss_{b}" for b in branches if f"loss_{b}" in rows and rows[f"loss_{b}"].notna().any()]
+            if rows.empty or not cols:
+                continue
+            per_seed = []
+            for _, run in rows.sort_values("epoch").groupby("seed"):
+                run = run.dropna(subset=["loss_main"] + cols)
+                if len(run):
+                    per_seed.append({**{f"first_{c}": run[c].iloc[0] for c in ["loss_main"] + cols},
+                                     **{f"last_{c}": run[c].iloc[-1] for c in ["loss_main"] + cols},
+                                     **{f"ratio_{c}": (run[c] / run["loss_main"]).median() for c in cols},
+                                     "epochs": len(run)})
+            if not per_seed:
+                continue
+            m = pd.DataFrame(per_seed).mean()
+            n, epochs = len(per_seed), sorted({r["epochs"] for r in per_seed})
+            span = f"{epochs[0]} epoch{'s' if epochs[0] > 1 else ''}" if len(epochs) == 1 else \
+                f"{epochs[0]}–{epochs[-1]} epochs"
+
+            def trend(c):
+                return f"{m[f'first_{c}']:.3g}" + (f" → {m[f'last_{c}']:.3g}" if epochs[-1] > 1 else "")
+            slices = "; ".join(f"{'adversarial' if c == 'loss_adv' else 'easy'} slice {trend(c)} (median over "
+                               f"epochs {100 * m[f'ratio_{c}']:.0f} % of the clean slice's)" for c in cols)
+            parts.append(f"{label(recipe)} ({n} seed{'s' if n > 1 else ''}, {span}): clean slice "
+                         f"{trend('loss_main')}; {slices}")
+        if parts:
+            lines.append(f"- {label(d)} / {a}: " + ". ".join(parts) + ".")
+    if not lines:
+        return ""
+    if loss_weighting == "mean":
+        weights = ("with the mean over slices every term has the same weight (½ for AdvProp and EBN, ⅓ for "
+                   "AdvProp+EBN), so a slice far below the clean one adds little to the step on the shared "
+                   "weights and the clean term, at that weight, drives them. EBN's shared weights then likely "
+                   "move by less than standard training's at the same learning rate, and an adversarial slice "
+                   "above the clean one moves AdvProp's by more than standard training's")
+    else:
+        weights = ("with the sum over slices every term has weight 1, so a slice far below the clean one adds "
+                   "little to the step on the shared weights: EBN's then likely move by about as much as "
+                   "standard training's at the same learning rate, and an adversarial slice adds its own step, "
+                   "so AdvProp's move by more")
+    return ("**How hard each slice is** (training loss per slice, first → last epoch, mean over seeds; from the "
+            "runs' histories):\n" + "\n".join(lines) + "\n\nAn easy slice whose loss stays below the clean "
+            "slice's is what our reading of EBN predicts (its examples are made easier). It also means that the "
+            f"loss weighting cannot give every recipe one step size. A cross-entropy's gradient shrinks roughly "
+            f"with its loss once that is small, and {weights}. This holds mainly for the parameters BatchNorm "
+            "does not make scale-invariant (its γ and β, the final linear layer); for a convolution followed by "
+            "BatchNorm, the learning rate and the weight decay set the effective step more than the gradient's "
+            "size does. It confounds EBN against standard training and against AdvProp; no control for it (e.g. "
+            "standard training at a lower learning rate) is in this build.")
 
 
 def cost_table(history: pd.DataFrame) -> pd.DataFrame:
