@@ -745,6 +745,14 @@ def test_ebn_slice_loss_findings_by_hand():
     assert "EBN (2 seeds, 1 epoch): clean slice 0.7; easy slice 0.31 (median over epochs 45 %" in one
     uneven = ebn.slice_loss_findings(h[(h["seed"] == 0) | (h["epoch"] < 3)])  # seed 1 stopped after 2 epochs
     assert "EBN (2 seeds, 2–3 epochs)" in uneven
+    assert "stays far below the clean slice's" in text and "confounds EBN" in text
+    # alike slices (easy at 80 %, adversarial at 120 % of the clean loss): no confound is argued from them
+    alike = h.assign(loss_easy=h["loss_main"] * 0.8, loss_adv=h["loss_main"] * 1.2)
+    assert "confounds" not in ebn.slice_loss_findings(alike) and "80 % of the clean slice's" in \
+        ebn.slice_loss_findings(alike)
+    # an easy slice harder than the clean one contradicts our reading, and the text says so
+    harder = h.assign(loss_easy=h["loss_main"] * 1.1)
+    assert "does not do here what we read it to do" in ebn.slice_loss_findings(harder)
 
 
 def test_ebn_ablation_table_compares_the_three_sharings_on_the_attacks_all_three_had():
