@@ -719,6 +719,27 @@ def test_ebn_ablation_findings_pair_shared_against_separate_branches():
     assert "It is above 0, against their view, in PGD 2/255; no difference is shown in clean accuracy" in text and "as they argue" not in text
 
 
+def test_ebn_direction_category_covers_every_case_by_hand():
+    from rnorm import stats
+    from rnorm.experiments import ebn
+    a, b = [0.50, 0.52, 0.54], [0.60, 0.61, 0.65]  # differences 0.10, 0.09, 0.11: CI well above 0
+    e = stats.paired_seeds(a, b)
+    assert ebn._category(e, a, b, "pgd", True) == "higher"
+    assert ebn._category(stats.paired_seeds(b, a), b, a, "pgd", True) == "lower"
+    noisy = [0.50, 0.70, 0.40]  # differences 0.0, -0.18, +0.14 around b: CI spans 0
+    assert ebn._category(stats.paired_seeds(noisy, [0.50, 0.52, 0.54]), noisy, [0.50, 0.52, 0.54], "clean", True) == "none"
+    assert ebn._category(e, a, b, "pgd", False) is None  # not judged: no direction at all
+    two = stats.paired_seeds(a[:2], b[:2])  # fewer than 3 seeds: no CI
+    assert ebn._category(two, a[:2], b[:2], "pgd", True) == "no CI" and ebn._category(None, a, b, "pgd", True) == "no CI"
+    zeros, tiny = [0.0, 0.0, 0.0], [0.004, 0.006, 0.005]  # every robust accuracy at the floor
+    assert ebn._category(stats.paired_seeds(zeros, tiny), zeros, tiny, "pgd", True) == "floor"
+    assert ebn._category(stats.paired_seeds(zeros, tiny), zeros, tiny, "clean", True) == "higher"  # no floor on clean
+    # the words follow the category, and say nothing where there is no direction to give
+    assert ebn._direction(e, a, b, "pgd", True, ("up", "down", "flat")) == " (up)"
+    assert ebn._direction(e, a, b, "pgd", False, ("up", "down", "flat")) == ""
+    assert "floor" in ebn._direction(stats.paired_seeds(zeros, tiny), zeros, tiny, "pgd", True, ("up", "down", "flat"))
+
+
 def test_ebn_slice_loss_findings_by_hand():
     from rnorm.experiments import ebn
     losses = {0: ((0.6, 0.3), (0.2, 0.02), (0.1, 0.02)),  # (clean, easy) per epoch; easy/clean 0.5, 0.1, 0.2

@@ -298,15 +298,29 @@ def _header(text: str, ok: bool, why: str) -> str:
                             f"they go.*")
 
 
-def _direction(e, a, b, attack: str, ok: bool, words: tuple[str, str, str]) -> str:
-    """The word for a paired difference ``e`` of per-seed values ``a`` -> ``b``: ``words`` = (above 0, below 0,
-    neither) when the CI decides and the setting is judged; nothing when it is not judged or has one seed;
-    a note instead when every robust accuracy compared is at the attack's floor."""
-    if not ok or e is None or math.isnan(e.low):
-        return ""
+def _category(e, a, b, attack: str, ok: bool) -> str | None:
+    """Which way a paired difference ``e`` of per-seed values ``a`` -> ``b`` goes: ``"higher"`` or
+    ``"lower"`` where its 95 % CI excludes 0, ``"none"`` where it does not, ``"floor"`` where every robust
+    accuracy compared is at the attack's floor (no difference can show), ``"no CI"`` with fewer than 3
+    seeds; None where the setting is not judged (no word may give a direction)."""
+    if not ok:
+        return None
+    if e is None or math.isnan(e.low):
+        return "no CI"
     if attack != "clean" and not not_at_floor(*a, *b)[0]:
+        return "floor"
+    return "higher" if e.low > 0 else "lower" if e.high < 0 else "none"
+
+
+def _direction(e, a, b, attack: str, ok: bool, words: tuple[str, str, str]) -> str:
+    """:func:`_category` in words, as a parenthesis to append: ``words`` = (above 0, below 0, neither);
+    nothing when the setting is not judged or there is no CI; a note instead at the attack's floor."""
+    cat = _category(e, a, b, attack, ok)
+    if cat in (None, "no CI"):
+        return ""
+    if cat == "floor":
         return " (both at the attack's floor: no difference can show)"
-    return f" ({words[0] if e.low > 0 else words[1] if e.high < 0 else words[2]})"
+    return f" ({dict(zip(('higher', 'lower', 'none'), words))[cat]})"
 
 
 def _attack_name(rows: pd.DataFrame, attack: str, eps: float) -> str:
@@ -510,16 +524,23 @@ def headline(acc: pd.DataFrame, clean_full: pd.DataFrame | None = None, *, model
     return "\n\n".join(lines)
 
 
-def _paired_parts(a: pd.DataFrame, b: pd.DataFrame, ok: bool) -> list[str]:
+def _paired_all(a: pd.DataFrame, b: pd.DataFrame) -> list[tuple[str, float, tuple]]:
     """``b`` minus ``a`` at each of ``b``'s clean and PGD settings (:func:`_scored`), paired over the seeds
-    both have, as "<attack> <difference with CI> (<direction>)" (the word only where ``ok``); none where
-    they share no seed."""
-    parts = []
+    both have (:func:`_paired`): ``(attack, eps, (effect, a's values, b's values))``; settings where they
+    share no seed are left out."""
+    out = []
     for attack, eps in _scored(b):
         got = _paired(a, b, attack, eps)
         if got is not None:
-            parts.append(f"{_attack_name(b, attack, eps)} {got[0].text()}{_direction(*got, attack, ok, _COMPARED)}")
-    return parts
+            out.append((attack, eps, got))
+    return out
+
+
+def _paired_parts(pairs: list[tuple[str, float, tuple]], b: pd.DataFrame, ok: bool) -> list[str]:
+    """:func:`_paired_all`'s pairs as "<attack> <difference with CI> (<direction>)", the word only where
+    ``ok``; ``b`` names the attacks (steps, ε) as run."""
+    return [f"{_attack_name(b, attack, eps)} {got[0].text()}{_direction(*got, attack, ok, _COMPARED)}"
+            for attack, eps, got in pairs]
 
 
 def ablation_findings(acc: pd.DataFrame, clean_full: pd.DataFrame | None = None, *,
@@ -543,33 +564,30 @@ def ablation_findings(acc: pd.DataFrame, clean_full: pd.DataFrame | None = None,
             lines.append(f"- {label(d)} / {a}: *not judged: {why}; no word says which way the differences go.*")
         for share, rows in sub[sub["share"] != "none"].groupby("share", sort=False):
             what = "shared γ/β" if share == "affine" else "shared statistics"
-            lines.append(f"- {label(d)} / {a}, {what}: " + "; ".join(_paired_parts(base, rows, ok)))
+            lines.append(f"- {label(d)} / {a}, {what}: " + "; ".join(_paired_parts(_paired_all(base, rows), rows, ok)))
         affine, shared_stats = sub[sub["share"] == "affine"], sub[sub["share"] == "stats"]
         if len(affine) and len(shared_stats):
-            parts = _paired_parts(shared_stats, affine, ok)
-            if parts:  # none while the two share no seed
-                lines.append(f"- {label(d)} / {a}, shared γ/β minus shared statistics: " + "; ".join(parts)
+            pairs = _paired_all(shared_stats, affine)
+            if pairs:  # none while the two share no seed
+                lines.append(f"- {label(d)} / {a}, shared γ/β minus shared statistics: "
+                             + "; ".join(_paired_parts(pairs, affine, ok))
                              + ". " + " ".join(t for t in (
                                  "Zhang et al. (2024) argue that separate affine parameters matter more than "
                                  "separate statistics, which would show here as a difference below 0.",
-                                 _zhang_reading(shared_stats, affine, ok), "No ledger verdict rests on it.") if t))
+                                 _zhang_reading(pairs, affine, ok), "No ledger verdict rests on it.") if t))
     return "\n".join(lines)
 
 
-def _zhang_reading(shared_stats: pd.DataFrame, affine: pd.DataFrame, ok: bool) -> str:
-    """Whether shared γ/β minus shared statistics is below 0, as Zhang et al. argue, in plain words: where
-    its CI says so, where it says the opposite, where it shows nothing, where both are at the attack's
-    floor and where there is no CI; empty when the setting is not judged."""
+def _zhang_reading(pairs: list[tuple[str, float, tuple]], affine: pd.DataFrame, ok: bool) -> str:
+    """Whether shared γ/β minus shared statistics (:func:`_paired_all`'s ``pairs``) is below 0, as Zhang et
+    al. argue, in plain words: where its CI says so, where it says the opposite, where it shows nothing,
+    where both are at the attack's floor and where there is no CI; empty when the setting is not judged."""
     if not ok:
         return ""
     words = {"lower": [], "higher": [], "none": [], "floor": [], "no CI": []}
-    for attack, eps in _scored(affine):
-        got = _paired(shared_stats, affine, attack, eps)
-        if got is None:
-            continue
-        d = _direction(*got, attack, ok, ("higher", "lower", "none")).strip(" ()")
+    for attack, eps, got in pairs:
         name = "clean accuracy" if attack == "clean" else _attack_name(affine, attack, eps)
-        words[d if d in words else "floor" if "floor" in d else "no CI"].append(name)
+        words[_category(*got, attack, ok)].append(name)
     shown = ([f"below 0 in {', '.join(words['lower'])}, as they argue"] if words["lower"] else []) + (
         [f"above 0, against their view, in {', '.join(words['higher'])}"] if words["higher"] else [])
     out = ["It is " + "; and ".join(shown)] if shown else []
