@@ -4,7 +4,7 @@
     rnorm book --profile cpu [--jobs 2] [--no-build] [--rerun]
     rnorm build                      # only jupyter-book build, from what is executed
     rnorm profiles                   # list profiles and what they are for
-    rnorm plan --profile cpu         # the training runs a profile needs
+    rnorm plan --profile cpu         # the training runs a profile needs, and where each stands
     rnorm train --profile cpu        # train them ahead (resumable; e.g. in the background), no notebook
     rnorm train --profile cpu --only 04_easy_batchnorm -p seeds "[0, 1, 2, 3]"   # ... with one notebook's overrides
     rnorm book --profile cpu --dry-run                 # what `rnorm book` would execute and train, and why
@@ -58,8 +58,13 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("build", help="build the HTML book from the executed notebooks (no training)")
     sub.add_parser("profiles", help="list the profiles")
-    pl = sub.add_parser("plan", help="list the training runs a profile needs")
+    pl = sub.add_parser("plan", help="list the training runs a profile needs and where each stands (finished, "
+                                     "trained k of n epochs, published, to train), touching nothing")
     pl.add_argument("--profile", default="cpu")
+    pl.add_argument("--only", nargs="+", default=None, help="only the runs of these notebooks")
+    pl.add_argument("--match", nargs="+", default=None, metavar="TEXT",
+                    help="only the runs whose name contains one of these texts (as `rnorm train --match`)")
+    _param_arg(pl)
     t = sub.add_parser("train", help="train the runs a profile's notebooks need, without running the notebooks "
                                      "(resumable: an interrupted run continues from its last epoch)")
     t.add_argument("--profile", default="cpu")
@@ -146,13 +151,22 @@ def _dispatch(args) -> int:
         return 0
     if args.command == "plan":
         prof = book.load_profile(args.profile)
-        seen, lines = [], []
-        for nb in REGISTRY:
+        names = _training_notebooks(args.only) if args.only else list(REGISTRY)
+        prof = _with_params(prof, args.only, args.param)
+        book.check_match(prof, names, args.match)
+        seen, lines, states = [], [], {}
+        for nb in names:
             for cfg in planned_runs(nb, prof["notebooks"][nb]):
-                if cfg not in seen:
-                    seen.append(cfg)
-                    lines.append(f"{nb:24s} {cfg.name()}-{cfg.key()}")
-        return _emit("\n".join(lines + [f"{len(seen)} runs"]))
+                name = cfg.folder_name()
+                if cfg in seen or (args.match and not any(m in name for m in args.match)):
+                    continue
+                seen.append(cfg)
+                state = book.run_state(cfg)
+                kind = "partly trained" if state.startswith("trained ") else state  # "trained k of n epochs"
+                states[kind] = states.get(kind, 0) + 1
+                lines.append(f"{nb:24s} {name}  {state}")
+        tally = ", ".join(f"{n} {kind}" for kind, n in states.items())
+        return _emit("\n".join(lines + [f"{len(seen)} runs" + (f": {tally}" if tally else "")]))
     if args.command == "layout":
         from .layout import available_cores, choose
         prof = book.load_profile(args.profile)

@@ -224,10 +224,33 @@ def test_cli_reports_user_errors_without_traceback(capsys):
     assert cli.main(["run", "05_claims_ledger", "--profile", "smoke", "-p", "x", "1"]) == 2
 
 
-def test_cli_plan_lists_runs(capsys):
+def test_cli_plan_lists_runs_and_where_each_stands(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("RNORM_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("RNORM_ARCHIVE", "")  # no published runs: every run reads "to train"
     assert cli.main(["plan", "--profile", "smoke"]) == 0
     out = capsys.readouterr().out
-    assert "runs" in out and "fashion_mnist" in out
+    assert "fashion_mnist" in out and "to train" in out
+    total = int(out.strip().splitlines()[-1].split()[0])
+    assert out.strip().splitlines()[-1] == f"{total} runs: {total} to train"
+    # --only and --match select as `rnorm train` does; -p changes the plan of the one notebook named
+    assert cli.main(["plan", "--profile", "smoke", "--only", "04_easy_batchnorm", "--match", "ebn"]) == 0
+    rows = capsys.readouterr().out.strip().splitlines()[:-1]
+    assert rows and all(r.startswith("04_easy_batchnorm") and "ebn" in r.split()[1] for r in rows)
+    assert cli.main(["plan", "--profile", "smoke", "--only", "04_easy_batchnorm", "-p", "seeds", "[0, 1, 2, 3]"]) == 0
+    assert "-s3-" in capsys.readouterr().out
+    # a run with a checkpoint reads as part-trained, and is counted so
+    from rnorm.experiments import planned_runs
+    from rnorm import book
+    cfg = planned_runs("04_easy_batchnorm", book.load_profile("smoke")["notebooks"]["04_easy_batchnorm"])[0]
+    run = tmp_path / "runs" / cfg.folder_name()
+    run.mkdir(parents=True)
+    (run / "checkpoint.pt").write_bytes(b"x")
+    (run / "history.csv").write_text("epoch,loss\n1,0.5\n")
+    assert cli.main(["plan", "--profile", "smoke", "--only", "04_easy_batchnorm", "--match", cfg.folder_name()]) == 0
+    out = capsys.readouterr().out
+    assert f"trained 1 of {cfg.epochs} epochs" in out and out.strip().endswith("1 runs: 1 partly trained")
+    assert cli.main(["plan", "--profile", "smoke", "--match", "no-such-run"]) == 2
+    assert "--match 'no-such-run' is in none" in capsys.readouterr().err
 
 
 def test_unwritable_results_folder_fails_before_any_work(tmp_path):
