@@ -7,6 +7,7 @@
     rnorm plan --profile cpu         # the training runs a profile needs, and where each stands
     rnorm train --profile cpu        # train them ahead (resumable; e.g. in the background), no notebook
     rnorm train --profile cpu --only 04_easy_batchnorm -p seeds "[0, 1, 2, 3]"   # ... with one notebook's overrides
+    rnorm evaluate 04_easy_batchnorm --profile cpu --shard 0 --shards 2   # its evaluations ahead, one process per core
     rnorm book --profile cpu --dry-run                 # what `rnorm book` would execute and train, and why
 
 A user mistake (unknown profile, notebook or parameter, a malformed value) ends with one line
@@ -77,6 +78,17 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default="auto")
     _param_arg(t)
     _executor_args(t)
+    ev = sub.add_parser("evaluate", help="compute ahead the evaluations of a notebook's finished runs, with the very "
+                                         "calls the notebook makes, so that executing it finds them cached (published "
+                                         "ones are restored, not recomputed; runs not yet trained are skipped; "
+                                         "nothing is trained)")
+    ev.add_argument("notebook", help="a notebook that offers it: " + ", ".join(_EVALUATES))
+    ev.add_argument("--profile", default="cpu")
+    ev.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                    help="override a parameter of the notebook (VALUE read as YAML), as for rnorm run")
+    ev.add_argument("--shard", type=int, default=0, help="take every SHARDS-th run from this one (0-based), so "
+                                                         "one process per core shares the work")
+    ev.add_argument("--shards", type=int, default=1, help="how many processes share the runs (default 1)")
     la = sub.add_parser("layout", help="measure (once per machine, cached) how many training workers of how many "
                                        "threads train a profile's runs fastest here, and print it")
     la.add_argument("--profile", default="cpu")
@@ -90,6 +102,10 @@ def _parser() -> argparse.ArgumentParser:
     pu.add_argument("--archive", default=None, help="target folder (default: the repository's models/)")
     _param_arg(pu)
     return p
+
+
+# The notebooks whose module computes its evaluations ahead (``precompute_evaluations``) for `rnorm evaluate`.
+_EVALUATES = ("04_easy_batchnorm",)
 
 
 def _param_arg(p) -> None:
@@ -167,6 +183,21 @@ def _dispatch(args) -> int:
                 lines.append(f"{nb:24s} {name}  {state}")
         tally = ", ".join(f"{n} {kind}" for kind, n in states.items())
         return _emit("\n".join(lines + [f"{len(seen)} runs" + (f": {tally}" if tally else "")]))
+    if args.command == "evaluate":
+        from ._validate import check_int
+        entry = get(args.notebook)
+        if entry.name not in _EVALUATES:
+            raise ConfigError(f"notebook {entry.name!r} cannot compute its evaluations ahead; allowed: "
+                              f"{', '.join(_EVALUATES)} (the others evaluate when executed: rnorm run or rnorm book).")
+        check_int("--shards", args.shards, min_value=1)
+        check_int("--shard", args.shard, min_value=0, max_value=args.shards - 1)
+        prof = book.load_profile(args.profile)
+        params = entry.params.from_dict(book.notebook_params(prof, entry.name, book.parse_overrides(args.param)))
+        book.restore_evaluations(entry.module.runs(params))  # published ones are read back, not computed again
+        done = entry.module.precompute_evaluations(params, shard=args.shard, shards=args.shards)
+        print(f"done: {len(done)} runs evaluated (shard {args.shard} of {args.shards}); `rnorm publish --profile "
+              f"{args.profile} --only {entry.name}` with the same -p copies their evaluations into models/")
+        return 0
     if args.command == "layout":
         from .layout import available_cores, choose
         prof = book.load_profile(args.profile)

@@ -974,6 +974,29 @@ def test_ebn_precompute_evaluates_each_trained_run_once_over_its_shards_and_trai
     assert sorted(done[0] + done[1]) == sorted(c.name() for c in planned if c != untrained)
 
 
+def test_cli_evaluate_runs_the_notebooks_precomputation_with_its_overrides(monkeypatch, capsys):
+    """`rnorm evaluate` validates before any work, restores the published evaluations of the notebook's planned
+    runs, then calls its precompute_evaluations with the -p overrides and the shard given."""
+    from rnorm.experiments import ebn
+    calls = []
+    monkeypatch.setattr(book, "restore_evaluations", lambda configs, **k: calls.append(("restore", list(configs))))
+    monkeypatch.setattr(ebn, "precompute_evaluations",
+                        lambda p, shard, shards: calls.append(("eval", p, shard, shards)) or ["a", "b"])
+    for bad, why in ((["02_stats_swap"], "cannot compute its evaluations ahead; allowed: 04_easy_batchnorm"),
+                     (["04_easy_batchnorm", "--shard", "2", "--shards", "2"], "--shard=2 is out of range"),
+                     (["04_easy_batchnorm", "--shards", "0"], "--shards=0 is out of range"),
+                     (["04_easy_batchnorm", "-p", "seedz", "[0]"], "seedz")):
+        assert cli.main(["evaluate", *bad, "--profile", "smoke"]) == 2
+        assert why in capsys.readouterr().err
+    assert calls == []  # refused before any work
+    assert cli.main(["evaluate", "04_easy_batchnorm", "--profile", "smoke", "-p", "seeds", "[0, 5]",
+                     "--shard", "1", "--shards", "2"]) == 0
+    (_, restored), (_, p, shard, shards) = calls
+    assert p.seeds == (0, 5) and (shard, shards) == (1, 2)
+    assert restored == ebn.runs(p) and any(c.seed == 5 for c in restored)
+    assert "done: 2 runs evaluated (shard 1 of 2)" in capsys.readouterr().out
+
+
 def test_executing_a_study_first_restores_its_published_evaluations(tmp_path, monkeypatch, data_root):
     """``run_notebook`` (``rnorm run`` and ``rnorm book``) copies the evaluations published beside a study's
     runs into RNORM_RUNS before papermill starts, for exactly the runs the study plans; a notebook that
