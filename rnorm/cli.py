@@ -171,16 +171,13 @@ def _dispatch(args) -> int:
         prof = _with_params(prof, args.only, args.param)
         book.check_match(prof, names, args.match)
         seen, lines, states = [], [], {}
-        for nb in names:
-            for cfg in planned_runs(nb, prof["notebooks"][nb]):
-                name = cfg.folder_name()
-                if cfg in seen or (args.match and not any(m in name for m in args.match)):
-                    continue
+        for nb in names:  # one notebook at a time, to name it; a run two notebooks share is listed once
+            for cfg in book.planned_configs(prof, [nb], exclude=seen, match=args.match):
                 seen.append(cfg)
                 state = book.run_state(cfg)
                 kind = "partly trained" if state.startswith("trained ") else state  # "trained k of n epochs"
                 states[kind] = states.get(kind, 0) + 1
-                lines.append(f"{nb:24s} {name}  {state}")
+                lines.append(f"{nb:24s} {cfg.folder_name()}  {state}")
         tally = ", ".join(f"{n} {kind}" for kind, n in states.items())
         return _emit("\n".join(lines + [f"{len(seen)} runs" + (f": {tally}" if tally else "")]))
     if args.command == "evaluate":
