@@ -159,7 +159,7 @@ def _training_notebooks(only) -> list[str]:
 
 def _dispatch(args) -> int:
     from . import book
-    from .experiments import REGISTRY, get, planned_runs
+    from .experiments import REGISTRY, get
     if args.command == "profiles":
         for name in book.available_profiles():
             prof = book.load_profile(name)
