@@ -35,8 +35,7 @@ def _parser() -> argparse.ArgumentParser:
                                    "the published profile's exact parameters)")
     r.add_argument("notebook", help="e.g. 02_stats_swap")
     r.add_argument("--profile", default="smoke", help="profile name or path (default: smoke)")
-    r.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
-                   help="override a parameter; VALUE is read as YAML")
+    _param_arg(r, "override a parameter; VALUE is read as YAML")
     r.add_argument("--out-dir", default=None, help="folder for executed/ and results/ (default: book/ for the "
                                                    "published profile's exact parameters, else _scratch/<profile>/)")
     r.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N")
@@ -84,8 +83,7 @@ def _parser() -> argparse.ArgumentParser:
                                          "nothing is trained)")
     ev.add_argument("notebook", help="a notebook that offers it: " + ", ".join(_EVALUATES))
     ev.add_argument("--profile", default="cpu")
-    ev.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
-                    help="override a parameter of the notebook (VALUE read as YAML), as for rnorm run")
+    _param_arg(ev, "override a parameter of the notebook (VALUE read as YAML), as for rnorm run")
     ev.add_argument("--shard", type=int, default=0, help="take every SHARDS-th run from this one (0-based), so "
                                                          "one process per core shares the work")
     ev.add_argument("--shards", type=int, default=1, help="how many processes share the runs (default 1)")
@@ -108,10 +106,11 @@ def _parser() -> argparse.ArgumentParser:
 _EVALUATES = ("04_easy_batchnorm",)
 
 
-def _param_arg(p) -> None:
-    p.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
-                   help="override a parameter of the one notebook named by --only (VALUE read as YAML), e.g. to "
-                        "train ahead the runs of a build with more seeds or recipes than the profile's")
+def _param_arg(p, help: str = "override a parameter of the one notebook named by --only (VALUE read as YAML), "
+                              "e.g. to train ahead the runs of a build with more seeds or recipes than the "
+                              "profile's") -> None:
+    """The repeatable ``-p/--param NAME VALUE`` option, with the help text of the command that takes it."""
+    p.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"), help=help)
 
 
 def _with_params(prof: dict, only, pairs) -> dict:
@@ -192,8 +191,10 @@ def _dispatch(args) -> int:
         params = entry.params.from_dict(book.notebook_params(prof, entry.name, book.parse_overrides(args.param)))
         book.restore_evaluations(entry.module.runs(params))  # published ones are read back, not computed again
         done = entry.module.precompute_evaluations(params, shard=args.shard, shards=args.shards)
-        print(f"done: {len(done)} runs evaluated (shard {args.shard} of {args.shards}); `rnorm publish --profile "
-              f"{args.profile} --only {entry.name}` with the same -p copies their evaluations into models/")
+        computed = sum(1 for n in done.values() if n)
+        print(f"done: {len(done)} trained runs evaluated (shard {args.shard} of {args.shards}): {computed} computed "
+              f"now, {len(done) - computed} found cached; `rnorm publish --profile {args.profile} --only "
+              f"{entry.name}` with the same -p copies their evaluations into models/")
         return 0
     if args.command == "layout":
         from .layout import available_cores, choose

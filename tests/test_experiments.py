@@ -947,31 +947,51 @@ def test_robustnorm_observations_state_every_power_the_apgd_gap_and_epochs_to_ta
     assert "lossy JPEG copy" in text
 
 
-def test_ebn_precompute_evaluates_each_trained_run_once_over_its_shards_and_trains_nothing(monkeypatch):
+def test_ebn_precompute_evaluates_each_trained_run_once_over_its_shards_and_trains_nothing(monkeypatch, tmp_path):
     """The pre-computation makes run()'s own per-run calls (evaluate_run, and models_frame's full-test-set
-    accuracy) for every trained run, split disjointly over the shards; untrained runs are skipped, and a bad
-    shard is refused before any work."""
+    accuracy) for every trained run, split disjointly over the shards; untrained runs are skipped, a bad
+    shard is refused before any work, and each run reports how many evaluations it computed now (new
+    eval-*.csv files in its folder), 0 where all were cached."""
+    import types
+
     import rnorm.runs
     from rnorm.experiments import ebn
     p = EBNParams.from_dict(book.load_profile("smoke")["notebooks"]["04_easy_batchnorm"])
     planned = ebn.runs(p)
     untrained = planned[1]
-    monkeypatch.setattr(rnorm.runs, "find_run", lambda cfg: None if cfg == untrained else f"run:{cfg.name()}")
+    folders = {}
+    for i, c in enumerate(planned):
+        folders[c] = tmp_path / f"run{i}"
+        folders[c].mkdir()
+    cached = planned[2]  # evaluated before: its evaluate_run finds its file and writes nothing
+    (folders[cached] / "eval-old.csv").write_text("x\n")
+    monkeypatch.setattr(rnorm.runs, "find_run", lambda cfg: None if cfg == untrained
+                        else types.SimpleNamespace(name=f"run:{cfg.name()}", path=folders[cfg]))
     monkeypatch.setattr(ebn, "setup", lambda params: "cpu")
     monkeypatch.setattr(ebn, "test_subset", lambda dataset, n, seed=0: (dataset, n))
     seen = []
-    monkeypatch.setattr(ebn, "evaluate_run", lambda params, cfg, r, device, tests, full: seen.append((cfg, r)))
+
+    def fake_evaluate_run(params, cfg, r, device, tests, full):
+        seen.append((cfg, r))
+        for k in range(0 if cfg == cached else 2):  # two evaluations computed now, as files in the run's folder
+            (r.path / f"eval-new{k}.csv").write_text("x\n")
+    monkeypatch.setattr(ebn, "evaluate_run", fake_evaluate_run)
     framed = []
     monkeypatch.setattr(ebn, "models_frame", lambda trained, device: framed.append(dict(trained)))
     with pytest.raises(ConfigError, match="shard=2"):
         ebn.precompute_evaluations(p, shard=2, shards=2)
     assert seen == [] and framed == []
-    done = [ebn.precompute_evaluations(p, shard=k, shards=2, log=lambda *_: None) for k in (0, 1)]
+    logged = []
+    done = [ebn.precompute_evaluations(p, shard=k, shards=2, log=logged.append) for k in (0, 1)]
     assert [c for c, _ in seen] == [c for i, c in enumerate(planned) if i % 2 == 0 and c != untrained] + \
         [c for i, c in enumerate(planned) if i % 2 == 1 and c != untrained]
     assert framed == [{c: r} for c, r in seen]  # the same runs, one at a time, as run() frames them
-    assert all(r == f"run:{c.name()}" for c, r in seen)
-    assert sorted(done[0] + done[1]) == sorted(c.name() for c in planned if c != untrained)
+    assert all(r.name == f"run:{c.name()}" for c, r in seen)
+    merged = {**done[0], **done[1]}
+    assert merged == {c.name(): 0 if c == cached else 2 for c in planned if c != untrained}
+    assert f"already evaluated (every evaluation cached): {cached.name()}" in logged
+    assert f"not trained yet, skipped: {untrained.name()}" in logged
+    assert f"evaluated: {planned[0].name()} (2 computed now)" in logged
 
 
 def test_cli_evaluate_runs_the_notebooks_precomputation_with_its_overrides(monkeypatch, capsys):
@@ -981,7 +1001,7 @@ def test_cli_evaluate_runs_the_notebooks_precomputation_with_its_overrides(monke
     calls = []
     monkeypatch.setattr(book, "restore_evaluations", lambda configs, **k: calls.append(("restore", list(configs))))
     monkeypatch.setattr(ebn, "precompute_evaluations",
-                        lambda p, shard, shards: calls.append(("eval", p, shard, shards)) or ["a", "b"])
+                        lambda p, shard, shards: calls.append(("eval", p, shard, shards)) or {"a": 3, "b": 0})
     for bad, why in ((["02_stats_swap"], "cannot compute its evaluations ahead; allowed: 04_easy_batchnorm"),
                      (["04_easy_batchnorm", "--shard", "2", "--shards", "2"], "--shard=2 is out of range"),
                      (["04_easy_batchnorm", "--shards", "0"], "--shards=0 is out of range"),
@@ -994,7 +1014,7 @@ def test_cli_evaluate_runs_the_notebooks_precomputation_with_its_overrides(monke
     (_, restored), (_, p, shard, shards) = calls
     assert p.seeds == (0, 5) and (shard, shards) == (1, 2)
     assert restored == ebn.runs(p) and any(c.seed == 5 for c in restored)
-    assert "done: 2 runs evaluated (shard 1 of 2)" in capsys.readouterr().out
+    assert "done: 2 trained runs evaluated (shard 1 of 2): 1 computed now, 1 found cached" in capsys.readouterr().out
 
 
 def test_executing_a_study_first_restores_its_published_evaluations(tmp_path, monkeypatch, data_root):

@@ -208,19 +208,20 @@ def evaluate_run(p: EBNParams, cfg: RunConfig, r, device, tests: dict, full: dic
     return df, clean
 
 
-def precompute_evaluations(p: EBNParams, shard: int = 0, shards: int = 1, log=print) -> list[str]:
+def precompute_evaluations(p: EBNParams, shard: int = 0, shards: int = 1, log=print) -> dict[str, int]:
     """Compute, ahead of the notebook, the evaluations of the runs already trained, with exactly the calls
     :func:`run` makes (:func:`evaluate_run`), so that executing the chapter finds them cached. Runs not yet
     trained are skipped (nothing is trained here); ``shard`` of ``shards`` takes every ``shards``-th run,
     so several processes (one per core) share the work. The clean accuracy on the full test set that
     :func:`~rnorm.experiments.common.models_frame` records for the ledger's convergence floors is computed
-    too, by that same call. Returns the names of the runs evaluated."""
+    too, by that same call. Returns ``{run name: evaluations computed now}`` for every trained run of the
+    shard (0 where every evaluation was found cached)."""
     from ..runs import find_run
     check_int("shards", shards, min_value=1)
     check_int("shard", shard, min_value=0, max_value=shards - 1)
     device = setup(p)
     tests, full = test_sets(p)
-    done = []
+    done = {}
     for i, cfg in enumerate(runs(p)):
         if i % shards != shard:
             continue
@@ -228,11 +229,19 @@ def precompute_evaluations(p: EBNParams, shard: int = 0, shards: int = 1, log=pr
         if r is None:
             log(f"not trained yet, skipped: {cfg.name()}")
             continue
+        before = _evaluation_files(r)
         evaluate_run(p, cfg, r, device, tests, full)
         models_frame({cfg: r}, device)
-        log(f"evaluated: {cfg.name()}")
-        done.append(cfg.name())
+        done[cfg.name()] = len(_evaluation_files(r) - before)
+        log(f"evaluated: {cfg.name()} ({done[cfg.name()]} computed now)" if done[cfg.name()]
+            else f"already evaluated (every evaluation cached): {cfg.name()}")
     return done
+
+
+def _evaluation_files(run) -> set:
+    """The cached evaluations in a run's folder (the ``eval-<key>.csv`` files of
+    :func:`~rnorm.experiments.common.cached_evaluate`)."""
+    return set(run.path.glob("eval-*.csv"))
 
 
 def run(p: EBNParams) -> StudyResult:
