@@ -494,3 +494,17 @@ def test_timings_table_never_calls_a_build_that_trained_nothing_the_cost_of_trai
     step = ledger.timings_table(provs, busy).iloc[0]["step"]
     assert step == "training the runs not yet trained (2 worker(s) x 1 thread(s))"
     assert list(ledger.timings_table(provs, None)["step"])[:2] == ["01_distribution_shift", "02_stats_swap"]
+
+
+def test_scale_text_says_in_words_what_each_verdict_was_judged_on():
+    from rnorm.experiments import ledger
+    provs = {"04_easy_batchnorm": {"parameters": {"datasets": ["fashion_mnist", "cifar10_jpeg"], "archs": ["resnet18"],
+                                                  "width": 16, "epochs": 15, "epochs_by_dataset": {"cifar10_jpeg": 30},
+                                                  "seeds": [0, 1, 2], "test_n": 1000}},
+             "03_robustnorm": {"parameters": {"dataset": "cifar10_jpeg", "arch": "resnet20", "width": 16, "epochs": 30,
+                                              "seeds": [0, 1, 2], "test_n": 1000}}}
+    rows = {r["notebook"]: r for _, r in ledger.scale_table(provs).iterrows()}
+    assert ledger.scale_text(rows["03_robustnorm"]) == \
+        "CIFAR-10 (lossy JPEG copy) · resnet20 width 16 · 30 epochs · 3 seeds"
+    assert ledger.scale_text(rows["04_easy_batchnorm"]) == \
+        "FashionMNIST, CIFAR-10 (lossy JPEG copy) · resnet18 width 16 · epochs 15 (cifar10_jpeg: 30) · 3 seeds"

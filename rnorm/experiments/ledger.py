@@ -112,6 +112,16 @@ def scale_table(provs: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def scale_text(row) -> str:
+    """One row of :func:`scale_table` in words, for the verdicts at a glance: datasets (display labels),
+    networks with their width, epochs, seeds, e.g. "FashionMNIST · resnet18 width 16 · 15 epochs · 3 seeds"."""
+    from ..plots import label
+    datasets = ", ".join(label(d.strip()) for d in str(row["dataset(s)"]).split(","))
+    epochs = str(row["epochs"])
+    epochs = f"{epochs} epochs" if epochs.isdigit() else f"epochs {epochs}"
+    return f"{datasets} · {row['arch(s)']} width {row['width']} · {epochs} · {row['seeds']} seeds"
+
+
 def timings_table(provs: dict, timings: dict | None) -> pd.DataFrame:
     """Minutes per step: the training ``rnorm book`` did before executing (from ``timings-<profile>.json``,
     when present; runs already trained or published cost nothing there) and each notebook."""
