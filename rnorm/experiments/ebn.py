@@ -240,8 +240,9 @@ def precompute_evaluations(p: EBNParams, shard: int = 0, shards: int = 1, log=pr
 
 def _evaluation_files(run) -> set:
     """The cached evaluations in a run's folder (the ``eval-<key>.csv`` files of
-    :func:`~rnorm.experiments.common.cached_evaluate`)."""
-    return set(run.path.glob("eval-*.csv"))
+    :func:`~rnorm.experiments.common.cached_evaluate`), by the pattern ``rnorm publish`` copies them by."""
+    from ..book import EVALUATION_FILES  # rnorm.book is not a results module: no notebook key changes
+    return set(run.path.glob(EVALUATION_FILES))
 
 
 def run(p: EBNParams) -> StudyResult:
