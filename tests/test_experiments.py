@@ -831,6 +831,27 @@ def test_ebn_ablation_table_compares_the_three_sharings_on_the_attacks_all_three
     assert list(table["share"]) == ["none", "affine", "stats"]
     assert not [c for c in table.columns if "APGD" in str(c)] and len(table.columns) == 5
     assert ebn.ablation_table(pd.concat([base, apgd], ignore_index=True)).empty  # no ablation trained
+    # a second setting with separate-branch EBN only (the ablation trains in one setting) has no row, and
+    # adds no column of its own
+    cifar = _ebn_acc({"ebn": (0.86, 0.20)}).assign(dataset="cifar10_jpeg", eps=lambda f: f["eps"] * 2)
+    both = ebn.ablation_table(pd.concat([base, apgd, *shared, cifar], ignore_index=True))
+    assert list(both["dataset"]) == ["FashionMNIST"] * 3 and len(both.columns) == 5
+    assert ebn.ablation_findings(pd.concat([base, *shared, cifar], ignore_index=True), models=None).count("CIFAR") == 0
+
+
+def test_ebn_findings_end_each_settings_list_before_the_next_settings_heading():
+    """Markdown reads a line right after a list item as part of that item: without a blank line, the
+    second setting's heading would render inside the first setting's last bullet."""
+    from rnorm.experiments import ebn
+    fm = _ebn_acc({"standard": (0.93, 0.70), "advprop": (0.95, 0.60), "ebn": (0.94, 0.50)})
+    acc = pd.concat([fm, fm.assign(dataset="cifar10_jpeg")], ignore_index=True)
+    models = _ebn_models(["standard", "advprop", "ebn"])
+    models = pd.concat([models, models.assign(dataset="cifar10_jpeg", clean_full=0.86)], ignore_index=True)
+    for text in (ebn.ranking_findings(acc, models=models), ebn.branch_findings(acc, models=models)):
+        lines = text.splitlines()
+        heads = [i for i, x in enumerate(lines) if x.startswith("**")]
+        assert len(heads) == 2 and lines[heads[1] - 1] == "" and lines[heads[1] - 2].startswith("- ")
+        assert "CIFAR-10 (lossy JPEG copy)" in lines[heads[1]]
 
 
 def test_ebn_ranking_ties_are_equal_and_never_make_ebn_last():

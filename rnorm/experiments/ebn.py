@@ -369,6 +369,7 @@ def branch_findings(acc: pd.DataFrame, clean_full: pd.DataFrame | None = None, *
         if base.empty:
             continue
         ok, why = judged(models, d, a)
+        lines += [""] if lines else []  # a blank line ends the previous setting's list
         lines.append(_header(f"**{label(d)} / {a}** — difference from standard training (main branch), paired "
                              f"over seeds:", ok, why))
         for (recipe, branch), rows in sub[sub["recipe"] != "standard"].groupby(["recipe", "branch"], sort=False):
@@ -401,10 +402,21 @@ def branch_table(acc: pd.DataFrame) -> pd.DataFrame:
 
 def ablation_table(acc: pd.DataFrame) -> pd.DataFrame:
     """EBN through the main branch with separate (``none``), shared-affine and shared-statistics
-    branches (empty when the ablation did not run). Without APGD-CE, which attacks only the separate-branch
-    models (:data:`APGD_RECIPES`), so that every column compares all three."""
-    abl = acc[(acc["recipe"] == "ebn") & (acc["branch"] == "main") & (acc["attack"] != "apgd")]
-    return _display(abl, ["dataset", "arch", "share"]) if abl["share"].nunique() > 1 else abl.iloc[:0]
+    branches, in the settings where the ablation was trained (:func:`_ablation_rows`; empty when it did not
+    run). Without APGD-CE, which attacks only the separate-branch models (:data:`APGD_RECIPES`), so that
+    every column compares all three."""
+    abl = _ablation_rows(acc)
+    abl = abl[abl["attack"] != "apgd"]
+    return _display(abl, ["dataset", "arch", "share"]) if len(abl) else abl.iloc[:0]
+
+
+def _ablation_rows(acc: pd.DataFrame) -> pd.DataFrame:
+    """EBN's main-branch rows in the settings (dataset, arch) where a shared-branch variant was trained:
+    a setting with separate-branch EBN alone (the ablation runs in one setting, :func:`ablation_setting`)
+    has nothing to compare and is left out."""
+    ebn_main = acc[(acc["recipe"] == "ebn") & (acc["branch"] == "main")]
+    shared = ebn_main.loc[ebn_main["share"] != "none", ["dataset", "arch"]].drop_duplicates()
+    return ebn_main.merge(shared, on=["dataset", "arch"])
 
 
 def summary(p: EBNParams, acc: pd.DataFrame, clean_full: pd.DataFrame | None = None) -> dict:
@@ -471,6 +483,7 @@ def ranking_findings(acc: pd.DataFrame, clean_full: pd.DataFrame | None = None, 
     lines = []
     for (d, a), sub in main.groupby(["dataset", "arch"], sort=False):
         ok, why = judged(models, d, a)
+        lines += [""] if lines else []  # a blank line ends the previous setting's list
         lines.append(_header(f"**{label(d)} / {a}, main branch** (the branch used at inference; recipes by their "
                              f"mean over seeds, \">\" where the paired 95 % CI of two neighbours excludes 0, \"≈\" "
                              f"where it does not):", ok, why))
@@ -583,9 +596,8 @@ def ablation_findings(acc: pd.DataFrame, clean_full: pd.DataFrame | None = None,
     argue that separate affine parameters matter more than separate statistics, which here would read as
     sharing γ/β costing more than sharing the statistics (a difference below 0). No ledger verdict rests on it."""
     from ..plots import label
-    main = with_full_clean(acc, clean_full)
-    abl = main[(main["recipe"] == "ebn") & (main["branch"] == "main")]
-    if abl["share"].nunique() < 2:
+    abl = _ablation_rows(with_full_clean(acc, clean_full))
+    if abl.empty:
         return ""
     lines = ["**Sharing ablation** (EBN, main branch; shared minus separate branches, paired over seeds):"]
     for (d, a), sub in abl.groupby(["dataset", "arch"], sort=False):
