@@ -839,6 +839,33 @@ def test_ebn_ablation_table_compares_the_three_sharings_on_the_attacks_all_three
     assert ebn.ablation_findings(pd.concat([base, *shared, cifar], ignore_index=True), models=None).count("CIFAR") == 0
 
 
+
+def test_ebn_bars_give_an_attack_one_colour_in_every_panel_and_the_legend_every_attack():
+    """Two settings evaluated at different ε: without the padding, the second panel's first level
+    takes the first colour whatever it is, and its own levels miss the legend."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from rnorm import plots
+    from rnorm.experiments import ebn
+    rows = pd.DataFrame([dict(setting=s, recipe=r, attack=a, seed=k, accuracy=0.5)
+                         for s, attacks in (("FashionMNIST", ["clean", "PGD 2/255", "PGD 0.1"]),
+                                            ("CIFAR-10", ["PGD 2/255", "clean", "APGD-CE 8/255"]))
+                         for r in ("standard", "EBN") for a in attacks for k in (0, 1)])
+    padded = ebn.with_every_hue_level(rows, x="recipe", hue="attack", col="setting")
+    order = ["clean", "PGD 2/255", "PGD 0.1", "APGD-CE 8/255"]
+    for _, panel in padded.groupby("setting", sort=False):
+        assert list(dict.fromkeys(panel["attack"])) == order and list(dict.fromkeys(panel["recipe"])) == ["standard", "EBN"]
+    real = padded.dropna(subset=["accuracy"])
+    assert len(real) == len(rows) and padded["accuracy"].isna().sum() == 2 * len(order)  # rows unchanged
+    fig = plots.accuracy_bars(padded, x="recipe", hue="attack", col="setting")
+    # seaborn draws one bar container per level, in the panel's level order; a level a panel lacks draws none
+    colour = [{order[i]: c.patches[0].get_facecolor() for i, c in enumerate(ax.containers) if c.patches}
+              for ax in fig.axes[:2]]
+    assert set(colour[0]) == {"clean", "PGD 2/255", "PGD 0.1"} and set(colour[1]) == {"clean", "PGD 2/255", "APGD-CE 8/255"}
+    assert colour[0]["clean"] == colour[1]["clean"] and colour[0]["PGD 2/255"] == colour[1]["PGD 2/255"]
+    assert len({colour[0]["PGD 0.1"], colour[1]["APGD-CE 8/255"], colour[0]["clean"], colour[0]["PGD 2/255"]}) == 4
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == order
+
 def test_ebn_findings_end_each_settings_list_before_the_next_settings_heading():
     """Markdown reads a line right after a list item as part of that item: without a blank line, the
     second setting's heading would render inside the first setting's last bullet."""

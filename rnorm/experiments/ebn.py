@@ -419,6 +419,23 @@ def _ablation_rows(acc: pd.DataFrame) -> pd.DataFrame:
     return ebn_main.merge(shared, on=["dataset", "arch"])
 
 
+
+def with_every_hue_level(rows: pd.DataFrame, *, x: str, hue: str, col: str) -> pd.DataFrame:
+    """``rows`` for :func:`rnorm.plots.accuracy_bars` with one panel per ``col``, led by one empty row
+    (accuracy NaN, no bar) per ``hue`` level of any panel, in the order the levels first appear.
+
+    ``accuracy_bars`` colours each panel's levels in the order they appear in that panel, and keeps the
+    first panel's legend: two settings evaluated at different ε (FashionMNIST at 0.1, CIFAR-10 at
+    8/255) would give one level two colours and leave the second panel's levels out of the legend. With
+    every level in every panel, in one order, a level has one colour and the legend names them all; a
+    level a panel lacks leaves an empty slot. Done here, not in :mod:`rnorm.plots`, because that module
+    is part of every cached evaluation's key (through :mod:`rnorm.results`), and editing it would
+    recompute every evaluation of the study."""
+    levels = list(dict.fromkeys(rows[hue]))
+    pad = pd.DataFrame([{col: c, x: rows.loc[rows[col] == c, x].iloc[0], hue: level, "accuracy": float("nan")}
+                        for c in dict.fromkeys(rows[col]) for level in levels])
+    return pd.concat([pad, rows], ignore_index=True)
+
 def summary(p: EBNParams, acc: pd.DataFrame, clean_full: pd.DataFrame | None = None) -> dict:
     """Per (dataset, arch): mean/std over seeds of clean accuracy (full test set where measured) and of PGD
     accuracy at every evaluated ε, per recipe (by name), through the main branch."""
