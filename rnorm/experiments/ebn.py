@@ -419,7 +419,6 @@ def _ablation_rows(acc: pd.DataFrame) -> pd.DataFrame:
     return ebn_main.merge(shared, on=["dataset", "arch"])
 
 
-
 def with_every_hue_level(rows: pd.DataFrame, *, x: str, hue: str, col: str) -> pd.DataFrame:
     """``rows`` for :func:`rnorm.plots.accuracy_bars` with one panel per ``col``, led by one empty row
     (accuracy NaN, no bar) per ``hue`` level of any panel, in the order the levels first appear.
@@ -435,6 +434,7 @@ def with_every_hue_level(rows: pd.DataFrame, *, x: str, hue: str, col: str) -> p
     pad = pd.DataFrame([{col: c, x: rows.loc[rows[col] == c, x].iloc[0], hue: level, "accuracy": float("nan")}
                         for c in dict.fromkeys(rows[col]) for level in levels])
     return pd.concat([pad, rows], ignore_index=True)
+
 
 def summary(p: EBNParams, acc: pd.DataFrame, clean_full: pd.DataFrame | None = None) -> dict:
     """Per (dataset, arch): mean/std over seeds of clean accuracy (full test set where measured) and of PGD
