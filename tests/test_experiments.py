@@ -839,7 +839,6 @@ def test_ebn_ablation_table_compares_the_three_sharings_on_the_attacks_all_three
     assert ebn.ablation_findings(pd.concat([base, *shared, cifar], ignore_index=True), models=None).count("CIFAR") == 0
 
 
-
 def test_ebn_bars_give_an_attack_one_colour_in_every_panel_and_the_legend_every_attack():
     """Two settings evaluated at different ε: without the padding, the second panel's first level
     takes the first colour whatever it is, and its own levels miss the legend."""
@@ -865,6 +864,7 @@ def test_ebn_bars_give_an_attack_one_colour_in_every_panel_and_the_legend_every_
     assert colour[0]["clean"] == colour[1]["clean"] and colour[0]["PGD 2/255"] == colour[1]["PGD 2/255"]
     assert len({colour[0]["PGD 0.1"], colour[1]["APGD-CE 8/255"], colour[0]["clean"], colour[0]["PGD 2/255"]}) == 4
     assert [t.get_text() for t in fig.legends[0].get_texts()] == order
+
 
 def test_ebn_findings_end_each_settings_list_before_the_next_settings_heading():
     """Markdown reads a line right after a list item as part of that item: without a blank line, the
