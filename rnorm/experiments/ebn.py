@@ -397,7 +397,7 @@ def main_table(acc: pd.DataFrame, branch: str = "main") -> pd.DataFrame:
 def branch_table(acc: pd.DataFrame) -> pd.DataFrame:
     """The same through each auxiliary branch (empty when no recipe has one)."""
     aux = acc[(acc["branch"] != "main") & (acc["share"] == "none")]
-    return _display(aux, ["dataset", "arch", "recipe", "branch"]) if len(aux) else aux.iloc[:0]
+    return _display(aux, ["dataset", "arch", "recipe", "branch"]) if len(aux) else aux
 
 
 def ablation_table(acc: pd.DataFrame) -> pd.DataFrame:
@@ -407,7 +407,7 @@ def ablation_table(acc: pd.DataFrame) -> pd.DataFrame:
     every column compares all three."""
     abl = _ablation_rows(acc)
     abl = abl[abl["attack"] != "apgd"]
-    return _display(abl, ["dataset", "arch", "share"]) if len(abl) else abl.iloc[:0]
+    return _display(abl, ["dataset", "arch", "share"]) if len(abl) else abl
 
 
 def _ablation_rows(acc: pd.DataFrame) -> pd.DataFrame:
