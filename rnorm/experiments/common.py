@@ -42,46 +42,66 @@ def dataset_note(names) -> str:
             "published CIFAR-10 results as if they were.\n```")
 
 
+#: What an evaluation computes, by version. A cache key holds the version's label, not a hash of the
+#: library's code: a change that computes the same numbers (an input check, a refactoring, a new layout
+#: rule) keeps every published cache valid, and a change of what is computed bumps the version by hand.
+#: ``tests/test_golden.py`` fails on such a change, so the version cannot silently stay behind.
+#: Version 2's label is the code fingerprint of the evaluation modules (``rnorm.book.code_version`` of
+#: ``from rnorm import evaluate, attacks, norms, precise_bn, _tensors``) at the commit that computed the
+#: published caches (47bfeda), so those caches keep their file names.
 EVAL_CACHE_VERSION = 2
+EVAL_SEMANTICS = {2: {
+    "rnorm._io": "502b52d267572a85", "rnorm._tensors": "ca36d17f8cb8e3d8", "rnorm._validate": "160514067c79bf5a",
+    "rnorm.attacks": "5b3c06f8a1bcfdb3", "rnorm.data": "6d39c45aa853a27e", "rnorm.evaluate": "16964078071f016a",
+    "rnorm.hardware": "b74923eb72b1389c", "rnorm.models": "a8df7b48b4dd8e1e", "rnorm.norms": "caa6203419c76e0e",
+    "rnorm.plots": "eb81be3838d45d45", "rnorm.precise_bn": "4a0530cd15df6b7c", "rnorm.results": "56445be5b8e14e90",
+    "rnorm.runs": "661ae99cff79983f", "rnorm.train": "0f9168c92ab14560"}}
 _UNCACHED_KEYS = ("device", "progress")
-# The modules that define what an evaluation computes: their code (without docstrings) is part of
-# the cache key, so a change of evaluation semantics is never answered from an old cache.
-_EVAL_MODULES = "from rnorm import evaluate, attacks, norms, precise_bn, _tensors"
 
 
-def cached_evaluate(run, model, images, labels, **kwargs):
-    """:func:`rnorm.evaluate.evaluate`, cached in the run's folder by the hash of everything it depends on.
-
-    The key hashes the run's config key, the test images and labels (their bytes), every keyword
-    argument except ``device`` and ``progress``, a cache version, and the code of the modules that
-    define the evaluation (:data:`_EVAL_MODULES`, docstrings aside). A cached frame is read back
-    (exactly, :func:`rnorm.results.read_csv_exact`) from ``<run>/eval-<key>.csv`` (written
-    atomically); re-running a notebook then skips its evaluation.
-    """
+def evaluation_path(run, images, labels, **kwargs):
+    """Where :func:`cached_evaluate` keeps the evaluation of ``run`` on ``images``/``labels`` with
+    ``kwargs``: ``<run>/eval-<key>.csv``. The key hashes the run's config key, the images and labels
+    (their bytes), every keyword argument except ``device`` and ``progress``, and the evaluation
+    version (:data:`EVAL_SEMANTICS`)."""
     import hashlib
     import json
 
-
-    from .._io import atomic_write_text
-    from ..evaluate import evaluate
-
-    from ..book import code_version
-    from ..results import read_csv_exact
-
     h = hashlib.sha256()
     h.update(f"v{EVAL_CACHE_VERSION}:{run.config.key()}".encode())
-    h.update(json.dumps(code_version(_EVAL_MODULES), sort_keys=True).encode())
+    h.update(json.dumps(EVAL_SEMANTICS[EVAL_CACHE_VERSION], sort_keys=True).encode())
     for t in (images, labels):
         h.update(str(tuple(t.shape)).encode() + str(t.dtype).encode())
         h.update(t.detach().cpu().contiguous().numpy().tobytes())
     args = {k: v for k, v in kwargs.items() if k not in _UNCACHED_KEYS}
     h.update(json.dumps(args, sort_keys=True, default=repr).encode())
-    path = run.path / f"eval-{h.hexdigest()[:16]}.csv"
+    return run.path / f"eval-{h.hexdigest()[:16]}.csv"
+
+
+def cached_evaluate(run, model, images, labels, **kwargs):
+    """:func:`rnorm.evaluate.evaluate`, cached in the run's folder (:func:`evaluation_path`). A cached
+    frame is read back (exactly, :func:`rnorm.results.read_csv_exact`) from ``<run>/eval-<key>.csv``
+    (written atomically); re-running a notebook then skips its evaluation.
+    """
+    from .._io import atomic_write_text
+    from ..evaluate import evaluate
+    from ..results import read_csv_exact
+
+    path = evaluation_path(run, images, labels, **kwargs)
     if path.is_file():
         return read_csv_exact(path, keep_default_na=False, na_values=[""])
     frame = evaluate(model, images, labels, **kwargs)
     atomic_write_text(path, frame.to_csv(index=False))
     return frame
+
+
+def full_test_accuracy_args(dataset: str, batch_size: int = 500):
+    """The images, labels and evaluation arguments of :func:`full_test_accuracy` (one definition for the
+    evaluation and for the check that its published caches are found)."""
+    from ..evaluate import test_subset
+    x, y = test_subset(dataset, None)
+    return x, y, dict(attacks=("clean",), stats=("population",), batch_sizes=(min(batch_size, len(y)),),
+                      shuffle=False)
 
 
 def accuracy_table(acc, by: list[str], labelled=()):
@@ -109,10 +129,8 @@ def accuracy_table(acc, by: list[str], labelled=()):
 def full_test_accuracy(run, model, batch_size: int = 500) -> float:
     """Clean accuracy on the dataset's whole test set with population statistics (main branch),
     cached in the run's folder like any evaluation. The ledger's convergence floors use it."""
-    from ..evaluate import test_subset
-    x, y = test_subset(run.config.dataset, None)
-    frame = cached_evaluate(run, model, x, y, attacks=("clean",), stats=("population",),
-                            batch_sizes=(min(batch_size, len(y)),), shuffle=False)
+    x, y, args = full_test_accuracy_args(run.config.dataset, batch_size)
+    frame = cached_evaluate(run, model, x, y, **args)
     return float(frame["accuracy"].iloc[0])
 
 
