@@ -6,6 +6,8 @@ below its floor, a failed precondition -- and checks the verdict and its reason.
 """
 from __future__ import annotations
 
+import itertools
+
 import json
 
 import numpy as np
@@ -15,6 +17,7 @@ import torch
 
 from rnorm.attacks import format_eps
 from rnorm.evaluate import pack_bits
+from rnorm import stats
 from rnorm.experiments import ledger, protocol, verdicts
 from rnorm.experiments.verdicts import Results
 
@@ -335,42 +338,119 @@ def _ebn_frames(settings):
     return {"models": _models(models), "accuracy": pd.DataFrame(acc)}
 
 
-def test_c4_and_c5_count_settings_whose_every_ci_excludes_zero():
-    good = {"standard": (0.925, 0.30), "advprop": (0.945, 0.35), "ebn": (0.965, 0.40)}
-    bad = {"standard": (0.965, 0.30), "advprop": (0.945, 0.35), "ebn": (0.925, 0.30)}
-    f = _ebn_frames({("fashion_mnist", "resnet18"): good, ("cifar10_jpeg", "resnet18"): good})
-    r = Results.of("04_easy_batchnorm", f)
+GOOD = {"standard": (0.925, 0.30), "advprop": (0.945, 0.35), "ebn": (0.965, 0.40), "advprop_ebn": (0.965, 0.40)}
+BAD = {"standard": (0.965, 0.30), "advprop": (0.945, 0.35), "ebn": (0.925, 0.30), "advprop_ebn": (0.925, 0.30)}
+TWO = (("fashion_mnist", "resnet18"), ("cifar10_jpeg", "resnet18"))  # the settings with convergence floors
+
+
+@pytest.fixture
+def two_claimed(monkeypatch):
+    """C4 as if it claimed only the two settings run, so that a majority can be reached."""
+    monkeypatch.setattr(verdicts, "C4_CLAIMED", (2, "FashionMNIST, CIFAR-10 x ResNet-18"))
+
+
+def test_c4_and_c5_count_settings_whose_every_ci_excludes_zero(two_claimed):
+    """C4 needs more than half of the settings it claims: both wins reproduce it, both refuted refute it."""
+    r = Results.of("04_easy_batchnorm", _ebn_frames({k: GOOD for k in TWO}))
     assert verdicts.verdict_c4(r).verdict == verdicts.REPRODUCED
     assert verdicts.verdict_c5(r).verdict == verdicts.REPRODUCED
-    f = _ebn_frames({("fashion_mnist", "resnet18"): bad, ("cifar10_jpeg", "resnet18"): bad})
-    r = Results.of("04_easy_batchnorm", f)
+    r = Results.of("04_easy_batchnorm", _ebn_frames({k: BAD for k in TWO}))
     assert verdicts.verdict_c4(r).verdict == verdicts.NOT
     assert verdicts.verdict_c5(r).verdict == verdicts.NOT
 
 
-def test_c4_cleaner_but_less_robust_is_not_reproduced_and_says_what_held():
+def test_c4_judged_on_two_of_its_four_settings_cannot_be_decided_by_majority():
+    """Settings not run count as not tested: 2 wins of 4 are partly, 2 refuted of 4 inconclusive, and the
+    verdict text says so; C5 (no claimed count) is judged on the settings run."""
+    two = TWO
+    r = Results.of("04_easy_batchnorm", _ebn_frames({k: GOOD for k in two}))
+    v = verdicts.verdict_c4(r)
+    assert v.verdict == verdicts.PARTLY and "2 of 4 settings hold, 0 partly, 0 refuted, 2 not tested" in v.checks
+    assert verdicts.verdict_c5(r).verdict == verdicts.REPRODUCED
+    v = verdicts.verdict_c4(Results.of("04_easy_batchnorm", _ebn_frames({k: BAD for k in two})))
+    assert v.verdict == verdicts.INCONCLUSIVE and "2 refuted, 2 not tested: too few settings tested" in v.checks
+
+
+def test_c4_primary_reading_is_advprop_ebn_and_the_secondary_is_printed_beside_it(two_claimed):
+    """AdvProp+EBN decides; two-branch EBN, refuted here, is reported in the same row and changes nothing."""
+    rec = {**GOOD, "ebn": BAD["ebn"]}
+    v = verdicts.verdict_c4(Results.of("04_easy_batchnorm", _ebn_frames({k: rec for k in TWO})))
+    assert v.verdict == verdicts.REPRODUCED
+    assert v.effect.startswith("AdvProp+EBN (primary reading): reproduced")
+    assert "two-branch EBN (secondary reading): not reproduced" in v.effect and "AdvProp+EBN minus AdvProp" in v.effect
+    assert "two-branch EBN (secondary reading): not reproduced" in v.checks
+    assert any(k.startswith("two-branch EBN (secondary reading), ") for k in v.parts)
+
+
+def test_c4_without_the_primary_readings_runs_is_inconclusive_and_says_why(two_claimed):
+    rec = {k: v for k, v in GOOD.items() if k != "advprop_ebn"}
+    v = verdicts.verdict_c4(Results.of("04_easy_batchnorm", _ebn_frames({k: rec for k in TWO})))
+    assert v.verdict == verdicts.INCONCLUSIVE and "AdvProp+EBN, is not trained in this build" in v.checks
+    assert "two-branch EBN (secondary reading): reproduced" in v.effect
+
+
+def test_c4_cleaner_but_less_robust_is_not_reproduced_and_says_what_held(two_claimed):
     """EBN "improves both": more clean accuracy cannot rescue a robust accuracy shown to be lower."""
-    mixed = {"standard": (0.925, 0.30), "advprop": (0.945, 0.40), "ebn": (0.965, 0.30)}
-    v = verdicts.verdict_c4(Results.of("04_easy_batchnorm", _ebn_frames({("fashion_mnist", "resnet18"): mixed})))
+    mixed = {"standard": (0.925, 0.30), "advprop": (0.945, 0.40), "advprop_ebn": (0.965, 0.30)}
+    v = verdicts.verdict_c4(Results.of("04_easy_batchnorm", _ebn_frames({k: mixed for k in TWO})))
     setting = next(iter(v.parts.values()))
     assert setting.verdict == verdicts.NOT and v.verdict == verdicts.NOT
     assert "refuted: robust 2/255, robust 0.1; holds: clean" in setting.reason
-    assert "EBN minus AdvProp" in v.effect
+    assert "AdvProp+EBN minus AdvProp" in v.effect
 
 
 def test_c4_and_c5_say_how_many_settings_were_judged():
-    good = {"standard": (0.925, 0.30), "advprop": (0.945, 0.35), "ebn": (0.965, 0.40)}
-    r = Results.of("04_easy_batchnorm", _ebn_frames({("fashion_mnist", "resnet18"): good}))
+    r = Results.of("04_easy_batchnorm", _ebn_frames({("fashion_mnist", "resnet18"): GOOD}))
     c4, c5 = verdicts.verdict_c4(r), verdicts.verdict_c5(r)
-    assert c4.checks.endswith("judged in 1 setting (FashionMNIST / resnet18) of the 4 the claim covers "
-                              "(FashionMNIST, CIFAR-10 x ResNet-18, ResNet-50)")
+    assert ("judged in 1 setting (FashionMNIST / resnet18) of the 4 the claim covers "
+            "(FashionMNIST, CIFAR-10 x ResNet-18, ResNet-50)") in c4.checks
     assert c5.checks.endswith("judged in 1 setting (FashionMNIST / resnet18)")
     assert "AdvProp minus standard" in c5.effect
 
 
-def test_c4_is_judged_at_the_training_eps_and_the_standard_eps():
-    good = {"standard": (0.925, 0.30), "advprop": (0.945, 0.35), "ebn": (0.965, 0.40)}
-    f = _ebn_frames({("fashion_mnist", "resnet18"): good})
+V = verdicts
+OUTCOMES = (V.REPRODUCED, V.PARTLY, V.NOT, V.INCONCLUSIVE)
+
+
+def _most_by_the_printed_rule(verdicts_, claimed):
+    """The combination over settings, written again from RULES["C4"]'s words."""
+    n = max(len(verdicts_), claimed)
+    wins, partly, refuted = (sum(v == o for v in verdicts_) for o in (V.REPRODUCED, V.PARTLY, V.NOT))
+    if wins > n / 2:
+        return V.REPRODUCED
+    if refuted > n / 2:
+        return V.NOT
+    return V.PARTLY if (wins or partly) and not refuted else V.INCONCLUSIVE
+
+
+@pytest.mark.parametrize("combo", [c for k in (1, 2, 3, 4) for c in itertools.product(OUTCOMES, repeat=k)])
+def test_every_combination_of_setting_outcomes_follows_the_printed_rule(combo):
+    settings = {f"s{i}": stats.Verdict(v) for i, v in enumerate(combo)}
+    assert V._most(settings, 4).verdict == _most_by_the_printed_rule(combo, 4)
+    assert V._most(settings).verdict == _most_by_the_printed_rule(combo, 0)
+
+
+def _claim_by_the_printed_rule(core, side):
+    """The combination of a claim's parts, written again from the words of the printed rule (_COMMON)."""
+    if V.NOT in core:
+        return V.NOT
+    if all(v == V.REPRODUCED for v in core):
+        return V.REPRODUCED if all(v == V.REPRODUCED for v in side) else V.PARTLY
+    return V.PARTLY if V.REPRODUCED in core else V.INCONCLUSIVE
+
+
+@pytest.mark.parametrize("core, side", [(c, s) for c in itertools.product(OUTCOMES, repeat=2)
+                                        for s in itertools.product(OUTCOMES, repeat=1)] +
+                         [(c, ()) for c in itertools.product(OUTCOMES, repeat=2)])
+def test_every_combination_of_part_outcomes_follows_the_printed_rule(core, side):
+    row = V._claim({f"core{i}": stats.Verdict(v) for i, v in enumerate(core)},
+                   {f"side{i}": stats.Verdict(v) for i, v in enumerate(side)})
+    assert row.verdict == _claim_by_the_printed_rule(core, side), (core, side)
+    assert "any core part refuted: not reproduced" in V._COMMON and "none holds: inconclusive" in V._COMMON
+
+
+def test_c4_is_judged_at_the_training_eps_and_the_standard_eps(two_claimed):
+    f = _ebn_frames({k: GOOD for k in TWO})
     assert verdicts.judged_ebn_eps(f["models"], "fashion_mnist", "resnet18") == [2 / 255, 0.1]
     v = verdicts.verdict_c4(Results.of("04_easy_batchnorm", f))
     assert "robust 2/255" in v.effect and "robust 0.1" in v.effect
@@ -379,19 +459,19 @@ def test_c4_is_judged_at_the_training_eps_and_the_standard_eps():
     assert verdicts.verdict_c4(Results.of("04_easy_batchnorm", f)).verdict != verdicts.REPRODUCED
 
 
-def test_c4_clean_part_ignores_the_sharing_ablation_models():
-    good = {"standard": (0.925, 0.30), "advprop": (0.945, 0.35), "ebn": (0.965, 0.40)}
-    f = _ebn_frames({("fashion_mnist", "resnet18"): good})
+def test_c4_clean_part_ignores_the_sharing_ablation_models(two_claimed):
+    f = _ebn_frames({k: GOOD for k in TWO})
     ablation = f["models"][f["models"]["recipe"] == "ebn"].assign(share="stats", clean_full=0.50)
     f["models"] = pd.concat([f["models"], ablation], ignore_index=True)
     v = verdicts.verdict_c4(Results.of("04_easy_batchnorm", f))
     assert v.verdict == verdicts.REPRODUCED and "50.0 %" not in v.effect + v.checks
 
 
-def test_c4_a_compared_recipe_below_the_floor_is_its_result_when_standard_training_reaches_it():
-    diverged = {"standard": (0.93, 0.30), "advprop": (0.94, 0.35), "ebn": (0.60, 0.10)}
-    v = verdicts.verdict_c4(Results.of("04_easy_batchnorm", _ebn_frames({("fashion_mnist", "resnet18"): diverged})))
-    assert v.verdict == verdicts.NOT and "stay below the convergence floor" in v.effect and "ebn seed" in v.effect
+def test_c4_a_compared_recipe_below_the_floor_is_its_result_when_standard_training_reaches_it(two_claimed):
+    diverged = {"standard": (0.93, 0.30), "advprop": (0.94, 0.35), "advprop_ebn": (0.60, 0.10)}
+    v = verdicts.verdict_c4(Results.of("04_easy_batchnorm", _ebn_frames({k: diverged for k in TWO})))
+    assert v.verdict == verdicts.NOT and "stay below the convergence floor" in v.effect
+    assert "advprop_ebn seed" in v.effect
 
 
 def test_cifar_jpeg_resnet18_floor_is_the_one_the_ebn_issue_fixed():
@@ -400,7 +480,7 @@ def test_cifar_jpeg_resnet18_floor_is_the_one_the_ebn_issue_fixed():
 
 
 def test_c4_below_floor_settings_are_inconclusive():
-    low = {"standard": (0.30, 0.10), "advprop": (0.32, 0.15), "ebn": (0.36, 0.20)}
+    low = {"standard": (0.30, 0.10), "advprop": (0.32, 0.15), "advprop_ebn": (0.36, 0.20)}
     r = Results.of("04_easy_batchnorm", _ebn_frames({("cifar10_jpeg", "resnet18"): low}))
     v = verdicts.verdict_c4(r)
     assert v.verdict == verdicts.INCONCLUSIVE and "below the convergence floor" in v.effect + v.checks
@@ -414,13 +494,13 @@ def test_findings_state_the_verdict_and_every_part():
 
 
 def test_findings_give_a_part_without_an_effect_its_verdict_and_reason_only():
-    good = {"standard": (0.925, 0.30), "advprop": (0.945, 0.35), "ebn": (0.965, 0.40)}
-    f = _ebn_frames({("fashion_mnist", "resnet18"): good})
+    f = _ebn_frames({("fashion_mnist", "resnet18"): GOOD})
     f["accuracy"] = f["accuracy"][(f["accuracy"]["eps"] - 0.1).abs() > 1e-9]  # no row at the standard eps
     text = verdicts.findings("C4", "04_easy_batchnorm", f)
-    line = next(t for t in text.splitlines() if t.startswith("- *FashionMNIST"))
+    line = next(t for t in text.splitlines() if t.startswith("- *AdvProp+EBN (primary reading), FashionMNIST"))
     # a setting has a verdict and a reason but no effect of its own: no dashes stand in for one
-    assert line.startswith("- *FashionMNIST / resnet18*: **partly** (") and "— —" not in line
+    assert line.startswith("- *AdvProp+EBN (primary reading), FashionMNIST / resnet18*: **partly** (")
+    assert "— —" not in line
     assert "robust 0.1: — (not run: no robust rows at 0.1)" in line
 
 
@@ -438,15 +518,14 @@ def test_ledger_why_names_the_floor_even_when_the_claim_is_reproduced(tmp_path):
     assert t.loc["C2", "why"].startswith("Preconditions met: every BatchNorm model at or above its convergence floor (86.7 %")
 
 
-def test_c4_a_setting_whose_standard_eps_is_at_the_attack_floor_is_partly_not_lost():
+def test_c4_a_setting_whose_standard_eps_is_at_the_attack_floor_is_partly_not_lost(two_claimed):
     """FashionMNIST models trained at 2/255 have nothing left at 0.1: that part cannot show, the rest holds."""
-    good = {"standard": (0.925, 0.30), "advprop": (0.945, 0.35), "ebn": (0.965, 0.40)}
-    f = _ebn_frames({("fashion_mnist", "resnet18"): good})
+    f = _ebn_frames({k: GOOD for k in TWO})
     at_std = (f["accuracy"]["eps"] - 0.1).abs() < 1e-9
     f["accuracy"].loc[at_std, "accuracy"] = 0.0
     v = verdicts.verdict_c4(Results.of("04_easy_batchnorm", f))
     setting = next(iter(v.parts.values()))
-    assert setting.verdict == verdicts.PARTLY and v.verdict == verdicts.PARTLY and "1 partly" in v.checks
+    assert setting.verdict == verdicts.PARTLY and v.verdict == verdicts.PARTLY and "1 of 2 settings hold, 1 partly" in v.checks
     assert any("convergence floor (92.0 %" in h for h in v.held)  # the ledger's why names the floor for C4 too
 
 
