@@ -1,7 +1,9 @@
 """Throughput benchmarks of rnorm, measured as ratios of interleaved timings.
 
-``python -m benchmarks`` (``make bench``) runs everything in one process (plus the worker
-processes of the process-scaling benchmark) and writes, into ``--out`` (default
+``python -m benchmarks`` (``make bench``) runs each benchmark in a child process of its own, with a
+time limit (:func:`run_in_child`): a kernel that crashes or hangs there (oneDNN issue 6035 does both)
+is recorded as *unusable* with what ended it, never as a result, and the other benchmarks go on. It
+writes, into ``--out`` (default
 ``benchmarks/results/``; ``benchmarks/results/quick/`` with ``--quick``):
 
 * ``<YYYY-MM-DD>-<machine>.json`` -- environment (torch version, threads, CPU model and flags,
@@ -200,12 +202,6 @@ def table_rows(results: dict) -> list[tuple[str, str, str, str]]:
         add(f"7. train step with {e['threads']} threads / 1 thread, same process (throughput ratio)",
             f"{_fmt_ratio(e)}; " + ", ".join(f"{k.replace('_', ' ')} {1000 * v:.0f} ms" for k, v in sec.items()),
             None, None)
-    if not err("layout_choice"):
-        e = b["layout_choice"]
-        rates = ", ".join(f"{k}: {v:.0f}" for k, v in e["images_per_s"].items())
-        add(f"8. jobs: auto on {e['cores']} cores, {e['runs']} runs of {e['job']} ({e['precision']}): "
-            "workers x threads, total img/s", f"chose {e['chosen']} ({rates})"
-            + (f"; {e['note']}" if e.get("note") else ""), None, None)
     if not err("precision_auto_isa_capped"):
         e = b["precision_auto_isa_capped"]
         ips = e["images_per_s"]
@@ -249,6 +245,53 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
+#: What a benchmark's child must run first, in the same process (it reads their ``ctx`` entries).
+DEPENDS = {"recipe_throughput": ("matmul_peak",)}
+#: Seconds a benchmark's child may take before it counts as hung.
+CHILD_LIMIT = {"quick": 600, "full": 5400}
+
+
+def run_one(name: str, quick: bool, threads: int) -> dict:
+    """One benchmark's entry, computed in this process (after what it depends on, :data:`DEPENDS`)."""
+    import torch
+
+    from . import suite
+    torch.set_num_threads(threads)
+    settings = suite.Settings.quick() if quick else suite.Settings()
+    ctx: dict = {}
+    try:
+        for dep in DEPENDS.get(name, ()):
+            suite.BENCHMARKS[dep](settings, ctx)
+        return suite.BENCHMARKS[name](settings, ctx)
+    except Exception as exc:  # noqa: BLE001 - record it, go on with the others
+        return {"error": "".join(traceback.format_exception_only(type(exc), exc)).strip(),
+                "traceback": traceback.format_exc()}
+
+
+def run_in_child(name: str, quick: bool, threads: int) -> dict:
+    """:func:`run_one` in a child process (``python -m benchmarks --child NAME``) with a time limit
+    (:data:`CHILD_LIMIT`). A child killed by a signal or past its limit gives an entry with ``unusable:
+    True`` and an ``error`` saying what ended it."""
+    import signal
+    import subprocess
+
+    cmd = [sys.executable, "-m", "benchmarks", "--child", name, "--threads", str(threads)] + (["--quick"] if quick else [])
+    limit = CHILD_LIMIT["quick" if quick else "full"]
+    try:
+        proc = subprocess.run(cmd, cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True,
+                              timeout=limit)
+    except subprocess.TimeoutExpired:
+        return {"error": f"unusable: no result within {limit} s (a kernel hung?)", "unusable": True}
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode == 0 and lines:
+        return json.loads(lines[-1])
+    if proc.returncode < 0:
+        why = f"killed by {signal.Signals(-proc.returncode).name}"
+    else:
+        why = f"exit code {proc.returncode}"
+    return {"error": f"unusable: the benchmark's process ended with {why}: {proc.stderr[-1500:]}", "unusable": True}
+
+
 def run(quick: bool = False, out=None, threads: int | None = None, only=None, log=sys.stderr) -> dict:
     """Run the benchmarks and write the JSON and markdown files; returns the results dict
     (with ``paths``)."""
@@ -267,18 +310,13 @@ def run(quick: bool = False, out=None, threads: int | None = None, only=None, lo
     env.update(threads_default=default_threads, threads_reason=why)
     results = {"schema": 1, "mode": settings.mode, "machine": machine_name(), "environment": env,
                "settings": settings.to_dict(), "benchmarks": {}}
-    ctx: dict = {}
     t_all = time.perf_counter()
     names = list(suite.BENCHMARKS) if only is None else list(only)
     for name in names:
         t0 = time.perf_counter()
         load0 = list(os.getloadavg())
         print(f"[bench] {name} ...", file=log, flush=True)
-        try:
-            entry = suite.BENCHMARKS[name](settings, ctx)
-        except Exception as exc:  # noqa: BLE001 - record it, go on with the others
-            entry = {"error": "".join(traceback.format_exception_only(type(exc), exc)).strip(),
-                     "traceback": traceback.format_exc()}
+        entry = run_in_child(name, quick, n_threads)
         entry["wall_seconds"] = time.perf_counter() - t0
         entry["loadavg_at_start"] = load0
         results["benchmarks"][name] = entry
@@ -308,7 +346,11 @@ def main(argv=None) -> int:
                     help="torch threads (default: all cores on an idle machine, 1 on a loaded one)")
     ap.add_argument("--only", nargs="+", default=None, metavar="NAME",
                     help="run only these benchmarks (give --out too, or latest.md holds only them)")
+    ap.add_argument("--child", default=None, metavar="NAME", help=argparse.SUPPRESS)  # run_in_child's worker
     a = ap.parse_args(argv)
+    if a.child:
+        print(json.dumps(run_one(a.child, a.quick, a.threads or 1), allow_nan=False, default=float), flush=True)
+        return 0
     if a.threads is not None and a.threads < 1:
         ap.error(f"--threads {a.threads}: give a number >= 1")
     from . import suite

@@ -8,9 +8,9 @@ without them would: bf16 autocast falls back to emulation there, which is the ca
 :func:`rnorm.hardware.native_bf16` reads, so this worker also hides from :mod:`rnorm.hardware`
 every flag that such a CPU lacks (``--hide``: flag prefixes).
 
-It then resolves ``precision: auto`` and ``channels_last: auto`` exactly as
-:func:`rnorm.runs.train` does for the ``cpu`` profile's standard FashionMNIST run (measuring the
-layout into a throwaway ``RNORM_CACHE``), and times one epoch of that resolved configuration
+It then resolves ``precision: auto`` and the ``cpu`` profile's ``channels_last`` (``--channels-last``)
+exactly as :func:`rnorm.runs.train` does for that profile's standard FashionMNIST run (a rule, no
+timing), and times one epoch of that resolved configuration
 against plain fp32 (contiguous layout, no autocast) and against forced bf16 + channels-last,
 interleaved, on process CPU time (one thread). Prints one JSON line.
 """
@@ -29,6 +29,7 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, required=True)
     ap.add_argument("--width", type=int, default=16)
     ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--channels-last", default="auto", help="the layout the profile asks for: true, false or auto")
     ap.add_argument("--hide", nargs="*", default=["avx512", "amx", "avx_vnni"],
                     help="prefixes of the CPU flags to hide from rnorm.hardware")
     a = ap.parse_args(argv)
@@ -52,7 +53,8 @@ def main(argv=None) -> int:
         return workload.config(width=a.width, batch_size=a.batch, recipe="standard", subset=images, **kw)
 
     auto = config(a.images, precision="auto")  # resolved at construction, as in a run's config
-    auto.channels_last = channels_last = runs._layout(auto.cfg, "auto", torch.device("cpu"))
+    asked = {"true": True, "false": False}.get(a.channels_last.lower(), a.channels_last)
+    auto.channels_last = channels_last = runs._layout(auto.cfg, asked, torch.device("cpu"))
     contenders = {
         "auto": (auto, x, y),
         "fp32": (config(a.images, precision="fp32", channels_last=False), x, y),

@@ -639,24 +639,6 @@ def threads_two_vs_one(s: Settings, ctx: dict) -> dict:
                   omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"))
 
 
-def layout_choice(s: Settings, ctx: dict) -> dict:
-    """What ``jobs: auto`` chooses here (:func:`rnorm.layout.choose`, measured afresh): every candidate
-    workers x threads trains the ``cpu`` profile's longest run on random images, all its workers at
-    once (quick mode: a width-4 ResNet-20); the answer replaces the cached one."""
-    from rnorm import book, layout
-
-    if s.mode == "quick":
-        cfg = workload.config(arch="resnet20", width=4).cfg
-        configs = [cfg, replace(cfg, seed=1)]
-    else:
-        configs = book.planned_configs(book.load_profile("cpu"), longest_first=True)
-    lay = layout.choose(configs, remeasure=True, log=lambda *_: None)
-    best = lay.measured.get(f"{lay.workers}x{lay.threads}", float("nan"))
-    return _entry(best, "images/s of the chosen layout", None, None, chosen=f"{lay.workers}x{lay.threads}",
-                  images_per_s=lay.measured, job=configs[0].name(), precision=configs[0].precision,
-                  cores=layout.available_cores(), runs=len(configs), note=lay.note)
-
-
 # ---------------------------------------------------------------------------------- 9
 #: The cap: the instruction set of a CPU with AVX2 but neither AVX-512 nor native bf16 (such as AMD Zen 3).
 ISA_CAP = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
@@ -670,8 +652,8 @@ def precision_auto_isa_capped(s: Settings, ctx: dict) -> dict:
     only AVX2 anyway, the cap changes nothing and this is the machine's own measurement."""
     cmd = [sys.executable, "-m", "benchmarks._isa_worker", "--images", str(s.isa_images),
            "--bf16-images", str(s.isa_bf16_images), "--rounds", str(s.isa_rounds), "--width", str(s.width),
-           "--batch", str(s.recipe_batch)]
-    with tempfile.TemporaryDirectory() as cache:  # the capped layout measurement must not enter the real cache
+           "--batch", str(s.recipe_batch), "--channels-last", str(workload.cpu_profile_channels_last())]
+    with tempfile.TemporaryDirectory() as cache:  # nothing of the capped run enters the real cache
         env = dict(os.environ, RNORM_CACHE=cache, OMP_NUM_THREADS="1", **ISA_CAP)
         proc = subprocess.run(cmd, cwd=workload.ROOT, env=env, capture_output=True, text=True, timeout=3600)
     if proc.returncode != 0:
@@ -689,8 +671,7 @@ def precision_auto_isa_capped(s: Settings, ctx: dict) -> dict:
                   job=f"standard recipe, resnet18 w{s.width}, batch {s.recipe_batch}, 1 thread, one epoch per round")
 
 
-BENCHMARKS = {  # layout first: its load reading should see the machine, not the suite's own earlier items
-    "layout_choice": layout_choice,
+BENCHMARKS = {
     "train_step_vs_torchvision": train_step_vs_torchvision,
     "multibn_split_vs_bn": multibn_split_vs_bn,
     "robustnorm_vs_bn": robustnorm_vs_bn,

@@ -115,3 +115,11 @@ def warm(cfg, x: torch.Tensor, y: torch.Tensor) -> None:
     opt = T.make_optimizer(model, cfg.lr, cfg.momentum, cfg.weight_decay)
     xb, yb = first_batch(cfg, x, y)
     T.train_step(model, opt, xb, yb, cfg.recipe, cfg)
+
+
+def cpu_profile_channels_last():
+    """The memory layout the ``cpu`` profile asks for (``defaults.channels_last``, read from its YAML file:
+    the benchmarks import the library only, not the book pipeline)."""
+    import yaml
+    prof = yaml.safe_load((ROOT / "profiles" / "cpu.yaml").read_text())
+    return (prof.get("defaults") or {}).get("channels_last", "auto")

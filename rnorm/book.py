@@ -148,7 +148,8 @@ def load_profile(name_or_path: str) -> dict:
     except ConfigError as e:
         raise ConfigError(f"profile file {path}: {e}") from None
     return {"name": path.stem, "path": str(path), "description": raw.get("description", ""), "jobs": jobs,
-            "threads": defaults.get("threads"), "notebooks": notebooks}
+            "threads": defaults.get("threads"), "channels_last": defaults.get("channels_last", "auto"),
+            "notebooks": notebooks}
 
 
 def parse_cli_value(text: str):
@@ -520,8 +521,8 @@ def pretrain(profile: dict, *, jobs=None, device: str = "auto", notebooks=None,
     cluster at ``address``).
 
     ``jobs`` (default: the profile's) is a number of workers of the profile's ``threads`` each, or
-    ``"auto"``: the workers x threads that train fastest on this machine, measured once
-    (:func:`rnorm.layout.choose`). Each round's layout is printed and appended to ``layouts``.
+    ``"auto"``: one worker per core (:func:`rnorm.layout.resolve`). Each round's layout is printed and
+    appended to ``layouts``.
 
     ``match`` (texts) trains only the runs whose folder name contains one of them, e.g. a standard
     run first, to check its convergence floor before the long recipes (:func:`check_match`).
@@ -542,14 +543,14 @@ def pretrain(profile: dict, *, jobs=None, device: str = "auto", notebooks=None,
             break
         if executor == "ray":  # the cluster's resources decide; each task asks for the profile's threads
             lay = Layout(1, profile.get("threads") or 1, note="Ray tasks")
-        else:  # measured on the runs still to train (finished and published ones need no layout)
+        else:  # for the runs still to train (finished and published ones need no worker)
             todo = unfinished(configs)
             lay = resolve(jobs, todo, threads=profile.get("threads"), device=device)
             print(f"[rnorm] {len(todo)} of {len(configs)} run(s) to train, with {lay.describe()}", flush=True)
         if layouts is not None:
             layouts.append(lay)
         results += run_all(configs, executor=executor, jobs=lay.workers, device=device, threads=lay.threads,
-                           address=address)
+                           address=address, channels_last=profile.get("channels_last", "auto"))
         done += configs
     return results
 
@@ -760,8 +761,7 @@ def describe_book_plan(profile_name: str, *, notebooks=None, out_dir=None, rerun
         for cfg, st in todo:
             lines.append(f"  {cfg.folder_name():{width}s}  {st}")
         if todo:
-            lines.append(f"(`rnorm layout --profile {profile['name']}` measures how fast this machine trains them; "
-                         "models/*/history.csv records what each published run took.)")
+            lines.append("(models/*/history.csv records what each published run took.)")
     return "\n".join(lines)
 
 

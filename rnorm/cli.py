@@ -87,11 +87,10 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--shard", type=int, default=0, help="take every SHARDS-th run from this one (0-based), so "
                                                          "one process per core shares the work")
     ev.add_argument("--shards", type=int, default=1, help="how many processes share the runs (default 1)")
-    la = sub.add_parser("layout", help="measure (once per machine, cached) how many training workers of how many "
-                                       "threads train a profile's runs fastest here, and print it")
+    la = sub.add_parser("layout", help="print how many training workers of how many threads `rnorm train` "
+                                       "uses for a profile's runs here (a rule: one one-thread worker per core)")
     la.add_argument("--profile", default="cpu")
     la.add_argument("--only", nargs="+", default=None, help="only the runs of these notebooks")
-    la.add_argument("--remeasure", action="store_true", help="measure again, ignoring the cached answer")
     pu = sub.add_parser("publish", help="copy the finished runs a profile's notebooks need into models/ (final "
                                         "weights, history and the evaluations computed so far; no optimizer state), so a fresh "
                                         "clone need neither train nor evaluate them again")
@@ -197,13 +196,12 @@ def _dispatch(args) -> int:
               f"{entry.name}` with the same -p copies their evaluations into models/")
         return 0
     if args.command == "layout":
-        from .layout import available_cores, choose
+        from .layout import resolve
         prof = book.load_profile(args.profile)
         planned = book.planned_configs(prof, _training_notebooks(args.only), longest_first=True)
-        configs = book.unfinished(planned) or planned  # what `rnorm train` would measure; all if none is left
-        lay = choose(configs, remeasure=args.remeasure)
-        print(f"{len(configs)} run(s) of profile {prof['name']!r} on {available_cores()} core(s), measured with "
-              f"{configs[0].name() if configs else 'nothing'}: {lay.describe()}")
+        todo = book.unfinished(planned)
+        lay = resolve(prof["jobs"], todo, threads=prof.get("threads"))
+        print(f"{len(todo)} of {len(planned)} run(s) of profile {prof['name']!r} to train: {lay.describe()}")
         return 0
     if args.command == "train":
         prof = book.load_profile(args.profile)

@@ -5,9 +5,8 @@ A profile's training runs are independent (each is keyed by its configuration an
 only load them. Two executors:
 
 * ``local`` (the default): ``jobs`` worker processes of ``threads`` threads each on this machine
-  (one thread unless told), or in this process when ``jobs`` is 1. How many of each is best
-  depends on the CPU and the network: a profile's ``jobs: auto`` measures it
-  (:mod:`rnorm.layout`).
+  (one thread unless told), or in this process when ``jobs`` is 1; a profile's ``jobs: auto`` is one
+  one-thread worker per core (:mod:`rnorm.layout`).
 * ``ray``: one Ray task per run, with its resource request (1 GPU when the runs train on CUDA,
   else ``threads`` CPUs), on the cluster at ``address`` (``--ray-address``, else ``RAY_ADDRESS``,
   else a Ray instance started on this machine). ``RNORM_RUNS`` must name a folder every node
@@ -28,11 +27,14 @@ from ._validate import ConfigError, check_choice, check_int
 EXECUTORS = ("local", "ray")
 
 
-def train_one(config, device: str = "auto", threads: int | None = 1, runs_dir=None) -> tuple[str, bool]:
-    """Train ``config`` (or find it finished) in this process; returns (run name, trained here?)."""
+def train_one(config, device: str = "auto", threads: int | None = 1, runs_dir=None,
+              channels_last="auto") -> tuple[str, bool]:
+    """Train ``config`` (or find it finished) in this process, in the memory layout ``channels_last``
+    resolves to (:func:`rnorm.hardware.resolve_channels_last`); returns (run name, trained here?)."""
     from .runs import is_complete, runs_root, train, trained_by
     finished_before = is_complete(runs_root(runs_dir) / config.folder_name())
-    run = train(config, runs_dir=runs_dir, device=device, progress=False, threads=threads)
+    run = train(config, runs_dir=runs_dir, device=device, progress=False, threads=threads,
+                channels_last=channels_last)
     return config.folder_name(), not finished_before and run.environment.get("trained_by") == trained_by()
 
 
@@ -45,7 +47,8 @@ def _train_args(args):
     return train_one(*args)
 
 
-def run_local(configs: list, *, jobs: int = 1, device: str = "auto", threads: int | None = None) -> list:
+def run_local(configs: list, *, jobs: int = 1, device: str = "auto", threads: int | None = None,
+              channels_last="auto") -> list:
     """Train ``configs`` in ``jobs`` worker processes of ``threads`` threads (default 1; in this
     process when ``jobs`` is 1); returns :func:`train_one`'s pairs in completion order."""
     jobs = check_int("jobs", jobs, min_value=1)
@@ -55,12 +58,13 @@ def run_local(configs: list, *, jobs: int = 1, device: str = "auto", threads: in
     if jobs <= 1 or len(configs) <= 1:
         for i, cfg in enumerate(configs, 1):
             print(f"[{i}/{len(configs)}] {cfg.name()}", flush=True)
-            out.append(train_one(cfg, device, threads))
+            out.append(train_one(cfg, device, threads, None, channels_last))
         return out
     import multiprocessing as mp
     ctx = mp.get_context("spawn")
     with ctx.Pool(jobs, initializer=_worker_init, initargs=(threads or 1,)) as pool:
-        for res in pool.imap_unordered(_train_args, [(c, device, threads or 1) for c in configs]):
+        for res in pool.imap_unordered(_train_args, [(c, device, threads or 1, None, channels_last)
+                                                        for c in configs]):
             _report(out, res, len(configs))
     return out
 
@@ -79,7 +83,7 @@ def ray_resources(device: str, threads: int | None) -> dict:
 
 
 def run_ray(configs: list, *, address: str | None = None, device: str = "auto", threads: int | None = None,
-            init_kwargs: dict | None = None) -> list:
+            init_kwargs: dict | None = None, channels_last="auto") -> list:
     """Submit one Ray task per config and wait for all; returns :func:`train_one`'s pairs.
 
     ``address``: the cluster (``"auto"``, ``"ray://host:10001"``, ...), else ``RAY_ADDRESS``, else a
@@ -99,7 +103,7 @@ def run_ray(configs: list, *, address: str | None = None, device: str = "auto", 
     if device == "auto":
         device = "cuda" if ray.cluster_resources().get("GPU", 0) >= 1 else "cpu"
     task = ray.remote(**ray_resources(device, threads))(_ray_train)
-    refs = {task.remote(cfg.to_dict(), device, threads or 1, env): cfg for cfg in configs}
+    refs = {task.remote(cfg.to_dict(), device, threads or 1, env, channels_last): cfg for cfg in configs}
     out, pending = [], list(refs)
     while pending:
         ready, pending = ray.wait(pending, num_returns=1)
@@ -107,18 +111,19 @@ def run_ray(configs: list, *, address: str | None = None, device: str = "auto", 
     return out
 
 
-def _ray_train(config: dict, device: str, threads: int, env: dict) -> tuple[str, bool]:
+def _ray_train(config: dict, device: str, threads: int, env: dict, channels_last="auto") -> tuple[str, bool]:
     os.environ.update(env)
     from .runs import RunConfig
-    return train_one(RunConfig.from_dict(config), device, threads, env["RNORM_RUNS"])
+    return train_one(RunConfig.from_dict(config), device, threads, env["RNORM_RUNS"], channels_last)
 
 
 def run_all(configs: list, *, executor: str = "local", jobs: int = 1, device: str = "auto",
-            threads: int | None = None, address: str | None = None) -> list:
-    """Train ``configs`` with the named executor (:data:`EXECUTORS`)."""
+            threads: int | None = None, address: str | None = None, channels_last="auto") -> list:
+    """Train ``configs`` with the named executor (:data:`EXECUTORS`) in the memory layout
+    ``channels_last`` (True, False, ``"auto"``) resolves to."""
     check_choice("executor", executor, EXECUTORS)
     if executor == "ray":
-        return run_ray(configs, address=address, device=device, threads=threads)
+        return run_ray(configs, address=address, device=device, threads=threads, channels_last=channels_last)
     if address:
         print(f"rnorm: --ray-address {address!r} is ignored by the local executor", file=sys.stderr)
-    return run_local(configs, jobs=jobs, device=device, threads=threads)
+    return run_local(configs, jobs=jobs, device=device, threads=threads, channels_last=channels_last)

@@ -4,22 +4,29 @@
   native -- CUDA, or a CPU with AVX512-BF16 or AMX -- and into ``"fp32"`` elsewhere. On a CPU
   without native bf16, PyTorch emulates it and a training step is about 10x slower than fp32
   (measured on an AVX2-only AMD EPYC: 25 vs 317 img/s), so ``auto`` never picks it there.
-* :func:`resolve_channels_last` turns ``"auto"`` into True or False by timing a small
-  convolution stack in both memory layouts, once per machine, precision and torch version; the
-  answer is cached in ``~/.cache/rnorm/hardware.json`` (``$RNORM_CACHE`` overrides the folder) so
-  every run on the machine makes the same choice. The layout changes no result beyond float
-  rounding, so it is a run-time choice recorded in ``environment.json``, not part of a run's key.
+* :func:`resolve_channels_last` chooses the memory layout by a rule, never by timing (a timing run
+  inside a training or test process can hang or corrupt memory, below): ``"auto"`` is channels_last
+  on CUDA and contiguous on CPU; ``True`` (asked for, e.g. by a profile) is channels_last on CPU too,
+  except for a network with a layer of the shape that oneDNN mis-computes (:func:`unsafe_for_channels_last`),
+  which stays contiguous, with a warning. The layout changes no result beyond float rounding, so it is
+  a run-time choice recorded in ``environment.json``, not part of a run's key.
+
+  Why channels_last stays available on CPU: it trained the profiles' width-16 ResNets 1.22x faster
+  than contiguous (benchmark 9, an Intel Xeon capped at AVX2, fp32), 1.34x (an AMD EPYC with AVX2
+  only, fp32) and 1.24x (an AMD EPYC with AVX-512 BF16, bf16; README, "Memory layout"). Why it is not the CPU default: oneDNN issue
+  6035 -- with AVX2 kernels, the backward-weights pass of a 1x1 stride-2 convolution in nhwc with fewer
+  than 8 input channels hangs, segfaults or returns wrong weight gradients without an error; ResNet-20
+  width 4 has such shortcuts. ``tests/test_layout_gradients.py`` checks, in a child process with a
+  timeout, that both layouts give the same weight gradients for every network the profiles train.
 * :func:`environment` is the one record of the machine written beside runs, results and
   benchmarks.
 """
 from __future__ import annotations
 
-import json
 import os
 import platform
 import socket
-import time
-from pathlib import Path
+import warnings
 
 import torch
 
@@ -97,79 +104,41 @@ def check_layout(value) -> object:
     return value
 
 
-def cache_file() -> Path:
-    base = os.environ.get("RNORM_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "rnorm")
-    return Path(base) / "hardware.json"
+#: The input channels below which oneDNN's AVX2 nhwc 1x1 stride-2 backward is wrong (issue 6035).
+ONEDNN_6035_MIN_CHANNELS = 8
 
 
-def _small_net() -> torch.nn.Module:
-    return torch.nn.Sequential(*[m for _ in range(3) for m in (torch.nn.Conv2d(16, 16, 3, padding=1, bias=False),
-                                                               torch.nn.BatchNorm2d(16), torch.nn.ReLU())])
+def unsafe_for_channels_last(model: torch.nn.Module) -> list[str]:
+    """The names of ``model``'s convolutions of the shape oneDNN issue 6035 mis-computes in channels_last
+    on CPU: a 1x1 kernel, a stride above 1 and fewer than :data:`ONEDNN_6035_MIN_CHANNELS` input channels.
+    Applied on every CPU, not only on AVX2 ones: the rule must not depend on what a machine happens to be."""
+    return [name for name, m in model.named_modules()
+            if isinstance(m, torch.nn.Conv2d) and tuple(m.kernel_size) == (1, 1) and max(m.stride) > 1
+            and m.in_channels < ONEDNN_6035_MIN_CHANNELS]
 
 
-def _time_layout(make_model, input_shape, channels_last: bool, precision: str, device: torch.device,
-                 reps: int = 3) -> float:
-    """Best seconds of ``reps`` forward+backward passes of ``make_model()`` on a random batch."""
-    torch.manual_seed(0)
-    net = make_model().to(device).train()
-    x = torch.rand(*input_shape, device=device)
-    if channels_last:
-        net = net.to(memory_format=torch.channels_last)
-        x = x.contiguous(memory_format=torch.channels_last)
-    ctx = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
-           else torch.autocast(device.type, enabled=False))
-    best = float("inf")
-    for i in range(reps + 1):
-        t = time.perf_counter()
-        with ctx:
-            net(x).float().sum().backward()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if i:  # the first call warms up oneDNN / cuDNN
-            best = min(best, time.perf_counter() - t)
-    return best
+def resolve_channels_last(value="auto", device="cpu", model: torch.nn.Module | None = None) -> bool:
+    """The memory layout to train ``model`` in on ``device``, by rule (module docstring), never timed.
 
-
-def resolve_channels_last(value="auto", device="cpu", precision: str = "fp32", *, make_model=None,
-                          input_shape=(64, 16, 32, 32), model_id: str = "conv3x16") -> bool:
-    """True/False as given; ``"auto"``: the faster memory layout, measured once and cached.
-
-    ``make_model`` builds the network to time (the model about to be trained; default a small
-    conv stack) on a random batch of ``input_shape``; ``model_id`` names it in the cache. Both
-    layouts are timed interleaved, twice each (best of 3 passes each time); channels_last is
-    chosen only when it is at least 3 % faster. The cache key is the CPU model (or CUDA device
-    name), torch version, device type, resolved precision, thread count and ``model_id``.
+    ``"auto"``: True on CUDA, False on CPU. ``True``: True, except on CPU for a model with a layer that
+    :func:`unsafe_for_channels_last` names (then False, with a warning naming the layers). ``False``:
+    False. ``model`` None counts as a model without such layers.
     """
     check_layout(value)
-    if value != "auto":
+    on_cuda = torch.device(device).type == "cuda"
+    if value == "auto":
+        return on_cuda
+    if not value or on_cuda:
         return value
-    device = torch.device(device)
-    precision = resolve_precision(precision, device)
-    make_model = make_model or _small_net
-    hw = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
-    key = (f"{hw}|torch {torch.__version__}|{device.type}|{precision}|threads {torch.get_num_threads()}|"
-           f"{model_id}|{tuple(input_shape)}")
-    f = cache_file()
-    try:
-        known = json.loads(f.read_text())
-    except (OSError, ValueError):
-        known = {}
-    if isinstance(known.get(key), dict) and isinstance(known[key].get("channels_last"), bool):
-        return known[key]["channels_last"]
-    plain, cl = [], []
-    for _ in range(2):
-        plain.append(_time_layout(make_model, input_shape, False, precision, device))
-        cl.append(_time_layout(make_model, input_shape, True, precision, device))
-    choice = min(cl) < 0.97 * min(plain)
-    known[key] = {"channels_last": choice, "seconds_contiguous": min(plain), "seconds_channels_last": min(cl),
-                  "measured": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    try:
-        from ._io import atomic_write_text
-        f.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(f, json.dumps(known, indent=2) + "\n")
-    except OSError:
-        pass  # an unwritable cache only costs a re-measurement next time
-    return choice
+    unsafe = unsafe_for_channels_last(model) if model is not None else []
+    if unsafe:
+        warnings.warn(f"channels_last=True is not used for this network on CPU: its layers {', '.join(unsafe[:4])}"
+                      f"{' ...' if len(unsafe) > 4 else ''} are 1x1 stride-2 convolutions with fewer than "
+                      f"{ONEDNN_6035_MIN_CHANNELS} input channels, whose channels_last backward oneDNN computes "
+                      f"wrongly or not at all on AVX2 CPUs (oneDNN issue 6035); training contiguous instead.",
+                      RuntimeWarning, stacklevel=2)
+        return False
+    return True
 
 
 def environment(device=None, **extra) -> dict:

@@ -356,8 +356,12 @@ def _run_path(config: RunConfig, runs_dir=None) -> Path:
 
 
 def is_complete(path) -> bool:
-    path = Path(path)
-    return (path / "done").exists() and (path / "model.pt").exists()
+    """True when the run in ``path`` is marked done (its files are checked by :func:`load_run`)."""
+    return (Path(path) / "done").exists()
+
+
+#: The files a finished run must have; :func:`load_run` refuses a done run that lacks or garbles one.
+FINISHED_FILES = ("config.json", "history.csv", "model.pt")
 
 
 def _damaged(file: Path, why: str) -> str:
@@ -412,13 +416,21 @@ def load_run(path) -> Run:
     if not is_complete(path):
         raise RunError(f"run {path} is not complete (no 'done' marker); call rnorm.runs.train(config) to "
                        f"finish it.")
+    for name in FINISHED_FILES[1:]:
+        if not (path / name).is_file():
+            raise RunError(_damaged(path / name, "the run is marked done but the file is missing"))
     env = {}
     if (path / "environment.json").exists():
         try:
             env = json.loads((path / "environment.json").read_text())
         except (ValueError, UnicodeDecodeError) as exc:
             raise RunError(_damaged(path / "environment.json", f"not valid JSON: {exc}")) from None
-    return Run(cfg, path, _read_history(path), env)
+    run = Run(cfg, path, _read_history(path), env)
+    if len(run.history) != cfg.epochs or "loss" not in run.history:
+        raise RunError(_damaged(path / "history.csv", f"it holds {len(run.history)} epoch row(s) for a run of "
+                                                      f"{cfg.epochs} epoch(s)"))
+    run.state_dict()  # the weights load and carry the run's key
+    return run
 
 
 def find_run(config: RunConfig, runs_dir=None, *, archive=None) -> Run | None:
@@ -617,8 +629,12 @@ def train(config: RunConfig, *, runs_dir=None, device="auto", progress=None, thr
     ``device``: ``"auto"`` (cuda if available), ``"cpu"``, ``"cuda[:N]"``, ``"mps"``. ``threads``:
     ``torch.set_num_threads`` for the duration of the call. ``progress``: a tqdm bar per epoch
     (None: only when stderr is a terminal; False: silent). ``channels_last``: True, False or
-    ``"auto"`` (measured, :func:`rnorm.hardware.resolve_channels_last`). None of these enter the
-    key; the resolved values are recorded in ``environment.json``.
+    ``"auto"``, resolved by rule (:func:`rnorm.hardware.resolve_channels_last`: contiguous on CPU unless
+    asked for, never for a layer shape oneDNN mis-computes). None of these enter the key; the resolved
+    values are recorded in ``environment.json``.
+
+    A run whose loss or weights stop being finite raises :class:`RunError` naming the epoch and step; its
+    last good checkpoint (the previous epoch's) is kept and it is never marked done.
     """
     if not isinstance(config, RunConfig):
         raise ConfigError(f"config must be a RunConfig; got {type(config).__name__} (use RunConfig.from_dict).")
@@ -657,13 +673,43 @@ def train(config: RunConfig, *, runs_dir=None, device="auto", progress=None, thr
 
 
 def _layout(config: RunConfig, channels_last, dev: torch.device) -> bool:
-    """``channels_last`` resolved for this config's network, batch and precision (measured once per machine)."""
+    """``channels_last`` resolved by rule for this config's network (:func:`rnorm.hardware.resolve_channels_last`)."""
+    return hardware.resolve_channels_last(channels_last, dev, build_model(config))
+
+
+def _diverged(path: Path, config: RunConfig, what: str, epoch: int) -> str:
+    kept = (f"its last good checkpoint (epoch {epoch}) is kept in {path / 'checkpoint.pt'}" if epoch
+            else "no epoch finished, so no checkpoint was written")
+    return (f"run {config.folder_name()} diverged: {what}. It is not marked done and will not be cached or "
+            f"published; {kept}. A smaller lr (now {config.lr:g}) or a warmup usually helps.")
+
+
+def _check_finite_weights(model: torch.nn.Module, path: Path, config: RunConfig, epoch: int) -> None:
+    """Raise :class:`RunError` when a parameter or buffer of ``model`` holds NaN or inf after ``epoch``."""
+    bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise RunError(_diverged(path, config, f"after epoch {epoch + 1} the weights {', '.join(bad[:3])}"
+                                               f"{' ...' if len(bad) > 3 else ''} are not finite", epoch))
+
+
+#: An epoch's mean training loss above this multiple of chance-level cross-entropy (ln of the classes)
+#: means the run is diverging, though still finite: warned about in its history and environment.
+DIVERGING_LOSS_FACTOR = 10.0
+
+
+def _warn_if_diverging(row: dict, config: RunConfig, env: dict, path: Path, epoch: int) -> None:
+    """Mark the epoch's history row and the run's ``environment.json`` when its loss says it is diverging."""
+    import math
+
     from .data import info
-    d = info(config.dataset)
-    shape = (config.batch_size, d.in_channels, d.image_size, d.image_size)
-    model_id = f"{config.arch}w{config.width}-{config.norm}"
-    return hardware.resolve_channels_last(channels_last, dev, config.precision, make_model=lambda: build_model(config),
-                                          input_shape=shape, model_id=model_id)
+    chance = math.log(info(config.dataset).num_classes)
+    if row["loss"] > DIVERGING_LOSS_FACTOR * chance:
+        msg = (f"diverging: mean training loss {row['loss']:.3g} is above {DIVERGING_LOSS_FACTOR:g}x the "
+               f"chance level ({chance:.2f}); its accuracies mean little")
+        row["warning"] = msg
+        env.setdefault("warnings", []).append(f"epoch {epoch + 1}: {msg}")
+        _io.atomic_write_text(path / "environment.json", json.dumps(env, indent=2) + "\n")
+        print(f"[rnorm] WARNING {config.folder_name()}: {msg}", file=sys.stderr, flush=True)
 
 
 def _train_locked(config: RunConfig, path: Path, dev: torch.device, progress: bool, channels_last: bool) -> None:
@@ -701,10 +747,15 @@ def _train_locked(config: RunConfig, path: Path, dev: torch.device, progress: bo
 
     augment = config.resolved_augment()
     for epoch in range(start, config.epochs):
-        row = _train.run_epoch(model, optimizer, scheduler, images, labels, recipe=config.recipe, cfg=config,
-                               batch_size=config.batch_size, seed=config.seed, epoch=epoch, augment=augment,
-                               device=dev, progress=progress, channels_last=channels_last,
-                               desc=f"{config.name()} epoch {epoch + 1}/{config.epochs}")
+        try:
+            row = _train.run_epoch(model, optimizer, scheduler, images, labels, recipe=config.recipe, cfg=config,
+                                   batch_size=config.batch_size, seed=config.seed, epoch=epoch, augment=augment,
+                                   device=dev, progress=progress, channels_last=channels_last,
+                                   desc=f"{config.name()} epoch {epoch + 1}/{config.epochs}")
+        except _train.NonFiniteLoss as exc:
+            raise RunError(_diverged(path, config, f"{exc}", epoch)) from None
+        _check_finite_weights(model, path, config, epoch)
+        _warn_if_diverging(row, config, env, path, epoch)
         wall += row["epoch_seconds"]
         row["test_acc"] = _clean_accuracy(model, mon_x, mon_y, dev)
         if config.holdout:

@@ -300,6 +300,37 @@ def derive_seed(*parts) -> int:
 _POSTFIX_EVERY = 25  # batches between progress-bar loss updates
 
 
+class _FiniteWatch:
+    """Finds the first step of an epoch whose loss is not finite (:class:`NonFiniteLoss`)."""
+
+    def __init__(self, epoch: int, device):
+        self.epoch = epoch
+        self.on_cpu = device is None or torch.device(device).type == "cpu"
+        self.first_bad = None  # on CUDA: a device tensor holding the first bad step (or -1)
+
+    def check(self, step: int, loss: torch.Tensor) -> None:
+        loss = torch.as_tensor(loss).detach()
+        bad = ~torch.isfinite(loss)
+        if self.on_cpu:
+            if bad:
+                raise NonFiniteLoss(self.epoch, step, float(loss))
+            return
+        here = torch.where(bad, torch.tensor(step, device=loss.device), torch.tensor(-1, device=loss.device))
+        self.first_bad = here if self.first_bad is None else torch.where(self.first_bad >= 0, self.first_bad, here)
+
+    def raise_if_bad(self) -> None:
+        if self.first_bad is not None and int(self.first_bad) >= 0:
+            raise NonFiniteLoss(self.epoch, int(self.first_bad), float("nan"))
+
+
+class NonFiniteLoss(FloatingPointError):
+    """A training step's loss was NaN or infinite: ``epoch`` (from 0) and ``step`` (from 0) name the first."""
+
+    def __init__(self, epoch: int, step: int, loss: float):
+        self.epoch, self.step, self.loss = epoch, step, loss
+        super().__init__(f"the training loss became {loss} at epoch {epoch + 1}, step {step + 1}")
+
+
 def run_epoch(model: nn.Module, optimizer, scheduler, images: torch.Tensor, labels: torch.Tensor, *,
               recipe, cfg, batch_size: int, seed: int, epoch: int, augment: bool, device,
               progress: bool = False, desc: str = "", step_fn: Callable | None = None,
@@ -312,7 +343,9 @@ def run_epoch(model: nn.Module, optimizer, scheduler, images: torch.Tensor, labe
     train on one image). Metrics are image-weighted means of the per-step values
     (:func:`metric_columns`), plus ``lr`` (at the epoch's first step), ``images`` (clean training
     images seen), ``epoch_seconds`` and ``images_per_s`` (clean images per second, attacks
-    included).
+    included). A step whose loss is not finite raises :class:`NonFiniteLoss` naming it: on CPU at once;
+    on CUDA, where a per-step read-back would stall the GPU, the first bad step is tracked on the device
+    and raised at the end of the epoch.
     """
     from . import data as _data
 
@@ -334,10 +367,12 @@ def run_epoch(model: nn.Module, optimizer, scheduler, images: torch.Tensor, labe
     seen = 0
     lr0 = float(optimizer.param_groups[0]["lr"])
     model.train()
+    watch = _FiniteWatch(epoch, device)
     t0 = time.perf_counter()
     try:
         for i, (x, y) in enumerate(it):
             m = step(model, optimizer, x, y, rec, cfg)
+            watch.check(i, m["loss"])
             scheduler.step()
             b = int(m.get("n", y.shape[0]))
             for c in cols:  # summed on the device: read back once per epoch, not per step
@@ -353,6 +388,7 @@ def run_epoch(model: nn.Module, optimizer, scheduler, images: torch.Tensor, labe
             bar.close()
     if device is not None and torch.device(device).type == "cuda":
         torch.cuda.synchronize()
+    watch.raise_if_bad()
     secs = time.perf_counter() - t0
     row = {c: float(sums[c]) / max(seen, 1) for c in cols}
     row.update(lr=lr0, images=seen, epoch_seconds=secs, images_per_s=seen / max(secs, 1e-9))

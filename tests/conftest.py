@@ -13,6 +13,20 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """No test reads or writes the user's ``~/.cache/rnorm``: ``RNORM_CACHE`` points at a fresh folder
+    (child processes inherit it)."""
+    import os
+    old = os.environ.get("RNORM_CACHE")
+    os.environ["RNORM_CACHE"] = str(tmp_path_factory.mktemp("rnorm-cache"))
+    yield
+    if old is None:
+        os.environ.pop("RNORM_CACHE", None)
+    else:
+        os.environ["RNORM_CACHE"] = old
+
+
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     """RNORM_DATA with FashionMNIST: the real files if present, else tiny fake IDX files."""

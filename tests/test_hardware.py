@@ -1,8 +1,6 @@
 """Tests of rnorm.hardware: precision and memory layout chosen by the machine, not hard-coded."""
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
@@ -47,23 +45,33 @@ def test_runconfig_key_holds_the_resolved_precision(monkeypatch):
     assert RunConfig(precision="auto").key() == RunConfig(precision="bf16").key() != cfg.key()
 
 
-def test_auto_layout_is_measured_once_and_cached(tmp_path, monkeypatch):
-    monkeypatch.setenv("RNORM_CACHE", str(tmp_path))
-    calls = []
+def test_layout_rule_contiguous_on_cpu_channels_last_on_cuda_or_when_asked():
+    from rnorm.models import resnet18
+    safe = resnet18(width=16)
+    assert hw.resolve_channels_last("auto", "cpu", safe) is False
+    assert hw.resolve_channels_last("auto", "cuda", safe) is True
+    assert hw.resolve_channels_last(True, "cpu", safe) is True
+    assert hw.resolve_channels_last(False, "cpu", safe) is False
+    assert hw.resolve_channels_last(False, "cuda", safe) is False
 
-    def fake(make_model, shape, channels_last, precision, device, reps=3):
-        calls.append(channels_last)
-        return 1.0 if channels_last else 2.0  # channels_last twice as fast
-    monkeypatch.setattr(hw, "_time_layout", fake)
-    assert hw.resolve_channels_last("auto", "cpu", "fp32") is True
-    n = len(calls)
-    assert n == 4 and calls.count(True) == 2
-    assert hw.resolve_channels_last("auto", "cpu", "fp32") is True and len(calls) == n  # from the cache
-    saved = json.loads((tmp_path / "hardware.json").read_text())
-    assert any(v["channels_last"] is True for v in saved.values())
-    monkeypatch.setattr(hw, "_time_layout", lambda m, s, cl, p, d, reps=3: 1.0)  # a tie keeps the default layout
-    assert hw.resolve_channels_last("auto", "cpu", "fp32", model_id="other") is False
-    assert hw.resolve_channels_last(True) is True and hw.resolve_channels_last(False) is False
+
+def test_layout_rule_never_picks_channels_last_for_the_onednn_6035_shape():
+    """1x1 stride-2 convolutions with fewer than 8 input channels (ResNet-20 width 4's shortcuts)."""
+    from rnorm.models import resnet20
+    narrow, wide = resnet20(width=4), resnet20(width=8)
+    bad = hw.unsafe_for_channels_last(narrow)
+    assert bad and all(narrow.get_submodule(n).in_channels < 8 for n in bad)
+    assert hw.unsafe_for_channels_last(wide) == []
+    with pytest.warns(RuntimeWarning, match=r"oneDNN issue 6035"):
+        assert hw.resolve_channels_last(True, "cpu", narrow) is False
+    assert hw.resolve_channels_last(True, "cpu", wide) is True
+    assert hw.resolve_channels_last(True, "cuda", narrow) is True  # cuDNN has no such bug
+
+
+def test_a_hand_built_layer_of_that_shape_is_named():
+    net = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 1, stride=2), torch.nn.Conv2d(8, 8, 1, stride=2),
+                              torch.nn.Conv2d(4, 8, 3, stride=2), torch.nn.Conv2d(4, 8, 1, stride=1))
+    assert hw.unsafe_for_channels_last(net) == ["0"]
 
 
 @pytest.mark.parametrize("bad", ["yes", 1, None, "True"])

@@ -197,6 +197,70 @@ def test_damaged_run_file_is_named_with_what_to_do(finished_run, damage, file):
         runs.load_run(finished_run.path).model()
 
 
+@pytest.mark.parametrize("missing", ["model.pt", "history.csv"])
+def test_a_done_run_missing_a_file_is_damaged_not_untrained(finished_run, missing, monkeypatch):
+    """A finished run whose weights or history were deleted is named as damaged; it is not trained
+    again as if it had never been trained."""
+    from rnorm import runs
+    (finished_run.path / missing).unlink()
+    monkeypatch.setattr(runs, "_train_locked", lambda *a, **k: pytest.fail("trained a damaged finished run"))
+    with pytest.raises(RunError, match=f"{missing} is damaged.*marked done.*Delete the folder"):
+        runs.train(finished_run.config, device="cpu", progress=False)
+
+
+def test_a_short_history_is_damaged(finished_run):
+    from rnorm import runs
+    (finished_run.path / "history.csv").write_text("epoch,loss\n")
+    with pytest.raises(RunError, match=r"history.csv is damaged.*0 epoch row\(s\) for a run of 1"):
+        runs.load_run(finished_run.path)
+
+
+# --- 7b. a diverging run is never done --------------------------------------------------------------
+def test_a_run_whose_loss_becomes_nan_stops_names_the_step_and_is_never_done(fake_data, tmp_path):
+    from rnorm import runs
+    cfg = RunConfig(arch="resnet20", width=8, train_subset=96, batch_size=32, epochs=2, lr=1e30, precision="fp32")
+    with pytest.raises(RunError, match=r"diverged: the training loss became (nan|inf) at epoch 1, step \d+\..*"
+                                       r"not marked done.*no epoch finished"):
+        runs.train(cfg, runs_dir=tmp_path, device="cpu", progress=False, channels_last=False)
+    folder = tmp_path / cfg.folder_name()
+    assert not (folder / "done").exists() and not (folder / "model.pt").exists()
+    assert runs.find_run(cfg, tmp_path, archive=[]) is None
+
+
+def test_nan_weights_after_a_finite_loss_also_stop_the_run(fake_data, tmp_path, monkeypatch):
+    """The epoch's loss was finite but the last step left NaN weights: caught after the epoch, and the
+    previous epoch's checkpoint is kept."""
+    from rnorm import runs, train as T
+    cfg = RunConfig(arch="resnet20", width=8, train_subset=96, batch_size=32, epochs=2, precision="fp32")
+    real = T.run_epoch
+
+    def poisoning(model, *a, epoch, **k):
+        row = real(model, *a, epoch=epoch, **k)
+        if epoch == 1:
+            with torch.no_grad():
+                next(model.parameters()).fill_(float("nan"))
+        return row
+    monkeypatch.setattr(T, "run_epoch", poisoning)
+    with pytest.raises(RunError, match=r"after epoch 2 the weights .* are not finite.*last good checkpoint "
+                                       r"\(epoch 1\)"):
+        runs.train(cfg, runs_dir=tmp_path, device="cpu", progress=False, channels_last=False)
+    folder = tmp_path / cfg.folder_name()
+    assert not (folder / "done").exists()
+    assert runs.load_checkpoint(folder, cfg)["epoch"] == 1
+
+
+def test_a_finite_but_exploding_loss_is_warned_about_in_history_and_environment(tmp_path):
+    from rnorm import runs
+    cfg = RunConfig(arch="resnet20", width=8, precision="fp32")
+    env, row = {}, {"loss": 2.2e10}
+    runs._warn_if_diverging(row, cfg, env, tmp_path, epoch=3)
+    assert "diverging" in row["warning"] and env["warnings"][0].startswith("epoch 4: diverging")
+    assert "diverging" in json.loads((tmp_path / "environment.json").read_text())["warnings"][0]
+    quiet = {"loss": 2.0}
+    runs._warn_if_diverging(quiet, cfg, {}, tmp_path, epoch=0)
+    assert "warning" not in quiet
+
+
 # --- 8. a lock whose pid was reused ---------------------------------------------------------------
 def test_lock_of_a_reused_pid_is_stale(tmp_path):
     """The pid is alive (it is a live process: the test's parent), but it started at another time."""
