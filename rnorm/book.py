@@ -20,6 +20,9 @@ recorded, e.g. after ``rnorm book --only 02_stats_swap``. Beside ``provenance.js
 ``rnorm book --dry-run`` (:func:`describe_book_plan`) says what a build would execute and train
 without doing any of it.
 
+Which checkout. Everything here works on the checkout the working directory is in
+(:func:`project_root`), not on the one the package is installed from.
+
 Where results go. ``rnorm book --profile NAME`` builds the book from that profile, in ``book/``.
 :func:`run_notebook` (``rnorm run``) writes into ``book/`` only when the parameters are exactly
 those of the published profile (:data:`PUBLISHED_PROFILE`); anything else goes to
@@ -43,9 +46,9 @@ from ._io import atomic_write_text
 from ._validate import ConfigError, suggest
 from .experiments import REGISTRY, execution_order, get
 
-REPO = Path(__file__).resolve().parent.parent
 PUBLISHED_PROFILE = "cpu"
 PROFILE_KEYS = ("description", "jobs", "defaults", "notebooks")
+REQUIRED_PROFILE_KEYS = ("defaults", "notebooks")  # at least one: a profile that sets nothing is a mistake
 RUNTIME_PARAMS = ("device", "results_dir", "progress", "threads", "channels_last")
 ALL_NOTEBOOKS = tuple(REGISTRY)
 
@@ -84,12 +87,56 @@ _YamlLoader.add_implicit_resolver(
     list("-+0123456789."))
 
 
+# ------------------------------------------------------------------------------------- the checkout
+#: What makes a folder a project checkout: the book's configuration and table of contents, and the notebooks.
+PROJECT_MARKERS = ("_config.yml", "_toc.yml", "notebooks/")
+_PACKAGE = Path(__file__).resolve().parent  # the rnorm package this process imported
+
+
+def find_root(start=None) -> Path | None:
+    """The nearest folder at or above ``start`` (default: the working directory) that holds
+    :data:`PROJECT_MARKERS`, else None."""
+    here = Path(start if start is not None else os.getcwd()).absolute()
+    for folder in (here, *here.parents):
+        if all((folder / m.rstrip("/")).is_dir() if m.endswith("/") else (folder / m).is_file()
+               for m in PROJECT_MARKERS):
+            return folder
+    return None
+
+
+def project_root(*, code: bool = True) -> Path:
+    """The checkout the pipeline works on: the one the working directory is in (:func:`find_root`),
+    never the one the package happens to be installed from (with a shared virtual environment
+    those differ). Outside a checkout, a :class:`ConfigError` says so.
+
+    ``code=True`` (everything but rendering the HTML) also requires that this process runs the
+    checkout's own ``rnorm`` package: notebooks are executed in the checkout and import its
+    ``rnorm``, their keys hash its modules, and training runs this process's code, so two
+    checkouts' code would otherwise mix without a word."""
+    root = find_root()
+    if root is None:
+        raise ConfigError(f"{Path.cwd()} is not inside an rnorm checkout (no folder at or above it holds "
+                          f"{', '.join(PROJECT_MARKERS)}); cd into the checkout to build, run or plan.")
+    if code and (root / "rnorm").resolve() != _PACKAGE:
+        raise ConfigError(f"this checkout is {root}, but the rnorm package running is {_PACKAGE} (another "
+                          f"checkout, or an installed copy): its notebooks would run one code and training "
+                          f"another. Run `python -m rnorm.cli ...` in {root}, or set PYTHONPATH={root}.")
+    return root
+
+
+def __getattr__(name):  # ``book.REPO``: the checkout of the working directory, resolved when asked for
+    if name == "REPO":
+        return project_root()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def read_yaml(text: str):
     return yaml.load(text, Loader=_YamlLoader)
 
 
 def profiles_dir() -> Path:
-    return Path(os.environ.get("RNORM_PROFILES", REPO / "profiles"))
+    env = os.environ.get("RNORM_PROFILES")
+    return Path(env) if env else project_root(code=False) / "profiles"
 
 
 def available_profiles() -> list[str]:
@@ -112,11 +159,16 @@ def load_profile(name_or_path: str) -> dict:
         raise ConfigError(f"profile={str(name_or_path)!r} not found (looked for {path}); available profiles: "
                           f"{', '.join(names) or 'none'}." + suggest(str(name_or_path), names))
     try:
-        raw = read_yaml(path.read_text()) or {}
+        raw = read_yaml(path.read_text())
     except yaml.YAMLError as e:
         raise ConfigError(f"profile file {path} is not valid YAML: {e}") from None
+    shape = (f"a mapping with at least one of the keys {' or '.join(REQUIRED_PROFILE_KEYS)} (the parameters "
+             f"it sets), and optionally {', '.join(k for k in PROFILE_KEYS if k not in REQUIRED_PROFILE_KEYS)}")
+    if raw is None:
+        raise ConfigError(f"profile file {path} is empty; a profile is {shape}.")
     if not isinstance(raw, dict):
-        raise ConfigError(f"profile file {path} must hold a mapping with keys {', '.join(PROFILE_KEYS)}.")
+        raise ConfigError(f"profile file {path} holds {raw!r:.40} (of type {type(raw).__name__}), not a mapping; "
+                          f"a profile is {shape}.")
     for k in raw:
         if k not in PROFILE_KEYS:
             raise ConfigError(f"profile file {path} has an unknown key {k!r}; allowed keys: "
@@ -147,6 +199,9 @@ def load_profile(name_or_path: str) -> dict:
         jobs = check_jobs(raw.get("jobs", 1))
     except ConfigError as e:
         raise ConfigError(f"profile file {path}: {e}") from None
+    if not any(k in raw for k in REQUIRED_PROFILE_KEYS):
+        has = f"it has only {', '.join(map(repr, raw))}" if raw else "an empty mapping"
+        raise ConfigError(f"profile file {path} sets no parameter ({has}); a profile is {shape}.")
     return {"name": path.stem, "path": str(path), "description": raw.get("description", ""), "jobs": jobs,
             "threads": defaults.get("threads"), "channels_last": defaults.get("channels_last", "auto"),
             "notebooks": notebooks}
@@ -199,7 +254,11 @@ def matching_profile(notebook: str, params: dict) -> str | None:
     if entry.reads:
         return None
     mine = result_params(notebook, params)
-    for name in available_profiles():
+    try:
+        names = available_profiles()
+    except ConfigError:  # outside a checkout no profile is known: the results are custom
+        return None
+    for name in names:
         try:
             theirs = result_params(notebook, load_profile(name)["notebooks"][notebook])
         except ConfigError:
@@ -211,7 +270,8 @@ def matching_profile(notebook: str, params: dict) -> str | None:
 
 def _module_file(name: str) -> Path | None:
     rel = name.split(".")
-    for cand in (REPO.joinpath(*rel).with_suffix(".py"), REPO.joinpath(*rel, "__init__.py")):
+    repo = project_root()
+    for cand in (repo.joinpath(*rel).with_suffix(".py"), repo.joinpath(*rel, "__init__.py")):
         if cand.is_file():
             return cand
     return None
@@ -275,7 +335,27 @@ def _module_summary(text: str, package: str) -> tuple[str, tuple[str, ...]]:
 
 
 def notebook_source(notebook: str) -> Path:
-    return REPO / "notebooks" / f"{get(notebook).name}.md"
+    """``notebooks/<notebook>.md``, the source a person edits, after checking that it and its paired
+    output-free ``.ipynb`` (what plain papermill runs) are both there: a missing one is a
+    :class:`ConfigError` naming it and how to restore it, before anything is planned or run."""
+    name = get(notebook).name
+    folder = project_root() / "notebooks"
+    md, ipynb = folder / f"{name}.md", folder / f"{name}.ipynb"
+    missing = [f for f in (md, ipynb) if not f.is_file()]
+    if missing:
+        have = [f for f in (md, ipynb) if f not in missing]
+        how = (f"recreate it from its pair with `jupytext --sync {have[0]}` (or `git checkout -- {missing[0]}`)"
+               if have else
+               f"restore them with `git checkout -- {md} {ipynb}`")
+        raise ConfigError(f"notebook {name!r}: {' and '.join(str(f) for f in missing)} "
+                          f"{'is' if len(missing) == 1 else 'are'} missing; {how}.")
+    return md
+
+
+def check_sources(notebooks) -> None:
+    """Refuse, before anything runs, a notebook whose source or paired ``.ipynb`` is missing (:func:`notebook_source`)."""
+    for nb in notebooks:
+        notebook_source(nb)
 
 
 def _notebook_code(notebook: str) -> str:
@@ -323,7 +403,7 @@ def staleness(profile: dict, notebooks=None, out_dir=None) -> dict[str, list[str
     missing or whose key changed, and for those that read a stale one or whose recorded inputs
     differ from the results now there (the ledger). The reasons say what changed, as far as the
     executed copy recorded it (:func:`why_stale`)."""
-    out_dir = Path(out_dir or REPO / "book")
+    out_dir = Path(out_dir or project_root() / "book")
     stale: dict[str, list[str]] = {}
     for nb in execution_order(notebooks or REGISTRY):
         why = why_stale(nb, profile["notebooks"][nb], out_dir)
@@ -387,7 +467,7 @@ def why_stale(notebook: str, params: dict, out_dir) -> list[str]:
         return why
     why = []
     if rec.get("source") != now["source"]:
-        why.append(f"its source {notebook_source(notebook).relative_to(REPO)} changed")
+        why.append(f"its source {notebook_source(notebook).relative_to(project_root())} changed")
     why += _param_changes(rec.get("params") or {}, now["params"])
     old_code, new_code = rec.get("code") or {}, now["code"]
     changed = sorted(m for m in set(old_code) | set(new_code) if old_code.get(m) != new_code.get(m))
@@ -421,7 +501,7 @@ def publish_runs(profile: dict, *, notebooks=None, archive=None) -> tuple[list, 
     names of the runs neither finished here nor published before). Runs named only after others
     finish (03's RobustNorm runs after its sweep) are included once those have finished."""
     from .runs import find_run, publish_run
-    archive = Path(archive) if archive is not None else REPO / "models"
+    archive = Path(archive) if archive is not None else project_root() / "models"
     published, missing = [], []
     for cfg in planned_configs(profile, notebooks):
         run = find_run(cfg, archive=[])
@@ -487,6 +567,7 @@ def planned_configs(profile: dict, notebooks=None, exclude=(), longest_first: bo
     from .experiments import planned_runs
     configs: list = []
     for nb in notebooks if notebooks is not None else REGISTRY:
+        check_sizes(nb, profile["notebooks"][nb])  # a run that cannot train is never planned
         for cfg in planned_runs(nb, profile["notebooks"][nb]):
             if cfg not in configs and cfg not in exclude and (
                     not match or any(m in cfg.folder_name() for m in match)):
@@ -576,7 +657,6 @@ def preflight(notebook: str, params: dict, out_dir: Path | None = None) -> None:
     on it (``test_n``, ``probe_n``, ``precise_n``, ``train_subset`` within the splits), and the
     results folder (writable).
     """
-    from . import data
     from .runs import RunError, _ensure_writable, resolve_device, runs_root
 
     entry = get(notebook)
@@ -588,19 +668,7 @@ def preflight(notebook: str, params: dict, out_dir: Path | None = None) -> None:
         _ensure_writable(runs_root())
     except RunError as e:
         raise ConfigError(str(e)) from None
-    datasets = getattr(p, "datasets", None) or (p.dataset,)
-    for d in datasets:
-        try:
-            n_train = data.load(d, "train")[1].shape[0]
-            n_test = data.load(d, "test")[1].shape[0]
-        except data.DataError as e:
-            raise ConfigError(f"dataset {d!r}: {e}") from None
-        for name, limit in (("test_n", n_test), ("probe_n", n_test), ("precise_n", n_train),
-                            ("train_subset", n_train)):
-            value = getattr(p, name, None)
-            if value is not None and value > limit:
-                raise ConfigError(f"{name}={value} is larger than the {d!r} {'test' if limit == n_test else 'train'} "
-                                  f"split ({limit} images); allowed: up to {limit}.")
+    check_sizes(notebook, params)
     if out_dir is not None:
         import tempfile
         folder = Path(out_dir)
@@ -613,10 +681,35 @@ def preflight(notebook: str, params: dict, out_dir: Path | None = None) -> None:
             raise ConfigError(f"output folder {folder} is not writable ({e.strerror or e}); pass --out-dir.") from None
 
 
+def check_sizes(notebook: str, params: dict) -> None:
+    """The data a study reads is there and verified, and its sizes (``test_n``, ``probe_n``,
+    ``precise_n``, ``train_subset``) fit within the splits, else one :class:`ConfigError` naming the
+    value and the limit. Part of :func:`preflight`; :func:`planned_configs` applies it too, so
+    ``rnorm plan``, ``rnorm train`` and ``rnorm book --dry-run`` never plan a run that cannot train."""
+    from . import data
+    entry = get(notebook)
+    if not entry.trains:
+        return
+    p = entry.params.from_dict(params)
+    for d in getattr(p, "datasets", None) or (p.dataset,):
+        try:
+            n_train = data.load(d, "train")[1].shape[0]
+            n_test = data.load(d, "test")[1].shape[0]
+        except data.DataError as e:
+            raise ConfigError(f"dataset {d!r}: {e}") from None
+        for name, split, limit in (("test_n", "test", n_test), ("probe_n", "test", n_test),
+                                   ("precise_n", "train", n_train), ("train_subset", "train", n_train)):
+            value = getattr(p, name, None)
+            if value is not None and value > limit:
+                raise ConfigError(f"notebook {entry.name!r}: {name}={value} is larger than the {d!r} {split} "
+                                  f"split ({limit} images); allowed: up to {limit}.")
+
+
 def default_out_dir(notebook: str, params: dict) -> Path:
     """``book/`` for the published profile's exact parameters, else ``_scratch/<profile or custom>/``."""
     prof = matching_profile(notebook, params)
-    return REPO / "book" if prof == PUBLISHED_PROFILE else REPO / "_scratch" / (prof or "custom")
+    repo = project_root()
+    return repo / "book" if prof == PUBLISHED_PROFILE else repo / "_scratch" / (prof or "custom")
 
 
 def run_notebook(notebook: str, params: dict, *, out_dir: Path | None = None, log_output: bool = False) -> Path:
@@ -632,8 +725,7 @@ def run_notebook(notebook: str, params: dict, *, out_dir: Path | None = None, lo
     entry = get(notebook)
     out_dir = Path(out_dir) if out_dir is not None else default_out_dir(notebook, params)
     src = notebook_source(entry.name)
-    if not src.is_file():
-        raise ConfigError(f"notebook={notebook!r}: no file {src}; notebooks: {', '.join(ALL_NOTEBOOKS)}.")
+    repo = project_root()
     preflight(entry.name, params, out_dir)
     if entry.trains:  # the evaluations published beside its finished runs are read, not computed again
         from .experiments import planned_runs
@@ -649,20 +741,20 @@ def run_notebook(notebook: str, params: dict, *, out_dir: Path | None = None, lo
     if params.get("results_dir") is None:
         results = (out_dir / "results").resolve()
         try:  # relative to the repository when inside it, so provenance holds no machine paths
-            params["results_dir"] = str(results.relative_to(REPO))
+            params["results_dir"] = str(results.relative_to(repo))
         except ValueError:
             params["results_dir"] = str(results)
     inputs = key_inputs(entry.name, params)  # before the run: what this execution's key is computed from
     jupytext.write(jupytext.read(src), tmp_src, fmt="ipynb")
     try:
-        pm.execute_notebook(str(tmp_src), str(tmp), parameters=params, cwd=str(REPO), kernel_name="python3",
+        pm.execute_notebook(str(tmp_src), str(tmp), parameters=params, cwd=str(repo), kernel_name="python3",
                             progress_bar=False, log_output=log_output, report_mode=False)
         _hide_parameter_cells(tmp)
         os.replace(tmp, target)
     finally:
         for f in (tmp_src, tmp):
             f.unlink(missing_ok=True)
-    res = REPO / params["results_dir"] / entry.name
+    res = repo / params["results_dir"] / entry.name
     if res.is_dir():  # lets `rnorm book --dry-run` say later what changed since this execution
         _write_key_inputs(res, inputs)
     return target
@@ -702,14 +794,16 @@ def _hide_parameter_cells(path: Path) -> None:
 
 
 def build_book(*, warnings_as_errors: bool = True, builder: str = "html") -> Path:
-    """``jupyter-book build`` of the repository root (``_config.yml``, ``_toc.yml``) into ``_build/``."""
+    """``jupyter-book build`` of the checkout the working directory is in (``_config.yml``, ``_toc.yml``;
+    :func:`project_root`) into its ``_build/``."""
     import subprocess
+    repo = project_root(code=False)  # rendering runs none of the package's code
     exe = Path(sys.executable).with_name("jupyter-book")
-    cmd = [str(exe) if exe.exists() else "jupyter-book", "build", str(REPO), "--builder", builder]
+    cmd = [str(exe) if exe.exists() else "jupyter-book", "build", str(repo), "--builder", builder]
     if warnings_as_errors:
         cmd += ["--warningiserror", "--keep-going"]
     subprocess.run(cmd, check=True)
-    return REPO / "_build" / builder
+    return repo / "_build" / builder
 
 
 def run_state(cfg) -> str:
@@ -737,8 +831,9 @@ def describe_book_plan(profile_name: str, *, notebooks=None, out_dir=None, rerun
     sweep, whose results name the later runs) from the archive into ``RNORM_RUNS``."""
     from .runs import archive_roots, runs_root
     profile = load_profile(profile_name)
-    out_dir = Path(out_dir or REPO / "book")
+    out_dir = Path(out_dir or project_root() / "book")
     chosen = execution_order(notebooks or REGISTRY)
+    check_sources(chosen)
     stale = {nb: ["--rerun"] for nb in chosen} if rerun else staleness(profile, chosen, out_dir)
     lines = [f"profile {profile['name']!r}, executed notebooks in {out_dir}:"]
     for nb in chosen:
@@ -777,8 +872,9 @@ def run_book(profile_name: str, *, jobs=None, build: bool = True, notebooks=None
     the notebooks executed and the seconds per step.
     """
     profile = load_profile(profile_name)
-    out_dir = Path(out_dir or REPO / "book")
+    out_dir = Path(out_dir or project_root() / "book")
     chosen = execution_order(notebooks or REGISTRY)
+    check_sources(chosen)  # before anything runs, as the parameters and sizes are (preflight, below)
     why = {nb: ["--rerun"] for nb in chosen} if rerun else staleness(profile, chosen, out_dir)
     todo = list(why)
     record_missing_key_inputs(profile, [nb for nb in chosen if nb not in why], out_dir)

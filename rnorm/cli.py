@@ -10,8 +10,13 @@
     rnorm evaluate 04_easy_batchnorm --profile cpu --shard 0 --shards 2   # its evaluations ahead, one process per core
     rnorm book --profile cpu --dry-run                 # what `rnorm book` would execute and train, and why
 
-A user mistake (unknown profile, notebook or parameter, a malformed value) ends with one line
-naming it and exit status 2, never a traceback.
+A user mistake (unknown profile, notebook or parameter, a malformed value, a missing notebook
+file, a size larger than the data) ends with one line naming it and exit status 2, never a traceback.
+
+Every command works on the checkout the working directory is in (the folder holding
+``_config.yml``, ``_toc.yml`` and ``notebooks/``), never on the one the package is installed from;
+outside a checkout it says so. All but ``build`` and ``profiles`` also refuse to run another
+checkout's ``rnorm`` package there (``python -m rnorm.cli`` in a checkout runs its own).
 
 ``rnorm run`` writes into the published ``book/`` only when the parameters are exactly those of
 the published profile (``cpu``); anything else goes to ``_scratch/<profile or custom>/`` unless
@@ -158,6 +163,9 @@ def _training_notebooks(only) -> list[str]:
 def _dispatch(args) -> int:
     from . import book
     from .experiments import REGISTRY, get
+    # Every command works on the checkout it is run in, and all but rendering and listing refuse to run
+    # another checkout's package there (rnorm.runs finds published runs beside the package it is).
+    book.project_root(code=args.command not in ("build", "profiles"))
     if args.command == "profiles":
         for name in book.available_profiles():
             prof = book.load_profile(name)
@@ -237,8 +245,8 @@ def _dispatch(args) -> int:
         params = book.notebook_params(prof, entry.name, overrides)
         out_dir = args.out_dir
         if out_dir is None and entry.reads:  # the ledger has no parameters: it follows the profile named
-            out_dir = book.REPO / "book" if prof["name"] == book.PUBLISHED_PROFILE else \
-                book.REPO / "_scratch" / prof["name"]
+            out_dir = book.project_root() / "book" if prof["name"] == book.PUBLISHED_PROFILE else \
+                book.project_root() / "_scratch" / prof["name"]
         out = book.run_notebook(entry.name, params, out_dir=out_dir)
         print(f"wrote {out}")
         return 0

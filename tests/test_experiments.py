@@ -199,6 +199,13 @@ def test_profile_yaml_merge_keys_may_be_overridden_but_keys_not_repeated(tmp_pat
     ("notebooks:\n  03_robustnorm: {powers: [0]}\n", "powers"),
     ("jobs: 0\n", "jobs"),
     ("- a\n- b\n", "mapping"),
+    # empty, or a value that is not a mapping: refused naming the file and the keys a profile needs
+    ("", r"mine\.yaml is empty; a profile is a mapping with at least one of the keys defaults or notebooks"),
+    ("# only a comment\n", r"mine\.yaml is empty; .*defaults or notebooks"),
+    ("0\n", r"mine\.yaml holds 0 \(of type int\), not a mapping; .*defaults or notebooks"),
+    ("[]\n", r"mine\.yaml holds \[\] \(of type list\), not a mapping"),
+    ("{}\n", r"mine\.yaml sets no parameter \(an empty mapping\); .*defaults or notebooks"),
+    ("description: mine\njobs: 1\n", r"mine\.yaml sets no parameter \(it has only 'description', 'jobs'\)"),
     ("a: [\n", "not valid YAML"),
     # a key given twice: plain YAML would keep the second silently, and an edit above it would change nothing
     ("notebooks:\n  02_stats_swap:\n    test_n: 32\n    epochs: 1\n    test_n: 64\n",
@@ -224,7 +231,8 @@ def test_cli_reports_user_errors_without_traceback(capsys):
     assert cli.main(["run", "05_claims_ledger", "--profile", "smoke", "-p", "x", "1"]) == 2
 
 
-def test_cli_plan_lists_runs_and_where_each_stands(capsys, tmp_path, monkeypatch):
+def test_cli_plan_lists_runs_and_where_each_stands(capsys, tmp_path, monkeypatch, data_root):
+    monkeypatch.setenv("RNORM_DATA", str(data_root))  # the plan checks its sizes against the data
     monkeypatch.setenv("RNORM_RUNS", str(tmp_path / "runs"))
     monkeypatch.setenv("RNORM_ARCHIVE", "")  # no published runs: every run reads "to train"
     assert cli.main(["plan", "--profile", "smoke"]) == 0
@@ -467,7 +475,8 @@ def test_staleness_passes_on_to_the_notebooks_that_read_a_stale_one(tmp_path):
     assert book.staleness(prof, out_dir=tmp_path) == {"05_claims_ledger": ["it recorded no inputs (summary.json)"]}
 
 
-def test_book_dry_run_reports_and_changes_nothing(tmp_path, monkeypatch, capsys):
+def test_book_dry_run_reports_and_changes_nothing(tmp_path, monkeypatch, capsys, data_root):
+    monkeypatch.setenv("RNORM_DATA", str(data_root))
     monkeypatch.setenv("RNORM_RUNS", str(tmp_path / "runs"))
     monkeypatch.setenv("RNORM_ARCHIVE", "")
     out = tmp_path / "book"
@@ -477,6 +486,129 @@ def test_book_dry_run_reports_and_changes_nothing(tmp_path, monkeypatch, capsys)
     cfgs = book.planned_configs(book.load_profile("smoke"), ["02_stats_swap"])
     assert f"{len(cfgs)} training run(s) needed as of now: 0 finished" in text and cfgs[0].folder_name() in text
     assert not out.exists() and not (tmp_path / "runs").exists()
+
+
+def _checkout(folder: Path, package: bool = True) -> Path:
+    """A project checkout in ``folder``: the book's configuration, notebooks and profiles copied, and
+    (``package``) its ``rnorm`` the package under test, linked."""
+    import shutil
+    folder.mkdir(parents=True)
+    for f in ("_config.yml", "_toc.yml"):
+        shutil.copy(REPO / f, folder / f)
+    for d in ("notebooks", "profiles"):
+        shutil.copytree(REPO / d, folder / d)
+    if package:
+        (folder / "rnorm").symlink_to(Path(book.__file__).resolve().parent, target_is_directory=True)
+    return folder
+
+
+def _nothing_may_run(monkeypatch, *also):
+    """Training, executing a notebook, building the HTML (and ``also``, names in rnorm.book) fail the test."""
+    def boom(*a, **k):
+        raise AssertionError("something ran after a check that should have stopped it")
+    for name in ("build_book", "restore_evaluations", *also):
+        monkeypatch.setattr(book, name, boom)
+    import papermill
+    import rnorm.executors
+    monkeypatch.setattr(rnorm.executors, "run_all", boom)
+    monkeypatch.setattr(papermill, "execute_notebook", boom)
+
+
+@pytest.mark.parametrize("missing,pair", [(".ipynb", ".md"), (".md", ".ipynb")])
+def test_book_and_run_refuse_a_missing_notebook_file_naming_it_before_anything_runs(
+        tmp_path, monkeypatch, capsys, data_root, missing, pair):
+    monkeypatch.setenv("RNORM_DATA", str(data_root))
+    monkeypatch.setenv("RNORM_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("RNORM_ARCHIVE", "")
+    root = _checkout(tmp_path / "checkout")
+    monkeypatch.chdir(root)
+    gone = root / "notebooks" / f"02_stats_swap{missing}"
+    gone.unlink()
+    _nothing_may_run(monkeypatch, "pretrain", "preflight")  # the files are checked first of all
+    out = tmp_path / "out"
+    for argv in (["book", "--profile", "smoke", "--dry-run", "--only", "02_stats_swap", "--out-dir", str(out)],
+                 ["book", "--profile", "smoke", "--dry-run", "--out-dir", str(out)],
+                 ["book", "--profile", "smoke", "--no-build", "--only", "02_stats_swap", "--out-dir", str(out)],
+                 ["run", "02_stats_swap", "--profile", "smoke", "--out-dir", str(out)]):
+        assert cli.main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert f"{gone} is missing" in err and "Traceback" not in err, err
+        assert f"jupytext --sync {root / 'notebooks' / f'02_stats_swap{pair}'}" in err, err
+    assert not out.exists() and not (tmp_path / "runs").exists()
+    (root / "notebooks" / f"02_stats_swap{pair}").unlink()  # both gone: restore them from git
+    assert cli.main(["book", "--profile", "smoke", "--dry-run", "--only", "02_stats_swap"]) == 2
+    assert "are missing; restore them with `git checkout --" in capsys.readouterr().err
+
+
+def test_plan_train_and_book_apply_the_preflights_size_checks(tmp_path, monkeypatch, capsys, data_root):
+    """A size the data cannot give is refused by every command that plans runs, naming the value, before
+    anything is trained or executed (one check: book.check_sizes, in preflight and planned_configs)."""
+    from rnorm import data
+    monkeypatch.setenv("RNORM_DATA", str(data_root))
+    monkeypatch.setenv("RNORM_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("RNORM_ARCHIVE", "")
+    n = data.load("fashion_mnist", "train")[1].shape[0]
+    too_many = ["--only", "02_stats_swap", "-p", "train_subset", str(n + 1)]
+    want = (f"notebook '02_stats_swap': train_subset={n + 1} is larger than the 'fashion_mnist' train split "
+            f"({n} images); allowed: up to {n}.")
+    _nothing_may_run(monkeypatch)
+    for argv in (["plan", "--profile", "smoke", *too_many], ["train", "--profile", "smoke", "--jobs", "1", *too_many]):
+        assert cli.main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert want in err and "Traceback" not in err, err
+    prof = tmp_path / "big.yaml"
+    prof.write_text((REPO / "profiles" / "smoke.yaml").read_text().replace(
+        "  02_stats_swap:\n", f"  02_stats_swap:\n    train_subset: {n + 1}\n", 1))
+    for extra in (["--dry-run"], ["--no-build"]):
+        assert cli.main(["book", "--profile", str(prof), "--only", "02_stats_swap", "--out-dir",
+                         str(tmp_path / "out"), *extra]) == 2
+        assert want in capsys.readouterr().err
+    assert not list(tmp_path.glob("runs/*")) and not (tmp_path / "out").exists()  # (preflight made runs/ writable)
+    # the limit itself is allowed, and the test split is checked as well
+    assert cli.main(["plan", "--profile", "smoke", "--only", "02_stats_swap", "-p", "train_subset", str(n)]) == 0
+    n_test = data.load("fashion_mnist", "test")[1].shape[0]
+    assert cli.main(["plan", "--profile", "smoke", "--only", "02_stats_swap", "-p", "test_n", str(n_test + 1)]) == 2
+    assert f"test_n={n_test + 1} is larger than the 'fashion_mnist' test split" in capsys.readouterr().err
+
+
+def test_build_and_book_work_on_the_checkout_they_are_run_in(tmp_path, monkeypatch, capsys):
+    """Not on the checkout the package is installed from (a shared .venv used to render the wrong one)."""
+    import subprocess
+    import sys
+    calls = []
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: calls.append(cmd))
+    other = _checkout(tmp_path / "other")
+    monkeypatch.chdir(other / "notebooks")  # anywhere inside it
+    assert book.project_root() == other and book.REPO == other
+    assert cli.main(["build"]) == 0
+    assert calls[-1][1:3] == ["build", str(other)]
+    assert book.notebook_source("02_stats_swap") == other / "notebooks" / "02_stats_swap.md"
+    assert book.default_out_dir("02_stats_swap", {}) == other / "_scratch" / "custom"
+    # outside any checkout: one clear line, exit status 2
+    nowhere = tmp_path / "nowhere"
+    nowhere.mkdir()
+    monkeypatch.chdir(nowhere)
+    for argv in (["build"], ["book", "--profile", "smoke", "--dry-run"], ["plan", "--profile", "smoke"]):
+        assert cli.main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert f"{nowhere} is not inside an rnorm checkout" in err and "_config.yml, _toc.yml, notebooks/" in err
+    assert len(calls) == 1
+    # a checkout whose rnorm is not the package running: it renders, but refuses to run mixed code
+    bare = _checkout(tmp_path / "bare", package=False)
+    monkeypatch.chdir(bare)
+    assert cli.main(["build"]) == 0 and calls[-1][2] == str(bare)
+    for argv in (["book", "--profile", "smoke", "--dry-run"], ["plan", "--profile", "smoke"],
+                 ["run", "02_stats_swap"], ["train", "--profile", "smoke"]):
+        assert cli.main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert f"this checkout is {bare}, but the rnorm package running is {Path(book.__file__).parent}" in err
+    # the library needs no checkout: importing it, or the pipeline module, works anywhere
+    proc = subprocess.__dict__["Popen"]  # the real one (run is patched above)
+    child = proc([sys.executable, "-c", "import rnorm.norms, rnorm.book; print(rnorm.book.find_root())"],
+                 cwd=nowhere, stdout=-1, stderr=-1, text=True,
+                 env={**__import__("os").environ, "PYTHONPATH": str(Path(book.__file__).resolve().parents[1])})
+    out, err = child.communicate(timeout=120)
+    assert child.returncode == 0 and out.strip() == "None", err
 
 
 def test_run_state_reads_where_a_run_stands_without_touching_it(tmp_path, monkeypatch):
