@@ -38,9 +38,11 @@ ERROR_FACTOR, ERROR_FLOOR = 5.0, 0.05
 def profile_networks() -> list:
     """One config per distinct network shape the profiles train: arch, width, norm (and its power),
     input channels and size (CIFAR-10 and its JPEG copy share them); multibn with both branches."""
+    from rnorm.experiments import planned_runs
     seen = {}
-    for name in PROFILES:
-        for cfg in book.planned_configs(book.load_profile(name), None):
+    for name in PROFILES:  # the notebooks' planned runs (no data read: book.planned_configs checks sizes)
+        prof = book.load_profile(name)
+        for cfg in (c for nb, params in prof["notebooks"].items() for c in planned_runs(nb, params)):
             from rnorm.data import info
             d = info(cfg.dataset)
             p = cfg.norm_p if cfg.norm == "robustnorm" else None
