@@ -17,7 +17,7 @@
   6035 -- with AVX2 kernels, the backward-weights pass of a 1x1 stride-2 convolution in nhwc with fewer
   than 8 input channels hangs, segfaults or returns wrong weight gradients without an error; ResNet-20
   width 4 has such shortcuts. ``tests/test_layout_gradients.py`` checks, in a child process with a
-  timeout, that both layouts give the same weight gradients for every network the profiles train.
+  timeout, that both layouts give the same weight gradients for every network the CPU profiles train.
 * :func:`environment` is the one record of the machine written beside runs, results and
   benchmarks.
 """
