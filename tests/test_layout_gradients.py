@@ -67,11 +67,15 @@ def test_the_profiles_train_the_networks_this_checks():
     assert any(n.startswith("resnet20w16-robustnormp0.2") for n in names)         # chapter 3
 
 
-def _safe(spec: dict) -> bool:
+def _model(spec: dict):
+    """The (untrained) network of a spec, as the child builds it."""
     from rnorm.runs import RunConfig
-    cfg = RunConfig(dataset=spec["dataset"], arch=spec["arch"], width=spec["width"], norm=spec["norm"],
-                    norm_p=spec["norm_p"] or 0.2, recipe=spec["recipe"], precision="fp32")
-    return not hardware.unsafe_for_channels_last(build_model(cfg))
+    return build_model(RunConfig(dataset=spec["dataset"], arch=spec["arch"], width=spec["width"], norm=spec["norm"],
+                                 norm_p=spec["norm_p"] or 0.2, recipe=spec["recipe"], precision="fp32"))
+
+
+def _safe(spec: dict) -> bool:
+    return not hardware.unsafe_for_channels_last(_model(spec))
 
 
 @pytest.fixture(scope="module")
@@ -94,11 +98,8 @@ def child_results() -> tuple[dict, str]:
 @pytest.mark.parametrize("spec", NETWORKS, ids=_id)
 def test_channels_last_gives_the_contiguous_weight_gradients(spec, child_results):
     if not _safe(spec):
-        from rnorm.runs import RunConfig
-        cfg = RunConfig(dataset=spec["dataset"], arch=spec["arch"], width=spec["width"], norm=spec["norm"],
-                        norm_p=spec["norm_p"] or 0.2, recipe=spec["recipe"], precision="fp32")
         with pytest.warns(RuntimeWarning, match="6035"):
-            assert hardware.resolve_channels_last(True, "cpu", build_model(cfg)) is False
+            assert hardware.resolve_channels_last(True, "cpu", _model(spec)) is False
         return
     results, end = child_results
     assert _id(spec) in results, f"{_id(spec)}: the child process ended before this network, with {end}"
