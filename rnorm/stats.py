@@ -4,13 +4,16 @@ Two kinds of comparison stand behind the claims:
 
 * **Same weights, two conditions** (population vs batch statistics, white-box vs transfer):
   every test image is scored under both, so the comparison is *paired over images*.
-  :func:`paired_images` gives the difference in accuracy with a percentile bootstrap CI over
-  images, and the exact McNemar p-value on the discordant pairs. Pairing removes the
-  image-to-image variance that an unpaired comparison of two accuracies carries.
+  :func:`paired_images` gives the difference in accuracy with a percentile bootstrap CI,
+  hierarchical over seeds and images where several models are scored (:func:`hierarchical_mean`),
+  and the exact McNemar p-value on the discordant pairs. Pairing removes the image-to-image
+  variance that an unpaired comparison of two accuracies carries.
 * **Two trainings** (RobustNorm vs BatchNorm, EBN vs AdvProp): a seed gives both recipes the same
   initialization and data order, so the comparison is *paired over seeds*. :func:`paired_seeds`
   gives the mean difference with a Student-t CI (``n - 1`` degrees of freedom); with fewer than
-  :data:`MIN_SEEDS` seeds the interval is not computed and the verdict is inconclusive.
+  :data:`MIN_SEEDS` seeds the interval is not computed and the verdict is inconclusive. Where
+  per-image results exist, :func:`paired_trainings` takes the wider of that interval and the
+  hierarchical bootstrap over seeds and images.
 
 :func:`judge` turns an effect and its CI into a :class:`Verdict` under a rule fixed in advance:
 the claim holds (``reproduced``) when the whole CI lies beyond the margin the claim needs, it
@@ -70,6 +73,13 @@ class Effect:
         return (f"{self._fmt(self.estimate)}{suffix} [95 % CI {self._fmt(self.low)}, {self._fmt(self.high)}] "
                 f"(paired over {self.n} {self.paired_over})")
 
+    def short(self) -> str:
+        """E.g. "+4.2 points [+1.0, +7.5]": the estimate and its 95 % CI, without how it was paired."""
+        suffix = {"points": " points", "ratio": "", "share": "", "epochs": " epochs"}[self.unit]
+        if math.isnan(self.low):
+            return f"{self._fmt(self.estimate)}{suffix} (no CI)"
+        return f"{self._fmt(self.estimate)}{suffix} [{self._fmt(self.low)}, {self._fmt(self.high)}]"
+
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -93,37 +103,87 @@ def _bools(name: str, values) -> np.ndarray:
     return arr.astype(bool)
 
 
+def _hierarchical_draws(rng, k: int, n: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """``size`` hierarchical resamples of a crossed models x images design: model indices
+    (size x k, with replacement) and image counts (size x n, a resample of n images with
+    replacement, the same images for every drawn model so the design stays crossed)."""
+    rows = rng.integers(0, k, size=(size, k)) if k > 1 else np.zeros((size, 1), dtype=int)
+    idx = rng.integers(0, n, size=(size, n))
+    counts = np.zeros((size, n))
+    np.add.at(counts, (np.repeat(np.arange(size), n), idx.ravel()), 1.0)
+    return rows, counts
+
+
+def hierarchical_mean(values, *, n_boot: int = 10_000, seed: int = 0) -> tuple[float, float, float]:
+    """Mean of a models x images array (e.g. per-image differences of two conditions) and its
+    percentile 95 % CI under the hierarchical bootstrap: each resample draws the models (seeds)
+    with replacement, then the images with replacement (the same images for every drawn model).
+
+    The seed level carries the variance between trainings that an images-only bootstrap ignores;
+    with few seeds (3) it is coarse, which is why comparisons of two *trainings* also take the
+    Student-t interval over seeds (:func:`paired_trainings`). Returns ``(estimate, low, high)``."""
+    v = np.asarray(values, dtype=float)
+    v = v.reshape(-1, v.shape[-1])
+    k, n = v.shape
+    n_boot = check_int("n_boot", n_boot, min_value=100)
+    rng = np.random.default_rng(seed)
+    boots = np.empty(n_boot)
+    for start in range(0, n_boot, 500):  # chunks bound the memory to 500 x n counts
+        size = min(500, n_boot - start)
+        rows, counts = _hierarchical_draws(rng, k, n, size)
+        per_model = counts @ v.T / n  # size x k: each model's mean over the resampled images
+        boots[start:start + size] = np.take_along_axis(per_model, rows, axis=1).mean(axis=1)
+    alpha = (1 - LEVEL) / 2
+    low, high = np.quantile(boots, [alpha, 1 - alpha])
+    return float(v.mean()), float(low), float(high)
+
+
 def paired_images(a, b, *, n_boot: int = 10_000, seed: int = 0) -> Effect:
     """Accuracy of ``b`` minus accuracy of ``a``, scored on the same images (per-image 0/1 arrays).
 
     ``a`` and ``b`` are 1-D (one model) or 2-D (one row per model, e.g. per seed, the same images
-    in every row). CI: percentile bootstrap over images, resampling image indices (the same
-    indices for every row and both conditions, so each resample keeps the pairs and the image's
-    difficulty shared across models). p-value: exact two-sided McNemar test on the discordant
-    pairs, all rows pooled (for several models an approximation: it treats them as independent).
+    in every row). CI: percentile bootstrap over images for one model; for several, the
+    hierarchical bootstrap over models and images (:func:`hierarchical_mean`), so the CI carries
+    the seed-to-seed variance as well as the images'. p-value: exact two-sided McNemar test on the
+    discordant pairs, all rows pooled (for several models an approximation: it treats them as
+    independent).
     """
     a, b = _bools("a", a), _bools("b", b)
     if a.shape != b.shape:
         raise ConfigError(f"a and b must score the same images; got shapes {a.shape} and {b.shape}.")
-    n_boot = check_int("n_boot", n_boot, min_value=100)
-    d = (b.astype(np.int8) - a.astype(np.int8)).reshape(-1, a.shape[-1]).mean(axis=0)  # per image
-    rng = np.random.default_rng(seed)
-    boots = np.empty(n_boot)
-    for start in range(0, n_boot, 1000):  # chunks bound the memory to 1000 x n indices
-        k = min(1000, n_boot - start)
-        boots[start:start + k] = d[rng.integers(0, d.size, size=(k, d.size))].mean(axis=1)
-    alpha = (1 - LEVEL) / 2
-    low, high = np.quantile(boots, [alpha, 1 - alpha])
-    over = "images" if a.ndim == 1 else f"images x {a.shape[0]} models"
-    return Effect(float(d.mean()), float(low), float(high), int(d.size), over, mcnemar(a.ravel(), b.ravel()))
+    d = (b.astype(np.int8) - a.astype(np.int8)).reshape(-1, a.shape[-1])
+    est, low, high = hierarchical_mean(d, n_boot=n_boot, seed=seed)
+    over = "images" if d.shape[0] == 1 else f"images x {d.shape[0]} models (hierarchical bootstrap)"
+    return Effect(est, low, high, int(d.shape[1]), over, mcnemar(a.ravel(), b.ravel()))
+
+
+def paired_trainings(a, b, *, n_boot: int = 10_000, seed: int = 0) -> Effect:
+    """``b`` minus ``a`` for two *trainings* compared seed by seed, from per-image 0/1 results
+    (seeds x images, the same images for every seed and both recipes).
+
+    The CI is the wider of two: the Student-t interval over the seeds' accuracies
+    (:func:`paired_seeds`: the variance between trainings, with the small-sample penalty of 3
+    seeds) and the hierarchical bootstrap over seeds and images (:func:`hierarchical_mean`: it
+    adds the sampling variance of the images, which a t-interval over a fixed image set leaves
+    out). Fewer than :data:`MIN_SEEDS` seeds give no CI."""
+    a, b = _bools("a", a), _bools("b", b)
+    if a.shape != b.shape or a.ndim != 2:
+        raise ConfigError(f"a and b must be seeds x images arrays of the same shape; got {a.shape} and {b.shape}.")
+    t = paired_seeds(a.mean(axis=1), b.mean(axis=1))
+    if math.isnan(t.low):
+        return t
+    _, low, high = hierarchical_mean(b.astype(np.int8) - a.astype(np.int8), n_boot=n_boot, seed=seed)
+    return Effect(t.estimate, min(t.low, low), max(t.high, high), t.n,
+                  f"seeds x {a.shape[1]} images (the wider of Student-t and the hierarchical bootstrap)")
 
 
 def bootstrap_images(statistic, *arrays, n_boot: int = 10_000, seed: int = 0):
-    """Estimate and percentile 95 % CI of ``statistic(*arrays)`` under resampling of images.
+    """Estimate and percentile 95 % CI of ``statistic(*arrays)`` under resampling.
 
     The image axis is the *last* axis of every array (1-D: images; 2-D: models x images); the
-    same resampled image indices are used for every array, so a comparison stays paired.
-    Returns ``(estimate, low, high, n_images)``.
+    same resampled image indices are used for every array, so a comparison stays paired. For 2-D
+    arrays of several models the resampling is hierarchical: the models (seeds) are drawn with
+    replacement first, the same ones for every array. Returns ``(estimate, low, high, n_images)``.
     """
     n_boot = check_int("n_boot", n_boot, min_value=100)
     arrays = [np.asarray(a) for a in arrays]
@@ -131,11 +191,17 @@ def bootstrap_images(statistic, *arrays, n_boot: int = 10_000, seed: int = 0):
     if len(sizes) != 1:
         raise ConfigError(f"the arrays must score the same images; got image counts {sorted(sizes)}.")
     n = sizes.pop()
+    models = {arr.shape[0] for arr in arrays if arr.ndim == 2}
+    if len(models) > 1:
+        raise ConfigError(f"the arrays must hold the same models; got model counts {sorted(models)}.")
+    k = models.pop() if models else 1
     rng = np.random.default_rng(seed)
     boots = np.empty(n_boot)
     for i in range(n_boot):
+        rows = rng.integers(0, k, size=k) if k > 1 else None
         idx = rng.integers(0, n, size=n)
-        boots[i] = statistic(*(arr[..., idx] for arr in arrays))
+        boots[i] = statistic(*((arr[rows][:, idx] if rows is not None and arr.ndim == 2 else arr[..., idx])
+                               for arr in arrays))
     alpha = (1 - LEVEL) / 2
     low, high = np.nanquantile(boots, [alpha, 1 - alpha])
     return float(statistic(*arrays)), float(low), float(high), n
@@ -144,7 +210,8 @@ def bootstrap_images(statistic, *arrays, n_boot: int = 10_000, seed: int = 0):
 def recovered_fraction(clean, attacked, repaired, *, n_boot: int = 2000, seed: int = 0) -> Effect:
     """The share of what an attack took that a repair gives back, paired over images:
     ``(acc(repaired) - acc(attacked)) / (acc(clean) - acc(attacked))``, with a bootstrap 95 % CI
-    over images (0/1 arrays, 1-D or models x images, the same images in all three)."""
+    (0/1 arrays, 1-D or models x images, the same images in all three; hierarchical over models
+    and images for several models, :func:`bootstrap_images`)."""
     arrs = [_bools(n, v) for n, v in (("clean", clean), ("attacked", attacked), ("repaired", repaired))]
     if len({a.shape for a in arrs}) != 1:
         raise ConfigError(f"clean, attacked and repaired must score the same images; got {[a.shape for a in arrs]}.")
@@ -155,7 +222,7 @@ def recovered_fraction(clean, attacked, repaired, *, n_boot: int = 2000, seed: i
         return (r.mean() - a.mean()) / took if took > 0 else math.nan
 
     est, low, high, n = bootstrap_images(share, *arrs, n_boot=n_boot, seed=seed)
-    over = "images" if arrs[0].shape[0] == 1 else f"images x {arrs[0].shape[0]} models"
+    over = "images" if arrs[0].shape[0] == 1 else f"images x {arrs[0].shape[0]} models (hierarchical bootstrap)"
     return Effect(est, low, high, n, over, unit="share")
 
 

@@ -826,8 +826,9 @@ def test_ebn_headline_says_where_ebn_ranks_and_gives_words_only_where_the_ci_exc
     acc.loc[clean_ebn, "accuracy"] = [0.927, 0.934, 0.941]
     models = _ebn_models(["standard", "advprop", "ebn"])
     text = ebn.headline(acc, models=models)
-    assert text.startswith("**In short (FashionMNIST / resnet18, main branch, used at inference):** under PGD 2/255, "
-                           "EBN is the least robust of the 3 recipes (59.2 %): -11.0 points [95 % CI -11.0, -11.0]")
+    assert text.startswith("**In short (FashionMNIST / resnet18, main branch, used at inference):** under PGD 2/255 alone "
+                           "(PGD only: the ledger's verdicts take, per image, the worse of PGD-20 and APGD-CE where "
+                           "run, which can only be lower), EBN is the least robust of the 3 recipes (59.2 %): -11.0 points [95 % CI -11.0, -11.0]")
     assert "against standard training (lower), -17.0 points" in text and "against AdvProp (lower)." in text
     clean = text.split("On clean accuracy (test subset): ")[1]
     assert "+0.2 points [95 % CI -1.0, +1.4] (paired over 3 seeds) against standard training (no difference shown)" \
@@ -839,7 +840,7 @@ def test_ebn_headline_says_where_ebn_ranks_and_gives_words_only_where_the_ci_exc
     level = _ebn_acc({"standard": (0.93, 0.70), "advprop": (0.935, 0.76), "ebn": (0.931, 0.70)})
     level.loc[(level["recipe"] == "ebn") & (level["attack"] == "pgd"), "accuracy"] = [0.69, 0.71, 0.70]
     text = ebn.headline(level, models=models)
-    assert "under PGD 2/255, EBN scores 70.0 %: " in text and "least" not in text and "most" not in text
+    assert "APGD-CE where run, which can only be lower), EBN scores 70.0 %: " in text and "least" not in text and "most" not in text
     assert "against standard training (no difference shown)" in text.split("On clean")[0]
     # every PGD accuracy at the floor: no robust lead either
     floor = acc.assign(accuracy=np.where(acc["attack"] == "pgd", 0.0, acc["accuracy"]))

@@ -18,7 +18,7 @@ import torch
 from rnorm.attacks import format_eps
 from rnorm.evaluate import pack_bits
 from rnorm import stats
-from rnorm.experiments import ledger, protocol, verdicts
+from rnorm.experiments import claims, ledger, protocol, verdicts
 from rnorm.experiments.verdicts import Results
 
 J = protocol.JUDGED_EPS
@@ -158,10 +158,38 @@ def test_c2_reproduced_when_the_swap_matches_no_norm_at_the_same_clean_accuracy(
     assert v.verdict == verdicts.REPRODUCED, v
 
 
-def test_c2_not_reproduced_when_white_box_batch_statistics_stay_far_below_no_norm():
-    v = _c2(_c2_frames(np.random.default_rng(1), wb=0.10))
+def test_c2_not_reproduced_when_batch_statistics_make_the_same_weights_less_robust():
+    v = _c2(_c2_frames(np.random.default_rng(1), pop=0.30, wb=0.10))
     assert v.verdict == verdicts.NOT
-    assert "95 % CI" in v.effect + v.checks
+    assert "95 % CI" in v.effect + v.checks and "refuted: robust accuracy, batch minus population" in v.checks
+
+
+def test_c2_a_swap_that_helps_but_stays_far_below_no_norm_is_partly_naming_the_no_norm_part():
+    v = _c2(_c2_frames(np.random.default_rng(1), wb=0.10))
+    assert v.verdict == verdicts.PARTLY
+    assert v.parts["batch-statistics BN minus no-norm"].verdict == verdicts.NOT
+    assert "refuted: batch-statistics BN minus no-norm" in v.checks
+
+
+def test_c2_a_swap_that_changes_nothing_is_inconclusive_not_partly():
+    v = _c2(_c2_frames(np.random.default_rng(1), wb=0.05))
+    assert v.verdict == verdicts.INCONCLUSIVE
+
+
+def test_c2_no_norm_part_counts_only_where_population_statistics_would_fail_it():
+    # BN's whole vulnerability (2 points) is smaller than the 5-point margin: population statistics pass too
+    nonorm, batch = [0.40, 0.42, 0.41], [0.41, 0.425, 0.42]
+    weak = verdicts._nonorm_part(nonorm, batch, [0.38, 0.40, 0.39], -0.05)
+    assert weak.verdict == verdicts.INCONCLUSIVE and "no power" in weak.reason
+    strong = verdicts._nonorm_part(nonorm, batch, [0.05, 0.07, 0.06], -0.05)
+    assert strong.verdict == verdicts.REPRODUCED
+    refuted = verdicts._nonorm_part(nonorm, [0.05, 0.07, 0.06], [0.05, 0.07, 0.06], -0.05)
+    assert refuted.verdict == verdicts.NOT
+
+
+def test_c2_prints_the_verdict_under_the_earlier_rule_beside_it():
+    v = _c2(_c2_frames(np.random.default_rng(1), wb=0.10))
+    assert "under the earlier rule (core part: batch-statistics BN minus no-norm): not reproduced" in v.effect
 
 
 def test_c2_inconclusive_when_bn_is_not_more_vulnerable_than_no_norm():
@@ -187,8 +215,8 @@ def test_c2_two_seeds_cannot_decide_an_across_training_comparison():
 
 def test_c2_uses_the_stronger_attack_per_seed():
     frames = _c2_frames(np.random.default_rng(5))
-    # APGD finds what PGD missed: batch statistics fall to 10 % -> no longer near the no-norm model
-    strong = pd.DataFrame([dict(_row(_correct(0.10, np.random.default_rng(s)), attack="apgd", stats="batch",
+    # APGD finds what PGD missed: batch statistics fall to 2 %, below population statistics' 5 %
+    strong = pd.DataFrame([dict(_row(_correct(0.02, np.random.default_rng(s)), attack="apgd", stats="batch",
                                      params="{}"), norm="bn", seed=s) for s in (0, 1, 2)])
     v = _c2({**frames, "strong": strong})
     assert v.verdict == verdicts.NOT
@@ -224,7 +252,7 @@ def test_epochs_to_counts_history_epochs_from_one():
 def test_c3_reproduced_and_its_parts():
     v = _c3(_c3_frames(bn_pgd=0.05, rn_pgd=0.15))
     assert v.verdict == verdicts.REPRODUCED, v
-    assert set(v.parts) == {f"robust accuracy at {format_eps(J)} (per image the worse of PGD-20 and APGD-CE where run), RobustNorm minus BatchNorm", "clean accuracy (full test set), RobustNorm minus BatchNorm",
+    assert set(v.parts) == {f"robust accuracy at {format_eps(J)}, RobustNorm minus BatchNorm", "clean accuracy (full test set), RobustNorm minus BatchNorm",
                             "epochs to 82.1 % test accuracy, BatchNorm minus RobustNorm"}
 
 
@@ -446,7 +474,11 @@ def test_every_combination_of_part_outcomes_follows_the_printed_rule(core, side)
     row = V._claim({f"core{i}": stats.Verdict(v) for i, v in enumerate(core)},
                    {f"side{i}": stats.Verdict(v) for i, v in enumerate(side)})
     assert row.verdict == _claim_by_the_printed_rule(core, side), (core, side)
-    assert "any core part refuted: not reproduced" in V._COMMON and "none holds: inconclusive" in V._COMMON
+    rule = claims.combination_text()
+    for words in ("a core part is refuted: not reproduced", "no core part holds and none is refuted: inconclusive",
+                  "every core part holds and every side part holds: reproduced",
+                  "every core part holds and some side part does not (refuted or undecided): partly"):
+        assert words in rule and all(words in r for r in V.RULES.values())
 
 
 def test_c4_is_judged_at_the_training_eps_and_the_standard_eps(two_claimed):
@@ -584,6 +616,48 @@ def test_scale_text_says_in_words_what_each_verdict_was_judged_on():
                                               "seeds": [0, 1, 2], "test_n": 1000}}}
     rows = {r["notebook"]: r for _, r in ledger.scale_table(provs).iterrows()}
     assert ledger.scale_text(rows["03_robustnorm"]) == \
-        "CIFAR-10 (lossy JPEG copy) · resnet20 width 16 · 30 epochs · 3 seeds"
+        "CIFAR-10 (lossy JPEG copy) · ResNet-20 width 16 · 30 epochs · 3 seeds"
     assert ledger.scale_text(rows["04_easy_batchnorm"]) == \
-        "FashionMNIST, CIFAR-10 (lossy JPEG copy) · resnet18 width 16 · epochs 15 (cifar10_jpeg: 30) · 3 seeds"
+        "FashionMNIST, CIFAR-10 (lossy JPEG copy) · ResNet-18 width 16 · epochs 15 (CIFAR-10 (lossy JPEG copy): 30) · 3 seeds"
+
+
+def test_c1_sensitivity_judges_the_shift_parts_at_every_margin_and_eps():
+    rows = []
+    for eps, ratio in ((0.5 / 255, 1.10), (1 / 255, 1.30), (2 / 255, 1.60), (4 / 255, 2.75)):
+        for st in ("mean", "var"):
+            rows.append(dict(reference="precise", statistic=st, attack="pgd", eps=eps, control="noise_sign",
+                             ratio=ratio, low=ratio - 0.04, high=ratio + 0.04, raw_ratio=ratio - 0.1, n_images=512,
+                             paired_over="images x 3 models"))
+    sens = verdicts.c1_sensitivity(pd.DataFrame(rows))
+    assert len(sens) == 4 * 3
+    at = {(round(255 * e, 2), m): v for e, m, v in zip(sens["eps"], sens["margin"], sens["verdict"])}
+    assert at[(1.0, 1.0)] == at[(1.0, 1.25)] == verdicts.REPRODUCED and at[(1.0, 1.5)] == verdicts.NOT
+    assert at[(0.5, 1.0)] == verdicts.REPRODUCED and at[(0.5, 1.25)] == verdicts.NOT
+    assert at[(4.0, 1.5)] == verdicts.REPRODUCED
+    assert (sens["mean_raw"] == sens["mean_ratio"] - 0.1).all()  # the uncorrected ratio is kept beside
+    assert verdicts.c1_sensitivity(None).empty
+
+
+def test_findings_name_every_refuted_part_side_parts_included():
+    text = verdicts.findings("C1", "01_distribution_shift", _c1_frames(repaired=0.0))
+    assert "**Refuted parts:** repair (share of PGD's damage undone by the batch's own statistics)." in text
+    assert "**Refuted parts:** none." in verdicts.findings("C1", "01_distribution_shift", _c1_frames())
+
+
+def test_c3_clean_sensitivity_judges_the_clean_part_at_one_and_two_points():
+    f = _c3_frames(bn_pgd=0.05, rn_pgd=0.15, bn_clean=0.90, rn_clean=0.885)  # 1.5 points lower
+    text = verdicts.c3_clean_sensitivity(f["models"])
+    assert "within 1 point: not reproduced" in text and "within 2 points: reproduced" in text
+    assert verdicts.c3_clean_sensitivity(None) == ""
+
+
+def test_c3_speed_slower_for_sure_says_so_even_where_the_margin_cannot_be_decided():
+    f = _c3_frames(bn_pgd=0.05, rn_pgd=0.15)
+    h = f["history"]
+    late = {0: 2, 1: 3, 2: 4}  # RobustNorm 2, 3, 4 epochs later: CI [-5.5, -0.5] excludes 0, contains -2
+    rn = h["norm"] == "robustnorm"
+    h.loc[rn, "test_acc"] = [min(0.95, 0.05 * max(0, e - late[s])) for e, s in zip(h.loc[rn, "epoch"], h.loc[rn, "seed"])]
+    speed = [p for k, p in _c3(f).parts.items() if k.startswith("epochs to")][0]
+    assert speed.effect.low < -2 < speed.effect.high < 0
+    assert speed.verdict == verdicts.INCONCLUSIVE
+    assert speed.reason.startswith("RobustNorm is slower (the CI excludes 0), but whether by more than the 2-epoch")

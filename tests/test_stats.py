@@ -106,3 +106,48 @@ def test_paired_rows_compares_the_same_images():
     c = dict(b, scored_bits=pack_bits(torch.tensor([1, 1, 1, 1, 0], dtype=torch.bool)))
     with pytest.raises(ConfigError, match="different images"):
         stats.paired_rows(a, c, 5)
+
+
+# --- the hierarchical bootstrap over seeds and images ------------------------------------------
+
+def test_hierarchical_bootstrap_carries_the_seed_to_seed_variance_an_images_only_bootstrap_misses():
+    # three seeds whose every image differs by a constant: resampling images alone sees no spread at all
+    v = np.repeat(np.array([[0.0], [0.5], [1.0]]), 200, axis=1)
+    est, low, high = stats.hierarchical_mean(v, n_boot=4000)
+    assert est == pytest.approx(0.5)
+    # a resample of 3 seeds takes all three the same with probability 3/27: its mean is 0 or 1
+    assert low <= 1 / 3 + 1e-9 and high >= 2 / 3 - 1e-9
+    _, one_low, one_high = stats.hierarchical_mean(v[1:2], n_boot=4000)
+    assert one_low == one_high == 0.5
+
+
+def test_hierarchical_bootstrap_of_identical_seeds_matches_the_images_only_bootstrap():
+    rng = np.random.default_rng(3)
+    row = (rng.random(500) < 0.3).astype(float)
+    _, lo1, hi1 = stats.hierarchical_mean(row[None], n_boot=4000)
+    _, lo3, hi3 = stats.hierarchical_mean(np.stack([row] * 3), n_boot=4000)
+    assert (hi3 - lo3) == pytest.approx(hi1 - lo1, rel=0.1)
+    # and the images-only width is the binomial one: 2 x 1.96 x sqrt(p (1 - p) / n)
+    assert (hi1 - lo1) == pytest.approx(2 * 1.96 * np.sqrt(row.mean() * (1 - row.mean()) / row.size), rel=0.1)
+
+
+def test_paired_trainings_takes_the_wider_of_student_t_and_the_hierarchical_bootstrap():
+    rng = np.random.default_rng(4)
+    a = rng.random((3, 400)) < 0.40
+    b = rng.random((3, 400)) < np.array([[0.45], [0.47], [0.50]])
+    e = stats.paired_trainings(a, b)
+    t = stats.paired_seeds(a.mean(axis=1), b.mean(axis=1))
+    _, lo, hi = stats.hierarchical_mean(b.astype(int) - a.astype(int))
+    assert e.estimate == pytest.approx(t.estimate)
+    assert e.low == pytest.approx(min(t.low, lo)) and e.high == pytest.approx(max(t.high, hi))
+    assert "hierarchical" in e.paired_over
+    assert np.isnan(stats.paired_trainings(a[:2], b[:2]).low)  # two seeds: no CI, as paired_seeds
+
+
+def test_paired_images_of_several_models_is_hierarchical():
+    a = np.zeros((3, 300), bool)
+    b = np.zeros((3, 300), bool)
+    b[2] = True  # only one seed gains, by 100 points: the images alone would see a tight +33
+    e = stats.paired_images(a, b)
+    assert e.estimate == pytest.approx(1 / 3)
+    assert e.low <= 0.0 + 1e-9 and e.high >= 2 / 3 - 1e-9 and "hierarchical" in e.paired_over

@@ -576,7 +576,8 @@ def headline(acc: pd.DataFrame, clean_full: pd.DataFrame | None = None, *, model
                              f"{_direction(*g, what, ok, _COMPARED)}" for r, g in got_by.items() if g is not None)
 
         text = (f"**In short ({label(d)} / {a}, main branch, used at inference):** under "
-                f"{_attack_name(sub, attack, eps)}, EBN "
+                f"{_attack_name(sub, attack, eps)} alone (PGD only: the ledger's verdicts take, per image, the "
+                f"worse of PGD-20 and APGD-CE where run, which can only be lower), EBN "
                 f"{f'is {place} ({100 * mine:.1f} %)' if place else f'scores {100 * mine:.1f} %'}: {versus(got, attack)}.")
         clean = versus({r: _paired(sub[sub["recipe"] == r], ebn_rows, "clean", 0.0) for r in refs}, "clean")
         if clean:

@@ -9,20 +9,23 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
 
 from ..results import StudyResult, results_root
 from .params import ConfigError, NotebookParams
-from .verdicts import CLAIMS, RULES, SOURCES, VERDICTS, Results
+from .claims import CLAIMS, RULES, SOURCES, SPECS
+from .verdicts import VERDICTS, Results
 
 STUDIES = ("01_distribution_shift", "02_stats_swap", "03_robustnorm", "04_easy_batchnorm")
 
 
 def ledger(root, stale: dict | None = None) -> pd.DataFrame:
     """One row per claim: claim, statement, experiment (notebook), effect (with 95 % CIs), verdict,
-    why (the reason of an undecided verdict, then the preconditions that were checked and hold, each with its
+    key_effect and caveat (the front page's one effect and one-line caveat, :func:`key_effect` and the
+    claim's spec), why (the reason of an undecided verdict, then the preconditions that were checked and hold, each with its
     threshold: the convergence floor and its source, the attack strength), rule. The results of the notebooks in
     ``stale`` (``{notebook: reason}``, :func:`stale_studies`) are not read: their claims are ``not run``,
     with the reason as their why."""
@@ -35,8 +38,19 @@ def ledger(root, stale: dict | None = None) -> pd.DataFrame:
         reason = v.checks if not v.checks or v.checks.endswith(".") else v.checks + "."
         why = stale.get(SOURCES[cid], " ".join(t for t in (reason, held) if t))
         rows.append({"claim": cid, "statement": claim, "experiment": SOURCES[cid], "effect": v.effect,
-                     "verdict": v.verdict, "why": why, "rule": RULES[cid]})
+                     "verdict": v.verdict, "why": why, "rule": RULES[cid], "key_effect": key_effect(v),
+                     "caveat": SPECS[cid].caveat})
     return pd.DataFrame(rows)
+
+
+def key_effect(row) -> str:
+    """The one effect the front page shows for a claim: its first core part with an effect, as
+    "name: estimate [95 % CI]"; where no part has an effect (C4, whose parts are settings), the
+    verdict of each part."""
+    for name, part in row.parts.items():
+        if part.effect is not None:
+            return f"{name}: {part.effect.short()}"
+    return "; ".join(f"{name}: {part.verdict}" for name, part in row.parts.items()) or "—"
 
 
 def provenances(root) -> dict:
@@ -114,12 +128,15 @@ def scale_table(provs: dict) -> pd.DataFrame:
 
 def scale_text(row) -> str:
     """One row of :func:`scale_table` in words, for the verdicts at a glance: datasets (display labels),
-    networks with their width, epochs, seeds, e.g. "FashionMNIST · resnet18 width 16 · 15 epochs · 3 seeds"."""
+    networks (plain names) with their width, epochs, seeds, e.g. "FashionMNIST · ResNet-18 width 16 · 15 epochs · 3 seeds"."""
     from ..plots import label
     datasets = ", ".join(label(d.strip()) for d in str(row["dataset(s)"]).split(","))
     epochs = str(row["epochs"])
     epochs = f"{epochs} epochs" if epochs.isdigit() else f"epochs {epochs}"
-    return f"{datasets} · {row['arch(s)']} width {row['width']} · {epochs} · {row['seeds']} seeds"
+    for d in str(row["dataset(s)"]).split(","):  # "15 (cifar10_jpeg: 30)" -> plain names
+        epochs = epochs.replace(f"{d.strip()}:", f"{label(d.strip())}:")
+    archs = ", ".join(re.sub(r"^resnet(\d+)$", r"ResNet-\1", a.strip()) for a in str(row["arch(s)"]).split(","))
+    return f"{datasets} · {archs} width {row['width']} · {epochs} · {row['seeds']} seeds"
 
 
 def timings_table(provs: dict, timings: dict | None) -> pd.DataFrame:

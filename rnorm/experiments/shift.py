@@ -9,7 +9,9 @@ For BatchNorm models trained normally (one per seed), on a fixed set of test ima
   running (EMA) estimates and exact PreciseBN ones, so an inaccurate EMA is told apart from a
   real shift. The effect is the ratio of the adversarial distance to the noise distance at equal
   ε, with a bootstrap 95 % CI over the images (the same resampled images for every seed, whose
-  ratios are averaged): an attack that merely moves pixels as far as noise does would give 1.
+  ratios are averaged, with the seeds resampled too: a hierarchical bootstrap): an attack that
+  merely moves pixels as far as noise does would give 1. The noise is matched to PGD in L-inf
+  only; the L2 and L-inf sizes of every perturbation are reported beside (:func:`perturbation_sizes`).
 * **Repair.** Scoring the PGD images with the statistics of their own batch instead of the
   population ones (the examples crafted with population statistics, i.e. transferred): how much
   of the accuracy PGD took comes back. This is the same evaluation as notebook 02's, so the two
@@ -95,12 +97,13 @@ def run(p: ShiftParams) -> StudyResult:
     tx, ty = test_subset(p.dataset, p.test_n, seed=0)
     train_x, train_y = load(p.dataset, "train")
     train_x, train_y = subset(train_x, train_y, min(p.precise_n, len(train_y)), seed=0)
-    records, distances, accuracies, repair, dist = [], [], [], [], {}
+    records, distances, accuracies, repair, dist, sizes = [], [], [], [], {}, []
     weights = bootstrap_weights(len(y), p.n_boot)
     for cfg, r in trained.items():
         model = r.model(device=device).eval()
         use_stats(model, "population")
         batches = probe_batches(model, x, y, p, seed=cfg.seed)
+        sizes.append(perturbation_sizes(batches).assign(seed=cfg.seed))
         with torch.no_grad():
             accuracies.append(pd.DataFrame([{"attack": a, "eps": e, "seed": cfg.seed, "n": len(y),
                                              "accuracy": float((model(v).argmax(1) == y).float().mean())}
@@ -127,7 +130,8 @@ def run(p: ShiftParams) -> StudyResult:
     return StudyResult(p.NOTEBOOK, p, {"bn_input_stats": pd.concat(records, ignore_index=True),
                                        "shift_distance": pd.concat(distances, ignore_index=True),
                                        "shift_effects": effects, "shift_ratios": ratios, "accuracy": accuracy,
-                                       "probe_accuracy": probe_accuracy, "models": models, "history": history},
+                                       "probe_accuracy": probe_accuracy, "models": models, "history": history,
+                                       "perturbation_sizes": pd.concat(sizes, ignore_index=True)},
                        summary, {"models": models.to_dict(orient="records")}, list(trained.values()), str(device))
 
 
@@ -142,6 +146,22 @@ def probe_batches(model, x, y, p: ShiftParams, seed: int) -> dict:
             torch.manual_seed(stable_seed("probe", seed, name, repr(eps)))
             out[(name, eps)] = make_attack(name, model, eps, **params)(x, y)
     return out
+
+
+def perturbation_sizes(batches: dict) -> pd.DataFrame:
+    """Per (attack, ε) of :func:`probe_batches`: the mean L2 and the largest L-inf norm of the
+    perturbations (pixel scale, per image), against the clean batch. Sign noise sits at the corner
+    of the L-inf ball (L2 = ε sqrt(d), the largest an L-inf perturbation of ε can have), so an
+    attack that shifts BN inputs further with a *smaller* L2 does so by direction, not by size."""
+    clean = batches[("clean", 0.0)]
+    rows = []
+    for (attack, eps), v in batches.items():
+        if attack == "clean":
+            continue
+        d = (v - clean).flatten(1).double()
+        rows.append({"attack": attack, "eps": eps, "l2_mean": float(d.norm(dim=1).mean()),
+                     "linf_max": float(d.abs().max()), "dims": int(d.shape[1])})
+    return pd.DataFrame(rows)
 
 
 def bootstrap_weights(n: int, n_boot: int, seed: int = 0) -> np.ndarray:
@@ -170,7 +190,7 @@ def basic_interval(estimate: float, boots: np.ndarray) -> tuple[float, float, fl
     return float(2 * estimate - boots.mean()), float(2 * estimate - hi), float(2 * estimate - lo)
 
 
-def shift_effects(dist: dict, seeds, batches) -> tuple[pd.DataFrame, pd.DataFrame]:
+def shift_effects(dist: dict, seeds, batches, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The ratio of each perturbed batch's distance to a control's, with a bootstrap CI over images.
 
     ``dist[(seed, reference, (attack, eps))]`` holds :func:`rnorm.probes.moment_distances` over
@@ -178,13 +198,17 @@ def shift_effects(dist: dict, seeds, batches) -> tuple[pd.DataFrame, pd.DataFram
     comparison stays paired; the last row is the observed sample). For every reference,
     statistic (mean, var), perturbed batch (attack, ε) and control (the clean batch, and each
     noise control at the same ε): the ratio of the distances, averaged over seeds; CI: the basic
-    bootstrap interval over the resamples (:func:`basic_interval`). Returns ``(effects, per_seed)``: effects has
+    bootstrap interval (:func:`basic_interval`) of a hierarchical bootstrap: each image resample
+    also resamples the seeds with replacement (``seed`` seeds those draws), so the CI carries the
+    variance between trained models as well as the images'. Returns ``(effects, per_seed)``: effects has
     reference, statistic, attack, eps, control, ratio (bias-corrected), low, high, raw_ratio (the
     observed ratio), n_images, n_models, paired_over, adv_distance, control_distance; per_seed one
     observed ratio per seed.
     """
     seeds = list(seeds)
     refs = sorted({ref for (_, ref, _) in dist})
+    n_boot = len(next(iter(dist.values()))["mean"]) - 1
+    seed_draws = np.random.default_rng(seed).integers(0, len(seeds), size=(n_boot, len(seeds)))
 
     rows, per_seed = [], []
     for ref in refs:
@@ -196,7 +220,9 @@ def shift_effects(dist: dict, seeds, batches) -> tuple[pd.DataFrame, pd.DataFram
                 for control in controls:
                     r = np.stack([dist[(s, ref, (attack, eps))][stat] / dist[(s, ref, control)][stat] for s in seeds])
                     mean = r.mean(axis=0)
-                    corrected, low, high = basic_interval(mean[-1], mean[:-1])
+                    # hierarchical: each image resample (a column) also draws the seeds with replacement
+                    boots = np.take_along_axis(r[:, :-1].T, seed_draws, axis=1).mean(axis=1)
+                    corrected, low, high = basic_interval(mean[-1], boots)
                     rows.append({"reference": ref, "statistic": stat, "attack": attack, "eps": eps,
                                  "control": control[0], "ratio": corrected, "low": low, "raw_ratio": float(mean[-1]),
                                  "high": high, "n_models": len(seeds),

@@ -38,78 +38,13 @@ from .protocol import ATTACK_FLOOR, JUDGED_EPS, MAX_CI_WIDTH, MIN_ATTACK_STEPS, 
 REPRODUCED, PARTLY, NOT, INCONCLUSIVE, NOT_RUN = (stats.REPRODUCED, stats.PARTLY, stats.NOT, stats.INCONCLUSIVE,
                                                   stats.NOT_RUN)
 
-# --- margins, fixed before the run -------------------------------------------------------------
-SHIFT_MARGIN = 1.5          # C1: adversarial shift at least 1.5x that of sign noise of the same ε
-REPAIR_MARGIN = 0.5         # C1: batch statistics of the adversarial batch give back at least half of what PGD took
-REPAIR_MIN_DROP = 0.10      # C1: ... measured only where PGD takes at least 10 points
-NONORM_MARGIN = -0.05       # C2: batch-statistics BN within 5 points of the no-norm model (or above)
-CLEAN_MARGIN = -0.02        # C2, C3: clean accuracy within 2 points
-ROBUST_MARGIN = 0.0         # C3, C4: robust accuracy higher (CI above 0)
-HEADLINE_P = 0.2            # C3: RobustNorm's default power in the reference code (run.sh also uses 1.0)
-SPEED_TARGET = 0.90         # C3: training speed = epochs to reach 90 % of the reference accuracy (test_acc)
-SPEED_MARGIN = -2.0         # C3: RobustNorm needs at most 2 epochs more than BatchNorm
-
-CLAIMS = {
-    "C1": "Adversarial images shift the distribution of BatchNorm inputs, so the population statistics "
-          "estimated in training are inaccurate for them.",
-    "C2": "Evaluating BatchNorm with the statistics of the inference batch (stats swap) makes its adversarial "
-          "vulnerability disappear: about as robust as a network without BN, at about the same clean accuracy.",
-    "C3": "RobustNorm is more robust than BatchNorm under attack while keeping BatchNorm's clean accuracy "
-          "and training speed.",
-    "C4": "An auxiliary BatchNorm for easy examples (EBN) improves both clean and robust accuracy over AdvProp "
-          "in most settings of dataset x architecture.",
-    "C5": "AdvProp (adversarial examples through an auxiliary BN) improves clean accuracy over standard training.",
-}
-
-#: The settings C4 claims (PAPERS.md, C4): their count is the denominator of "most settings".
-C4_CLAIMED = (4, "FashionMNIST, CIFAR-10 x ResNet-18, ResNet-50")
+from . import claims
+from .claims import (CLEAN_SENSITIVITY, C4_CLAIMED, C4_READINGS, CLAIMS, CLEAN_MARGIN, HEADLINE_P, NONORM_MARGIN,  # noqa: F401
+                     REPAIR_MARGIN, REPAIR_MIN_DROP, ROBUST_MARGIN, RULES, SHIFT_MARGIN, SOURCES, SPECS,
+                     SENSITIVITY_EPS, SENSITIVITY_MARGINS, SPEED_MARGIN, SPEED_TARGET, SWAP_MARGIN, combine_parts,
+                     over_settings)
 
 _J = format_eps(JUDGED_EPS)
-_COMMON = (f"Preconditions for every part: the claim's reference models (BatchNorm for C1-C3, standard training "
-           f"for C4-C5) reached their convergence floor ({protocol.FLOOR_FRACTION:.0%} of a published accuracy, or a "
-           f"floor fixed before the runs; named in the row), so the schedule trains the network; a compared "
-           f"method's model below the floor is named, and its clean-accuracy part measures the shortfall; robust "
-           f"rows come from PGD with ≥ {MIN_ATTACK_STEPS} steps and random start (or APGD), not everything compared is at the attack's "
-           f"floor (≤ {100 * ATTACK_FLOOR:.0f} %), and a CI on accuracy is at most {100 * MAX_CI_WIDTH:.0f} points "
-           f"wide; otherwise the part is inconclusive. Parts combine as: the core parts (the effect the claim is "
-           f"about) decide first: any core part refuted: not reproduced; all hold: reproduced if every side part "
-           f"(what the claim says comes along, such as the clean accuracy) holds too, partly otherwise; some "
-           f"hold and none is refuted: partly; none holds: inconclusive.")
-RULES = {
-    "C1": (f"On BN models trained normally, at ε = {_J}, paired over the probe images (bootstrap, all seeds): "
-           f"(1, 2) the distance of the PGD batch's per-channel mean and variance from the PreciseBN population "
-           f"statistics is at least {SHIFT_MARGIN}× that of random sign noise of the same ε (CI above "
-           f"{SHIFT_MARGIN}×; below it: not reproduced); (3) repair: scoring the PGD images (crafted with population "
-           f"statistics) with the statistics of their own batch gives back at least {REPAIR_MARGIN:.0%} of what PGD "
-           f"took, where PGD takes at least {100 * REPAIR_MIN_DROP:.0f} points. " + _COMMON),
-    "C2": (f"Judged at ε = {_J}, inference batch 128, white-box PGD (through the batch's statistics; with APGD-CE "
-           f"where run, per image the worse of the two). Precondition: BN with population statistics is clearly "
-           f"more vulnerable than the no-norm model (paired over seeds, CI above 0). Parts: (1) BN with batch "
-           f"statistics is within {-100 * NONORM_MARGIN:.0f} points of the no-norm model or above (paired over "
-           f"seeds, CI above {100 * NONORM_MARGIN:+.0f}); (2) its clean accuracy is within "
-           f"{-100 * CLEAN_MARGIN:.0f} points of population statistics (paired over images). " + _COMMON),
-    "C3": (f"RobustNorm p = {HEADLINE_P:g} (the reference default, population statistics = RNT) against BatchNorm, "
-           f"paired over seeds: (1) robust accuracy at ε = {_J} (per image the worse of PGD-{MIN_ATTACK_STEPS} and APGD-CE "
-           f"where run) higher (CI above 0); (2) clean accuracy on the full "
-           f"test set within {-100 * CLEAN_MARGIN:.0f} points (CI above {100 * CLEAN_MARGIN:+.0f}); (3) training "
-           f"speed: epochs to reach {SPEED_TARGET:.0%} of the reference accuracy at most {-SPEED_MARGIN:.0f} more "
-           f"than BatchNorm's (CI above {SPEED_MARGIN:+.0f}). " + _COMMON),
-    "C4": ("Two readings of EBN, both against AdvProp (chapter 4, 'Which EBN C4 is judged on', fixed before "
-           "the primary reading's runs were read). Primary, whose verdict is the claim's: AdvProp+EBN (AdvProp with "
-           "an easy branch added); secondary, printed beside it: two-branch EBN (clean and easy examples, no "
-           "adversarial ones). For each, per setting (dataset x architecture), the recipe minus AdvProp through "
-           "the main branch, paired over seeds: clean accuracy on the full test set, and robust accuracy (per "
-           "image the worse of PGD-20 and APGD-CE where run) at the recipes' training ε and at a standard ε ("
-           f"{', '.join(f'{k}: {format_eps(e)}' for k, e in protocol.EBN_STANDARD_EPS.items())}); a setting "
-           "is a win when every CI lies above 0, refuted when any lies below 0 (the claim is that EBN improves "
-           "both), partly when some lie above and none below. Over the "
-           f"{C4_CLAIMED[0]} settings the claim covers ({C4_CLAIMED[1]}), a setting not run counts as not tested: "
-           "reproduced if more than half of them are wins, not reproduced if more than half are refuted, partly "
-           "if some are wins or partly and none is refuted, inconclusive otherwise. If the primary reading is "
-           "not run, the claim is inconclusive. " + _COMMON),
-    "C5": ("Per setting, AdvProp minus standard training, clean accuracy on the full test set, paired over "
-           "seeds (CI above 0 = a win); combined over settings as C4. " + _COMMON),
-}
 
 
 # --- reading results -----------------------------------------------------------------------------
@@ -190,6 +125,16 @@ def worst_case(rows: pd.DataFrame, seeds) -> list[float] | None:
     return [float(v) for v in m.mean(axis=1)]
 
 
+def trainings_effect(rows_a: pd.DataFrame, rows_b: pd.DataFrame, seeds) -> stats.Effect:
+    """``b`` minus ``a`` for two trainings compared seed by seed, per image the worst case of each side's
+    attacks: :func:`rnorm.stats.paired_trainings` where both sides carry per-image results on the same
+    images, else the Student-t interval over the seeds' accuracies (:func:`rnorm.stats.paired_seeds`)."""
+    ma, mb = per_image(rows_a, seeds), per_image(rows_b, seeds)
+    if ma is not None and mb is not None and ma.shape == mb.shape:
+        return stats.paired_trainings(ma, mb)
+    return stats.paired_seeds(worst_case(rows_a, seeds), worst_case(rows_b, seeds))
+
+
 def seed_values(frame: pd.DataFrame, seeds, value: str = "accuracy") -> list[float] | None:
     """One value per seed (the minimum if several rows, i.e. the strongest attack); None if one is missing."""
     out = []
@@ -207,14 +152,12 @@ def _checked(effect, *, margin, checks: dict, max_width: float | None = MAX_CI_W
 
 
 def _claim(core: dict, side: dict | None = None, checks: dict | None = None) -> Row:
-    """Combine a claim's parts into its verdict.
+    """Combine a claim's parts into its verdict by the spec's table (:func:`rnorm.experiments.claims.combine_parts`).
 
     ``checks`` are the claim's own preconditions (description -> bool): the first that fails makes
     the claim inconclusive whatever its parts say. Then the *core* parts (the effect the claim is
-    about; combined with :func:`rnorm.stats.combine`) decide: undecided -> inconclusive, refuted ->
-    not reproduced. If the core holds, the *side* parts (what the claim says comes along, e.g.
-    "at the same clean accuracy") must all hold for ``reproduced``; otherwise ``partly``, naming
-    them. So a null effect is never ``partly``: ``partly`` needs the core effect itself.
+    about) and the *side* parts (what the claim says comes along) give the verdict the table says;
+    so a null effect is never ``partly``: ``partly`` needs the core effect itself.
     """
     side = side or {}
     parts = {**core, **side}
@@ -225,16 +168,17 @@ def _claim(core: dict, side: dict | None = None, checks: dict | None = None) -> 
     for what, ok in (checks or {}).items():
         if not ok:
             return Row(INCONCLUSIVE, effect, parts, f"Precondition fails: {what}.", held)
-    c = stats.combine(core)
-    if c.verdict in (NOT, INCONCLUSIVE, NOT_RUN):
-        return Row(c.verdict, effect, parts, c.reason, held)
-    if c.verdict == PARTLY:
-        return Row(PARTLY, effect, parts, c.reason, held)
-    unmet = [k for k, v in side.items() if v.verdict != REPRODUCED]
-    if unmet:
-        return Row(PARTLY, effect, parts, "the core effect holds; not shown: " + ", ".join(
-            f"{k} ({side[k].verdict})" for k in unmet), held)
-    return Row(REPRODUCED, effect, parts, "", held)
+    verdict, case = combine_parts(core, side)
+
+    def named(which, *verdicts_):
+        return ", ".join(f"{k} ({v.verdict})" if v.verdict not in (REPRODUCED, NOT) else k
+                         for k, v in which.items() if v.verdict in verdicts_)
+    refuted = named(parts, NOT)
+    held_parts = named(parts, REPRODUCED)
+    open_ = ", ".join(f"{k} ({v.verdict})" for k, v in parts.items() if v.verdict not in (REPRODUCED, NOT))
+    why = "; ".join(t for t in (f"refuted: {refuted}" if refuted else "", f"holds: {held_parts}" if held_parts else "",
+                                f"undecided: {open_}" if open_ else "") if t)
+    return Row(verdict, effect, parts, "" if verdict == REPRODUCED else f"{case}: {why}", held)
 
 
 def _robust(acc: pd.DataFrame) -> pd.DataFrame:
@@ -256,11 +200,7 @@ def verdict_c1(r: Results) -> Row:
     strong_ok, strong = protocol.attack_strength(pgd)
     parts = {}
     for statistic in ("mean", "var"):
-        e = _select(effects, eps=float(JUDGED_EPS), attack="pgd", control="noise_sign", reference="precise",
-                    statistic=statistic)
-        eff = None if e.empty else stats.Effect(float(e["ratio"].iloc[0]), float(e["low"].iloc[0]),
-                                                float(e["high"].iloc[0]), int(e["n_images"].iloc[0]),
-                                                str(e["paired_over"].iloc[0]), unit="ratio")
+        eff = _shift_effect(effects, JUDGED_EPS, statistic)
         parts[f"shift of the {'mean' if statistic == 'mean' else 'variance'} (PGD / sign noise)"] = _checked(
             eff, margin=SHIFT_MARGIN, checks={strong: strong_ok}, max_width=None)
     clean = per_image(_select(acc[acc["attack"] == "clean"], stats="population"), seeds)
@@ -281,9 +221,47 @@ def verdict_c1(r: Results) -> Row:
     return _claim(shift, side, {conv: conv_ok})
 
 
+def _shift_effect(effects: pd.DataFrame, eps: float, statistic: str) -> stats.Effect | None:
+    e = _select(effects, eps=float(eps), attack="pgd", control="noise_sign", reference="precise", statistic=statistic)
+    if e.empty:
+        return None
+    return stats.Effect(float(e["ratio"].iloc[0]), float(e["low"].iloc[0]), float(e["high"].iloc[0]),
+                        int(e["n_images"].iloc[0]), str(e["paired_over"].iloc[0]), unit="ratio")
+
+
+def c1_sensitivity(effects: pd.DataFrame | None, margins=SENSITIVITY_MARGINS, epsilons=SENSITIVITY_EPS) -> pd.DataFrame:
+    """C1's sensitivity analysis, *not* its verdict: the two shift parts (PGD / sign noise, against
+    PreciseBN statistics) judged at every margin of ``margins`` and ε of ``epsilons``, with the
+    bias-corrected and the uncorrected ratios side by side. One row per (ε, margin): eps, margin,
+    mean_ratio, mean_low, mean_high, mean_raw, var_ratio, var_low, var_high, var_raw, verdict (of
+    the two shift parts combined as core parts: the repair part and the preconditions are left out)."""
+    cols = ["eps", "margin", "mean_ratio", "mean_low", "mean_high", "mean_raw", "var_ratio", "var_low", "var_high",
+            "var_raw", "verdict"]
+    if effects is None:
+        return pd.DataFrame(columns=cols)
+    rows = []
+    for eps in epsilons:
+        got = {st: _shift_effect(effects, eps, st) for st in ("mean", "var")}
+        if any(v is None for v in got.values()):
+            continue
+        raw = {st: float(_select(effects, eps=float(eps), attack="pgd", control="noise_sign", reference="precise",
+                                 statistic=st)["raw_ratio"].iloc[0]) for st in got}
+        for margin in margins:
+            parts = {st: stats.judge(e, margin=margin) for st, e in got.items()}
+            rows.append({"eps": eps, "margin": margin, **{f"{st}_{k}": v for st, e in got.items()
+                                                          for k, v in (("ratio", e.estimate), ("low", e.low),
+                                                                       ("high", e.high), ("raw", raw[st]))},
+                         "verdict": combine_parts(parts, {})[0]})
+    return pd.DataFrame(rows, columns=cols)
+
+
 # --- C2 ----------------------------------------------------------------------------------------------
 
 def verdict_c2(r: Results) -> Row:
+    """C2 by its spec (:data:`rnorm.experiments.claims.SPECS`): the core part is the swap itself, the
+    same weights with batch vs population statistics under the same white-box attack; the no-norm
+    comparison counts only where it has power (population-statistics BN would fail it)."""
+    spec = SPECS["C2"]
     nb = "02_stats_swap"
     models, sweep = r.frame(nb, "models"), r.frame(nb, "eps_sweep")
     if models is None or sweep is None:
@@ -298,9 +276,9 @@ def verdict_c2(r: Results) -> Row:
     rob = _robust(_select(acc, eps=float(JUDGED_EPS)))
     strong_ok, strength = protocol.attack_strength(rob)
     bn, none = rob[rob["norm"] == "bn"], rob[rob["norm"] == "none"]
-    pop = worst_case(_select(bn, stats="population", gradient="white-box"), seeds)
-    wb = worst_case(_select(bn, stats="batch", gradient="white-box"), seeds)
-    nn_ = worst_case(none, seeds)
+    pop_rows, wb_rows = _select(bn, stats="population", gradient="white-box"), _select(bn, stats="batch",
+                                                                                        gradient="white-box")
+    pop, wb, nn_ = worst_case(pop_rows, seeds), worst_case(wb_rows, seeds), worst_case(none, seeds)
     if pop is None or wb is None or nn_ is None:
         return Row(NOT_RUN, checks=f"no PGD rows at ε = {_J}")
     pre = stats.paired_seeds(pop, nn_)
@@ -309,20 +287,35 @@ def verdict_c2(r: Results) -> Row:
     vulnerable = (f"BN with population statistics is clearly more vulnerable than the no-norm model at {_J} "
                   f"(no-norm minus BN: {pre.text()})")
     checks = {conv: conv_ok, strength: strong_ok, floor: floor_ok, vulnerable: pre_ok}
-    core = {"batch-statistics BN minus no-norm, white-box": _checked(stats.paired_seeds(nn_, wb),
-                                                                     margin=NONORM_MARGIN, checks={})}
+    swap, nonorm, clean_part = spec.parts
+    pb, bb = per_image(pop_rows, seeds), per_image(wb_rows, seeds)
+    core = {swap.name: stats.Verdict(NOT_RUN, None, "no per-image rows") if pb is None or bb is None
+            or pb.shape != bb.shape else _checked(stats.paired_images(pb, bb), margin=swap.margin, checks={})}
+    side = {nonorm.name: _nonorm_part(nn_, wb, pop, nonorm.margin)}
     clean = sweep[(sweep["attack"] == "clean") & (sweep["norm"] == "bn")]
     cp = per_image(_select(clean, stats="population"), seeds)
     cb = per_image(_select(clean, stats="batch"), seeds)
-    side = {"clean accuracy, batch minus population statistics": stats.Verdict(NOT_RUN, None, "no per-image rows")
-            if cp is None or cb is None else _checked(stats.paired_images(cp, cb), margin=CLEAN_MARGIN, checks={})}
+    side[clean_part.name] = (stats.Verdict(NOT_RUN, None, "no per-image rows") if cp is None or cb is None
+                             else _checked(stats.paired_images(cp, cb), margin=clean_part.margin, checks={}))
     row = _claim(core, side, checks)
-    gain = per_image(_select(bn, stats="population", gradient="white-box"), seeds), \
-        per_image(_select(bn, stats="batch", gradient="white-box"), seeds)
-    if gain[0] is not None and gain[1] is not None and gain[0].shape == gain[1].shape:
-        row.effect += (f"; for reference, batch minus population statistics under white-box attack: "
-                       f"{stats.paired_images(*gain).text()}")
+    earlier = _claim({"batch-statistics BN minus no-norm": _checked(stats.paired_seeds(nn_, wb), margin=nonorm.margin,
+                                                                   checks={})},
+                     {clean_part.name: side[clean_part.name]}, checks)
+    row.effect += f"; under the earlier rule (core part: batch-statistics BN minus no-norm): {earlier.verdict}"
     return row
+
+
+def _nonorm_part(nonorm: list, batch: list, population: list, margin: float) -> stats.Verdict:
+    """C2's no-norm part, with its power: BN with batch statistics minus the no-norm model, paired over
+    seeds, against ``margin``; inconclusive where population-statistics BN would not fail the same test
+    (the test could then not tell a removed vulnerability from an unchanged one)."""
+    effect = stats.paired_seeds(nonorm, batch)
+    v = _checked(effect, margin=margin, checks={})
+    control = stats.paired_seeds(nonorm, population)
+    if v.verdict == REPRODUCED and not (control.high < margin):
+        return stats.Verdict(INCONCLUSIVE, effect, f"no power: BN with population statistics, whose vulnerability "
+                             f"the swap is to remove, does not fail the same test either ({control.text()})")
+    return v
 
 
 # --- C3 ----------------------------------------------------------------------------------------------
@@ -346,16 +339,17 @@ def verdict_c3(r: Results) -> Row:
     ok_bn, t_bn = protocol.convergence(models, norm="bn")
     rob = _robust(_select(acc, eps=float(JUDGED_EPS), stats="population"))
     strong_ok, strength = protocol.attack_strength(rob)
-    bn, rn = worst_case(_select(rob, norm="bn"), seeds), worst_case(_select(rob, **rn_sel), seeds)
+    bn_rows, rn_rows = _select(rob, norm="bn"), _select(rob, **rn_sel)
+    bn, rn = worst_case(bn_rows, seeds), worst_case(rn_rows, seeds)
     checks = {t_bn: ok_bn, strength: strong_ok}
     core, side = {}, {}
-    robust_name = (f"robust accuracy at {_J} (per image the worse of PGD-{MIN_ATTACK_STEPS} and APGD-CE where run), "
-                   f"RobustNorm minus BatchNorm")
+    robust_name = f"robust accuracy at {_J}, RobustNorm minus BatchNorm"
     if bn is None or rn is None:
         core[robust_name] = stats.Verdict(NOT_RUN, None, f"no PGD rows at {_J}")
     else:
         floor_ok, floor = protocol.not_at_floor(*bn, *rn)
-        core[robust_name] = _checked(stats.paired_seeds(bn, rn), margin=ROBUST_MARGIN, checks={floor: floor_ok})
+        core[robust_name] = _checked(trainings_effect(bn_rows, rn_rows, seeds), margin=ROBUST_MARGIN,
+                                     checks={floor: floor_ok})
     clean_name = "clean accuracy (full test set), RobustNorm minus BatchNorm"
     cb = seed_values(_select(models, norm="bn"), seeds, "clean_full")
     cr = seed_values(_select(models, **rn_sel), seeds, "clean_full")
@@ -370,6 +364,24 @@ def verdict_c3(r: Results) -> Row:
         row.effect += (f"; RobustNorm p = {HEADLINE_P:g}, trained for the same epochs and schedule at its swept "
                        f"learning rate, stays {t_rn}")
     return row
+
+
+def c3_clean_sensitivity(models: pd.DataFrame | None, margins=CLEAN_SENSITIVITY) -> str:
+    """C3's clean-accuracy part at every margin of ``margins`` (a sensitivity analysis, not the
+    verdict, which uses :data:`CLEAN_MARGIN`), as one markdown sentence; empty without models."""
+    if models is None:
+        return ""
+    rn_sel = dict(norm="robustnorm", norm_p=HEADLINE_P)
+    seeds = sorted(set(_select(models, norm="bn")["seed"]) & set(_select(models, **rn_sel)["seed"]))
+    cb = seed_values(_select(models, norm="bn"), seeds, "clean_full") if seeds else None
+    cr = seed_values(_select(models, **rn_sel), seeds, "clean_full") if seeds else None
+    if cb is None or cr is None:
+        return ""
+    effect = stats.paired_seeds(cb, cr)
+    judged = ", ".join(f"within {-100 * m:g} point{'s' if m != -0.01 else ''}: {stats.judge(effect, margin=m).verdict}"
+                       for m in margins)
+    return (f"*Sensitivity of the clean-accuracy part to its margin (not the verdict):* RobustNorm minus BatchNorm "
+            f"{effect.text()}; {judged}.")
 
 
 def _speed(models: pd.DataFrame, history: pd.DataFrame | None, seeds, rn_sel: dict) -> dict:
@@ -400,16 +412,21 @@ def _speed(models: pd.DataFrame, history: pd.DataFrame | None, seeds, rn_sel: di
     if any(math.isinf(v) for v in er):
         return {name: stats.Verdict(NOT, None, f"RobustNorm never reached {100 * target:.1f} % test accuracy in "
                                                f"some seed (BatchNorm did)")}
-    return {f"epochs to {100 * target:.1f} % test accuracy, BatchNorm minus RobustNorm": _checked(
-        stats.paired_seeds(er, eb, unit="epochs"), margin=SPEED_MARGIN, checks={})}
+    effect = stats.paired_seeds(er, eb, unit="epochs")
+    v = _checked(effect, margin=SPEED_MARGIN, checks={})
+    if v.verdict == INCONCLUSIVE and effect.high < 0:  # slower for sure; by more than the margin, undecided
+        v = stats.Verdict(INCONCLUSIVE, effect, f"RobustNorm is slower (the CI excludes 0), but whether by more "
+                                                f"than the {-SPEED_MARGIN:g}-epoch margin the data cannot tell")
+    elif v.verdict == INCONCLUSIVE and effect.low > 0:
+        v = stats.Verdict(INCONCLUSIVE, effect, "RobustNorm is faster (the CI excludes 0); " + v.reason)
+    return {f"epochs to {100 * target:.1f} % test accuracy, BatchNorm minus RobustNorm": v}
 
 
 # --- C4, C5 ------------------------------------------------------------------------------------------
 
 def _most(settings: dict[str, stats.Verdict], claimed: int | None = None) -> stats.Verdict:
-    """Over settings: reproduced if more than half hold, not reproduced if more than half are refuted,
-    partly if some hold or partly hold and none is refuted, inconclusive otherwise. "Half" is of the
-    ``claimed`` settings where given (a setting not run counts as not tested), else of those judged."""
+    """Over settings, by the spec's table (:func:`rnorm.experiments.claims.over_settings`). "Half" is of
+    the ``claimed`` settings where given (a setting not run counts as not tested), else of those judged."""
     v = [x.verdict for x in settings.values()]
     if not v:
         return stats.Verdict(NOT_RUN, None, "no setting")
@@ -419,11 +436,10 @@ def _most(settings: dict[str, stats.Verdict], claimed: int | None = None) -> sta
     untested = f", {total - len(v)} not tested" if total > len(v) else ""
     counts = (f"{held} of {total} settings hold, {partly} partly, {refuted} refuted"
               f"{f', {undecided} inconclusive' if undecided else ''}{untested}")
-    if held > total / 2:
-        return stats.Verdict(REPRODUCED, None, counts if untested else "")
-    if refuted > total / 2:
-        return stats.Verdict(NOT, None, counts if untested else "")
-    if (held or partly) and not refuted:
+    verdict = over_settings(v, total)
+    if verdict in (REPRODUCED, NOT):
+        return stats.Verdict(verdict, None, counts if untested else "")
+    if verdict == PARTLY:
         return stats.Verdict(PARTLY, None, counts)
     return stats.Verdict(INCONCLUSIVE, None, counts + (": too few settings tested to say whether the claim holds in "
                                                        "most" if untested and refuted else ""))
@@ -479,8 +495,8 @@ def _recipes(r: Results, new: str, old: str, robust: bool, claim_settings: tuple
                                                                        f"no robust rows at {format_eps(eps)}")
                     continue
                 f_ok, floor = protocol.not_at_floor(*a, *b)
-                parts[f"robust {format_eps(eps)}"] = _checked(stats.paired_seeds(a, b), margin=ROBUST_MARGIN,
-                                                              checks={floor: f_ok})
+                effect = trainings_effect(_select(at_eps, recipe=old), _select(at_eps, recipe=new), seeds)
+                parts[f"robust {format_eps(eps)}"] = _checked(effect, margin=ROBUST_MARGIN, checks={floor: f_ok})
         row = _claim(parts, {}, checks)
         row.effect += below
         held += [h for h in row.held if h not in held]
@@ -508,10 +524,6 @@ def judged_ebn_eps(models: pd.DataFrame | None, dataset: str, arch: str) -> list
     return out + ([std] if std is not None and all(abs(std - e) > 1e-9 for e in out) else [])
 
 
-#: C4's readings (chapter 4, "Which EBN C4 is judged on"): (recipe, label); the first is primary.
-C4_READINGS = (("advprop_ebn", "AdvProp+EBN (primary reading)"), ("ebn", "two-branch EBN (secondary reading)"))
-
-
 def verdict_c4(r: Results) -> Row:
     """C4 on both readings, in one row: the primary reading's verdict (inconclusive where it is not run),
     the secondary's beside it, each against AdvProp under the same rule (:data:`RULES`)."""
@@ -536,8 +548,6 @@ def verdict_c5(r: Results) -> Row:
     return _recipes(r, "advprop", "standard", robust=False)
 
 
-SOURCES = {"C1": "01_distribution_shift", "C2": "02_stats_swap", "C3": "03_robustnorm",
-           "C4": "04_easy_batchnorm", "C5": "04_easy_batchnorm"}
 VERDICTS = {"C1": verdict_c1, "C2": verdict_c2, "C3": verdict_c3, "C4": verdict_c4, "C5": verdict_c5}
 
 
@@ -549,9 +559,12 @@ def findings(claim: str, notebook: str, frames: dict) -> str:
     for name, part in v.parts.items():
         effect = f"{part.effect.text()} — " if part.effect is not None else ""
         lines.append(f"- *{name}*: {effect}**{part.verdict}**" + (f" ({part.reason})" if part.reason else ""))
+    refuted = [name for name, part in v.parts.items() if part.verdict == NOT]
+    lines.append("\n**Refuted parts:** " + ("; ".join(refuted) if refuted else "none") + ".")
     if v.checks:
         lines.append(f"\n{v.checks}")
     if v.held:
         lines.append("\nPreconditions met: " + "; ".join(v.held) + ".")
-    lines.append(f"\n*The rule:* {RULES[claim]}")
+    lines.append(f"\n*The rule:* {RULES[claim]} The shared preconditions: "
+                 f"{claims.shared_preconditions_text()}")
     return "\n".join(lines)
