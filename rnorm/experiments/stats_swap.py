@@ -20,8 +20,10 @@ import dataclasses
 import warnings
 
 import pandas as pd
+import torch
 
-from ..evaluate import summarize, test_subset
+from ..evaluate import precise_bn, summarize, test_subset
+from ..norms import use_stats
 from ..results import StudyResult
 from ..runs import RunConfig
 from .common import cached_evaluate, models_frame, setup, train_runs
@@ -102,7 +104,7 @@ def _run(p: StatsSwapParams) -> StudyResult:
     trained = train_runs(runs(p), p)
     x, y = test_subset(p.dataset, p.test_n, seed=0)
     common = dict(device=p.device, progress=p.progress)
-    sweeps, strong, curve, sizes = [], [], [], []
+    sweeps, strong, curve, sizes, drops = [], [], [], [], []
     for cfg, r in trained.items():
         model = r.model(device=device)
         bn = cfg.norm == "bn"
@@ -119,6 +121,8 @@ def _run(p: StatsSwapParams) -> StudyResult:
             curve.append(attack_curve(r, model, x[:p.curve_n], y[:p.curve_n], p, bn).assign(**tag))
         if bn and cfg.seed in p.sweep_seeds:
             sizes.append(batch_sweep(r, model, p, x, y).assign(**tag))
+        if bn:
+            drops.append(clean_drop(model, p, x, y, device).assign(**tag))
     eps_sweep = pd.concat(sweeps, ignore_index=True)
     batch_frame = pd.concat(sizes, ignore_index=True) if sizes else pd.DataFrame()
     by = ["norm", "attack", "eps", "stats", "gradient", "batch_size", "makeup"]
@@ -129,9 +133,49 @@ def _run(p: StatsSwapParams) -> StudyResult:
     models = models_frame(trained, device)
     frames = {"eps_sweep": eps_sweep, "strong": pd.concat(strong, ignore_index=True),
               "attack_curve": pd.concat(curve, ignore_index=True), "batch_sweep": batch_frame,
-              "history": history, "models": models}
+              "history": history, "models": models, "clean_drop": pd.concat(drops, ignore_index=True)}
     return StudyResult(p.NOTEBOOK, p, frames, table, {"models": models.to_dict(orient="records")},
                        list(trained.values()), str(device))
+
+
+#: Training images the clean-drop investigation re-estimates BN statistics on (:func:`clean_drop`).
+CLEAN_DROP_TRAIN_N = 10_000
+
+
+def clean_drop(model, p: StatsSwapParams, x, y, device) -> pd.DataFrame:
+    """Why clean accuracy falls with batch statistics: the same BN weights scored on the clean test
+    images ``x`` with the statistics of different data, one row each (statistics, accuracy, n).
+
+    * the population (EMA) statistics of training, gathered on *augmented* training batches;
+    * PreciseBN statistics (:func:`rnorm.evaluate.precise_bn`) of :data:`CLEAN_DROP_TRAIN_N`
+      training images, augmented as in training, and un-augmented;
+    * the statistics of each test batch itself (batch statistics, ``p.eval_batch_size`` images).
+
+    If PreciseBN on un-augmented training images falls as far as the test batches' own statistics
+    while augmented ones do not, the drop comes from the training augmentation (zero-padded crops
+    move the statistics of the first layers), not from the test batches; if un-augmented training
+    statistics keep the accuracy, the test images themselves are the cause. A short computation
+    (forward passes only), not cached."""
+    from ..data import load, subset
+    train_x, train_y = load(p.dataset, "train")
+    train_x, train_y = subset(train_x, train_y, min(CLEAN_DROP_TRAIN_N, len(train_y)), seed=0)
+    model = model.to(device).eval()
+
+    def accuracy(m, stats_mode):
+        correct = 0
+        with torch.no_grad(), use_stats(m, stats_mode):
+            for i in range(0, len(y), p.eval_batch_size):
+                xb = x[i:i + p.eval_batch_size].to(device)
+                correct += int((m(xb).argmax(1).cpu() == y[i:i + p.eval_batch_size]).sum())
+        return correct / len(y)
+
+    rows = [("population (EMA of augmented training batches)", accuracy(model, "population"))]
+    for augment in (True, False):
+        m = precise_bn(model, train_x, train_y, batch_size=p.train_batch_size, device=device, augment=augment)
+        rows.append((f"PreciseBN, {'augmented' if augment else 'un-augmented'} training images",
+                     accuracy(m.eval(), "population")))
+    rows.append((f"batch statistics of each test batch ({p.eval_batch_size} images)", accuracy(model, "batch")))
+    return pd.DataFrame([{"statistics": k, "accuracy": v, "n": len(y)} for k, v in rows])
 
 
 def curve_points(p: StatsSwapParams) -> list[tuple[int, int]]:
