@@ -73,15 +73,29 @@ def _bn_eval(x, running_mean, running_var, weight, bias, eps: float, stats: str)
     return x * scale.to(x.dtype)[None, :, None, None] + shift.to(x.dtype)[None, :, None, None]
 
 
+def _check_norm_args(layer: str, num_features, eps, momentum, *, momentum_none: bool, **flags):
+    """The checks every normalization layer makes on its arguments (``nn.BatchNorm2d`` makes none):
+    ``num_features`` an integer >= 1, ``eps`` a finite number > 0 (``eps=0`` divides by zero on a
+    constant channel), ``momentum`` a number in [0, 1] (or ``None``, a cumulative average, where
+    ``momentum_none``) and each flag a boolean. Returns ``(num_features, eps, momentum)``."""
+    num_features = check_int("num_features", num_features, min_value=1)
+    if momentum is None and not momentum_none:
+        raise ConfigError(f"momentum=None (a cumulative average) is not supported by {layer}; allowed: a "
+                          f"number in [0.0, 1.0].")
+    if momentum is not None:
+        momentum = check_float("momentum", momentum, min_value=0.0, max_value=1.0)
+    eps = check_float("eps", eps, min_value=0.0, min_inclusive=False)
+    for flag, value in flags.items():
+        check_bool(flag, value)
+    return num_features, eps, momentum
+
+
 def _check_bn_args(num_features, kw: dict) -> None:
-    """The arguments nn.BatchNorm2d accepts without a word but that make a wrong layer."""
-    check_int("num_features", num_features, min_value=1)
-    if kw.get("momentum", 0.1) is not None:
-        kw["momentum"] = check_float("momentum", kw.get("momentum", 0.1), min_value=0.0, max_value=1.0)
-    kw["eps"] = check_float("eps", kw.get("eps", 1e-5), min_value=0.0, min_inclusive=False)
-    for flag in ("affine", "track_running_stats"):
-        if flag in kw:
-            check_bool(flag, kw[flag])
+    """The arguments nn.BatchNorm2d accepts without a word but that make a wrong layer (checked
+    with :func:`_check_norm_args`; the checked eps and momentum are written back into ``kw``)."""
+    flags = {k: kw[k] for k in ("affine", "track_running_stats") if k in kw}
+    _, kw["eps"], kw["momentum"] = _check_norm_args("BatchNorm2d", num_features, kw.get("eps", 1e-5),
+                                                    kw.get("momentum", 0.1), momentum_none=True, **flags)
 
 
 class BatchNorm2d(_StatsModeMixin, nn.BatchNorm2d):
@@ -214,7 +228,7 @@ class _RobustNormFn(torch.autograd.Function):
             c = x.shape[1]
             gw_s, gb_s = gw.to(scale.dtype), gb.to(scale.dtype)
             wt = torch.ones_like(scale) if w is None else w.to(scale.dtype)
-            d_range = -gw_s * wt / scale * ctx.p * rng.pow(ctx.p - 1)
+            d_range = _range_grad(-gw_s * wt / scale, rng, ctx.p)
             if ctx.batch_mean:
                 d_mean = -gb_s * wt / scale
                 gx.add_((d_mean / (x.numel() // c)).to(gx.dtype).view(1, c, 1, 1))
@@ -224,6 +238,18 @@ class _RobustNormFn(torch.autograd.Function):
         if ctx.weight_dtype is None:
             return gx, None, None, None, None, None
         return gx, gw.to(ctx.weight_dtype), gb.to(ctx.weight_dtype), None, None, None
+
+
+def _range_grad(d_power: torch.Tensor, rng: torch.Tensor, p: float) -> torch.Tensor:
+    """The gradient of the range from ``d_power``, that of ``range ** p``: ``d_power * p * range**(p-1)``
+    where the range is > 0, and 0 on a constant channel (range 0, e.g. batch 1 on 1x1 maps).
+
+    There ``range**(p-1)`` is inf for p < 1 and the product would be NaN (``0 * inf``). The range's
+    gradient is 0 there by autograd's own convention for ``amax - amin``: every element is both a max
+    and a min, so the two shares cancel. With batch statistics it is also the true derivative: the
+    channel's ``x - mean`` is 0, so the output moves as ``w (x - mean) / eps`` to first order.
+    """
+    return torch.where(rng > 0, d_power * p * rng.pow(p - 1), torch.zeros_like(d_power))
 
 
 def _memory_format(x: torch.Tensor):
@@ -262,11 +288,9 @@ class RobustNorm2d(_StatsModeMixin, nn.Module):
     def __init__(self, num_features: int, p: float = 0.2, eps: float = 1e-5, momentum: float = 0.1,
                  stats: str = "population", affine: bool = True, device=None, dtype=None):
         super().__init__()
-        from ._validate import check_int
-        self.num_features = check_int("num_features", num_features, min_value=1)
+        self.num_features, self.eps, self.momentum = _check_norm_args(
+            "RobustNorm2d", num_features, eps, momentum, momentum_none=False, affine=affine)
         self.p = check_float("p", p, min_value=0.0, min_inclusive=False)
-        self.eps = check_float("eps", eps, min_value=0.0)
-        self.momentum = check_float("momentum", momentum, min_value=0.0, max_value=1.0)
         self.affine = affine
         self.stats = stats
         factory = {"device": device, "dtype": dtype}
