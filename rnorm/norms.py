@@ -531,32 +531,61 @@ def make_norm(name: str, num_features: int, **kw) -> nn.Module:
 def convert_norms(model: nn.Module, name: str, **kw) -> nn.Module:
     """Replace every ``nn.BatchNorm2d`` of ``model`` (any model, e.g. torchvision's ResNet) in place.
 
-    The new layer takes the old one's ``num_features``, ``eps`` and ``momentum`` (unless given),
-    its affine parameters and its running mean and variance (for ``multibn`` the auxiliary
-    branches start as copies of the main one). RobustNorm has no variance buffer: its running
-    mean is copied and its running range starts at 1, as in the reference code. Returns ``model``.
+    The new layer takes the old one's ``num_features``, ``eps``, ``momentum`` and ``affine``
+    (unless given), its affine parameters and its running mean and variance (for ``multibn`` the
+    auxiliary branches start as copies of the main one). A layer without affine parameters stays
+    without; a layer without running statistics (``track_running_stats=False``: batch statistics
+    at inference too) stays so for ``bn``/``multibn`` and becomes ``stats="batch"`` for
+    ``robustnorm`` (unless ``stats`` is given). RobustNorm has no variance buffer: its running mean
+    is copied and its running range starts at 1, as in the reference code; it has no cumulative
+    average, so a layer with ``momentum=None`` needs ``momentum`` given. Other BatchNorm layers
+    (``BatchNorm1d``/``3d``, ``SyncBatchNorm``, an uninitialized lazy one) are refused before
+    anything changes, as rnorm's layers are 2-D and per-process. Returns ``model``.
     """
     check_choice("norm", name, tuple(NORMS))
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model={type(model).__name__} must be a torch.nn.Module whose BatchNorm2d layers to replace.")
-    for parent in list(model.modules()):
-        for child_name, child in list(parent.named_children()):
-            if isinstance(child, nn.BatchNorm2d):
-                setattr(parent, child_name, _converted(child, name, kw))
+    todo = []
+    for parent_name, parent in model.named_modules():
+        for child_name, child in parent.named_children():
+            if isinstance(child, nn.modules.batchnorm._BatchNorm):
+                _check_convertible(f"{parent_name}.{child_name}".lstrip("."), child, name, kw)
+                todo.append((parent, child_name, child))
+    for parent, child_name, child in todo:
+        setattr(parent, child_name, _converted(child, name, kw))
     return model
 
 
+def _check_convertible(where: str, layer: nn.Module, name: str, kw: dict) -> None:
+    """Refuse a BatchNorm layer :func:`convert_norms` cannot replace faithfully, naming it and why."""
+    kind = type(layer).__name__
+    if isinstance(layer, nn.SyncBatchNorm):
+        raise ConfigError(f"convert_norms: layer {where!r} is an nn.SyncBatchNorm, whose statistics span "
+                          f"processes; rnorm's layers are per-process. Replace it with nn.BatchNorm2d first.")
+    if isinstance(layer, nn.modules.lazy.LazyModuleMixin) and layer.has_uninitialized_params():
+        raise ConfigError(f"convert_norms: layer {where!r} is an uninitialized {kind}; run the model on one "
+                          f"batch first so that its number of features is known.")
+    if not isinstance(layer, nn.BatchNorm2d):
+        raise ConfigError(f"convert_norms: layer {where!r} is an nn.{kind}; rnorm's layers normalize 4-D "
+                          f"inputs only (allowed: nn.BatchNorm2d).")
+    if name == "robustnorm" and layer.momentum is None and "momentum" not in kw:
+        raise ConfigError(f"convert_norms: layer {where!r} has momentum=None (a cumulative average), which "
+                          f"RobustNorm2d has not; give momentum=<a number in [0, 1]>.")
+
+
 def _converted(old: nn.BatchNorm2d, name: str, kw: dict) -> nn.Module:
-    opts = dict(kw)
-    opts.setdefault("eps", old.eps)
-    if old.momentum is not None:
-        opts.setdefault("momentum", old.momentum)
+    """The layer ``name`` that replaces ``old`` (see :func:`convert_norms`), with its state copied."""
     if name == "none":
         return NoNorm2d(old.num_features)
+    opts = dict(kw)
+    opts.setdefault("eps", old.eps)
+    opts.setdefault("momentum", old.momentum)
+    opts.setdefault("affine", old.affine)
     if name in ("bn", "multibn"):
-        opts.setdefault("affine", old.affine)
         # Without running stats nn.BatchNorm2d uses batch statistics in eval too; keep that.
         opts.setdefault("track_running_stats", old.track_running_stats)
+    elif not old.track_running_stats:
+        opts.setdefault("stats", "batch")
     new = make_norm(name, old.num_features, **opts)
     # Keep the old layer's device *and* dtype (a float64 model stayed float32 before and failed).
     ref = next((t for t in (old.weight, old.running_mean) if t is not None), None)

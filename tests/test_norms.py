@@ -920,3 +920,53 @@ def test_rn_arguments_get_batchnorms_checks(kwargs, pattern):
         with pytest.raises(ConfigError, match=pattern.split(" ")[0]):
             BatchNorm2d(4, **kwargs)
 
+
+def _net_with(layer):
+    return nn.Sequential(nn.Conv2d(3, 4, 1), layer)
+
+
+@pytest.mark.parametrize("layer,pattern", [
+    (nn.SyncBatchNorm(4), r"layer '1' is an nn.SyncBatchNorm"),
+    (nn.BatchNorm1d(4), r"layer '1' is an nn.BatchNorm1d; .*allowed: nn.BatchNorm2d"),
+    (nn.BatchNorm3d(4), r"layer '1' is an nn.BatchNorm3d"),
+    (nn.LazyBatchNorm2d(), r"layer '1' is an uninitialized LazyBatchNorm2d"),
+])
+def test_convert_refuses_batchnorms_it_cannot_replace_and_changes_nothing(layer, pattern):
+    net = nn.Sequential(nn.BatchNorm2d(3), _net_with(layer))
+    for name in ("bn", "robustnorm", "multibn", "none"):
+        with pytest.raises(ConfigError, match=pattern.replace("'1'", "'1.1'")):
+            convert_norms(net, name)
+        assert type(net[0]) is nn.BatchNorm2d and net[1][1] is layer  # refused before any change
+
+
+@pytest.mark.parametrize("name", ["bn", "multibn", "robustnorm"])
+def test_convert_keeps_affine_false_without_parameters(name):
+    net = _net_with(nn.BatchNorm2d(4, affine=False))
+    convert_norms(net, name)
+    assert net[1].weight is None and net[1].bias is None and not net[1].affine
+    assert [n for n, _ in net.named_parameters()] == ["0.weight", "0.bias"]  # no trainable gamma / beta
+    if name == "multibn":
+        assert all(a.weight is None for a in net[1].aux.values())
+
+
+def test_convert_untracked_bn_to_robustnorm_keeps_batch_statistics_at_inference():
+    net = _net_with(nn.BatchNorm2d(4, track_running_stats=False)).double().eval()
+    convert_norms(net, "robustnorm")
+    assert net[1].stats == "batch"
+    x = rand_x(n=4, c=3, seed=2)
+    with torch.no_grad():
+        h = net[0](x)
+        mean, rng = batch_mean_range(h)
+        torch.testing.assert_close(net(x), hand_rn(h, mean, rng, 0.2, net[1].weight, net[1].bias), rtol=0, atol=1e-12)
+    explicit = convert_norms(_net_with(nn.BatchNorm2d(4, track_running_stats=False)), "robustnorm", stats="population")
+    assert explicit[1].stats == "population"  # a mode given by the caller wins
+
+
+def test_convert_keeps_momentum_none_or_refuses_it_for_robustnorm():
+    net = _net_with(nn.BatchNorm2d(4, momentum=None))
+    assert convert_norms(copy.deepcopy(net), "bn")[1].momentum is None  # cumulative average, as before
+    assert convert_norms(copy.deepcopy(net), "multibn")[1].aux["adv"].momentum is None
+    with pytest.raises(ConfigError, match=r"layer '1' has momentum=None .* give momentum="):
+        convert_norms(copy.deepcopy(net), "robustnorm")
+    assert convert_norms(copy.deepcopy(net), "robustnorm", momentum=0.2)[1].momentum == 0.2
+
