@@ -113,6 +113,13 @@ class Attack:
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         images, labels = self.check_inputs(images, labels)
+        return self.run(images, labels)
+
+    def run(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The attack without the input check, for callers that made it once for all their batches
+        (:func:`rnorm.evaluate.evaluate`) or whose data was checked where it was loaded (training's
+        hot loop, where the check's read-backs would make the host wait for the device every step).
+        Bad inputs give a wrong result here: call the attack itself unless they were checked."""
         if self._impl is None or self.eps == 0:
             return images.detach().clone()
         # An attack needs input gradients: switch autograd back on when called under torch.no_grad()

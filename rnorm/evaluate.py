@@ -205,11 +205,12 @@ def _adv_count(batch_size: int, adv_fraction: float) -> int:
 
 def _craft(model, name, eps, params, x, y, k, batch_dependent):
     """Adversarial batch: the first ``k`` images attacked (all when k == len(x)), the rest clean."""
+    # .run: evaluate() checked every image and label once, as each attack's own call would
     if k >= x.shape[0]:
-        return make_attack(name, model, eps, **params)(x, y)
+        return make_attack(name, model, eps, **params).run(x, y)
     rest = x[k:]
     target = _MixedBatch(model, rest).eval() if batch_dependent else model
-    adv = make_attack(name, target, eps, **params)(x[:k], y[:k])
+    adv = make_attack(name, target, eps, **params).run(x[:k], y[:k])
     return torch.cat([adv.detach(), rest])
 
 

@@ -172,6 +172,9 @@ def make_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, kind: str,
     ``use_stats(model, cfg.attack_stats)`` (``"batch"`` by default: the branch's statistics of
     the batch being attacked), so no running buffer changes. Training mode, statistics mode and
     routing are restored afterwards. Runs in fp32 (autocast off). Returns a detached tensor.
+    The attack runs without its input check (:meth:`rnorm.attacks.Attack.run`): the training data
+    is checked where it is loaded, and the check would make the host wait for the device at every
+    step; ``x`` must be float images in [0, 1] and ``y`` valid labels.
     """
     check_choice("kind", kind, KINDS)
     if kind == "clean":
@@ -183,7 +186,7 @@ def make_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, kind: str,
     model.eval()
     try:
         with use_stats(model, s.attack_stats), route(model, branch), torch.autocast(x.device.type, enabled=False):
-            out = attack(x, y)
+            out = attack.run(x, y)  # no per-step input check: it would read back to the host (see below)
     finally:
         model.train(was_training)
     return out.detach()
