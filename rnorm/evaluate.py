@@ -36,7 +36,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import numbers
 import time
 import warnings
 from typing import Callable, Iterable
@@ -46,7 +45,7 @@ import torch
 import torch.nn as nn
 
 from . import norms as _norms
-from ._validate import ConfigError, check_bool, check_choice, check_float, check_int
+from ._validate import ConfigError, as_sequence, check_bool, check_choice, check_float, check_int
 from .attacks import ATTACKS, format_eps, make_attack, parse_eps
 from ._tensors import check_images_labels, check_labels, model_device, num_outputs, stable_seed
 from .precise_bn import precise_bn
@@ -73,19 +72,10 @@ def _stable_seed(*parts) -> int:
     return stable_seed("rnorm.evaluate", *parts, modulus=2**31)
 
 
-def _as_tuple(value) -> tuple:
-    if isinstance(value, (str, numbers.Number)) or value is None:
-        return (value,)
-    return tuple(value)
-
-
 def _nonempty(param: str, value) -> tuple:
-    out = _as_tuple(value)
-    if not out:
-        raise ConfigError(f"{param}=() is empty; give at least one value.")
-    return tuple(dict.fromkeys(out))  # drop repeats, keep order
-
-
+    """A grid field as a tuple without repeats, in order (:func:`rnorm._validate.as_sequence`: a
+    single value, a bare string included, is one element)."""
+    return tuple(dict.fromkeys(as_sequence(param, value)))  # drop repeats, keep order
 
 
 class _Preserved:
@@ -421,7 +411,8 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, grid:
     :func:`rnorm.norms.branches_of`), ``makeups`` (``all``, ``mixed``), ``gradients``
     (``white-box``, ``transfer``), ``adv_fraction``, ``attack_params``, ``autoattack_n``,
     ``seed``, ``shuffle``, ``precise_bn_options`` and ``per_image``. Each sequence may be a
-    single value.
+    single value: a bare string is one name (``branches="adv"`` is ``("adv",)``), never split into
+    its characters; a set (no fixed order) is refused.
 
     Columns: attack, eps, eps_label (``8/255``), stats, batch_size, branch, makeup, gradient,
     n (images scored), correct, accuracy (0..1), seconds (wall clock of the row), params (the
@@ -584,7 +575,7 @@ def summarize(df: pd.DataFrame, by: Iterable[str] | None = None, value: str = "a
     if by is None:
         by = [c for c in df.columns if c not in MEASURES and c != value]
     else:
-        by = [by] if isinstance(by, str) else list(by)
+        by = list(as_sequence("by", by, nonempty=False))  # a bare column name is one column
         for c in by:
             check_choice("by", c, tuple(df.columns))
     if not by:

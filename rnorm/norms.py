@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._validate import ConfigError, check_bool, check_choice, check_float, check_int, suggest
+from ._validate import ConfigError, as_sequence, check_bool, check_choice, check_float, check_int, suggest
 
 STATS_MODES = ("population", "batch", "population_mean")
 SHARE_MODES = ("none", "affine", "stats")
@@ -386,6 +386,10 @@ class MultiBatchNorm2d(BatchNorm2d):
     Unlike timm, the split applies in eval mode too (so an attack can be run on a split batch)
     and every branch honours the statistics mode.
 
+    ``branches`` names the auxiliary branches (identifiers other than ``main``, no repeats); a
+    bare string is one branch (``branches="adv"`` is ``("adv",)``, as everywhere in rnorm:
+    :func:`rnorm._validate.as_sequence`).
+
     ``share`` is the ablation of Zhang et al. (2024): ``"none"`` (separate statistics and affine
     parameters), ``"affine"`` (separate statistics, the main branch's weight and bias for all
     branches), ``"stats"`` (one set of statistics -- computed over the whole input in training
@@ -394,7 +398,7 @@ class MultiBatchNorm2d(BatchNorm2d):
 
     def __init__(self, num_features: int, branches: Iterable[str] = ("adv", "easy"), stats: str = "population",
                  share: str = "none", **bn_kwargs):
-        branches = tuple(branches)
+        branches = as_sequence("branches", branches, nonempty=False)  # "adv" is one branch, not 'a', 'd', 'v'
         for b in branches:
             if not isinstance(b, str) or not b.isidentifier() or b == MAIN:
                 raise ConfigError(f"branches={branches!r}: each auxiliary branch needs a name that is a Python "

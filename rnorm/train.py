@@ -61,7 +61,7 @@ import torch.nn.functional as F
 from . import attacks as _attacks
 from ._tensors import stable_seed
 from .hardware import resolve_precision
-from ._validate import ConfigError, check_choice, check_float, check_int
+from ._validate import ConfigError, as_sequence, check_choice, check_float, check_int
 from .norms import MAIN, route, use_stats
 
 KINDS = ("clean", "adv", "easy")
@@ -77,6 +77,21 @@ class Recipe:
     name: str
     slices: tuple[tuple[str, str], ...]
     description: str
+
+    def __post_init__(self):
+        """Each slice must be a ``(branch, kind)`` pair of strings (kind one of :data:`KINDS`); one
+        bare pair is one slice. A string is never unpacked into characters (``"ab"`` as ``('a', 'b')``)."""
+        slices = self.slices
+        if isinstance(slices, (tuple, list)) and len(slices) == 2 and all(isinstance(v, str) for v in slices):
+            slices = (tuple(slices),)  # one bare (branch, kind) pair is one slice
+        out = []
+        for item in as_sequence("slices", slices):
+            if not isinstance(item, (tuple, list)) or len(item) != 2 or not all(isinstance(v, str) for v in item):
+                raise ConfigError(f"Recipe {self.name!r}: slices={self.slices!r}; each slice is a (branch, kind) "
+                                  f"pair of names, got {item!r}.")
+            check_choice("kind", item[1], KINDS)
+            out.append(tuple(item))
+        object.__setattr__(self, "slices", tuple(out))
 
     @property
     def branches(self) -> tuple[str, ...]:
