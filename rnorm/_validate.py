@@ -3,13 +3,17 @@
 Every public entry point of rnorm checks its arguments with these, so a user mistake fails at
 once with a message that names the parameter, the value given and what is allowed (with a
 close-match suggestion for a misspelled name), instead of a traceback from deep inside torch.
+
+One rule for every parameter that takes a sequence (:func:`as_sequence`): a bare string is one
+element, never split into its characters (``branches="adv"`` is ``("adv",)``), as is any single
+value; a set (no fixed order) or a mapping is refused.
 """
 from __future__ import annotations
 
 import difflib
 import math
 import numbers
-from typing import Iterable
+from typing import Iterable, Mapping
 
 
 class ConfigError(ValueError):
@@ -38,6 +42,31 @@ def check_choice(param: str, value, allowed: Iterable[str]):
             + suggest(value, allowed)
         )
     return value
+
+
+def as_sequence(param: str, value, *, nonempty: bool = True) -> tuple:
+    """The one reading of a parameter that takes a sequence (rnorm's rule for all of them).
+
+    A bare string is *one* element, never split into its characters: ``branches="adv"`` is
+    ``("adv",)``, not ``('a', 'd', 'v')``; so is ``bytes``, and so is any other single value that is
+    not iterable (a number, ``None``). A list, tuple, range, generator or 1-D tensor is read in its
+    order. A set (no order: its iteration order changes from run to run) and a mapping (iterating it
+    gives its keys only) are refused; so is an empty sequence where ``nonempty``. Each element is
+    left to the caller's own check. Returns a tuple.
+    """
+    if isinstance(value, (str, bytes)) or value is None:
+        return (value,)
+    if isinstance(value, (set, frozenset)):
+        raise ConfigError(f"{param}={value!r} is a set, whose order is not fixed; give a list or a tuple.")
+    if isinstance(value, Mapping):
+        raise ConfigError(f"{param}={value!r} is a mapping; give a list or a tuple of its values.")
+    try:
+        out = tuple(value)
+    except TypeError:  # a single value: one element
+        return (value,)
+    if nonempty and not out:
+        raise ConfigError(f"{param}={value!r} is empty; give at least one value.")
+    return out
 
 
 def check_bool(param: str, value) -> bool:

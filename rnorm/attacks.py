@@ -4,7 +4,10 @@ Names (:data:`ATTACKS`): ``fgsm``, ``pgd`` (L-inf, random start, optional restar
 ``autoattack``, ``apgd`` (APGD-CE) and the two random-noise controls ``noise_sign`` and
 ``noise_uniform``. Every attack takes and returns images in [0, 1] with epsilon in pixel units
 (``8/255``), stays inside the epsilon-ball and inside [0, 1]; ``eps=0`` returns a copy of the
-input.
+input. Every call checks its inputs first, with the check :func:`rnorm.evaluate.evaluate` makes
+(:class:`Attack`): finite float images in [0, 1] and one integer label per image in
+``[0, num_classes)``, so NaN or infinite pixels, 0..255 images, cross-entropy's ignore index -100
+and labels the model cannot output are errors, not an "adversarial" batch.
 
 ``easy`` makes the *easy examples* of EBN (Asadulaev et al. 2022) as we read the paper (no code
 is public): PGD *targeted at the true label*, i.e. it descends the cross-entropy of the correct
@@ -57,6 +60,7 @@ import torch
 import torch.nn as nn
 import torchattacks
 
+from ._tensors import check_images_labels, check_labels, num_outputs
 from ._validate import ConfigError, check_bool, check_choice, check_float, check_int, suggest
 
 ATTACKS = ("fgsm", "pgd", "easy", "autoattack", "apgd", "noise_sign", "noise_uniform")
@@ -70,6 +74,7 @@ _PARAMS = {
     "noise_uniform": set(),
 }
 NOISE_ATTACKS = ("noise_sign", "noise_uniform")
+_DTYPES = (torch.float32, torch.float64)  # the image dtypes an attack takes (torchattacks' arithmetic)
 
 
 @dataclass
@@ -78,18 +83,45 @@ class Attack:
 
     ``_impl`` is any callable ``(images, labels) -> images`` (a torchattacks attack, or one of
     the small callables below); ``None`` (``eps == 0``) returns a copy of the images.
+
+    Every call first checks its inputs with :func:`rnorm._tensors.check_images_labels`, the check
+    :func:`rnorm.evaluate.evaluate` makes too, before any work: images a float32/float64 tensor
+    [N, C, H, W], finite, in [0, 1] (0..255 images, uint8 ones included, are refused: divide by
+    255); labels an integer vector with one label per image, each in ``[0, num_classes)``.
+    ``num_classes`` is the one given to :func:`make_attack`, else it is read from ``model``'s
+    output on two of the images (one no-grad eval forward, on the first call, then kept). The
+    noise controls never call the model: without ``num_classes`` their labels are only checked
+    to be >= 0.
     """
 
     name: str
     eps: float
     params: dict
     _impl: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None
+    model: nn.Module | None = None
+    num_classes: int | None = None
+
+    def check_inputs(self, images, labels) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(images, labels)`` checked as the class docstring says (a ConfigError or ConfigTypeError,
+        naming the bad value, otherwise)."""
+        images, labels = check_images_labels(images, labels, self.num_classes, dtypes=_DTYPES)
+        if self.num_classes is None and self.model is not None and self.name not in NOISE_ATTACKS \
+                and images.shape[0]:
+            self.num_classes = num_outputs(self.model, images)
+            check_labels(labels, images.shape[0], self.num_classes)
+        return images, labels
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        images, labels = self.check_inputs(images, labels)
+        return self.run(images, labels)
+
+    def run(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The attack without the input check, for callers that made it once for all their batches
+        (:func:`rnorm.evaluate.evaluate`) or whose data was checked where it was loaded (training's
+        hot loop, where the check's read-backs would make the host wait for the device every step).
+        Bad inputs give a wrong result here: call the attack itself unless they were checked."""
         if self._impl is None or self.eps == 0:
             return images.detach().clone()
-        if images.dtype != torch.float32 and images.dtype != torch.float64:
-            raise TypeError(f"attack {self.name!r} needs float images in [0, 1]; got dtype {images.dtype}.")
         # An attack needs input gradients: switch autograd back on when called under torch.no_grad()
         # (a usual evaluation context, where torchattacks fails with "does not require grad").
         with torch.enable_grad(), torch.autocast(images.device.type, enabled=False):
@@ -179,8 +211,11 @@ class _OwnRNG:
             return self.attack(images, labels)
 
 
-def make_attack(name: str, model: nn.Module, eps: float, **params) -> Attack:
+def make_attack(name: str, model: nn.Module, eps: float, *, num_classes: int | None = None, **params) -> Attack:
     """Build attack ``name`` against ``model`` with L-inf radius ``eps`` (pixel units, in [0, 1]).
+
+    ``num_classes``: the number of the model's outputs, against which the labels of every call
+    are checked (see :class:`Attack`); ``None`` reads it from the model on the first call.
 
     Parameters per attack (unknown parameters are errors):
 
@@ -236,7 +271,9 @@ def make_attack(name: str, model: nn.Module, eps: float, **params) -> Attack:
         n_classes = check_int("n_classes", params.get("n_classes", 10), min_value=2)
         impl = torchattacks.AutoAttack(model, norm="Linf", eps=eps, version=version, n_classes=n_classes, seed=seed)
         used = {"version": version, "seed": seed, "n_classes": n_classes}
-    return Attack(name, eps, used, impl if eps > 0 else None)
+    if num_classes is not None:
+        num_classes = check_int("num_classes", num_classes, min_value=1)
+    return Attack(name, eps, used, impl if eps > 0 else None, model=model, num_classes=num_classes)
 
 
 def parse_eps(value) -> float:

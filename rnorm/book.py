@@ -43,7 +43,7 @@ from pathlib import Path
 import yaml
 
 from ._io import atomic_write_text
-from ._validate import ConfigError, suggest
+from ._validate import ConfigError, as_sequence, suggest
 from .experiments import REGISTRY, execution_order, get
 
 PUBLISHED_PROFILE = "cpu"
@@ -354,7 +354,7 @@ def notebook_source(notebook: str) -> Path:
 
 def check_sources(notebooks) -> None:
     """Refuse, before anything runs, a notebook whose source or paired ``.ipynb`` is missing (:func:`notebook_source`)."""
-    for nb in notebooks:
+    for nb in as_sequence("notebooks", notebooks, nonempty=False):  # one bare name is one notebook
         notebook_source(nb)
 
 
@@ -566,7 +566,8 @@ def planned_configs(profile: dict, notebooks=None, exclude=(), longest_first: bo
     with ``match`` (texts), only the runs whose folder name contains one of them."""
     from .experiments import planned_runs
     configs: list = []
-    for nb in notebooks if notebooks is not None else REGISTRY:
+    match = as_sequence("match", match) if match else ()  # one bare text is one text, not its letters
+    for nb in as_sequence("notebooks", notebooks, nonempty=False) if notebooks is not None else REGISTRY:
         check_sizes(nb, profile["notebooks"][nb])  # a run that cannot train is never planned
         for cfg in planned_runs(nb, profile["notebooks"][nb]):
             if cfg not in configs and cfg not in exclude and (
@@ -581,7 +582,7 @@ def check_match(profile: dict, notebooks, match) -> None:
     if not match:
         return
     planned = [c.folder_name() for c in planned_configs(profile, notebooks)]
-    for m in match:
+    for m in as_sequence("match", match):
         if not any(m in name for name in planned):
             raise ConfigError(f"--match {m!r} is in none of the {len(planned)} planned run names; allowed: a part "
                               f"of a name, e.g. {planned[0] if planned else 'none planned'!r}"
@@ -770,7 +771,7 @@ def record_missing_key_inputs(profile: dict, notebooks, out_dir) -> list[str]:
     equals the key of today's inputs, so today's inputs are the ones it was computed from. Returns
     the notebooks it was written for."""
     written = []
-    for nb in notebooks:
+    for nb in as_sequence("notebooks", notebooks, nonempty=False):
         res = Path(out_dir) / "results" / nb
         inputs = key_inputs(nb, profile["notebooks"][nb])
         if not (res / KEY_FILE).is_file() and recorded_key(nb, out_dir) == _hash_inputs(inputs):

@@ -36,7 +36,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import numbers
 import time
 import warnings
 from typing import Callable, Iterable
@@ -46,9 +45,9 @@ import torch
 import torch.nn as nn
 
 from . import norms as _norms
-from ._validate import ConfigError, check_bool, check_choice, check_float, check_int
+from ._validate import ConfigError, as_sequence, check_bool, check_choice, check_float, check_int
 from .attacks import ATTACKS, format_eps, make_attack, parse_eps
-from ._tensors import check_labels, float_images, model_device, stable_seed
+from ._tensors import check_images_labels, check_labels, model_device, num_outputs, stable_seed
 from .precise_bn import precise_bn
 from .runs import resolve_device
 
@@ -73,19 +72,10 @@ def _stable_seed(*parts) -> int:
     return stable_seed("rnorm.evaluate", *parts, modulus=2**31)
 
 
-def _as_tuple(value) -> tuple:
-    if isinstance(value, (str, numbers.Number)) or value is None:
-        return (value,)
-    return tuple(value)
-
-
 def _nonempty(param: str, value) -> tuple:
-    out = _as_tuple(value)
-    if not out:
-        raise ConfigError(f"{param}=() is empty; give at least one value.")
-    return tuple(dict.fromkeys(out))  # drop repeats, keep order
-
-
+    """A grid field as a tuple without repeats, in order (:func:`rnorm._validate.as_sequence`: a
+    single value, a bare string included, is one element)."""
+    return tuple(dict.fromkeys(as_sequence(param, value)))  # drop repeats, keep order
 
 
 class _Preserved:
@@ -157,11 +147,11 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch
     Images are uint8 or float in [0, 1]; batches of ``batch_size`` in the given order (the last
     one may be smaller). Runs on the model's device; the model's training flags are restored.
     """
-    images = float_images("images", images)
-    labels = check_labels(labels, images.shape[0])
+    images, labels = check_images_labels(images, labels)
     batch_size = check_int("batch_size", batch_size, min_value=1)
     if images.shape[0] == 0:
         raise ConfigError("images is empty.")
+    check_labels(labels, images.shape[0], num_outputs(model, images))
     dev = model_device(model)
     correct = 0
     with _Preserved(model):
@@ -169,10 +159,7 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch
         for s in range(0, images.shape[0], batch_size):
             x = images[s:s + batch_size].to(dev)
             y = labels[s:s + batch_size].to(dev)
-            logits = model(x)
-            if s == 0:
-                check_labels(labels, images.shape[0], int(logits.shape[1]))
-            correct += int((logits.argmax(1) == y).sum())
+            correct += int((model(x).argmax(1) == y).sum())
     return correct / images.shape[0]
 
 
@@ -208,11 +195,12 @@ def _adv_count(batch_size: int, adv_fraction: float) -> int:
 
 def _craft(model, name, eps, params, x, y, k, batch_dependent):
     """Adversarial batch: the first ``k`` images attacked (all when k == len(x)), the rest clean."""
+    # .run: evaluate() checked every image and label once, as each attack's own call would
     if k >= x.shape[0]:
-        return make_attack(name, model, eps, **params)(x, y)
+        return make_attack(name, model, eps, **params).run(x, y)
     rest = x[k:]
     target = _MixedBatch(model, rest).eval() if batch_dependent else model
-    adv = make_attack(name, target, eps, **params)(x[:k], y[:k])
+    adv = make_attack(name, target, eps, **params).run(x[:k], y[:k])
     return torch.cat([adv.detach(), rest])
 
 
@@ -338,7 +326,9 @@ class EvalGrid:
 
 
 def _attack_params(grid: EvalGrid, model: nn.Module, n_classes: int) -> dict:
-    """Each attack's parameters (AutoAttack's class count from the model), validated by building it once."""
+    """Each attack's parameters (AutoAttack's class count from the model), validated by building it once.
+    Each also holds ``num_classes`` (make_attack's keyword, not an attack parameter: it is not in
+    the row's ``params``), so that the attacks check the labels without reading the model again."""
     out = {}
     for a in grid.attacks:
         if a == "clean":
@@ -351,7 +341,7 @@ def _attack_params(grid: EvalGrid, model: nn.Module, n_classes: int) -> dict:
                 raise ConfigError(f"attacks: 'autoattack' needs a model with at least {need} classes "
                                   f"(its DLR losses); this model has {n_classes}.")
         make_attack(a, model, grid.eps[0], **p)
-        out[a] = p
+        out[a] = dict(p, num_classes=n_classes)
     return out
 
 
@@ -421,7 +411,8 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, grid:
     :func:`rnorm.norms.branches_of`), ``makeups`` (``all``, ``mixed``), ``gradients``
     (``white-box``, ``transfer``), ``adv_fraction``, ``attack_params``, ``autoattack_n``,
     ``seed``, ``shuffle``, ``precise_bn_options`` and ``per_image``. Each sequence may be a
-    single value.
+    single value: a bare string is one name (``branches="adv"`` is ``("adv",)``), never split into
+    its characters; a set (no fixed order) is refused.
 
     Columns: attack, eps, eps_label (``8/255``), stats, batch_size, branch, makeup, gradient,
     n (images scored), correct, accuracy (0..1), seconds (wall clock of the row), params (the
@@ -487,16 +478,14 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, grid:
     if grid is not None and grid_fields:
         raise ConfigError(f"give either grid= or its fields ({', '.join(grid_fields)}), not both.")
     grid = grid if grid is not None else EvalGrid(**grid_fields)
-    images = float_images("images", images)
+    images, labels = check_images_labels(images, labels)  # the check every attack makes
     if images.shape[0] == 0:
         raise ConfigError("images is empty.")
-    labels = check_labels(labels, images.shape[0])
     n_aa = grid.check(model, images.shape[0], precise_bn_data)
     dev = resolve_device(device)
     if not (progress is None or isinstance(progress, bool) or callable(progress)):
         raise ConfigError(f"progress={progress!r} must be None, True/False or a callable taking a row dict.")
-    with torch.no_grad(), _Preserved(model):
-        n_classes = int(model.eval()(images[:2].to(model_device(model))).shape[1])
+    n_classes = num_outputs(model, images)
     check_labels(labels, images.shape[0], n_classes)  # a label the model cannot output would score as silently wrong
     params = _attack_params(grid, model, n_classes)
     rows, out_rows, precise_models, precise_seconds = grid.rows(), [], {}, 0.0
@@ -586,7 +575,7 @@ def summarize(df: pd.DataFrame, by: Iterable[str] | None = None, value: str = "a
     if by is None:
         by = [c for c in df.columns if c not in MEASURES and c != value]
     else:
-        by = [by] if isinstance(by, str) else list(by)
+        by = list(as_sequence("by", by, nonempty=False))  # a bare column name is one column
         for c in by:
             check_choice("by", c, tuple(df.columns))
     if not by:

@@ -25,10 +25,18 @@ import torch
 import torch.nn as nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
-from ._validate import ConfigError, check_choice, check_int
+from ._validate import ConfigError, as_sequence, check_choice, check_float, check_int
 from .norms import NORMS, make_norm
 
 ARCHS = ("resnet18", "resnet50", "resnet20")
+
+
+def _per_channel(name: str, value) -> list[float]:
+    """``mean`` / ``std``: one finite number per channel. A single number, or a bare string such as
+    ``"0.5"``, is one channel's value (:func:`rnorm._validate.as_sequence`), never split into characters."""
+    if isinstance(value, torch.Tensor):
+        value = value.flatten().tolist()
+    return [check_float(f"{name}[{i}]", v) for i, v in enumerate(as_sequence(name, value))]
 
 
 class Normalize(nn.Module):
@@ -36,6 +44,7 @@ class Normalize(nn.Module):
 
     def __init__(self, mean, std):
         super().__init__()
+        mean, std = _per_channel("mean", mean), _per_channel("std", std)
         mean = torch.as_tensor(mean, dtype=torch.float32).reshape(1, -1, 1, 1)
         std = torch.as_tensor(std, dtype=torch.float32).reshape(1, -1, 1, 1)
         if not torch.isfinite(mean).all():
@@ -111,8 +120,8 @@ def _build(arch: str, block, layers, stage_widths, *, num_classes=10, in_channel
     in_channels = check_int("in_channels", in_channels, min_value=1)
     width = check_int("width", width, min_value=1)
     check_choice("norm", norm, tuple(NORMS))
-    mean = (0.5,) * in_channels if mean is None else tuple(float(m) for m in mean)
-    std = (0.5,) * in_channels if std is None else tuple(float(s) for s in std)
+    mean = (0.5,) * in_channels if mean is None else tuple(_per_channel("mean", mean))
+    std = (0.5,) * in_channels if std is None else tuple(_per_channel("std", std))
     if len(mean) != in_channels or len(std) != in_channels:
         raise ConfigError(f"mean={mean} and std={std} must have in_channels={in_channels} entries each.")
     make_norm(norm, 1, **norm_kwargs)  # validate the norm's options before building anything

@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._validate import ConfigError, check_bool, check_choice, check_float, check_int, suggest
+from ._validate import ConfigError, as_sequence, check_bool, check_choice, check_float, check_int, suggest
 
 STATS_MODES = ("population", "batch", "population_mean")
 SHARE_MODES = ("none", "affine", "stats")
@@ -73,15 +73,29 @@ def _bn_eval(x, running_mean, running_var, weight, bias, eps: float, stats: str)
     return x * scale.to(x.dtype)[None, :, None, None] + shift.to(x.dtype)[None, :, None, None]
 
 
+def _check_norm_args(layer: str, num_features, eps, momentum, *, momentum_none: bool, **flags):
+    """The checks every normalization layer makes on its arguments (``nn.BatchNorm2d`` makes none):
+    ``num_features`` an integer >= 1, ``eps`` a finite number > 0 (``eps=0`` divides by zero on a
+    constant channel), ``momentum`` a number in [0, 1] (or ``None``, a cumulative average, where
+    ``momentum_none``) and each flag a boolean. Returns ``(num_features, eps, momentum)``."""
+    num_features = check_int("num_features", num_features, min_value=1)
+    if momentum is None and not momentum_none:
+        raise ConfigError(f"momentum=None (a cumulative average) is not supported by {layer}; allowed: a "
+                          f"number in [0.0, 1.0].")
+    if momentum is not None:
+        momentum = check_float("momentum", momentum, min_value=0.0, max_value=1.0)
+    eps = check_float("eps", eps, min_value=0.0, min_inclusive=False)
+    for flag, value in flags.items():
+        check_bool(flag, value)
+    return num_features, eps, momentum
+
+
 def _check_bn_args(num_features, kw: dict) -> None:
-    """The arguments nn.BatchNorm2d accepts without a word but that make a wrong layer."""
-    check_int("num_features", num_features, min_value=1)
-    if kw.get("momentum", 0.1) is not None:
-        kw["momentum"] = check_float("momentum", kw.get("momentum", 0.1), min_value=0.0, max_value=1.0)
-    kw["eps"] = check_float("eps", kw.get("eps", 1e-5), min_value=0.0, min_inclusive=False)
-    for flag in ("affine", "track_running_stats"):
-        if flag in kw:
-            check_bool(flag, kw[flag])
+    """The arguments nn.BatchNorm2d accepts without a word but that make a wrong layer (checked
+    with :func:`_check_norm_args`; the checked eps and momentum are written back into ``kw``)."""
+    flags = {k: kw[k] for k in ("affine", "track_running_stats") if k in kw}
+    _, kw["eps"], kw["momentum"] = _check_norm_args("BatchNorm2d", num_features, kw.get("eps", 1e-5),
+                                                    kw.get("momentum", 0.1), momentum_none=True, **flags)
 
 
 class BatchNorm2d(_StatsModeMixin, nn.BatchNorm2d):
@@ -214,7 +228,7 @@ class _RobustNormFn(torch.autograd.Function):
             c = x.shape[1]
             gw_s, gb_s = gw.to(scale.dtype), gb.to(scale.dtype)
             wt = torch.ones_like(scale) if w is None else w.to(scale.dtype)
-            d_range = -gw_s * wt / scale * ctx.p * rng.pow(ctx.p - 1)
+            d_range = _range_grad(-gw_s * wt / scale, rng, ctx.p)
             if ctx.batch_mean:
                 d_mean = -gb_s * wt / scale
                 gx.add_((d_mean / (x.numel() // c)).to(gx.dtype).view(1, c, 1, 1))
@@ -224,6 +238,18 @@ class _RobustNormFn(torch.autograd.Function):
         if ctx.weight_dtype is None:
             return gx, None, None, None, None, None
         return gx, gw.to(ctx.weight_dtype), gb.to(ctx.weight_dtype), None, None, None
+
+
+def _range_grad(d_power: torch.Tensor, rng: torch.Tensor, p: float) -> torch.Tensor:
+    """The gradient of the range from ``d_power``, that of ``range ** p``: ``d_power * p * range**(p-1)``
+    where the range is > 0, and 0 on a constant channel (range 0, e.g. batch 1 on 1x1 maps).
+
+    There ``range**(p-1)`` is inf for p < 1 and the product would be NaN (``0 * inf``). The range's
+    gradient is 0 there by autograd's own convention for ``amax - amin``: every element is both a max
+    and a min, so the two shares cancel. With batch statistics it is also the true derivative: the
+    channel's ``x - mean`` is 0, so the output moves as ``w (x - mean) / eps`` to first order.
+    """
+    return torch.where(rng > 0, d_power * p * rng.pow(p - 1), torch.zeros_like(d_power))
 
 
 def _memory_format(x: torch.Tensor):
@@ -262,11 +288,9 @@ class RobustNorm2d(_StatsModeMixin, nn.Module):
     def __init__(self, num_features: int, p: float = 0.2, eps: float = 1e-5, momentum: float = 0.1,
                  stats: str = "population", affine: bool = True, device=None, dtype=None):
         super().__init__()
-        from ._validate import check_int
-        self.num_features = check_int("num_features", num_features, min_value=1)
+        self.num_features, self.eps, self.momentum = _check_norm_args(
+            "RobustNorm2d", num_features, eps, momentum, momentum_none=False, affine=affine)
         self.p = check_float("p", p, min_value=0.0, min_inclusive=False)
-        self.eps = check_float("eps", eps, min_value=0.0)
-        self.momentum = check_float("momentum", momentum, min_value=0.0, max_value=1.0)
         self.affine = affine
         self.stats = stats
         factory = {"device": device, "dtype": dtype}
@@ -362,6 +386,10 @@ class MultiBatchNorm2d(BatchNorm2d):
     Unlike timm, the split applies in eval mode too (so an attack can be run on a split batch)
     and every branch honours the statistics mode.
 
+    ``branches`` names the auxiliary branches (identifiers other than ``main``, no repeats); a
+    bare string is one branch (``branches="adv"`` is ``("adv",)``, as everywhere in rnorm:
+    :func:`rnorm._validate.as_sequence`).
+
     ``share`` is the ablation of Zhang et al. (2024): ``"none"`` (separate statistics and affine
     parameters), ``"affine"`` (separate statistics, the main branch's weight and bias for all
     branches), ``"stats"`` (one set of statistics -- computed over the whole input in training
@@ -370,7 +398,7 @@ class MultiBatchNorm2d(BatchNorm2d):
 
     def __init__(self, num_features: int, branches: Iterable[str] = ("adv", "easy"), stats: str = "population",
                  share: str = "none", **bn_kwargs):
-        branches = tuple(branches)
+        branches = as_sequence("branches", branches, nonempty=False)  # "adv" is one branch, not 'a', 'd', 'v'
         for b in branches:
             if not isinstance(b, str) or not b.isidentifier() or b == MAIN:
                 raise ConfigError(f"branches={branches!r}: each auxiliary branch needs a name that is a Python "
@@ -507,32 +535,61 @@ def make_norm(name: str, num_features: int, **kw) -> nn.Module:
 def convert_norms(model: nn.Module, name: str, **kw) -> nn.Module:
     """Replace every ``nn.BatchNorm2d`` of ``model`` (any model, e.g. torchvision's ResNet) in place.
 
-    The new layer takes the old one's ``num_features``, ``eps`` and ``momentum`` (unless given),
-    its affine parameters and its running mean and variance (for ``multibn`` the auxiliary
-    branches start as copies of the main one). RobustNorm has no variance buffer: its running
-    mean is copied and its running range starts at 1, as in the reference code. Returns ``model``.
+    The new layer takes the old one's ``num_features``, ``eps``, ``momentum`` and ``affine``
+    (unless given), its affine parameters and its running mean and variance (for ``multibn`` the
+    auxiliary branches start as copies of the main one). A layer without affine parameters stays
+    without; a layer without running statistics (``track_running_stats=False``: batch statistics
+    at inference too) stays so for ``bn``/``multibn`` and becomes ``stats="batch"`` for
+    ``robustnorm`` (unless ``stats`` is given). RobustNorm has no variance buffer: its running mean
+    is copied and its running range starts at 1, as in the reference code; it has no cumulative
+    average, so a layer with ``momentum=None`` needs ``momentum`` given. Other BatchNorm layers
+    (``BatchNorm1d``/``3d``, ``SyncBatchNorm``, an uninitialized lazy one) are refused before
+    anything changes, as rnorm's layers are 2-D and per-process. Returns ``model``.
     """
     check_choice("norm", name, tuple(NORMS))
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model={type(model).__name__} must be a torch.nn.Module whose BatchNorm2d layers to replace.")
-    for parent in list(model.modules()):
-        for child_name, child in list(parent.named_children()):
-            if isinstance(child, nn.BatchNorm2d):
-                setattr(parent, child_name, _converted(child, name, kw))
+    todo = []
+    for parent_name, parent in model.named_modules():
+        for child_name, child in parent.named_children():
+            if isinstance(child, nn.modules.batchnorm._BatchNorm):
+                _check_convertible(f"{parent_name}.{child_name}".lstrip("."), child, name, kw)
+                todo.append((parent, child_name, child))
+    for parent, child_name, child in todo:
+        setattr(parent, child_name, _converted(child, name, kw))
     return model
 
 
+def _check_convertible(where: str, layer: nn.Module, name: str, kw: dict) -> None:
+    """Refuse a BatchNorm layer :func:`convert_norms` cannot replace faithfully, naming it and why."""
+    kind = type(layer).__name__
+    if isinstance(layer, nn.SyncBatchNorm):
+        raise ConfigError(f"convert_norms: layer {where!r} is an nn.SyncBatchNorm, whose statistics span "
+                          f"processes; rnorm's layers are per-process. Replace it with nn.BatchNorm2d first.")
+    if isinstance(layer, nn.modules.lazy.LazyModuleMixin) and layer.has_uninitialized_params():
+        raise ConfigError(f"convert_norms: layer {where!r} is an uninitialized {kind}; run the model on one "
+                          f"batch first so that its number of features is known.")
+    if not isinstance(layer, nn.BatchNorm2d):
+        raise ConfigError(f"convert_norms: layer {where!r} is an nn.{kind}; rnorm's layers normalize 4-D "
+                          f"inputs only (allowed: nn.BatchNorm2d).")
+    if name == "robustnorm" and layer.momentum is None and "momentum" not in kw:
+        raise ConfigError(f"convert_norms: layer {where!r} has momentum=None (a cumulative average), which "
+                          f"RobustNorm2d has not; give momentum=<a number in [0, 1]>.")
+
+
 def _converted(old: nn.BatchNorm2d, name: str, kw: dict) -> nn.Module:
-    opts = dict(kw)
-    opts.setdefault("eps", old.eps)
-    if old.momentum is not None:
-        opts.setdefault("momentum", old.momentum)
+    """The layer ``name`` that replaces ``old`` (see :func:`convert_norms`), with its state copied."""
     if name == "none":
         return NoNorm2d(old.num_features)
+    opts = dict(kw)
+    opts.setdefault("eps", old.eps)
+    opts.setdefault("momentum", old.momentum)
+    opts.setdefault("affine", old.affine)
     if name in ("bn", "multibn"):
-        opts.setdefault("affine", old.affine)
         # Without running stats nn.BatchNorm2d uses batch statistics in eval too; keep that.
         opts.setdefault("track_running_stats", old.track_running_stats)
+    elif not old.track_running_stats:
+        opts.setdefault("stats", "batch")
     new = make_norm(name, old.num_features, **opts)
     # Keep the old layer's device *and* dtype (a float64 model stayed float32 before and failed).
     ref = next((t for t in (old.weight, old.running_mean) if t is not None), None)

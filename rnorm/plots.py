@@ -18,6 +18,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from ._io import atomic_write_bytes  # noqa: E402
+from ._validate import as_sequence  # noqa: E402
 
 FORMATS = ("pdf", "svg", "png")
 # Display labels, applied only when drawing or printing; frames and the ledger keep the names.
@@ -150,7 +151,7 @@ def shift_by_layer(distances: pd.DataFrame, *, title: str | None = None):
 def channel_scatter(record: pd.DataFrame, layers, *, statistic: str = "mean"):
     """Per-channel batch statistic against the population statistic for chosen layers."""
     use_style()
-    layers = list(layers)
+    layers = list(as_sequence("layers", layers))  # one layer index, or several
     fig, axes = plt.subplots(1, len(layers), figsize=(3.0 * len(layers) + 0.4, 3.0), squeeze=False)
     for ax, layer in zip(axes[0], layers):
         sub = record[(record["layer_index"] == layer) & (record["statistic"] == statistic)]
@@ -172,6 +173,7 @@ def with_clean_start(frame: pd.DataFrame, attacks) -> pd.DataFrame:
     so that every accuracy-vs-ε curve drawn by :func:`accuracy_vs_eps` starts at ε = 0 from the
     clean accuracy."""
     clean = frame[frame["attack"] == "clean"]
+    attacks = as_sequence("attacks", attacks)  # a bare name is one attack, not its letters
     return pd.concat([frame[frame["attack"] != "clean"]] + [clean.assign(attack=a) for a in attacks],
                      ignore_index=True)
 

@@ -24,7 +24,7 @@ import torch.nn as nn
 
 from . import norms as _norms
 from ._tensors import float_images, model_device
-from ._validate import ConfigError, check_choice, check_float
+from ._validate import ConfigError, as_sequence, check_choice, check_float
 from .attacks import ATTACKS, make_attack
 
 RECORD_COLUMNS = ["layer_index", "layer", "channel", "statistic", "value", "running", "tag"]
@@ -201,6 +201,7 @@ def make_batches(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *
     restored). Returns ``{name: images}`` in the order of ``attacks``.
     """
     x = _float_images(images)
+    attacks = as_sequence("attacks", attacks)  # a bare name is one attack, not its letters
     attack_params = attack_params or {}
     out = {}
     dev = _device(model)

@@ -61,7 +61,7 @@ import torch.nn.functional as F
 from . import attacks as _attacks
 from ._tensors import stable_seed
 from .hardware import resolve_precision
-from ._validate import ConfigError, check_choice, check_float, check_int
+from ._validate import ConfigError, as_sequence, check_choice, check_float, check_int
 from .norms import MAIN, route, use_stats
 
 KINDS = ("clean", "adv", "easy")
@@ -77,6 +77,21 @@ class Recipe:
     name: str
     slices: tuple[tuple[str, str], ...]
     description: str
+
+    def __post_init__(self):
+        """Each slice must be a ``(branch, kind)`` pair of strings (kind one of :data:`KINDS`); one
+        bare pair is one slice. A string is never unpacked into characters (``"ab"`` as ``('a', 'b')``)."""
+        slices = self.slices
+        if isinstance(slices, (tuple, list)) and len(slices) == 2 and all(isinstance(v, str) for v in slices):
+            slices = (tuple(slices),)  # one bare (branch, kind) pair is one slice
+        out = []
+        for item in as_sequence("slices", slices):
+            if not isinstance(item, (tuple, list)) or len(item) != 2 or not all(isinstance(v, str) for v in item):
+                raise ConfigError(f"Recipe {self.name!r}: slices={self.slices!r}; each slice is a (branch, kind) "
+                                  f"pair of names, got {item!r}.")
+            check_choice("kind", item[1], KINDS)
+            out.append(tuple(item))
+        object.__setattr__(self, "slices", tuple(out))
 
     @property
     def branches(self) -> tuple[str, ...]:
@@ -172,6 +187,9 @@ def make_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, kind: str,
     ``use_stats(model, cfg.attack_stats)`` (``"batch"`` by default: the branch's statistics of
     the batch being attacked), so no running buffer changes. Training mode, statistics mode and
     routing are restored afterwards. Runs in fp32 (autocast off). Returns a detached tensor.
+    The attack runs without its input check (:meth:`rnorm.attacks.Attack.run`): the training data
+    is checked where it is loaded, and the check would make the host wait for the device at every
+    step; ``x`` must be float images in [0, 1] and ``y`` valid labels.
     """
     check_choice("kind", kind, KINDS)
     if kind == "clean":
@@ -183,7 +201,7 @@ def make_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, kind: str,
     model.eval()
     try:
         with use_stats(model, s.attack_stats), route(model, branch), torch.autocast(x.device.type, enabled=False):
-            out = attack(x, y)
+            out = attack.run(x, y)  # no per-step input check: it would read back to the host (see below)
     finally:
         model.train(was_training)
     return out.detach()

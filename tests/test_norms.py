@@ -800,3 +800,173 @@ def test_route_setter_and_context_manager_restore():
     with pytest.raises(ConfigError, match="branch='adv'"):
         route(plain, "adv")
     assert branches_of(plain) == ("main",)
+
+
+# ----------------------------------------------------------------------------- reliability, round 3
+
+def _rn_fn(m):
+    def f(x, w, b):
+        return torch.func.functional_call(m, {"weight": w, "bias": b}, (x,))
+    return f
+
+
+def _rn_args(m, x):
+    return (x.clone().requires_grad_(True), m.weight.detach().clone().requires_grad_(True),
+            m.bias.detach().clone().requires_grad_(True))
+
+
+def _with_constant_channel(seed=8):
+    x = rand_x(n=2, c=3, h=3, w=2, seed=seed)
+    x[:, 1] = 0.7  # range 0 over N, H, W
+    return x
+
+
+@pytest.mark.parametrize("training,stats", [(True, "population"), (False, "batch"), (False, "population_mean")])
+@pytest.mark.parametrize("shape", ["constant_channel", "batch1_1x1"])
+def test_rn_gradient_matches_finite_differences_on_a_constant_channel(training, stats, shape):
+    """Where a channel's range is 0, ``range ** (p-1)`` is inf for p < 1 (the backward used to give
+    NaN). With batch statistics the true derivative there is the direct path w (x - mean) / eps: the
+    term of ``range ** p`` is of order |dx| ** (1+p), so finite differences with a step h where
+    h ** p << eps see it. p=0.5, eps=0.5 and h=1e-10 make that error ~1e-5 relative."""
+    m = randomize(RobustNorm2d(3, p=0.5, eps=0.5).double())
+    m.train(training)
+    m.stats = stats
+    x = _with_constant_channel() if shape == "constant_channel" else rand_x(n=1, c=3, h=1, w=1, seed=3)
+    if stats == "population_mean" and shape == "batch1_1x1":
+        pytest.skip("population_mean at a zero range is not differentiable (x - running_mean != 0)")
+    if stats == "population_mean":
+        x[:, 1] = m.running_mean[1]  # the only point where it is differentiable: x - running_mean = 0
+    args = _rn_args(m, x)
+    assert torch.autograd.gradcheck(_rn_fn(m), args, eps=1e-10, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_rn_constant_channel_gradient_is_finite_and_the_direct_path_at_default_p(monkeypatch, channels_last):
+    """At the default p=0.2, eps=1e-5, a constant channel's input gradient is, by hand,
+    w / eps * (g - mean(g)) (BatchNorm's backward with scale eps and no range term); the other
+    channels' gradients are unchanged by the constant one. Also on the CUDA (mask) path."""
+    from rnorm import norms
+    for spread in ("index", "mask"):
+        if spread == "mask":
+            monkeypatch.setattr(norms, "_spread_by_index", norms._spread_by_mask)
+        m = randomize(RobustNorm2d(3).double()).train()
+        x = _with_constant_channel()
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        x.requires_grad_(True)
+        g = torch.randn(x.shape, generator=torch.Generator().manual_seed(5), dtype=D)
+        (m(x) * g).sum().backward()
+        assert torch.isfinite(x.grad).all() and torch.isfinite(m.weight.grad).all()
+        hand = m.weight[1].detach() / EPS * (g[:, 1] - g[:, 1].mean())
+        torch.testing.assert_close(x.grad[:, 1], hand, rtol=1e-10, atol=1e-6)
+        assert abs(float(m.weight.grad[1])) < 1e-9  # x - mean is 0 on the channel (up to rounding / eps)
+        ref = randomize(RobustNorm2d(3).double()).train()
+        xr = x.detach().clone()
+        xr[:, 1] = rand_x(n=2, c=3, h=3, w=2, seed=1)[:, 1]  # channel 1 varying: channels 0, 2 as before
+        xr.requires_grad_(True)
+        (ref(xr) * g).sum().backward()
+        torch.testing.assert_close(x.grad[:, [0, 2]], xr.grad[:, [0, 2]], rtol=0, atol=0)
+        monkeypatch.undo()
+
+
+def test_rn_batch_1_on_1x1_maps_has_zero_finite_gradient():
+    """Batch 1 on 1x1 maps: every channel is constant and y = bias whatever x, so dy/dx = 0 (up to
+    the rounding of x - mean, magnified by w / eps; float32 gives NaN no more either)."""
+    for dtype, tol in ((D, 1e-9), (torch.float32, 1e-2)):
+        m = randomize(RobustNorm2d(4)).to(dtype).train()
+        x = torch.rand(1, 4, 1, 1, dtype=dtype, requires_grad=True)
+        y = m(x)
+        torch.testing.assert_close(y.detach(), m.bias.detach().view(1, 4, 1, 1), rtol=0, atol=tol)
+        (y * torch.arange(1.0, 5.0, dtype=dtype).view(1, 4, 1, 1)).sum().backward()
+        assert torch.isfinite(x.grad).all() and torch.isfinite(m.weight.grad).all()
+        torch.testing.assert_close(x.grad, torch.zeros_like(x), rtol=0, atol=tol)
+
+
+def test_rn_forward_and_gradient_with_a_positive_range_are_unchanged_by_the_fix():
+    """Where every range is > 0 the gradient is the former expression, bit for bit (the fix only
+    replaces the NaN of a zero range)."""
+    m = randomize(RobustNorm2d(3, p=0.2).double()).train()
+    x = rand_x(n=2, c=3, h=3, w=2, seed=8).requires_grad_(True)
+    g = torch.randn(x.shape, generator=torch.Generator().manual_seed(0), dtype=D)
+    (m(x) * g).sum().backward()
+    # the former d_range, written out: -grad_w * w / s * p * range ** (p - 1), spread to the max and min
+    with torch.no_grad():
+        mean, rng = batch_mean_range(x)
+        s = rng ** 0.2 + EPS
+        xhat = (x - bc(mean)) / bc(s)
+        gw, gb = (g * xhat).sum(dim=(0, 2, 3)), g.sum(dim=(0, 2, 3))
+        w = m.weight
+        d_range = -gw * w / s * 0.2 * rng.pow(0.2 - 1)
+        hand = bc(w / s) * (g - bc(gb / x[0, 0].numel() / x.shape[0]))
+        hand = hand + (x == x.amax(dim=(0, 2, 3), keepdim=True)) * bc(d_range) \
+            - (x == x.amin(dim=(0, 2, 3), keepdim=True)) * bc(d_range)
+    torch.testing.assert_close(x.grad, hand, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("kwargs,pattern", [
+    ({"eps": 0}, r"eps=0.0 is out of range; allowed: a number > 0.0"),
+    ({"eps": float("nan")}, r"eps=nan is not a finite number"),
+    ({"momentum": None}, r"momentum=None .* not supported by RobustNorm2d; allowed: a number in \[0.0, 1.0\]"),
+    ({"momentum": -0.1}, r"momentum=-0.1 is out of range"),
+    ({"affine": "yes"}, r"affine='yes' must be True or False"),
+    ({"p": float("inf")}, r"p=inf is not a finite number"),
+])
+def test_rn_arguments_get_batchnorms_checks(kwargs, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        RobustNorm2d(4, **kwargs)
+    with pytest.raises(ConfigError, match="num_features=2.5"):
+        RobustNorm2d(2.5)
+    if "p" not in kwargs and "momentum" not in kwargs:  # the same argument, the same check in BatchNorm2d
+        with pytest.raises(ConfigError, match=pattern.split(" ")[0]):
+            BatchNorm2d(4, **kwargs)
+
+
+def _net_with(layer):
+    return nn.Sequential(nn.Conv2d(3, 4, 1), layer)
+
+
+@pytest.mark.parametrize("layer,pattern", [
+    (nn.SyncBatchNorm(4), r"layer '1' is an nn.SyncBatchNorm"),
+    (nn.BatchNorm1d(4), r"layer '1' is an nn.BatchNorm1d; .*allowed: nn.BatchNorm2d"),
+    (nn.BatchNorm3d(4), r"layer '1' is an nn.BatchNorm3d"),
+    (nn.LazyBatchNorm2d(), r"layer '1' is an uninitialized LazyBatchNorm2d"),
+])
+def test_convert_refuses_batchnorms_it_cannot_replace_and_changes_nothing(layer, pattern):
+    net = nn.Sequential(nn.BatchNorm2d(3), _net_with(layer))
+    for name in ("bn", "robustnorm", "multibn", "none"):
+        with pytest.raises(ConfigError, match=pattern.replace("'1'", "'1.1'")):
+            convert_norms(net, name)
+        assert type(net[0]) is nn.BatchNorm2d and net[1][1] is layer  # refused before any change
+
+
+@pytest.mark.parametrize("name", ["bn", "multibn", "robustnorm"])
+def test_convert_keeps_affine_false_without_parameters(name):
+    net = _net_with(nn.BatchNorm2d(4, affine=False))
+    convert_norms(net, name)
+    assert net[1].weight is None and net[1].bias is None and not net[1].affine
+    assert [n for n, _ in net.named_parameters()] == ["0.weight", "0.bias"]  # no trainable gamma / beta
+    if name == "multibn":
+        assert all(a.weight is None for a in net[1].aux.values())
+
+
+def test_convert_untracked_bn_to_robustnorm_keeps_batch_statistics_at_inference():
+    net = _net_with(nn.BatchNorm2d(4, track_running_stats=False)).double().eval()
+    convert_norms(net, "robustnorm")
+    assert net[1].stats == "batch"
+    x = rand_x(n=4, c=3, seed=2)
+    with torch.no_grad():
+        h = net[0](x)
+        mean, rng = batch_mean_range(h)
+        torch.testing.assert_close(net(x), hand_rn(h, mean, rng, 0.2, net[1].weight, net[1].bias), rtol=0, atol=1e-12)
+    explicit = convert_norms(_net_with(nn.BatchNorm2d(4, track_running_stats=False)), "robustnorm", stats="population")
+    assert explicit[1].stats == "population"  # a mode given by the caller wins
+
+
+def test_convert_keeps_momentum_none_or_refuses_it_for_robustnorm():
+    net = _net_with(nn.BatchNorm2d(4, momentum=None))
+    assert convert_norms(copy.deepcopy(net), "bn")[1].momentum is None  # cumulative average, as before
+    assert convert_norms(copy.deepcopy(net), "multibn")[1].aux["adv"].momentum is None
+    with pytest.raises(ConfigError, match=r"layer '1' has momentum=None .* give momentum="):
+        convert_norms(copy.deepcopy(net), "robustnorm")
+    assert convert_norms(copy.deepcopy(net), "robustnorm", momentum=0.2)[1].momentum == 0.2
+

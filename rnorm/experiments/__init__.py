@@ -58,7 +58,8 @@ def planned_runs(notebook: str, params: dict) -> list:
 
 
 def execution_order(names) -> list[str]:
-    """``names`` with every notebook after the notebooks it reads (registry order otherwise)."""
-    chosen = [get(n).name for n in names]
+    """``names`` with every notebook after the notebooks it reads (registry order otherwise); one
+    bare name is one notebook (rnorm's rule, :func:`rnorm._validate.as_sequence`)."""
+    chosen = [get(n).name for n in ((names,) if isinstance(names, str) else names)]  # names may be REGISTRY
     return [n for n in REGISTRY if n in chosen and REGISTRY[n].trains] + \
            [n for n in REGISTRY if n in chosen and not REGISTRY[n].trains]
