@@ -50,7 +50,7 @@ from ._validate import ConfigError, check_bool, check_choice, check_float, check
 from .attacks import ATTACKS, format_eps, make_attack, parse_eps
 from ._tensors import check_labels, float_images, model_device, stable_seed
 from .precise_bn import precise_bn
-from .runs import resolve_device
+from .hardware import resolve_device
 
 EVAL_ATTACKS = ("clean",) + ATTACKS
 EVAL_STATS = _norms.STATS_MODES + ("precise",)

@@ -55,6 +55,7 @@ import torch
 
 from . import _io
 from . import hardware
+from .hardware import resolve_device  # re-exported: runs.resolve_device is public
 from . import train as _train
 from ._validate import ConfigError, check_bool, check_choice, check_float, check_int, suggest
 from .norms import NORMS, SHARE_MODES
@@ -270,31 +271,6 @@ def build_model(config: RunConfig) -> torch.nn.Module:
 
 
 # ------------------------------------------------------------------------------------- devices
-def resolve_device(device="auto") -> torch.device:
-    """``"auto"`` -> cuda if available else cpu; otherwise ``cpu``, ``cuda``, ``cuda:N`` or ``mps``."""
-    if isinstance(device, torch.device):
-        text = str(device)
-    elif isinstance(device, str):
-        text = device.strip().lower()
-    else:
-        raise ConfigError(f"device={device!r} must be a string: 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'.")
-    if text == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    base, _, idx = text.partition(":")
-    allowed = ("auto", "cpu", "cuda", "mps")
-    if base not in allowed[1:] or (idx and (not idx.isdigit() or base != "cuda")):
-        raise ConfigError(f"device={device!r} is not allowed; choose 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'."
-                          + suggest(base, allowed))
-    if base == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device={device!r} requested but CUDA is not available; use 'cpu' or 'auto'.")
-        if idx and int(idx) >= torch.cuda.device_count():
-            raise ConfigError(f"device={device!r}: only {torch.cuda.device_count()} CUDA device(s) present.")
-    if base == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ConfigError(f"device={device!r} requested but MPS is not available; use 'cpu' or 'auto'.")
-    return torch.device(text)
-
-
 def runs_root(runs_dir=None) -> Path:
     """The runs folder: ``runs_dir``, else ``$RNORM_RUNS``, else ``./runs`` (absolute)."""
     if runs_dir is None:

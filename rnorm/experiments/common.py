@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from ..runs import RunConfig, resolve_device, train
+from ..hardware import resolve_device
+from ..runs import RunConfig, train
 
 
 def setup(params) -> torch.device:
