@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ._io import FileLock, atomic_write_text, replace_dir
+from ._io import FileLock, atomic_write_text, read_csv_exact, replace_dir  # read_csv_exact: re-exported
 
 RESULTS_ROOT_ENV = "RNORM_RESULTS"
 
@@ -184,13 +184,6 @@ def _jsonable(obj):
 
 def read_json(path) -> dict:
     return json.loads(Path(path).read_text())
-
-
-def read_csv_exact(path, **kw) -> pd.DataFrame:
-    """``pandas.read_csv`` with an exact float round trip (the default from pandas 3 on), so that a
-    value written and read back compares equal; per-image bit columns stay strings."""
-    exact = {} if int(pd.__version__.split(".")[0]) >= 3 else {"float_precision": "round_trip"}
-    return pd.read_csv(path, dtype={"correct_bits": str, "scored_bits": str}, **exact, **kw)
 
 
 __all__ = ["StudyResult", "ResultsDir", "results_root", "provenance", "git_commit", "package_versions",

@@ -378,9 +378,8 @@ def _read_history(path: Path):
     f = path / "history.csv"
     if not f.exists():
         return pd.DataFrame()
-    from .results import read_csv_exact
     try:
-        return read_csv_exact(f)
+        return _io.read_csv_exact(f)
     except Exception as exc:  # noqa: BLE001 - pandas parser errors of a hand-edited file
         raise RunError(_damaged(f, f"{type(exc).__name__}: {exc}")) from None
 

@@ -81,12 +81,11 @@ def evaluation_path(run, images, labels, **kwargs):
 
 def cached_evaluate(run, model, images, labels, **kwargs):
     """:func:`rnorm.evaluate.evaluate`, cached in the run's folder (:func:`evaluation_path`). A cached
-    frame is read back (exactly, :func:`rnorm.results.read_csv_exact`) from ``<run>/eval-<key>.csv``
+    frame is read back (exactly, :func:`rnorm._io.read_csv_exact`) from ``<run>/eval-<key>.csv``
     (written atomically); re-running a notebook then skips its evaluation.
     """
-    from .._io import atomic_write_text
+    from .._io import atomic_write_text, read_csv_exact
     from ..evaluate import evaluate
-    from ..results import read_csv_exact
 
     path = evaluation_path(run, images, labels, **kwargs)
     if path.is_file():
