@@ -657,7 +657,8 @@ def preflight(notebook: str, params: dict, out_dir: Path | None = None) -> None:
     on it (``test_n``, ``probe_n``, ``precise_n``, ``train_subset`` within the splits), and the
     results folder (writable).
     """
-    from .runs import RunError, _ensure_writable, resolve_device, runs_root
+    from .hardware import resolve_device
+    from .runs import RunError, ensure_writable, runs_root
 
     entry = get(notebook)
     p = entry.params.from_dict(params)
@@ -665,7 +666,7 @@ def preflight(notebook: str, params: dict, out_dir: Path | None = None) -> None:
         return
     resolve_device(p.device)
     try:
-        _ensure_writable(runs_root())
+        ensure_writable(runs_root())
     except RunError as e:
         raise ConfigError(str(e)) from None
     check_sizes(notebook, params)
@@ -810,8 +811,8 @@ def run_state(cfg) -> str:
     """Where a planned run stands, without touching anything: ``finished`` (in ``RNORM_RUNS``),
     ``trained k of n epochs`` (a checkpoint: training resumes it, even where the archive has the run),
     ``published`` (in the archive, copied on first use) or ``to train``."""
-    from .runs import _run_path, archive_roots, is_complete
-    path = _run_path(cfg)
+    from .runs import archive_roots, is_complete, run_path
+    path = run_path(cfg)
     if is_complete(path):
         return "finished"
     if (path / "checkpoint.pt").is_file():  # restore_published leaves a run being trained alone: it resumes

@@ -278,7 +278,8 @@ def runs_root(runs_dir=None) -> Path:
     return Path(os.path.expanduser(os.fspath(runs_dir))).absolute()
 
 
-def _ensure_writable(folder: Path) -> None:
+def ensure_writable(folder: Path) -> None:
+    """Create ``folder`` and check a file can be written in it; else a :class:`RunError` saying how to fix it."""
     hint = "pass runs_dir=... or set RNORM_RUNS to a writable folder"
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -327,7 +328,8 @@ class Run:
         return f"Run({self.config.folder_name()!r}, epochs={len(self.history)}, path={str(self.path)!r})"
 
 
-def _run_path(config: RunConfig, runs_dir=None) -> Path:
+def run_path(config: RunConfig, runs_dir=None) -> Path:
+    """The folder of ``config``'s run under :func:`runs_root` (whether or not it exists)."""
     return runs_root(runs_dir) / config.folder_name()
 
 
@@ -411,7 +413,7 @@ def load_run(path) -> Run:
 def find_run(config: RunConfig, runs_dir=None, *, archive=None) -> Run | None:
     """The finished run of ``config`` under ``runs_dir`` (restored from the archive when only
     published there, see :func:`restore_published`), or None if absent or incomplete."""
-    path = _run_path(config, runs_dir)
+    path = run_path(config, runs_dir)
     if not is_complete(path) and not (path / "lock").exists():
         restore_published(config, path, archive=archive)
     return load_run(path) if is_complete(path) else None
@@ -622,7 +624,7 @@ def train(config: RunConfig, *, runs_dir=None, device="auto", progress=None, thr
         raise ConfigError(f"progress={progress!r} must be None, True or False.")
     hardware.check_layout(channels_last)
     root = runs_root(runs_dir)
-    _ensure_writable(root)
+    ensure_writable(root)
     path = root / config.folder_name()
     if is_complete(path):
         return load_run(path)
