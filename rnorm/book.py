@@ -45,6 +45,7 @@ import yaml
 from ._io import atomic_write_text
 from ._validate import ConfigError, suggest
 from .experiments import REGISTRY, execution_order, get
+from .experiments.common import EVALUATION_FILES
 
 PUBLISHED_PROFILE = "cpu"
 PROFILE_KEYS = ("description", "jobs", "defaults", "notebooks")
@@ -518,9 +519,9 @@ def publish_runs(profile: dict, *, notebooks=None, archive=None) -> tuple[list, 
     return published, missing
 
 
-#: The evaluation caches of a run (:func:`rnorm.experiments.common.cached_evaluate`): their name is
-#: the hash of everything an evaluation depends on (the run, the test images, the attack, the code).
-EVALUATION_FILES = "eval-*.csv"
+# The evaluation caches of a run (:func:`rnorm.experiments.common.cached_evaluate`) are the files named
+# :data:`rnorm.experiments.common.EVALUATION_FILES`: their name is the hash of everything an evaluation
+# depends on (the run, the test images, the attack, the code).
 
 
 def copy_evaluations(src, dst) -> list:

@@ -58,6 +58,7 @@ EVAL_SEMANTICS = {2: {
     "rnorm.plots": "eb81be3838d45d45", "rnorm.precise_bn": "4a0530cd15df6b7c", "rnorm.results": "56445be5b8e14e90",
     "rnorm.runs": "661ae99cff79983f", "rnorm.train": "0f9168c92ab14560"}}
 _UNCACHED_KEYS = ("device", "progress")
+EVALUATION_FILES = "eval-*.csv"  # what evaluation_path names; `rnorm publish` copies these
 
 
 def evaluation_path(run, images, labels, **kwargs):
