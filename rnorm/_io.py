@@ -1,4 +1,4 @@
-"""Small file-system helpers: atomic writes and an inter-process lock file.
+"""Small file-system helpers: atomic writes, an inter-process lock file and an exact CSV reader.
 
 * :func:`atomic_write_bytes`, :func:`atomic_write_text`, :func:`atomic_torch_save` write to a
   temporary file in the *same* folder, flush and fsync it, then ``os.replace`` it over the
@@ -327,3 +327,11 @@ def _print_stderr(message: str) -> None:
     import sys
 
     print(message, file=sys.stderr, flush=True)
+
+
+def read_csv_exact(path, **kw):
+    """``pandas.read_csv`` with an exact float round trip (the default from pandas 3 on), so that a
+    value written and read back compares equal; per-image bit columns stay strings."""
+    import pandas as pd
+    exact = {} if int(pd.__version__.split(".")[0]) >= 3 else {"float_precision": "round_trip"}
+    return pd.read_csv(path, dtype={"correct_bits": str, "scored_bits": str}, **exact, **kw)

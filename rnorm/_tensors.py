@@ -8,6 +8,8 @@
   :func:`rnorm.evaluate.evaluate`; :func:`num_outputs` -- a model's number of classes.
 * :func:`model_device` -- the device of a model's first parameter or buffer.
 * :func:`stable_seed` -- a seed from a stable hash of its parts (not Python's salted ``hash``).
+* :func:`pack_bits` / :func:`unpack_bits` -- per-image booleans as text in a CSV cell, written by
+  :mod:`rnorm.evaluate` (which re-exports both) and read by :mod:`rnorm.stats` and the study.
 """
 from __future__ import annotations
 
@@ -126,3 +128,24 @@ def stable_seed(namespace: str, *parts, modulus: int = 2**63) -> int:
     """``sha256("<namespace>:" + ":".join(parts))`` read as a little-endian 64-bit integer, mod ``modulus``."""
     text = f"{namespace}:" + ":".join(str(p) for p in parts)
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") % modulus
+
+
+_BITS = "bits:"
+
+
+def pack_bits(mask: torch.Tensor) -> str:
+    """A boolean vector as ``bits:`` + hex of its packed bits (first image = highest bit of the first
+    byte); the prefix keeps CSV readers from taking it for a number."""
+    import numpy as np
+    return _BITS + np.packbits(mask.numpy().astype(np.uint8)).tobytes().hex()
+
+
+def unpack_bits(text: str, n: int):
+    """The boolean numpy vector of length ``n`` that :func:`pack_bits` wrote as ``text``."""
+    import numpy as np
+    if not isinstance(text, str) or not text.startswith(_BITS):
+        raise ConfigError(f"per-image bits {str(text)[:20]!r} are not what pack_bits writes: a damaged results file?")
+    bits = np.unpackbits(np.frombuffer(bytes.fromhex(text[len(_BITS):]), dtype=np.uint8))
+    if bits.size < n or bits[n:].any():
+        raise ConfigError(f"per-image bits hold {bits.size} entries, not {n}: a damaged results file?")
+    return bits[:n].astype(bool)

@@ -45,6 +45,7 @@ import yaml
 from ._io import atomic_write_text
 from ._validate import ConfigError, as_sequence, suggest
 from .experiments import REGISTRY, execution_order, get
+from .experiments.common import EVALUATION_FILES
 
 PUBLISHED_PROFILE = "cpu"
 PROFILE_KEYS = ("description", "jobs", "defaults", "notebooks")
@@ -518,9 +519,9 @@ def publish_runs(profile: dict, *, notebooks=None, archive=None) -> tuple[list, 
     return published, missing
 
 
-#: The evaluation caches of a run (:func:`rnorm.experiments.common.cached_evaluate`): their name is
-#: the hash of everything an evaluation depends on (the run, the test images, the attack, the code).
-EVALUATION_FILES = "eval-*.csv"
+# The evaluation caches of a run (:func:`rnorm.experiments.common.cached_evaluate`) are the files named
+# :data:`rnorm.experiments.common.EVALUATION_FILES`: their name is the hash of everything an evaluation
+# depends on (the run, the test images, the attack, the code).
 
 
 def copy_evaluations(src, dst) -> list:
@@ -658,7 +659,8 @@ def preflight(notebook: str, params: dict, out_dir: Path | None = None) -> None:
     on it (``test_n``, ``probe_n``, ``precise_n``, ``train_subset`` within the splits), and the
     results folder (writable).
     """
-    from .runs import RunError, _ensure_writable, resolve_device, runs_root
+    from .hardware import resolve_device
+    from .runs import RunError, ensure_writable, runs_root
 
     entry = get(notebook)
     p = entry.params.from_dict(params)
@@ -666,7 +668,7 @@ def preflight(notebook: str, params: dict, out_dir: Path | None = None) -> None:
         return
     resolve_device(p.device)
     try:
-        _ensure_writable(runs_root())
+        ensure_writable(runs_root())
     except RunError as e:
         raise ConfigError(str(e)) from None
     check_sizes(notebook, params)
@@ -811,8 +813,8 @@ def run_state(cfg) -> str:
     """Where a planned run stands, without touching anything: ``finished`` (in ``RNORM_RUNS``),
     ``trained k of n epochs`` (a checkpoint: training resumes it, even where the archive has the run),
     ``published`` (in the archive, copied on first use) or ``to train``."""
-    from .runs import _run_path, archive_roots, is_complete
-    path = _run_path(cfg)
+    from .runs import archive_roots, is_complete, run_path
+    path = run_path(cfg)
     if is_complete(path):
         return "finished"
     if (path / "checkpoint.pt").is_file():  # restore_published leaves a run being trained alone: it resumes

@@ -47,9 +47,10 @@ import torch.nn as nn
 from . import norms as _norms
 from ._validate import ConfigError, as_sequence, check_bool, check_choice, check_float, check_int
 from .attacks import ATTACKS, format_eps, make_attack, parse_eps
-from ._tensors import check_images_labels, check_labels, model_device, num_outputs, stable_seed
+from ._tensors import (check_images_labels, check_labels, model_device, num_outputs, pack_bits,  # noqa: F401
+                       stable_seed, unpack_bits)  # pack_bits/unpack_bits: re-exported
 from .precise_bn import precise_bn
-from .runs import resolve_device
+from .hardware import resolve_device
 
 EVAL_ATTACKS = ("clean",) + ATTACKS
 EVAL_STATS = _norms.STATS_MODES + ("precise",)
@@ -518,27 +519,6 @@ def _ordered(images, labels, n: int, grid: EvalGrid, dev):
     g = torch.Generator().manual_seed(_stable_seed("order", grid.seed, n))
     order = torch.randperm(n, generator=g) if grid.shuffle else torch.arange(n)
     return images[:n][order].to(dev), labels[:n][order].to(dev), order
-
-
-_BITS = "bits:"
-
-
-def pack_bits(mask: torch.Tensor) -> str:
-    """A boolean vector as ``bits:`` + hex of its packed bits (first image = highest bit of the first
-    byte); the prefix keeps CSV readers from taking it for a number."""
-    import numpy as np
-    return _BITS + np.packbits(mask.numpy().astype(np.uint8)).tobytes().hex()
-
-
-def unpack_bits(text: str, n: int):
-    """The boolean numpy vector of length ``n`` that :func:`pack_bits` wrote as ``text``."""
-    import numpy as np
-    if not isinstance(text, str) or not text.startswith(_BITS):
-        raise ConfigError(f"per-image bits {str(text)[:20]!r} are not what pack_bits writes: a damaged results file?")
-    bits = np.unpackbits(np.frombuffer(bytes.fromhex(text[len(_BITS):]), dtype=np.uint8))
-    if bits.size < n or bits[n:].any():
-        raise ConfigError(f"per-image bits hold {bits.size} entries, not {n}: a damaged results file?")
-    return bits[:n].astype(bool)
 
 
 @contextlib.contextmanager

@@ -18,6 +18,8 @@
   than 8 input channels hangs, segfaults or returns wrong weight gradients without an error; ResNet-20
   width 4 has such shortcuts. ``tests/test_layout_gradients.py`` checks, in a child process with a
   timeout, that both layouts give the same weight gradients for every network the CPU profiles train.
+* :func:`resolve_device` turns ``"auto"`` into cuda where it is available, else cpu, and checks
+  a named device exists (re-exported by :mod:`rnorm.runs`).
 * :func:`environment` is the one record of the machine written beside runs, results and
   benchmarks.
 """
@@ -30,11 +32,36 @@ import warnings
 
 import torch
 
-from ._validate import ConfigError, check_choice
+from ._validate import ConfigError, check_choice, suggest
 
 PRECISIONS = ("auto", "fp32", "bf16")
 LAYOUTS = ("auto", True, False)
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def resolve_device(device="auto") -> torch.device:
+    """``"auto"`` -> cuda if available else cpu; otherwise ``cpu``, ``cuda``, ``cuda:N`` or ``mps``."""
+    if isinstance(device, torch.device):
+        text = str(device)
+    elif isinstance(device, str):
+        text = device.strip().lower()
+    else:
+        raise ConfigError(f"device={device!r} must be a string: 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'.")
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    base, _, idx = text.partition(":")
+    allowed = ("auto", "cpu", "cuda", "mps")
+    if base not in allowed[1:] or (idx and (not idx.isdigit() or base != "cuda")):
+        raise ConfigError(f"device={device!r} is not allowed; choose 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'."
+                          + suggest(base, allowed))
+    if base == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device={device!r} requested but CUDA is not available; use 'cpu' or 'auto'.")
+        if idx and int(idx) >= torch.cuda.device_count():
+            raise ConfigError(f"device={device!r}: only {torch.cuda.device_count()} CUDA device(s) present.")
+    if base == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError(f"device={device!r} requested but MPS is not available; use 'cpu' or 'auto'.")
+    return torch.device(text)
 
 
 def cpu_name() -> str:

@@ -19,7 +19,7 @@ import torch.nn as nn
 from . import norms as _norms
 from ._tensors import check_labels, float_images, stable_seed
 from ._validate import ConfigError, check_bool, check_choice, check_int
-from .runs import resolve_device
+from .hardware import resolve_device
 
 
 

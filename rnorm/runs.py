@@ -55,6 +55,7 @@ import torch
 
 from . import _io
 from . import hardware
+from .hardware import resolve_device  # re-exported: runs.resolve_device is public
 from . import train as _train
 from ._validate import ConfigError, check_bool, check_choice, check_float, check_int, suggest
 from .norms import NORMS, SHARE_MODES
@@ -270,31 +271,6 @@ def build_model(config: RunConfig) -> torch.nn.Module:
 
 
 # ------------------------------------------------------------------------------------- devices
-def resolve_device(device="auto") -> torch.device:
-    """``"auto"`` -> cuda if available else cpu; otherwise ``cpu``, ``cuda``, ``cuda:N`` or ``mps``."""
-    if isinstance(device, torch.device):
-        text = str(device)
-    elif isinstance(device, str):
-        text = device.strip().lower()
-    else:
-        raise ConfigError(f"device={device!r} must be a string: 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'.")
-    if text == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    base, _, idx = text.partition(":")
-    allowed = ("auto", "cpu", "cuda", "mps")
-    if base not in allowed[1:] or (idx and (not idx.isdigit() or base != "cuda")):
-        raise ConfigError(f"device={device!r} is not allowed; choose 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'."
-                          + suggest(base, allowed))
-    if base == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device={device!r} requested but CUDA is not available; use 'cpu' or 'auto'.")
-        if idx and int(idx) >= torch.cuda.device_count():
-            raise ConfigError(f"device={device!r}: only {torch.cuda.device_count()} CUDA device(s) present.")
-    if base == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ConfigError(f"device={device!r} requested but MPS is not available; use 'cpu' or 'auto'.")
-    return torch.device(text)
-
-
 def runs_root(runs_dir=None) -> Path:
     """The runs folder: ``runs_dir``, else ``$RNORM_RUNS``, else ``./runs`` (absolute)."""
     if runs_dir is None:
@@ -302,7 +278,8 @@ def runs_root(runs_dir=None) -> Path:
     return Path(os.path.expanduser(os.fspath(runs_dir))).absolute()
 
 
-def _ensure_writable(folder: Path) -> None:
+def ensure_writable(folder: Path) -> None:
+    """Create ``folder`` and check a file can be written in it; else a :class:`RunError` saying how to fix it."""
     hint = "pass runs_dir=... or set RNORM_RUNS to a writable folder"
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -351,7 +328,8 @@ class Run:
         return f"Run({self.config.folder_name()!r}, epochs={len(self.history)}, path={str(self.path)!r})"
 
 
-def _run_path(config: RunConfig, runs_dir=None) -> Path:
+def run_path(config: RunConfig, runs_dir=None) -> Path:
+    """The folder of ``config``'s run under :func:`runs_root` (whether or not it exists)."""
     return runs_root(runs_dir) / config.folder_name()
 
 
@@ -402,9 +380,8 @@ def _read_history(path: Path):
     f = path / "history.csv"
     if not f.exists():
         return pd.DataFrame()
-    from .results import read_csv_exact
     try:
-        return read_csv_exact(f)
+        return _io.read_csv_exact(f)
     except Exception as exc:  # noqa: BLE001 - pandas parser errors of a hand-edited file
         raise RunError(_damaged(f, f"{type(exc).__name__}: {exc}")) from None
 
@@ -436,7 +413,7 @@ def load_run(path) -> Run:
 def find_run(config: RunConfig, runs_dir=None, *, archive=None) -> Run | None:
     """The finished run of ``config`` under ``runs_dir`` (restored from the archive when only
     published there, see :func:`restore_published`), or None if absent or incomplete."""
-    path = _run_path(config, runs_dir)
+    path = run_path(config, runs_dir)
     if not is_complete(path) and not (path / "lock").exists():
         restore_published(config, path, archive=archive)
     return load_run(path) if is_complete(path) else None
@@ -647,7 +624,7 @@ def train(config: RunConfig, *, runs_dir=None, device="auto", progress=None, thr
         raise ConfigError(f"progress={progress!r} must be None, True or False.")
     hardware.check_layout(channels_last)
     root = runs_root(runs_dir)
-    _ensure_writable(root)
+    ensure_writable(root)
     path = root / config.folder_name()
     if is_complete(path):
         return load_run(path)

@@ -335,7 +335,7 @@ def combine(parts: dict[str, Verdict]) -> Verdict:
 def paired_rows(row_a, row_b, n_images: int, **bootstrap) -> Effect:
     """:func:`paired_images` of two rows of an :func:`rnorm.evaluate.evaluate` frame computed with
     ``per_image=True`` on the same ``n_images`` images (b minus a, on the images both scored)."""
-    from .evaluate import unpack_bits
+    from ._tensors import unpack_bits
     for row in (row_a, row_b):
         if not isinstance(row.get("correct_bits"), str):
             raise ConfigError("rows need per-image correctness: evaluate them with per_image=True.")

@@ -262,7 +262,7 @@ def test_cli_plan_lists_runs_and_where_each_stands(capsys, tmp_path, monkeypatch
 
 
 def test_unwritable_results_folder_fails_before_any_work(tmp_path):
-    from rnorm.results import ResultsDir
+    from rnorm.provenance import ResultsDir
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     with pytest.raises(PermissionError, match="not writable.*results_dir"):
@@ -278,7 +278,7 @@ def _result(notebook="02_stats_swap", value=1):
 
 
 def test_results_are_saved_all_at_once_with_complete_provenance(tmp_path):
-    from rnorm.results import ResultsDir
+    from rnorm.provenance import ResultsDir
     path = ResultsDir("02_stats_swap", tmp_path).save(_result())
     assert sorted(p.name for p in path.iterdir()) == ["provenance.json", "summary.csv", "summary.json", "t.csv"]
     prov = json.loads((path / "provenance.json").read_text())
@@ -289,7 +289,7 @@ def test_results_are_saved_all_at_once_with_complete_provenance(tmp_path):
 
 def test_a_failure_part_way_leaves_the_old_results_whole(tmp_path, monkeypatch):
     import rnorm.plots
-    from rnorm.results import ResultsDir
+    from rnorm.provenance import ResultsDir
     out = ResultsDir("02_stats_swap", tmp_path)
     out.save(_result(value=1))
     before = {p.name: p.read_bytes() for p in out.path.iterdir()}

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from ..runs import RunConfig, resolve_device, train
+from ..hardware import resolve_device
+from ..runs import RunConfig, train
 
 
 def setup(params) -> torch.device:
@@ -57,6 +58,7 @@ EVAL_SEMANTICS = {2: {
     "rnorm.plots": "eb81be3838d45d45", "rnorm.precise_bn": "4a0530cd15df6b7c", "rnorm.results": "56445be5b8e14e90",
     "rnorm.runs": "661ae99cff79983f", "rnorm.train": "0f9168c92ab14560"}}
 _UNCACHED_KEYS = ("device", "progress")
+EVALUATION_FILES = "eval-*.csv"  # what evaluation_path names; `rnorm publish` copies these
 
 
 def evaluation_path(run, images, labels, **kwargs):
@@ -80,12 +82,11 @@ def evaluation_path(run, images, labels, **kwargs):
 
 def cached_evaluate(run, model, images, labels, **kwargs):
     """:func:`rnorm.evaluate.evaluate`, cached in the run's folder (:func:`evaluation_path`). A cached
-    frame is read back (exactly, :func:`rnorm.results.read_csv_exact`) from ``<run>/eval-<key>.csv``
+    frame is read back (exactly, :func:`rnorm._io.read_csv_exact`) from ``<run>/eval-<key>.csv``
     (written atomically); re-running a notebook then skips its evaluation.
     """
-    from .._io import atomic_write_text
+    from .._io import atomic_write_text, read_csv_exact
     from ..evaluate import evaluate
-    from ..results import read_csv_exact
 
     path = evaluation_path(run, images, labels, **kwargs)
     if path.is_file():

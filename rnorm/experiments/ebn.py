@@ -19,7 +19,7 @@ from ..evaluate import summarize, test_subset
 from ..results import StudyResult
 from ..runs import RunConfig
 from ..train import LOSS_WEIGHTINGS, branches_for
-from .common import accuracy_table, cached_evaluate, models_frame, setup, train_runs
+from .common import EVALUATION_FILES, accuracy_table, cached_evaluate, models_frame, setup, train_runs
 from .params import ConfigError, TrainingParams, check_bool, check_choice, check_int, choice_list
 from .protocol import MAX_CI_WIDTH, _select, attack_params, not_at_floor, standard_floor
 from .verdicts import seed_values
@@ -241,7 +241,6 @@ def precompute_evaluations(p: EBNParams, shard: int = 0, shards: int = 1, log=pr
 def _evaluation_files(run) -> set:
     """The cached evaluations in a run's folder (the ``eval-<key>.csv`` files of
     :func:`~rnorm.experiments.common.cached_evaluate`), by the pattern ``rnorm publish`` copies them by."""
-    from ..book import EVALUATION_FILES  # rnorm.book is not a results module: no notebook key changes
     return set(run.path.glob(EVALUATION_FILES))
 
 
