@@ -33,7 +33,7 @@ from .. import stats
 from ..attacks import format_eps
 from ..results import read_csv_exact
 from . import protocol
-from .protocol import ATTACK_FLOOR, JUDGED_EPS, MAX_CI_WIDTH, MIN_ATTACK_STEPS, _select
+from .protocol import JUDGED_EPS, MAX_CI_WIDTH, _select
 
 REPRODUCED, PARTLY, NOT, INCONCLUSIVE, NOT_RUN = (stats.REPRODUCED, stats.PARTLY, stats.NOT, stats.INCONCLUSIVE,
                                                   stats.NOT_RUN)
