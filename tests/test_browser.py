@@ -182,8 +182,8 @@ def test_methods_states_the_floor_constants_of_the_code():
     text = " ".join((REPO / "book" / "methods.md").read_text().split())
     ref = protocol.REFERENCES[("cifar10_jpeg", "resnet20")]
     for stated in (f"`protocol.FLOOR_FRACTION` ({protocol.FLOOR_FRACTION:.2f})",
-                   f"`verdicts.SPEED_TARGET` ({verdicts.SPEED_TARGET:.2f})",
-                   f"`-verdicts.SPEED_MARGIN` ({-verdicts.SPEED_MARGIN:g})",
+                   f"`claims.SPEED_TARGET` ({verdicts.SPEED_TARGET:.2f})",
+                   f"`-claims.SPEED_MARGIN` ({-verdicts.SPEED_MARGIN:g})",
                    f"records {100 * ref.accuracy:.2f} %",
                    f"{verdicts.SPEED_TARGET:.2f} × {100 * ref.accuracy:.2f} %",
                    f"epochs to {100 * verdicts.SPEED_TARGET * ref.accuracy:.1f} % test accuracy"):
