@@ -189,7 +189,8 @@ def test_c2_no_norm_part_counts_only_where_population_statistics_would_fail_it()
 
 def test_c2_prints_the_verdict_under_the_earlier_rule_beside_it():
     v = _c2(_c2_frames(np.random.default_rng(1), wb=0.10))
-    assert "under the earlier rule (core part: batch-statistics BN minus no-norm): not reproduced" in v.effect
+    assert "under the earlier rule (core part: batch-statistics BN minus no-norm), the verdict would be not " \
+           "reproduced" in v.checks
 
 
 def test_c2_inconclusive_when_bn_is_not_more_vulnerable_than_no_norm():
@@ -547,7 +548,8 @@ def test_ledger_why_names_the_floor_even_when_the_claim_is_reproduced(tmp_path):
         frame.to_csv(tmp_path / "02_stats_swap" / f"{name}.csv", index=False)
     t = ledger.ledger(tmp_path).set_index("claim")
     assert t.loc["C2", "verdict"] == verdicts.REPRODUCED
-    assert t.loc["C2", "why"].startswith("Preconditions met: every BatchNorm model at or above its convergence floor (86.7 %")
+    why = t.loc["C2", "why"]
+    assert why.startswith("under the earlier rule") and "Preconditions met: every BatchNorm model at or above its convergence floor (86.7 %" in why
 
 
 def test_c4_a_setting_whose_standard_eps_is_at_the_attack_floor_is_partly_not_lost(two_claimed):

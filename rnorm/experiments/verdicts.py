@@ -178,7 +178,7 @@ def _claim(core: dict, side: dict | None = None, checks: dict | None = None) -> 
     open_ = ", ".join(f"{k} ({v.verdict})" for k, v in parts.items() if v.verdict not in (REPRODUCED, NOT))
     why = "; ".join(t for t in (f"refuted: {refuted}" if refuted else "", f"holds: {held_parts}" if held_parts else "",
                                 f"undecided: {open_}" if open_ else "") if t)
-    return Row(verdict, effect, parts, "" if verdict == REPRODUCED else f"{case}: {why}", held)
+    return Row(verdict, effect, parts, "" if verdict == REPRODUCED else f"{case} ({why})", held)
 
 
 def _robust(acc: pd.DataFrame) -> pd.DataFrame:
@@ -301,7 +301,8 @@ def verdict_c2(r: Results) -> Row:
     earlier = _claim({"batch-statistics BN minus no-norm": _checked(stats.paired_seeds(nn_, wb), margin=nonorm.margin,
                                                                    checks={})},
                      {clean_part.name: side[clean_part.name]}, checks)
-    row.effect += f"; under the earlier rule (core part: batch-statistics BN minus no-norm): {earlier.verdict}"
+    row.checks = "; ".join(t for t in (row.checks, f"under the earlier rule (core part: batch-statistics BN minus "
+                                                   f"no-norm), the verdict would be {earlier.verdict}") if t)
     return row
 
 
@@ -555,7 +556,10 @@ def findings(claim: str, notebook: str, frames: dict) -> str:
     """A claim's verdict on one study's frames, as markdown: the verdict, each part's effect with its
     95 % CI and, where undecided, why -- the ledger's own rule, so the chapter and the ledger agree."""
     v = VERDICTS[claim](Results.of(notebook, frames))
-    lines = [f"**{claim}: {v.verdict}** under the ledger's rule (fixed before the run)."]
+    late = [p.name for p in SPECS[claim].parts if "after the data were read" in p.note]
+    lines = [f"**{claim}: {v.verdict}** under the ledger's rule (fixed before the run"
+             + (f", except its part '{late[0]}', chosen after its data were read, on a reviewer's request" if late
+                else "") + ")."]
     for name, part in v.parts.items():
         effect = f"{part.effect.text()} — " if part.effect is not None else ""
         lines.append(f"- *{name}*: {effect}**{part.verdict}**" + (f" ({part.reason})" if part.reason else ""))
