@@ -223,8 +223,6 @@ def test_page_reads_in_a_browser(browser, html, shots, page, width):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="issue 36: the front page is being restructured so that the verdict "
-                                        "table comes first; today it sits below the build's state")
 def test_verdict_table_is_on_the_first_screen(browser, html):
     ctx, tab = _open(browser, html, "intro", "laptop")
     try:
