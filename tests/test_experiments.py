@@ -660,15 +660,22 @@ def test_train_command_trains_the_sweep_then_the_chosen_runs(tmp_path, monkeypat
     assert not any(c.norm == "robustnorm" and c.holdout == 0 for c in robustnorm.runs(params))
     assert cli.main(["train", "--profile", "smoke", "--only", "03_robustnorm", "--jobs", "1"]) == 0
     chosen = robustnorm.chosen_lrs(params)
-    assert set(chosen) == set(params.powers) and set(chosen.values()) <= set(params.rn_lrs)
+    assert set(chosen) == {"bn"} | {f"robustnorm p={q:g}" for q in params.powers}
+    assert set(chosen.values()) <= set(params.sweep_lrs)
     for cfg in robustnorm.runs(params):
         assert find_run(cfg) is not None, cfg.name()
     best = {}
-    for cfg in robustnorm.sweep_runs(params):  # the choice is the best final held-out accuracy
+    for cfg in robustnorm.sweep_runs(params):  # the choice is the best final held-out accuracy, ties to the smaller
+        name = "bn" if cfg.norm == "bn" else f"robustnorm p={cfg.norm_p:g}"
         val = find_run(cfg).history["val_acc"].iloc[-1]
-        if cfg.norm_p not in best or val > best[cfg.norm_p][0]:
-            best[cfg.norm_p] = (val, cfg.lr)
-    assert chosen == {p: lr for p, (v, lr) in best.items()}
+        if name not in best or val > best[name][0] or (val == best[name][0] and cfg.lr < best[name][1]):
+            best[name] = (val, cfg.lr)
+    assert chosen == {name: lr for name, (v, lr) in best.items()}
+    main = [c for c in robustnorm.runs(params) if c.holdout == 0]  # the study's models train at the chosen rates
+    assert {c.lr for c in main if c.norm == "bn"} == {chosen["bn"]}
+    assert {c.lr for c in main if c.norm == "none"} == {params.lr}
+    for q in params.powers:
+        assert {c.lr for c in main if c.norm == "robustnorm" and c.norm_p == q} == {chosen[f"robustnorm p={q:g}"]}
 
     # published into an archive, the runs serve a fresh runs folder without training
     archive = tmp_path.parent / f"{tmp_path.name}-archive"
@@ -751,14 +758,24 @@ def test_robustnorm_sweep_picks_the_best_rate_ties_to_the_smaller_and_nan_last()
     assert robustnorm.pick_lr({0.05: 0.70, 0.1: 0.75, 0.2: 0.74}) == 0.1
     assert robustnorm.pick_lr({0.2: 0.75, 0.1: 0.75, 0.05: 0.60}) == 0.1  # tie: the smaller rate
     assert robustnorm.pick_lr({0.05: 0.30, 0.1: float("nan")}) == 0.05  # diverged: ranks last
-    p = RobustNormParams(rn_lrs=[0.05, 0.1, 0.2], powers=[0.2, 1.0])
-    sweep = pd.DataFrame([dict(epoch=e, norm_p=q, lr=lr, val_acc=v * e / 2) for q, accs in
-                          ((0.2, {0.05: 0.70, 0.1: 0.73, 0.2: 0.75}), (1.0, {0.05: 0.67, 0.1: 0.69, 0.2: 0.69}))
+    p = RobustNormParams(sweep_lrs=[0.05, 0.1, 0.2], powers=[0.2, 1.0])
+    sweep = pd.DataFrame([dict(epoch=e, norm=n, norm_p=q, lr=lr, val_acc=v * e / 2) for n, q, accs in
+                          (("robustnorm", 0.2, {0.05: 0.70, 0.1: 0.73, 0.2: 0.75}),
+                           ("robustnorm", 1.0, {0.05: 0.67, 0.1: 0.69, 0.2: 0.69}),
+                           ("bn", 0.0, {0.05: 0.80, 0.1: 0.79, 0.2: float("nan")}))
                           for lr, v in accs.items() for e in (1, 2)])
-    t = robustnorm.sweep_table(p, sweep).set_index(["norm_p", "lr"])
-    assert t.loc[(0.2, 0.2), "chosen"] and t.loc[(0.2, 0.2), "at_grid_edge"]  # the largest rate: not bracketed
-    assert t.loc[(1.0, 0.1), "chosen"] and not t.loc[(1.0, 0.1), "at_grid_edge"] and not t.loc[(1.0, 0.2), "chosen"]
-    assert t.loc[(0.2, 0.2), "val_acc"] == pytest.approx(0.75)  # the final epoch's accuracy
+    t = robustnorm.sweep_table(p, sweep).set_index(["norm", "norm_p", "lr"])
+    rn = t.loc["robustnorm"]
+    assert rn.loc[(0.2, 0.2), "chosen"] and rn.loc[(0.2, 0.2), "at_grid_edge"]  # the largest rate: not bracketed
+    assert rn.loc[(1.0, 0.1), "chosen"] and not rn.loc[(1.0, 0.1), "at_grid_edge"] and not rn.loc[(1.0, 0.2), "chosen"]
+    assert rn.loc[(0.2, 0.2), "val_acc"] == pytest.approx(0.75)  # the final epoch's accuracy
+    bn = t.loc["bn"].loc[0.0]
+    assert bn.loc[0.05, "chosen"] and bn.loc[0.05, "at_grid_edge"]  # the smallest rate; the diverged one ranks last
+    grid = robustnorm.sweep_grid(robustnorm.sweep_table(p, sweep)).set_index("model")
+    assert grid.loc["BatchNorm", "lr 0.2"] == "–" and grid.loc["BatchNorm", "lr 0.05"] == "80.0 (chosen)"
+    assert grid.loc["RobustNorm p=1", "lr 0.1"] == "69.0 (chosen)" and grid.loc["RobustNorm p=1", "lr 0.2"] == "69.0"
+    with pytest.raises(ConfigError, match=r"sweep_lrs=\[0.1, 0.1\] repeats a value"):
+        RobustNormParams(sweep_lrs=[0.1, 0.1])
 
 
 def test_matched_trend_measures_robustnorm_against_the_line_through_the_others():

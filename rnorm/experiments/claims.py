@@ -240,7 +240,7 @@ SPECS = {
               CLEAN_MARGIN),
          Part("training speed", SIDE, f"epochs to reach {SPEED_TARGET:.0%} of the reference accuracy, BatchNorm "
                                       f"minus RobustNorm, paired over seeds", SPEED_MARGIN, "epochs")),
-        caveat="RobustNorm's learning rate was swept, BatchNorm's was not"),
+        caveat="learning rates of BatchNorm and RobustNorm chosen by one short sweep on the first seed"),
     "C4": Claim(
         "C4", "An auxiliary BatchNorm for easy examples (EBN) improves both clean and robust accuracy over AdvProp "
               "in most settings of dataset x architecture.", "04_easy_batchnorm",
