@@ -274,6 +274,26 @@ def paired_seeds(a, b, *, unit: str = "points") -> Effect:
                   unit=unit)
 
 
+def power_below(true_difference: float, sd: float, n: int, margin: float) -> float:
+    """The power of :func:`judge`'s "not reproduced" on a :func:`paired_seeds` effect: the probability
+    that the 95 % Student-t CI of the mean of ``n`` paired differences lies wholly below ``margin``
+    when the differences are normal with mean ``true_difference`` and standard deviation ``sd``.
+
+    The CI's upper bound is below the margin exactly when the t statistic ``(mean - margin) / (s /
+    sqrt(n))`` is below ``-t``, and that statistic follows the noncentral t distribution with ``n - 1``
+    degrees of freedom and noncentrality ``(true_difference - margin) sqrt(n) / sd``. NaN with fewer
+    than :data:`MIN_SEEDS` values; with ``sd`` 0 the test is deterministic (1 or 0)."""
+    from scipy.stats import nct
+    n = check_int("n", n, min_value=1)
+    sd = check_float("sd", sd, min_value=0.0)
+    if n < MIN_SEEDS:
+        return math.nan
+    if sd == 0:
+        return float(true_difference < margin)
+    nc = (true_difference - margin) * math.sqrt(n) / sd
+    return float(nct.sf(_t_quantile(n - 1), n - 1, -nc))  # = cdf(-t; nc), which is NaN far in the tail
+
+
 def judge(effect: Effect | None, *, margin: float = 0.0, preconditions: dict | None = None,
           max_width: float | None = None) -> Verdict:
     """The verdict of a claim "``b`` beats ``a`` by more than ``margin``" from its effect and CI.

@@ -1203,7 +1203,8 @@ def test_ebn_precompute_evaluates_each_trained_run_once_over_its_shards_and_trai
             (r.path / f"eval-new{k}.csv").write_text("x\n")
     monkeypatch.setattr(ebn, "evaluate_run", fake_evaluate_run)
     framed = []
-    monkeypatch.setattr(ebn, "models_frame", lambda trained, device: framed.append(dict(trained)))
+    monkeypatch.setattr(ebn, "models_frame",
+                        lambda trained, device, per_image=False: framed.append((dict(trained), per_image)))
     with pytest.raises(ConfigError, match="shard=2"):
         ebn.precompute_evaluations(p, shard=2, shards=2)
     assert seen == [] and framed == []
@@ -1211,7 +1212,7 @@ def test_ebn_precompute_evaluates_each_trained_run_once_over_its_shards_and_trai
     done = [ebn.precompute_evaluations(p, shard=k, shards=2, log=logged.append) for k in (0, 1)]
     assert [c for c, _ in seen] == [c for i, c in enumerate(planned) if i % 2 == 0 and c != untrained] + \
         [c for i, c in enumerate(planned) if i % 2 == 1 and c != untrained]
-    assert framed == [{c: r} for c, r in seen]  # the same runs, one at a time, as run() frames them
+    assert framed == [({c: r}, True) for c, r in seen]  # the same runs, one at a time, as run() frames them (with bits)
     assert all(r.name == f"run:{c.name()}" for c, r in seen)
     merged = {**done[0], **done[1]}
     assert merged == {c.name(): 0 if c == cached else 2 for c in planned if c != untrained}

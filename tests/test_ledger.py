@@ -663,3 +663,37 @@ def test_c3_speed_slower_for_sure_says_so_even_where_the_margin_cannot_be_decide
     assert speed.effect.low < -2 < speed.effect.high < 0
     assert speed.verdict == verdicts.INCONCLUSIVE
     assert speed.reason.startswith("RobustNorm is slower (the CI excludes 0), but whether by more than the 2-epoch")
+
+
+def test_c5_clean_part_uses_the_hierarchical_ci_when_the_models_carry_per_image_bits():
+    """AdvProp nets 4 images of 2,000 on every seed (24 won, 20 lost): Student-t over the seeds alone sees
+    no spread and a CI above 0 (reproduced); the per-image bits add the images' sampling variance (44
+    discordant images a seed), and the wider hierarchical CI contains 0 (inconclusive). A net gain of 40
+    images survives it."""
+    def frames(gain):
+        f = _ebn_frames({("fashion_mnist", "resnet18"): GOOD})
+        rng = np.random.default_rng(11)
+        standard = {s: rng.random(2000) < 0.93 for s in (0, 1, 2)}
+        rows = []
+        for _, m in f["models"].iterrows():
+            base = standard[m["seed"]].copy() if m["recipe"] in ("standard", "advprop") else rng.random(2000) < 0.93
+            if m["recipe"] == "advprop":  # the standard model's images: 20 of them lost, 20 + `gain` others won
+                base[np.flatnonzero(base)[:20]] = False
+                base[np.flatnonzero(~standard[m["seed"]])[:20 + gain]] = True
+            rows.append({**m.to_dict(), "clean_full": float(base.mean()),
+                         "clean_full_correct": pack_bits(torch.as_tensor(base)),
+                         "clean_full_scored": pack_bits(torch.ones(2000, dtype=bool))})
+        return {**f, "models": pd.DataFrame(rows)}
+
+    small = frames(4)
+    bits = verdicts.full_test_bits(small["models"][small["models"]["recipe"] == "advprop"], [0, 1, 2])
+    assert bits.shape == (3, 2000)
+    v = verdicts.verdict_c5(Results.of("04_easy_batchnorm", small))
+    clean = next(iter(v.parts.values()))
+    assert v.verdict == verdicts.INCONCLUSIVE, v
+    without = small["models"].drop(columns=["clean_full_correct", "clean_full_scored"])
+    assert verdicts.verdict_c5(Results.of("04_easy_batchnorm", {**small, "models": without})).verdict == \
+        verdicts.REPRODUCED  # the seeds' accuracies alone: no spread, a CI above 0
+    assert clean.verdict == verdicts.INCONCLUSIVE and "2000 images" in clean.reason
+    big = verdicts.verdict_c5(Results.of("04_easy_batchnorm", frames(40)))
+    assert big.verdict == verdicts.REPRODUCED, big

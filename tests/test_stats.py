@@ -151,3 +151,18 @@ def test_paired_images_of_several_models_is_hierarchical():
     e = stats.paired_images(a, b)
     assert e.estimate == pytest.approx(1 / 3)
     assert e.low <= 0.0 + 1e-9 and e.high >= 2 / 3 - 1e-9 and "hierarchical" in e.paired_over
+
+
+def test_power_below_matches_a_simulation_of_the_paired_t_test():
+    """The noncentral-t power against the frequency with which paired_seeds' CI lies below the margin in
+    simulated experiments (normal differences, 3 and 5 seeds), within Monte Carlo error."""
+    import numpy as np
+    from rnorm import stats
+    rng = np.random.default_rng(0)
+    for n, mean, sd, margin in ((3, -0.046, 0.02, -0.05 + 0.04), (3, -0.046, 0.02, -0.05), (5, -0.08, 0.03, -0.05)):
+        d = rng.normal(mean, sd, size=(4000, n))
+        hits = np.mean([stats.paired_seeds(np.zeros(n), row).high < margin for row in d])
+        assert stats.power_below(mean, sd, n, margin) == pytest.approx(hits, abs=0.025), (n, mean, sd, margin)
+    assert stats.power_below(-0.1, 0.0, 3, -0.05) == 1.0 and stats.power_below(0.0, 0.0, 3, -0.05) == 0.0
+    assert np.isnan(stats.power_below(-0.1, 0.02, 1, -0.05))
+    assert stats.power_below(-0.2, 0.01, 3, -0.05) > 0.99 > 0.01 > stats.power_below(0.1, 0.01, 3, -0.05)

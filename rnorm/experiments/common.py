@@ -135,10 +135,23 @@ def full_test_accuracy(run, model, batch_size: int = 500) -> float:
     return float(frame["accuracy"].iloc[0])
 
 
-def models_frame(trained: dict, device):
+def full_test_correct(run, model, batch_size: int = 500) -> tuple[str, str]:
+    """Which images of the dataset's whole test set the model classifies correctly (population
+    statistics, main branch), as the packed ``(correct_bits, scored_bits)`` of
+    :func:`rnorm.evaluate.evaluate` with ``per_image=True``: the per-image results a hierarchical CI
+    over seeds and images needs. Cached beside :func:`full_test_accuracy`'s evaluation (a separate
+    cache entry, so the published accuracies keep theirs)."""
+    x, y, args = full_test_accuracy_args(run.config.dataset, batch_size)
+    frame = cached_evaluate(run, model, x, y, per_image=True, **args)
+    return str(frame["correct_bits"].iloc[0]), str(frame["scored_bits"].iloc[0])
+
+
+def models_frame(trained: dict, device, per_image: bool = False):
     """One row per trained model: dataset, arch, width, norm, norm_p, recipe, share, seed, epochs,
-    train_subset, lr, train_eps, train_steps, train_alpha (None: the default step), loss_weighting, clean_full (clean accuracy on the
-    full test set: what the ledger checks convergence on) and the run's key."""
+    train_subset, lr, train_eps, train_steps, train_alpha (None: the default step), loss_weighting,
+    clean_full (clean accuracy on the full test set: what the ledger checks convergence on) and the
+    run's key; with ``per_image`` also ``clean_full_correct`` and ``clean_full_scored``, the packed
+    per-image bits of :func:`full_test_correct`."""
     import pandas as pd
     rows = []
     for cfg, r in trained.items():
@@ -151,4 +164,6 @@ def models_frame(trained: dict, device):
                      "loss_weighting": cfg.loss_weighting,
                      "clean_full": full_test_accuracy(r, model),
                      "key": cfg.key()})
+        if per_image:
+            rows[-1]["clean_full_correct"], rows[-1]["clean_full_scored"] = full_test_correct(r, model)
     return pd.DataFrame(rows)

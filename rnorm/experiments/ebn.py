@@ -231,7 +231,7 @@ def precompute_evaluations(p: EBNParams, shard: int = 0, shards: int = 1, log=pr
             continue
         before = _evaluation_files(r)
         evaluate_run(p, cfg, r, device, tests, full)
-        models_frame({cfg: r}, device)
+        models_frame({cfg: r}, device, per_image=True)
         done[cfg.name()] = len(_evaluation_files(r) - before)
         log(f"evaluated: {cfg.name()} ({done[cfg.name()]} computed now)" if done[cfg.name()]
             else f"already evaluated (every evaluation cached): {cfg.name()}")
@@ -265,7 +265,7 @@ def run(p: EBNParams) -> StudyResult:
     acc = pd.concat(frames, ignore_index=True)
     clean_full = pd.concat(fulls, ignore_index=True)
     table = summarize(acc, ["dataset", "arch", "recipe", "share", "branch", "attack", "eps"])
-    models = models_frame(trained, device)
+    models = models_frame(trained, device, per_image=True)  # per-image bits: C4/C5's clean parts, seeds x images
     return StudyResult(p.NOTEBOOK, p, {"accuracy": acc, "clean_full": clean_full,
                                        "history": pd.concat(histories, ignore_index=True), "models": models}, table,
                        summary(p, acc, clean_full), list(trained.values()), str(device))

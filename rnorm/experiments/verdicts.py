@@ -313,10 +313,24 @@ def _nonorm_part(nonorm: list, batch: list, population: list, margin: float) -> 
     effect = stats.paired_seeds(nonorm, batch)
     v = _checked(effect, margin=margin, checks={})
     control = stats.paired_seeds(nonorm, population)
+    power = _nonorm_power(nonorm, population, margin)
     if v.verdict == REPRODUCED and not (control.high < margin):
         return stats.Verdict(INCONCLUSIVE, effect, f"no power: BN with population statistics, whose vulnerability "
-                             f"the swap is to remove, does not fail the same test either ({control.text()})")
-    return v
+                             f"the swap is to remove, does not fail the same test either ({control.text()}); "
+                             + power)
+    return stats.Verdict(v.verdict, v.effect, "; ".join(t for t in (v.reason, power) if t))
+
+
+def _nonorm_power(nonorm: list, population: list, margin: float) -> str:
+    """The no-norm test's power, in words: the probability (:func:`rnorm.stats.power_below`) that it would
+    fail population-statistics BN if BN's true gap to the no-norm model were the one observed, with the
+    observed spread of the paired seeds. Empty with too few seeds for a CI."""
+    d = np.asarray(population, dtype=float) - np.asarray(nonorm, dtype=float)
+    if d.size < stats.MIN_SEEDS:
+        return ""
+    power = stats.power_below(float(d.mean()), float(d.std(ddof=1)), d.size, margin)
+    return (f"its power: {power:.0%} chance to fail population-statistics BN, were BN's true gap to the no-norm "
+            f"model the observed {100 * d.mean():+.1f} points (seed sd {100 * d.std(ddof=1):.1f}, {d.size} seeds)")
 
 
 # --- C3 ----------------------------------------------------------------------------------------------
@@ -477,13 +491,20 @@ def _recipes(r: Results, new: str, old: str, robust: bool, claim_settings: tuple
 
             def clean_by(rec):
                 return seed_values(_select(m, recipe=rec), seeds, "clean_full")
+
+            def clean_bits(rec):
+                return full_test_bits(_select(m, recipe=rec), seeds)
         else:  # no models frame: the clean rows of the evaluated subset
             def clean_by(rec):
                 return seed_values(_select(main, attack="clean", recipe=rec), seeds)
+
+            def clean_bits(rec):
+                return None
         parts, checks = {}, {conv: conv_ok}
         ca, cb = clean_by(old), clean_by(new)
         parts["clean"] = (stats.Verdict(NOT_RUN, None, "a model has no clean accuracy recorded") if ca is None
-                          or cb is None else _checked(stats.paired_seeds(ca, cb), margin=0.0, checks={}))
+                          or cb is None else _checked(_clean_effect(ca, cb, clean_bits(old), clean_bits(new)),
+                                                      margin=0.0, checks={}))
         if robust:
             rob = _robust(main)
             ok, strength = protocol.attack_strength(rob)
@@ -512,6 +533,25 @@ def _recipes(r: Results, new: str, old: str, robust: bool, claim_settings: tuple
         scope += f" of the {claim_settings[0]} the claim covers ({claim_settings[1]})"
     return Row(overall.verdict, " | ".join(texts), settings, "; ".join(t for t in (overall.reason, scope) if t),
                tuple(held))
+
+
+def full_test_bits(models: pd.DataFrame, seeds) -> np.ndarray | None:
+    """Per-image clean correctness on the full test set (seeds x images) from a models frame's
+    ``clean_full_correct``/``clean_full_scored`` bits (:func:`rnorm.experiments.common.models_frame`
+    with ``per_image``); None where a seed lacks them (a build evaluated without per-image bits)."""
+    if "clean_full_correct" not in models:
+        return None
+    rows = models.rename(columns={"clean_full_correct": "correct_bits", "clean_full_scored": "scored_bits"})
+    return per_image(rows[["seed", "correct_bits", "scored_bits"]], seeds)
+
+
+def _clean_effect(a: list, b: list, bits_a: np.ndarray | None, bits_b: np.ndarray | None) -> stats.Effect:
+    """Clean accuracy ``b`` minus ``a`` over seeds: with per-image bits of both sides on the same images,
+    :func:`rnorm.stats.paired_trainings` (the wider of Student-t over seeds and the hierarchical bootstrap
+    over seeds x images); else the Student-t interval over the seeds' accuracies."""
+    if bits_a is not None and bits_b is not None and bits_a.shape == bits_b.shape:
+        return stats.paired_trainings(bits_a, bits_b)
+    return stats.paired_seeds(a, b)
 
 
 def judged_ebn_eps(models: pd.DataFrame | None, dataset: str, arch: str) -> list[float]:
