@@ -38,6 +38,20 @@ LEVEL = 0.95
 
 
 UNITS = ("points", "ratio", "share", "epochs")
+_SCALE = {"points": 100, "ratio": 1, "share": 100, "epochs": 1}  # stored value -> shown value
+_SUFFIX = {"points": " points", "ratio": "×", "share": " %", "epochs": " epochs"}
+_DIGITS = {"points": ".1f", "ratio": ".2f", "share": ".0f", "epochs": ".1f"}
+
+
+def in_unit(value: float, unit: str, *, signed: bool = False, spec: str | None = None, suffix: bool = True) -> str:
+    """``value`` (stored as the effects store it: accuracies as fractions) shown in ``unit``: x100 for
+    points and shares, with the unit's suffix ("points", "×", "%", "epochs") unless ``suffix`` is
+    False, a sign with ``signed``, and the unit's usual digits unless ``spec`` (a format spec such
+    as ``"g"``) is given. The one formatter of effects, reasons and the rules' thresholds."""
+    if unit not in _SCALE:
+        raise ConfigError(f"unit={unit!r} is not allowed; allowed: {', '.join(map(repr, UNITS))}.")
+    text = format(_SCALE[unit] * value, ("+" if signed else "") + (spec or _DIGITS[unit]))
+    return text + (_SUFFIX[unit] if suffix else "")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,14 +70,9 @@ class Effect:
     p_value: float | None = None
     unit: str = "points"
 
-    def _fmt(self, v: float) -> str:
-        if self.unit == "points":
-            return f"{100 * v:+.1f}"
-        if self.unit == "ratio":
-            return f"{v:.2f}×"
-        if self.unit == "share":
-            return f"{100 * v:.0f} %"
-        return f"{v:+.1f}"
+    def _fmt(self, v: float) -> str:  # differences signed; ratios and shares carry their unit sign here
+        return in_unit(v, self.unit, signed=self.unit in ("points", "epochs"),
+                       suffix=self.unit in ("ratio", "share"))
 
     def text(self) -> str:
         """E.g. "+4.2 points [95 % CI +1.0, +7.5] (paired over 3000 images x models)"."""
@@ -323,14 +332,8 @@ def judge(effect: Effect | None, *, margin: float = 0.0, preconditions: dict | N
 
 
 def _size(effect: Effect, value: float, signed: bool = False) -> str:
-    """``value`` in the effect's unit, for a reason text."""
-    if effect.unit == "points":
-        return f"{100 * value:{'+' if signed else ''}.1f} points"
-    if effect.unit == "ratio":
-        return f"{value:.2f}×"
-    if effect.unit == "share":
-        return f"{100 * value:.0f} %"
-    return f"{value:{'+' if signed else ''}.1f} epochs"
+    """``value`` in the effect's unit, for a reason text (signed only for differences)."""
+    return in_unit(value, effect.unit, signed=signed and effect.unit in ("points", "epochs"))
 
 
 def combine(parts: dict[str, Verdict]) -> Verdict:

@@ -166,3 +166,19 @@ def test_power_below_matches_a_simulation_of_the_paired_t_test():
     assert stats.power_below(-0.1, 0.0, 3, -0.05) == 1.0 and stats.power_below(0.0, 0.0, 3, -0.05) == 0.0
     assert np.isnan(stats.power_below(-0.1, 0.02, 1, -0.05))
     assert stats.power_below(-0.2, 0.01, 3, -0.05) > 0.99 > 0.01 > stats.power_below(0.1, 0.01, 3, -0.05)
+
+
+def test_in_unit_is_the_one_formatter_of_effects_reasons_and_thresholds():
+    from rnorm import stats
+    from rnorm.experiments.claims import Part
+    assert stats.in_unit(0.0123, "points", signed=True) == "+1.2 points"
+    assert stats.in_unit(1.184, "ratio") == "1.18×" and stats.in_unit(0.62, "share") == "62 %"
+    assert stats.in_unit(-2.0, "epochs", signed=True, suffix=False) == "-2.0"
+    assert stats.in_unit(1.5, "ratio", spec="g") == "1.5×"
+    with pytest.raises(stats.ConfigError, match=r"unit='pct' is not allowed; allowed: 'points', 'ratio'"):
+        stats.in_unit(1.0, "pct")
+    e = stats.Effect(0.042, 0.01, 0.075, 3, "seeds")
+    assert e.text().startswith("+4.2 points [95 % CI +1.0, +7.5]")
+    assert Part("p", "core", "m", -0.05).threshold() == "CI above -5 points"
+    assert Part("p", "core", "m", 1.5, "ratio").threshold() == "CI above 1.5×"
+    assert Part("p", "core", "m", 0.0).threshold() == "CI above 0"

@@ -64,13 +64,10 @@ class Part:
 
     def threshold(self) -> str:
         """The margin as the rule prints it, e.g. "CI above 1.5×" or "CI above -5 points"."""
-        if self.unit == "ratio":
-            return f"CI above {self.margin:g}×"
-        if self.unit == "share":
-            return f"CI above {100 * self.margin:.0f} %"
-        if self.unit == "epochs":
-            return f"CI above {self.margin:+g} epochs"
-        return "CI above 0" if self.margin == 0 else f"CI above {100 * self.margin:+.0f} points"
+        if self.unit == "points" and self.margin == 0:
+            return "CI above 0"
+        spec = {"ratio": "g", "epochs": "g", "points": ".0f"}.get(self.unit)
+        return f"CI above {stats.in_unit(self.margin, self.unit, signed=self.unit in ('points', 'epochs'), spec=spec)}"
 
     def text(self) -> str:
         return f"{self.name}: {self.measures} ({self.threshold()}){' ' + self.note if self.note else ''}"

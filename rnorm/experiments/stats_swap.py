@@ -105,6 +105,7 @@ def _run(p: StatsSwapParams) -> StudyResult:
     x, y = test_subset(p.dataset, p.test_n, seed=0)
     common = dict(device=p.device, progress=p.progress)
     sweeps, strong, curve, sizes, drops = [], [], [], [], []
+    drop_images = clean_drop_images(p) if any(c.norm == "bn" for c in trained) else None
     for cfg, r in trained.items():
         model = r.model(device=device)
         bn = cfg.norm == "bn"
@@ -122,7 +123,7 @@ def _run(p: StatsSwapParams) -> StudyResult:
         if bn and cfg.seed in p.sweep_seeds:
             sizes.append(batch_sweep(r, model, p, x, y).assign(**tag))
         if bn:
-            drops.append(clean_drop(model, p, x, y, device).assign(**tag))
+            drops.append(clean_drop(model, p, x, y, device, drop_images).assign(**tag))
     eps_sweep = pd.concat(sweeps, ignore_index=True)
     batch_frame = pd.concat(sizes, ignore_index=True) if sizes else pd.DataFrame()
     by = ["norm", "attack", "eps", "stats", "gradient", "batch_size", "makeup"]
@@ -142,7 +143,15 @@ def _run(p: StatsSwapParams) -> StudyResult:
 CLEAN_DROP_TRAIN_N = 10_000
 
 
-def clean_drop(model, p: StatsSwapParams, x, y, device) -> pd.DataFrame:
+def clean_drop_images(p: StatsSwapParams) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training images (and labels) :func:`clean_drop` re-estimates BN statistics on: a fixed
+    stratified subset of :data:`CLEAN_DROP_TRAIN_N` (loaded once per chapter, shared by its models)."""
+    from ..data import load, subset
+    train_x, train_y = load(p.dataset, "train")
+    return subset(train_x, train_y, min(CLEAN_DROP_TRAIN_N, len(train_y)), seed=0)
+
+
+def clean_drop(model, p: StatsSwapParams, x, y, device, train_images) -> pd.DataFrame:
     """Why clean accuracy falls with batch statistics: the same BN weights scored on the clean test
     images ``x`` with the statistics of different data, one row each (statistics, accuracy, n).
 
@@ -154,11 +163,9 @@ def clean_drop(model, p: StatsSwapParams, x, y, device) -> pd.DataFrame:
     If PreciseBN on un-augmented training images falls as far as the test batches' own statistics
     while augmented ones do not, the drop comes from the training augmentation (zero-padded crops
     move the statistics of the first layers), not from the test batches; if un-augmented training
-    statistics keep the accuracy, the test images themselves are the cause. A short computation
-    (forward passes only), not cached."""
-    from ..data import load, subset
-    train_x, train_y = load(p.dataset, "train")
-    train_x, train_y = subset(train_x, train_y, min(CLEAN_DROP_TRAIN_N, len(train_y)), seed=0)
+    statistics keep the accuracy, the test images themselves are the cause. ``train_images`` are
+    :func:`clean_drop_images`. A short computation (forward passes only), not cached."""
+    train_x, train_y = train_images
     model = model.to(device).eval()
 
     def accuracy(m, stats_mode):
