@@ -217,7 +217,6 @@ def run(p: RobustNormParams) -> StudyResult:
 
 def headline(cfg: RunConfig, p: RobustNormParams) -> bool:
     """Whether a model enters the ledger's C3 comparison: BatchNorm, and RobustNorm at the ledger's power."""
-    from .verdicts import HEADLINE_P
     return cfg.norm == "bn" or (cfg.norm == "robustnorm" and abs(cfg.norm_p - HEADLINE_P) < 1e-9)
 
 
@@ -296,7 +295,7 @@ def observations(p: RobustNormParams, frames: dict) -> str:
             if set(seeds) <= set(b["seed"]) and set(seeds) <= set(r["seed"]):
                 e = stats.paired_seeds(seed_values(b, seeds), seed_values(r, seeds))
                 parts.append(f"{'PGD-' + str(p.pgd_steps) if attack == 'pgd' else 'APGD-CE'} at {j} {e.text()}")
-        judged = " (the power the ledger judges)" if abs(pw - 0.2) < 1e-9 else " (reported, not judged by a rule)"
+        judged = " (the power the ledger judges)" if abs(pw - HEADLINE_P) < 1e-9 else " (reported, not judged by a rule)"
         out.append(f"- **{name} minus BatchNorm**{judged}: " + "; ".join(parts) + ".")
     pgd, apgd = pop[pop["attack"] == "pgd"], pop[pop["attack"] == "apgd"]
     if len(apgd):
