@@ -8,7 +8,7 @@ PROFILE ?= cpu
 SHARED_DATA := $(abspath ../shared/data)
 export RNORM_DATA ?= $(if $(wildcard $(SHARED_DATA)),$(SHARED_DATA),$(abspath data))
 
-.PHONY: book reproduce test bench venv clean
+.PHONY: book reproduce test bench venv clean parameters
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ reproduce: venv
 
 test: venv
 	$(PY) -m pytest -q
+
+# Rewrites each notebook's parameters cell from its params model (rnorm/experiments/: one source per
+# parameter), then pairs the .ipynb. Run after changing a default or a description there.
+parameters: venv
+	$(PY) tools/write_parameters_cells.py
 
 bench: venv
 	$(PY) -m benchmarks

@@ -45,16 +45,20 @@ def test_md_and_ipynb_pair_is_in_sync(name):
 
 
 @pytest.mark.parametrize("name", list(REGISTRY))
-def test_parameters_cell_equals_the_parameter_class(name):
-    """Same names and defaults as the dataclass; every line typed and commented; papermill parses each."""
+def test_parameters_cell_is_generated_from_the_model(name):
+    """One source per parameter: the cell is exactly what the params model generates (its defaults and
+    descriptions); every line typed and commented; running it gives the model's defaults; papermill
+    parses each line."""
     from papermill.translators import PythonTranslator
     import jupytext
+    from rnorm.experiments.params import parameters_cell
     cls = REGISTRY[name].params
     source = _parameters_cell(jupytext.read(REPO / "notebooks" / f"{name}.md"))
+    assert source == parameters_cell(cls), \
+        f"the parameters cell of {name}.md is not generated from {cls.__name__}: run `make parameters`"
     ns: dict = {}
     exec(source, {"Optional": object, "Union": object}, ns)
-    defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
-                for f in dataclasses.fields(cls)}
+    defaults = {n: f.get_default(call_default_factory=True) for n, f in cls.__pydantic_fields__.items()}
     got = {k: (tuple(v) if isinstance(v, list) else v) for k, v in ns.items() if not k.startswith("__")}
     assert got == defaults
     lines = [ln for ln in source.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
@@ -64,6 +68,30 @@ def test_parameters_cell_equals_the_parameter_class(name):
     parsed = PythonTranslator.inspect(nbformat.v4.new_code_cell(source))
     assert [p.name for p in parsed] == list(got), "papermill --help-notebook cannot read every line"
     assert all(p.help for p in parsed)
+
+
+def test_a_default_and_its_description_live_in_the_model_only():
+    """Changing a default in the model changes the generated cell (and nothing else restates it)."""
+    from rnorm.experiments.params import parameters_cell
+    cell = parameters_cell(StatsSwapParams)
+    assert "sweep_batch_sizes: list = [8, 32, 128]  # inference batch sizes of the batch-size sweep" in cell
+    assert StatsSwapParams().sweep_batch_sizes == (8, 32, 128)
+    from rnorm.experiments.claims import HEADLINE_P
+    assert RobustNormParams().powers[0] == HEADLINE_P and f"the ledger judges {HEADLINE_P:g}" in \
+        parameters_cell(RobustNormParams)
+
+
+def test_params_are_frozen_hashable_and_raise_config_errors_only():
+    """The params models stay immutable, hashable and equal under a rebuild; pydantic's own errors never
+    escape: every bad value is a ConfigError naming the parameter."""
+    p = StatsSwapParams(seeds=[0, 1], sweep_batch_sizes=[8, 16])
+    assert p.seeds == (0, 1) and hash(p) == hash(dataclasses.replace(p)) and p == dataclasses.replace(p)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        p.width = 4
+    for bad, name in [({"epochs": "3"}, "epochs"), ({"width": True}, "width"), ({"lr": float("nan")}, "lr"),
+                      ({"seeds": [0, "x"]}, "seeds"), ({"threads": 0}, "threads"), ({"seeds": {0, 1}}, "seeds")]:
+        with pytest.raises(ConfigError, match=name):
+            StatsSwapParams(**bad)
 
 
 @pytest.mark.parametrize("name", list(REGISTRY))

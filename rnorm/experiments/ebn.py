@@ -9,93 +9,114 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Annotated, Literal, Optional
 
 import numpy as np
 import pandas as pd
+from pydantic import BeforeValidator
 
 from .. import stats
+from .._validate import check_choice, check_int
 from ..attacks import format_eps, parse_eps
+from ..data import DATASETS
 from ..evaluate import summarize, test_subset
+from ..models import ARCHS
 from ..results import StudyResult
 from ..runs import RunConfig
 from ..train import LOSS_WEIGHTINGS, branches_for
 from .common import EVALUATION_FILES, accuracy_table, cached_evaluate, models_frame, setup, train_runs
-from .params import ConfigError, TrainingParams, check_bool, check_choice, check_int, choice_list
+from .params import (Attacks, Bool, CellType, ConfigError, Eps, Epsilons, Field, Int, Seeds, TrainingParams, choices,
+                     model_validator, params_model)
 from .protocol import MAX_CI_WIDTH, _select, attack_params, not_at_floor, standard_floor
 from .verdicts import seed_values
 
 RECIPES = ("standard", "pgd_at", "advprop", "ebn", "advprop_ebn")
 
 
-@dataclasses.dataclass(frozen=True)
+def _as_mapping(value):
+    """``epochs_by_dataset`` as given (a mapping), or as held (sorted pairs: ``dataclasses.replace``)."""
+    if isinstance(value, tuple) and all(isinstance(x, tuple) and len(x) == 2 for x in value):
+        return dict(value)
+    if not isinstance(value, dict):
+        raise ConfigError(f"epochs_by_dataset={value!r} is not allowed; allowed: a mapping from dataset "
+                          f"({', '.join(DATASETS)}) to epochs, e.g. {{cifar10_jpeg: 30}}, or {{}}.")
+    return value
+
+
+def _train_alpha(value, info):
+    """``train_alpha``: None (train_eps / train_steps) or a step in (0, 1], as a float."""
+    if value is None:
+        return None
+    try:
+        alpha = parse_eps(value)
+    except ConfigError:
+        alpha = 0.0
+    if not alpha > 0:
+        raise ConfigError(f"train_alpha={value!r} is not allowed; allowed: None (train_eps / "
+                          f"train_steps) or a step in (0, 1], written like 0.004 or '1/255'.")
+    return alpha
+
+
+@params_model
 class EBNParams(TrainingParams):
     """Parameters of ``04_easy_batchnorm``."""
 
     NOTEBOOK = "04_easy_batchnorm"
-    datasets: tuple = ("fashion_mnist",)
-    archs: tuple = ("resnet18",)
-    recipes: tuple = ("standard", "advprop", "ebn", "advprop_ebn")
-    train_eps: str = "2/255"
-    train_steps: int = 3
-    train_alpha: str | None = None
-    attacks: tuple = ("fgsm", "pgd")
-    epsilons: tuple = ("1/255", "4/255")
-    pgd_steps: int = 20
-    apgd_steps: int = 100
-    apgd_n: int = 64
-    test_n: int = 128
-    eval_batch_size: int = 64
-    loss_weighting: str = "mean"
-    ablation: bool = True
-    epochs_by_dataset: dict = dataclasses.field(default_factory=dict)  # held as sorted (dataset, epochs) pairs
+    datasets: choices(DATASETS) = Field(("fashion_mnist",), min_length=1, description="settings' datasets: "
+                                        "fashion_mnist, cifar10, cifar10_jpeg (lossy JPEG copy)")
+    archs: choices(ARCHS) = Field(("resnet18",), min_length=1, description="settings' networks: resnet18, "
+                                                                           "resnet50, resnet20")
+    recipes: choices(RECIPES, distinct=True) = Field(("standard", "advprop", "ebn", "advprop_ebn"), min_length=1,
+                                                     description="standard, pgd_at, advprop, ebn, advprop_ebn")
+    width: Int = Field(8, ge=1, description="channels of the first stage (64 is the full ResNet)")
+    epochs_by_dataset: Annotated[dict, BeforeValidator(_as_mapping)] = Field(
+        default_factory=dict, description='epochs for the datasets named here, e.g. {"cifar10_jpeg": 30}; '
+                                          '`epochs` for the others')  # held as sorted (dataset, epochs) pairs
+    train_batch_size: Int = Field(128, ge=2, description="training batch (clean images; each slice has as many)")
+    seeds: Seeds = Field((0,), min_length=1, description="training seeds; the same seed gives every recipe the "
+                                                         "same initialization and data order")
+    train_eps: Eps = Field("2/255", description="L-inf radius of the training attacks (adversarial and easy "
+                                                "examples), pixel units")
+    train_steps: Int = Field(3, ge=1, description="PGD iterations of the training attacks")
+    train_alpha: Annotated[Optional[float], BeforeValidator(_train_alpha), CellType("Optional[str]")] = Field(
+        None, description="step of each training-attack iteration, pixel units (None: train_eps / train_steps)")
+    loss_weighting: Literal[LOSS_WEIGHTINGS] = Field("mean", description="mean over slices (one weight per term; "
+                                                     "Methods says what it equalizes) or sum")
+    attacks: Attacks = Field(("fgsm", "pgd"), min_length=1, description="evaluation attacks: fgsm, pgd")
+    epsilons: Epsilons = Field(("1/255", "4/255"), min_length=1, description="evaluation L-inf radii, pixel units "
+                               "(the training and the standard epsilon are added)")
+    pgd_steps: Int = Field(20, ge=1, description="PGD iterations at evaluation (step 2.5 eps / steps, random "
+                                                 "start)")
+    apgd_steps: Int = Field(100, ge=1, description="APGD-CE iterations at the training and the standard epsilon "
+                                                   "(main branch of standard, PGD-AT, AdvProp, EBN)")
+    apgd_n: Int = Field(64, ge=1, description="test images APGD-CE runs on (the first of the test_n)")
+    test_n: Int = Field(128, ge=1, description="test images scored (a fixed stratified subset)")
+    eval_batch_size: Int = Field(64, ge=2, description="inference batch (images)")
+    ablation: Bool = Field(True, description="also train EBN with shared affine parameters / shared statistics")
 
-    def _check(self):
-        from ..data import DATASETS
-        from ..models import ARCHS
-        self._set("datasets", choice_list("datasets", self.datasets, tuple(DATASETS)))
-        self._set("archs", choice_list("archs", self.archs, ARCHS))
-        self._set("recipes", choice_list("recipes", self.recipes, RECIPES))
-        super()._check()
-        self._set("train_eps", parse_eps(self.train_eps))
-        self._set("train_steps", check_int("train_steps", self.train_steps, min_value=1))
-        if self.train_alpha is not None:
-            try:
-                alpha = parse_eps(self.train_alpha)
-            except ConfigError:
-                alpha = 0.0
-            if not alpha > 0:
-                raise ConfigError(f"train_alpha={self.train_alpha!r} is not allowed; allowed: None (train_eps / "
-                                  f"train_steps) or a step in (0, 1], written like 0.004 or '1/255'.")
-            self._set("train_alpha", alpha)
-        self._check_evaluation()
-        check_choice("loss_weighting", self.loss_weighting, LOSS_WEIGHTINGS)
-        check_bool("ablation", self.ablation)
-        self._set("apgd_steps", check_int("apgd_steps", self.apgd_steps, min_value=1))
-        self._set("apgd_n", check_int("apgd_n", self.apgd_n, min_value=1, max_value=self.test_n))
+    @model_validator(mode="after")
+    def _check_ebn(self):
+        if self.apgd_n > self.test_n:
+            raise ConfigError(f"apgd_n={self.apgd_n} is out of range; allowed: an integer in [1, {self.test_n}] "
+                              f"(at most test_n).")
         if self.apgd_n < self.eval_batch_size:
             raise ConfigError(f"apgd_n={self.apgd_n} is smaller than eval_batch_size={self.eval_batch_size}; "
                               f"allowed: at least one inference batch of images.")
-        if len(self.recipes) != len(set(self.recipes)):
-            raise ConfigError(f"recipes={list(self.recipes)!r} repeats a recipe; give each once.")
         self._set("epochs_by_dataset", _epochs_by_dataset(self.epochs_by_dataset, self.warmup_epochs,
                                                           self.epochs, self.datasets))
+        return self
 
     def as_dict(self) -> dict:
+        """The validated values (:meth:`NotebookParams.as_dict`), ``epochs_by_dataset`` as a mapping."""
         return {**super().as_dict(), "epochs_by_dataset": dict(self.epochs_by_dataset)}
 
 
-def _epochs_by_dataset(value, warmup_epochs: int, epochs: int, datasets) -> tuple:
+def _epochs_by_dataset(value: dict, warmup_epochs: int, epochs: int, datasets) -> tuple:
     """``epochs_by_dataset`` checked: a mapping from dataset names (any the library knows, so that a
     profile may name a dataset a ``-p datasets`` override leaves out) to at least ``warmup_epochs + 1``
     epochs. Kept, as sorted ``(dataset, epochs)`` pairs (so the parameters stay immutable and hashable),
     only for the datasets of this build whose epochs differ from ``epochs``: an entry that changes no run
     changes no result either."""
-    from ..data import DATASETS
-    if isinstance(value, tuple) and all(isinstance(x, tuple) and len(x) == 2 for x in value):
-        value = dict(value)  # already checked (dataclasses.replace)
-    if not isinstance(value, dict):
-        raise ConfigError(f"epochs_by_dataset={value!r} is not allowed; allowed: a mapping from dataset "
-                          f"({', '.join(DATASETS)}) to epochs, e.g. {{cifar10_jpeg: 30}}, or {{}}.")
     out = {}
     for name, n in value.items():
         check_choice("epochs_by_dataset key", name, tuple(DATASETS))

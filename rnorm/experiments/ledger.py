@@ -7,15 +7,15 @@ claim's rule (:mod:`rnorm.experiments.verdicts`) and tabulates the scale and cos
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 from pathlib import Path
+from typing import Optional
 
 import pandas as pd
 
 from ..results import StudyResult, results_root
-from .params import ConfigError, NotebookParams
+from .params import Bool, ConfigError, Device, Field, Int, NotebookParams, params_model
 from .claims import CLAIMS, RULES, SOURCES, SPECS
 from .verdicts import VERDICTS, Results
 
@@ -202,11 +202,16 @@ def eps_curves(root, stale: dict | None = None) -> pd.DataFrame:
     return pd.concat([p_[cols] for p_ in parts], ignore_index=True)
 
 
-@dataclasses.dataclass(frozen=True)
+@params_model
 class LedgerParams(NotebookParams):
     """Parameters of ``05_claims_ledger``: only where the results are read from."""
 
     NOTEBOOK = "05_claims_ledger"
+    results_dir: Optional[str] = Field(None, description="where the notebooks' results are read from and the "
+                                                         "ledger's written (None: book/results)")
+    device: Device = Field("auto", description="unused: the ledger computes nothing on a device")
+    threads: Optional[Int] = Field(None, ge=1, description="unused")
+    progress: Bool = Field(False, description="unused")
 
 
 def run(p: LedgerParams) -> StudyResult:

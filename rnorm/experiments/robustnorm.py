@@ -27,54 +27,48 @@ from ..evaluate import summarize, test_subset
 from ..results import StudyResult
 from ..runs import RunConfig, find_run
 from .common import accuracy_table, cached_evaluate, models_frame, setup, train_runs
-from .params import ConfigError, TrainingParams, check_bool, check_float, check_int, choice_list
+from .claims import HEADLINE_P
+from .params import (Arch, Attacks, Bool, ConfigError, Dataset, Epsilons, Field, Float, Int, PositiveFloats,
+                     TrainingParams, choices, model_validator, params_model)
 from .protocol import JUDGED_EPS
 
 
-@dataclasses.dataclass(frozen=True)
+@params_model
 class RobustNormParams(TrainingParams):
     """Parameters of ``03_robustnorm``."""
 
     NOTEBOOK = "03_robustnorm"
-    dataset: str = "fashion_mnist"
-    arch: str = "resnet20"
-    powers: tuple = (0.2, 1.0)
-    include_nonorm: bool = True
-    sweep_lrs: tuple = (0.1,)
-    sweep_epochs: int = 1
-    sweep_holdout: int = 200
-    stats_modes: tuple = ("population", "batch", "population_mean")
-    attacks: tuple = ("pgd",)
-    epsilons: tuple = ("1/255", "8/255")
-    pgd_steps: int = 20
-    apgd_steps: int = 100
-    test_n: int = 128
-    eval_batch_size: int = 64
+    dataset: Dataset = Field("fashion_mnist", description="training and test data: fashion_mnist, cifar10 or "
+                                                          "cifar10_jpeg (lossy JPEG copy)")
+    arch: Arch = Field("resnet20", description="network: resnet20 (the reference's), resnet18 or resnet50")
+    width: Int = Field(8, ge=1, description="channels of the first stage (16 is the reference ResNet-20)")
+    lr: Float = Field(0.1, gt=0, description="peak SGD learning rate (cosine schedule) of the no-norm model")
+    powers: PositiveFloats = Field(
+        (HEADLINE_P, 1.0), min_length=1,
+        description=f"RobustNorm powers p (the reference uses 0.2 and 1.0; the ledger judges {HEADLINE_P:g})")
+    include_nonorm: Bool = Field(True, description="also train and evaluate the network without normalization")
+    sweep_lrs: PositiveFloats = Field(
+        (0.1,), min_length=1, description="learning rates swept for BatchNorm and each RobustNorm power (one "
+                                          "value: no sweep, that rate)")
+    sweep_epochs: Int = Field(1, ge=1, description="epochs of each sweep run (first seed)")
+    sweep_holdout: Int = Field(200, ge=10, description="training images held out to score the sweep")
+    stats_modes: choices(("population", "batch", "population_mean")) = Field(
+        ("population", "batch", "population_mean"), min_length=1,
+        description="statistics at inference: population (BN, RNT), batch (BNwoT, RN), population_mean (BNM, RNM)")
+    attacks: Attacks = Field(("pgd",), min_length=1, description="attacks of the epsilon sweep: pgd, fgsm")
+    epsilons: Epsilons = Field(("1/255", "8/255"), min_length=1, description="L-inf radii, pixel units; the ledger "
+                                                                             "judges at 1/255")
+    pgd_steps: Int = Field(20, ge=1, description="PGD iterations (step 2.5 eps / steps, random start)")
+    apgd_steps: Int = Field(100, ge=1, description="APGD-CE iterations at the judged epsilon")
+    test_n: Int = Field(128, ge=1, description="test images scored (a fixed stratified subset)")
+    eval_batch_size: Int = Field(64, ge=2, description="inference batch (images)")
 
-    def _check(self):
-        super()._check()
-        powers = self.powers if isinstance(self.powers, (list, tuple)) else (self.powers,)
-        if not powers:
-            raise ConfigError("powers=[] is empty; RobustNorm needs at least one power p > 0, e.g. [0.2].")
-        self._set("powers", tuple(check_float("powers", v, min_value=0.0, min_inclusive=False) for v in powers))
-        if len(set(self.powers)) != len(self.powers):
-            raise ConfigError(f"powers={list(self.powers)!r} repeats a value; give each power once.")
-        lrs = self.sweep_lrs if isinstance(self.sweep_lrs, (list, tuple)) else (self.sweep_lrs,)
-        if not lrs:
-            raise ConfigError("sweep_lrs=[] is empty; give at least one learning rate for BatchNorm and RobustNorm, "
-                              "e.g. [0.1].")
-        self._set("sweep_lrs", tuple(check_float("sweep_lrs", v, min_value=0.0, min_inclusive=False) for v in lrs))
-        if len(set(self.sweep_lrs)) != len(self.sweep_lrs):
-            raise ConfigError(f"sweep_lrs={list(self.sweep_lrs)!r} repeats a value; give each rate once.")
-        self._set("sweep_epochs", check_int("sweep_epochs", self.sweep_epochs, min_value=1))
-        self._set("sweep_holdout", check_int("sweep_holdout", self.sweep_holdout, min_value=10))
-        check_bool("include_nonorm", self.include_nonorm)
-        self._set("stats_modes", choice_list("stats_modes", self.stats_modes, ("population", "batch", "population_mean")))
+    @model_validator(mode="after")
+    def _check_robustnorm(self):
         if "population" not in self.stats_modes:
             raise ConfigError(f"stats_modes={list(self.stats_modes)!r} must include 'population' (RobustNorm's RNT, "
                               f"what the claim is about).")
-        self._set("apgd_steps", check_int("apgd_steps", self.apgd_steps, min_value=1))
-        self._check_evaluation()
+        return self
 
 
 def _norm_p(cfg: RunConfig) -> float:
@@ -223,7 +217,6 @@ def run(p: RobustNormParams) -> StudyResult:
 
 def headline(cfg: RunConfig, p: RobustNormParams) -> bool:
     """Whether a model enters the ledger's C3 comparison: BatchNorm, and RobustNorm at the ledger's power."""
-    from .verdicts import HEADLINE_P
     return cfg.norm == "bn" or (cfg.norm == "robustnorm" and abs(cfg.norm_p - HEADLINE_P) < 1e-9)
 
 
@@ -302,7 +295,7 @@ def observations(p: RobustNormParams, frames: dict) -> str:
             if set(seeds) <= set(b["seed"]) and set(seeds) <= set(r["seed"]):
                 e = stats.paired_seeds(seed_values(b, seeds), seed_values(r, seeds))
                 parts.append(f"{'PGD-' + str(p.pgd_steps) if attack == 'pgd' else 'APGD-CE'} at {j} {e.text()}")
-        judged = " (the power the ledger judges)" if abs(pw - 0.2) < 1e-9 else " (reported, not judged by a rule)"
+        judged = " (the power the ledger judges)" if abs(pw - HEADLINE_P) < 1e-9 else " (reported, not judged by a rule)"
         out.append(f"- **{name} minus BatchNorm**{judged}: " + "; ".join(parts) + ".")
     pgd, apgd = pop[pop["attack"] == "pgd"], pop[pop["attack"] == "apgd"]
     if len(apgd):

@@ -21,8 +21,6 @@ The per-image moments behind the bootstrap: :func:`rnorm.probes.norm_input_momen
 """
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pandas as pd
 import torch
@@ -36,39 +34,37 @@ from ..probes import moment_distances, norm_input_moments, record_norm_inputs, s
 from ..results import StudyResult
 from ..runs import RunConfig
 from .common import cached_evaluate, models_frame, setup, train_runs
-from .params import TrainingParams, check_int, choice_list
+from .params import (Arch, Attacks, Dataset, Epsilons, Field, Int, Seeds, TrainingParams, choices, listof,
+                     params_model)
 
 CONTROLS = ("noise_sign", "noise_uniform")
 
 
-@dataclasses.dataclass(frozen=True)
+@params_model
 class ShiftParams(TrainingParams):
     """Parameters of ``01_distribution_shift``."""
 
     NOTEBOOK = "01_distribution_shift"
-    dataset: str = "fashion_mnist"
-    arch: str = "resnet18"
-    attacks: tuple = ("fgsm", "pgd")
-    controls: tuple = CONTROLS
-    epsilons: tuple = ("1/255", "8/255")
-    pgd_steps: int = 20
-    probe_n: int = 256
-    precise_n: int = 1000
-    test_n: int = 128
-    eval_batch_size: int = 64
-    n_boot: int = 1000
-    show_layers: tuple = (0, 3, -1)
-
-    def _check(self):
-        super()._check()
-        self._check_evaluation()
-        self._set("controls", choice_list("controls", self.controls, CONTROLS))
-        self._set("probe_n", check_int("probe_n", self.probe_n, min_value=2))
-        self._set("precise_n", check_int("precise_n", self.precise_n, min_value=2))
-        self._set("n_boot", check_int("n_boot", self.n_boot, min_value=100))
-        self._set("show_layers", tuple(check_int("show_layers", i, min_value=None) for i in
-                                       (self.show_layers if isinstance(self.show_layers, (list, tuple))
-                                        else (self.show_layers,))))
+    dataset: Dataset = Field("fashion_mnist", description="training and test data: fashion_mnist, cifar10 or "
+                                                          "cifar10_jpeg (lossy JPEG copy)")
+    arch: Arch = Field("resnet18", description="network: resnet18, resnet50 or resnet20 (CIFAR stem)")
+    seeds: Seeds = Field((0,), min_length=1, description="training seeds, one BN model per seed")
+    attacks: Attacks = Field(("fgsm", "pgd"), min_length=1, description="attacks that make the adversarial "
+                                                                               "batches: fgsm, pgd")
+    controls: choices(CONTROLS) = Field(CONTROLS, min_length=1, description="random perturbations of the "
+                                                "same radius: noise_sign, noise_uniform")
+    epsilons: Epsilons = Field(("1/255", "8/255"), min_length=1, description="L-inf radii in pixel units (write "
+                                                                             "8/255); the ledger judges at 1/255")
+    pgd_steps: Int = Field(20, ge=1, description="PGD iterations (step 2.5 eps / steps, random start)")
+    probe_n: Int = Field(256, ge=2, description="test images whose BN inputs are probed (the same for every seed)")
+    precise_n: Int = Field(1000, ge=2, description="training images PreciseBN averages over")
+    test_n: Int = Field(128, ge=1, description="test images of the repair test (shared with notebook 02's epsilon "
+                                               "sweep)")
+    eval_batch_size: Int = Field(64, ge=2, description="inference batch of the repair test (images)")
+    n_boot: Int = Field(1000, ge=100, description="bootstrap resamples of the probe images for the confidence "
+                                                  "intervals")
+    show_layers: listof(Int) = Field((0, 3, -1), description="BN layers drawn channel by channel (negative: from "
+                                                             "the last)")
 
 
 def runs(p: ShiftParams) -> list[RunConfig]:

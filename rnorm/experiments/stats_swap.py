@@ -16,7 +16,6 @@ without normalization trained alike (one of each per seed):
 """
 from __future__ import annotations
 
-import dataclasses
 import warnings
 
 import pandas as pd
@@ -27,60 +26,62 @@ from ..norms import use_stats
 from ..results import StudyResult
 from ..runs import RunConfig
 from .common import cached_evaluate, models_frame, setup, train_runs
-from .params import ConfigError, TrainingParams, check_bool, check_float, check_int, int_list
+from .params import (Arch, Attacks, Bool, ConfigError, Dataset, Epsilons, Field, Float, Int, Seeds,
+                     TrainingParams, ints, model_validator, params_model)
 from .protocol import JUDGED_EPS
 from .shift import repair_grid
 
 
-@dataclasses.dataclass(frozen=True)
+@params_model
 class StatsSwapParams(TrainingParams):
     """Parameters of ``02_stats_swap``."""
 
     NOTEBOOK = "02_stats_swap"
-    dataset: str = "fashion_mnist"
-    arch: str = "resnet18"
-    attacks: tuple = ("pgd",)
-    epsilons: tuple = ("1/255", "4/255")
-    pgd_steps: int = 20
-    test_n: int = 128
-    eval_batch_size: int = 64
-    apgd_steps: int = 100
-    curve_steps: tuple = (5, 20)
-    curve_restarts: tuple = (1, 2)
-    curve_n: int = 64
-    sweep_batch_sizes: tuple = (8, 32, 128)
-    sweep_seeds: tuple = (0,)
-    mixed_n: int = 128
-    adv_fraction: float = 0.25
-    include_nonorm: bool = True
+    dataset: Dataset = Field("fashion_mnist", description="training and test data: fashion_mnist, cifar10 or "
+                                                          "cifar10_jpeg (lossy JPEG copy)")
+    arch: Arch = Field("resnet18", description="network: resnet18, resnet50 or resnet20 (CIFAR stem)")
+    attacks: Attacks = Field(("pgd",), min_length=1, description="attacks of the epsilon sweep: pgd "
+                                                                        "(required), fgsm")
+    epsilons: Epsilons = Field(("1/255", "4/255"), min_length=1, description="L-inf radii of the epsilon sweep, "
+                                                                             "pixel units; the ledger judges at 1/255")
+    pgd_steps: Int = Field(20, ge=1, description="PGD iterations (step 2.5 eps / steps, random start)")
+    test_n: Int = Field(128, ge=1, description="test images scored (a fixed stratified subset, the same for every "
+                                               "model)")
+    eval_batch_size: Int = Field(64, ge=2, description="inference batch of the epsilon sweep (images; the "
+                                                       "reference uses 128)")
+    apgd_steps: Int = Field(100, ge=1, description="APGD-CE iterations at the judged epsilon (AutoAttack uses 100)")
+    curve_steps: ints(1) = Field((5, 20), min_length=1, description="PGD steps of the convergence curve, one "
+                                                                    "start each (first seed, judged epsilon)")
+    curve_restarts: ints(1) = Field((1, 2), min_length=1, description="restarts of PGD with pgd_steps steps on "
+                                                                      "the convergence curve")
+    curve_n: Int = Field(64, ge=1, description="test images of the convergence curve (the first of the test_n)")
+    sweep_batch_sizes: ints(2) = Field((8, 32, 128), min_length=1, description="inference batch sizes of the "
+                                                                               "batch-size sweep (images)")
+    sweep_seeds: Seeds = Field((0,), description="seeds whose BN model gets the batch-size sweep")
+    mixed_n: Int = Field(128, ge=2, description="test images of the mixed-batch rows (each scores about "
+                                                "mixed_n * adv_fraction)")
+    adv_fraction: Float = Field(0.25, gt=0, le=1, description='share of adversarial images in a "mixed" batch')
+    include_nonorm: Bool = Field(True, description="also train and evaluate the network without normalization")
 
-    def _check(self):
-        super()._check()
-        self._check_evaluation()
-        self._set("apgd_steps", check_int("apgd_steps", self.apgd_steps, min_value=1))
-        self._set("curve_steps", int_list("curve_steps", self.curve_steps, min_value=1))
-        self._set("curve_restarts", int_list("curve_restarts", self.curve_restarts, min_value=1))
-        self._set("curve_n", check_int("curve_n", self.curve_n, min_value=1, max_value=self.test_n))
-        self._set("sweep_batch_sizes", int_list("sweep_batch_sizes", self.sweep_batch_sizes, min_value=2))
-        self._set("sweep_seeds", int_list("sweep_seeds", self.sweep_seeds, min_value=0, min_len=0))
+    @model_validator(mode="after")
+    def _check_stats_swap(self):
+        if self.curve_n > self.test_n:
+            raise ConfigError(f"curve_n={self.curve_n} is out of range; allowed: an integer in [1, {self.test_n}] "
+                              f"(at most test_n).")
         missing = sorted(set(self.sweep_seeds) - set(self.seeds))
         if missing:
             raise ConfigError(f"sweep_seeds={list(self.sweep_seeds)!r} names seeds {missing} that are not in "
                               f"seeds={list(self.seeds)!r}; allowed: a subset of seeds.")
-        self._set("mixed_n", check_int("mixed_n", self.mixed_n, min_value=2))
-        self._set("adv_fraction", check_float("adv_fraction", self.adv_fraction, min_value=0.0, max_value=1.0,
-                                              min_inclusive=False))
-        check_bool("include_nonorm", self.include_nonorm)
         if "pgd" not in self.attacks:
             raise ConfigError(f"attacks={list(self.attacks)!r} must include 'pgd': the verdict rests on PGD.")
-        for name, bs in [("eval_batch_size", self.eval_batch_size)] + [("sweep_batch_sizes", b)
-                                                                      for b in self.sweep_batch_sizes]:
+        for bs in self.sweep_batch_sizes:
             if bs > self.test_n:
-                raise ConfigError(f"{name}={bs} is larger than test_n={self.test_n}; "
+                raise ConfigError(f"sweep_batch_sizes={bs} is larger than test_n={self.test_n}; "
                                   f"allowed: batch sizes up to test_n.")
         if max(self.sweep_batch_sizes) > self.mixed_n:
             raise ConfigError(f"mixed_n={self.mixed_n} is smaller than the largest sweep batch size "
                               f"{max(self.sweep_batch_sizes)}; allowed: at least that many images.")
+        return self
 
 
 def runs(p: StatsSwapParams) -> list[RunConfig]:
