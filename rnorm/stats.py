@@ -31,6 +31,7 @@ import math
 import numpy as np
 
 from ._validate import ConfigError, check_float, check_int
+from .tables import number
 
 REPRODUCED, PARTLY, NOT, INCONCLUSIVE, NOT_RUN = "reproduced", "partly", "not reproduced", "inconclusive", "not run"
 MIN_SEEDS = 3
@@ -57,13 +58,14 @@ class Effect:
     unit: str = "points"
 
     def _fmt(self, v: float) -> str:
+        # signed differences by rnorm.tables.number: a bound that rounds to zero reads "0.0", not "-0.0"
         if self.unit == "points":
-            return f"{100 * v:+.1f}"
+            return number(100 * v, 1, signed=True)
         if self.unit == "ratio":
             return f"{v:.2f}×"
         if self.unit == "share":
-            return f"{100 * v:.0f} %"
-        return f"{v:+.1f}"
+            return f"{number(100 * v, 0)} %"
+        return number(v, 1, signed=True)
 
     def text(self) -> str:
         """E.g. "+4.2 points [95 % CI +1.0, +7.5] (paired over 3000 images x models)"."""
