@@ -177,11 +177,14 @@ def glue_figure(key: str, fig) -> None:
 
 
 def _shown_eps(frame: pd.DataFrame, eps) -> list[float]:
-    """The ε values a small-multiples figure draws: ``eps`` (one or several), else the smallest and the
-    largest ε of ``frame`` (every one if there are at most two)."""
-    if eps is not None:
-        return [float(e) for e in as_sequence("eps", eps)]
+    """The ε values a small-multiples figure draws: those of ``eps`` (one or several) that ``frame`` has,
+    else the smallest and the largest ε of ``frame`` (every one if there are at most two)."""
     present = sorted({float(e) for e in frame["eps"] if float(e) > 0})
+    if eps is not None:
+        wanted = [float(e) for e in as_sequence("eps", eps)]
+        wanted = [e for e in dict.fromkeys(wanted) if any(abs(e - q) < 1e-9 for q in present)]
+        if wanted:
+            return wanted
     return present if len(present) <= 2 else [present[0], present[-1]]
 
 

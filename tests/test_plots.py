@@ -114,6 +114,8 @@ def test_shift_by_layer_draws_a_few_eps_as_small_multiples_with_one_colour_per_k
     assert colours == {k: plots.COLOURS[k].lower() for k in ("clean", "FGSM", "PGD", "sign noise")}
     assert "ε = 1/255" in fig.axes[0].get_ylabel() and "ε = 8/255" in fig.axes[1].get_ylabel()
     assert len(plots.shift_by_layer(d).axes) == 2  # default: the smallest and the largest ε
+    assert "ε = 1/255" in plots.shift_by_layer(d, eps=[1 / 255, 3 / 255]).axes[0].get_ylabel()  # 3/255: not there
+    assert len(plots.shift_by_layer(d, eps=[3 / 255]).axes) == 2  # none there: the default
 
 
 def test_channel_scatter_rows_are_eps_and_columns_layers():
