@@ -2,8 +2,10 @@
 
 Every function returns a matplotlib ``Figure``; :func:`save` writes it as PDF, SVG and PNG next
 to the CSV it was drawn from, so a reader can lift the figure, or redraw it from the data with
-the same function. One style for the whole book (:func:`use_style`): seaborn's ``colorblind``
-palette, labelled axes with units, vector output with text kept as text.
+the same function. One style for the whole book (:func:`use_style`): the Okabe–Ito colour-blind-safe
+palette, one colour per model, statistics mode, recipe or kind of batch wherever it appears
+(:data:`COLOURS`, :func:`palette`), labelled axes with units, legends below the axes (so a figure keeps
+its width on a phone), vector output with text kept as text.
 """
 from __future__ import annotations
 
@@ -40,6 +42,58 @@ LABELS = {
 }
 
 
+# Okabe & Ito's colour-blind-safe palette (Color Universal Design, 2008) without its vermilion, which sits
+# too close to its orange; yellow, faint on white, comes last, then a grey for an eighth level.
+OKABE_ITO = {"blue": "#0072B2", "orange": "#E69F00", "bluish green": "#009E73", "reddish purple": "#CC79A7",
+             "sky blue": "#56B4E9", "black": "#000000", "yellow": "#F0E442", "grey": "#999999"}
+PALETTE = list(OKABE_ITO.values())
+_C = OKABE_ITO
+# The one colour of each thing a figure tells apart, by display label, the same in every chapter. Within a
+# group (what one figure shows side by side) the colours are distinct; a label with no entry takes the
+# palette's next colour not used in its figure (:func:`palette`).
+COLOUR_GROUPS = {
+    "model": {"BatchNorm": _C["blue"], "RobustNorm p=0.2": _C["orange"], "RobustNorm p=1": _C["reddish purple"],
+              "no norm": _C["black"]},
+    # BatchNorm by the statistics it uses at inference (population: BatchNorm's own default, its colour)
+    "statistics at inference": {
+        "BatchNorm, population stats": _C["blue"], "BatchNorm, population stats (white-box)": _C["blue"],
+        "BatchNorm, batch stats": _C["bluish green"], "BatchNorm, batch stats (white-box)": _C["bluish green"],
+        "BatchNorm, batch stats (transfer)": _C["sky blue"], "BatchNorm, PreciseBN population stats": _C["reddish purple"],
+        "population stats": _C["blue"], "batch stats": _C["bluish green"], "white-box": _C["bluish green"],
+        "transfer": _C["sky blue"]},
+    "recipe": {"standard": _C["blue"], "PGD-AT": _C["sky blue"], "AdvProp": _C["orange"], "EBN": _C["reddish purple"],
+               "AdvProp+EBN": _C["bluish green"]},
+    # the kinds of batch whose statistics chapter 1 probes, and its ratios (perturbation / control)
+    "batch": {"clean": _C["black"], "FGSM": _C["orange"], "PGD": _C["reddish purple"], "sign noise": _C["sky blue"],
+              "uniform noise": _C["bluish green"]},
+    "perturbation / control": {"FGSM / sign noise": _C["orange"], "PGD / sign noise": _C["reddish purple"],
+                               "sign noise / clean": _C["sky blue"], "uniform noise / clean": _C["bluish green"],
+                               "uniform noise / sign noise": _C["blue"]},
+}
+COLOURS = {lab: colour for group in COLOUR_GROUPS.values() for lab, colour in group.items()}
+# Legend titles by the column a figure colours by: what its entries are.
+LEGEND_TITLES = {"condition": "model, statistics at inference", "stats": "statistics at inference",
+                 "model": "model", "attack": "attack", "gradient": "attack gradient", "makeup": "batch make-up",
+                 "recipe": "recipe", "run": "run (model, learning rate)", "tag": "batch", "batch": "batch"}
+
+
+def palette(levels) -> dict:
+    """The colour of each of ``levels`` (display labels, in legend order): its :data:`COLOURS` entry, or
+    else the next :data:`PALETTE` colour that no other level of the same figure has (cycling when all are
+    taken). Pass it as seaborn's ``palette`` so the same label has the same colour in every figure."""
+    levels = list(dict.fromkeys(levels))
+    out = {lv: COLOURS[lv] for lv in levels if isinstance(lv, str) and lv in COLOURS}
+    free = [c for c in PALETTE if c not in out.values()] or PALETTE
+    for i, lv in enumerate(lv for lv in levels if lv not in out):
+        out[lv] = free[i % len(free)]
+    return {lv: out[lv] for lv in levels}
+
+
+def legend_title(column: str) -> str:
+    """The legend title of a figure coloured by ``column``: what its entries are (e.g. ``model``)."""
+    return LEGEND_TITLES.get(column, column)
+
+
 def label(value) -> str:
     """The display label of a name (the name itself when it has none)."""
     return LABELS.get(value, str(value)) if isinstance(value, str) else str(value)
@@ -60,7 +114,7 @@ def eps_label(eps: float) -> str:
 
 def use_style() -> None:
     """Apply the book's figure style (call once per notebook; :func:`save` also calls it)."""
-    sns.set_theme(context="notebook", style="whitegrid", palette="colorblind", font_scale=0.95)
+    sns.set_theme(context="notebook", style="whitegrid", palette=PALETTE, font_scale=0.95)
     matplotlib.rcParams.update({"svg.fonttype": "none", "pdf.fonttype": 42, "figure.dpi": 110,
                                 "savefig.bbox": "tight", "axes.titlesize": "medium"})
 
@@ -97,9 +151,10 @@ def _metadata(fmt: str) -> dict:
     return {}
 
 
-def _one_legend(fig, axes, title=None, below: bool = False):
-    """Keep one legend outside the plotting area, so it never covers data: on the right, or
-    ``below`` the panels (for wide multi-panel figures, so the text stays readable at column width)."""
+def _one_legend(fig, axes, title=None):
+    """One legend for the figure, below its axes: it never covers data, and the axes keep the figure's
+    whole width when a phone scales the image down. As many columns as fit the figure's width (one for a
+    single-panel figure with long labels); section headers of a seaborn hue + style legend stay entries."""
     axes = list(axes)
     handles, labels = axes[0].get_legend_handles_labels()
     for ax in axes:
@@ -107,12 +162,11 @@ def _one_legend(fig, axes, title=None, below: bool = False):
             ax.get_legend().remove()
     if not handles:
         return
-    if below:  # two columns for long labels, so the legend is no wider than the panels
-        ncol = min(2 if max(map(len, labels)) > 18 else 3, len(labels))
-        fig.legend(handles, labels, title=title, loc="upper center", bbox_to_anchor=(0.5, 0.0), frameon=False,
-                   ncol=ncol)
-    else:
-        fig.legend(handles, labels, title=title, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    width = fig.get_size_inches()[0]
+    per_entry = 0.7 + 0.085 * max(map(len, labels))  # inches: the handle and the longest label at the book's size
+    ncol = max(1, min(len(labels), int(width // per_entry)))
+    fig.legend(handles, labels, title=title, loc="upper center", bbox_to_anchor=(0.5, 0.0), frameon=False,
+               ncol=ncol)
 
 
 def glue_figure(key: str, fig) -> None:
@@ -122,48 +176,85 @@ def glue_figure(key: str, fig) -> None:
     plt.close(fig)
 
 
-def shift_by_layer(distances: pd.DataFrame, *, title: str | None = None):
-    """Distance of batch statistics from population statistics per layer (claim C1).
+def _shown_eps(frame: pd.DataFrame, eps) -> list[float]:
+    """The ε values a small-multiples figure draws: those of ``eps`` (one or several) that ``frame`` has,
+    else the smallest and the largest ε of ``frame`` (every one if there are at most two)."""
+    present = sorted({float(e) for e in frame["eps"] if float(e) > 0})
+    if eps is not None:
+        wanted = [float(e) for e in as_sequence("eps", eps)]
+        wanted = [e for e in dict.fromkeys(wanted) if any(abs(e - q) < 1e-9 for q in present)]
+        if wanted:
+            return wanted
+    return present if len(present) <= 2 else [present[0], present[-1]]
+
+
+def _batches_at(frame: pd.DataFrame, eps: float) -> pd.DataFrame:
+    """The rows of ``frame`` perturbed at ``eps`` and its clean rows, with ``batch`` the kind's display label."""
+    rows = frame[((frame["eps"] - eps).abs() < 1e-9) | (frame["attack"] == "clean")]
+    return rows.assign(batch=rows["attack"].map(label))
+
+
+def shift_by_layer(distances: pd.DataFrame, *, eps=None, title: str | None = None):
+    """Distance of batch statistics from population statistics per layer (claim C1), as small
+    multiples: one row of panels per ε in ``eps`` (default: the smallest and largest ε of the frame),
+    one column per statistic; one line per kind of batch (clean, FGSM, PGD, sign noise, uniform noise),
+    its colour from :data:`COLOURS`, the clean batch repeated in every row.
 
     ``distances`` comes from :func:`rnorm.probes.shift_distance`: columns ``layer_index``,
-    ``statistic`` (mean / var), ``distance`` and ``tag`` (kind of batch, e.g. clean / fgsm / pgd).
+    ``statistic`` (mean / var), ``distance``, ``attack`` and ``eps``.
     """
     use_style()
     stats = list(dict.fromkeys(distances["statistic"]))
-    fig, axes = plt.subplots(1, len(stats), figsize=(3.4 * len(stats) + 0.4, 3.2), squeeze=False, sharex=True)
+    shown = _shown_eps(distances, eps)
+    kinds = list(dict.fromkeys(distances["attack"].map(label)))
+    fig, axes = plt.subplots(len(shown), len(stats), figsize=(3.4 * len(stats) + 0.4, 3.0 * len(shown)),
+                             squeeze=False, sharex=True)
     titles = {"mean": "mean: |μ_batch − μ_pop| / σ_pop",
               "var": "variance: |log(σ²_batch / σ²_pop)|",
               "range": "range: |log(r_batch / r_pop)|"}
-    for ax, stat in zip(axes[0], stats):
-        sub = distances[distances["statistic"] == stat]
-        sns.lineplot(data=sub, x="layer_index", y="distance", hue="tag", style="tag", markers=True,
-                     dashes=False, ax=ax, errorbar=None)
-        ax.set_xlabel("normalization layer (input → output)")
-        ax.set_ylabel("distance (mean over channels)")
-        ax.set_title(titles.get(stat, stat))
-    _one_legend(fig, axes[0], title="batch", below=len(stats) > 1)
+    for i, (row, e) in enumerate(zip(axes, shown)):
+        at = _batches_at(distances, e)
+        for k, (ax, stat) in enumerate(zip(row, stats)):
+            sns.lineplot(data=at[at["statistic"] == stat], x="layer_index", y="distance", hue="batch", style="batch",
+                         hue_order=kinds, style_order=kinds, palette=palette(kinds), markers=True, dashes=False,
+                         ax=ax, errorbar=None)
+            ax.set_xlabel("normalization layer (input → output)")
+            # the row's ε on its first panel; the columns' statistic above the top row
+            ax.set_ylabel(f"ε = {eps_label(e)}: distance\n(mean over channels)" if k == 0 else "")
+            ax.set_title(titles.get(stat, stat) if i == 0 else "")
+    _one_legend(fig, axes.ravel(), title="batch")
     if title:
-        fig.suptitle(title, y=1.02)
+        fig.suptitle(title, y=1.0)
     fig.tight_layout()
     return fig
 
 
-def channel_scatter(record: pd.DataFrame, layers, *, statistic: str = "mean"):
-    """Per-channel batch statistic against the population statistic for chosen layers."""
+def channel_scatter(record: pd.DataFrame, layers, *, statistic: str = "mean", eps=None):
+    """Per-channel batch statistic against the population statistic for chosen layers, as small
+    multiples: one column of panels per layer, one row per ε in ``eps`` (default: the smallest and
+    largest ε of ``record``); one colour per kind of batch (from :data:`COLOURS`), clean in every row."""
     use_style()
     layers = list(as_sequence("layers", layers))  # one layer index, or several
-    fig, axes = plt.subplots(1, len(layers), figsize=(3.0 * len(layers) + 0.4, 3.0), squeeze=False)
-    for ax, layer in zip(axes[0], layers):
-        sub = record[(record["layer_index"] == layer) & (record["statistic"] == statistic)]
-        sns.scatterplot(data=sub, x="running", y="value", hue="tag", style="tag", ax=ax, s=18, alpha=0.8)
-        lo = min(sub["running"].min(), sub["value"].min())
-        hi = max(sub["running"].max(), sub["value"].max())
-        ax.plot([lo, hi], [lo, hi], color="0.4", lw=0.8, ls="--", label="y = x")
-        name = sub["layer"].iloc[0] if len(sub) else layer
-        ax.set_title(f"layer {layer}: {name}", fontsize="small")
-        ax.set_xlabel(f"population {statistic} (per channel)")
-        ax.set_ylabel(f"batch {statistic} (per channel)")
-    _one_legend(fig, axes[0], title="batch", below=len(layers) > 1)
+    shown = _shown_eps(record, eps)
+    kinds = list(dict.fromkeys(record["attack"].map(label)))
+    fig, axes = plt.subplots(len(shown), len(layers), figsize=(3.0 * len(layers) + 0.4, 3.0 * len(shown)),
+                             squeeze=False)
+    for i, (row, e) in enumerate(zip(axes, shown)):
+        at = _batches_at(record, e)
+        for k, (ax, layer) in enumerate(zip(row, layers)):
+            sub = at[(at["layer_index"] == layer) & (at["statistic"] == statistic)]
+            # the legend's first kinds drawn last, on top (clean over FGSM over PGD over the noises)
+            sub = sub.iloc[sub["batch"].map({k: -j for j, k in enumerate(kinds)}).argsort(kind="stable")]
+            sns.scatterplot(data=sub, x="running", y="value", hue="batch", style="batch", hue_order=kinds,
+                            style_order=kinds, palette=palette(kinds), ax=ax, s=18, alpha=0.8)
+            lo = min(sub["running"].min(), sub["value"].min())
+            hi = max(sub["running"].max(), sub["value"].max())
+            ax.plot([lo, hi], [lo, hi], color="0.4", lw=0.8, ls="--", label="y = x")
+            name = sub["layer"].iloc[0] if len(sub) else layer
+            ax.set_title(f"layer {layer}: {name}" if i == 0 else "", fontsize="small")
+            ax.set_xlabel(f"population {statistic} (per channel)")
+            ax.set_ylabel(f"ε = {eps_label(e)}\nbatch {statistic} (per channel)" if k == 0 else "")
+    _one_legend(fig, axes.ravel(), title="batch")
     fig.tight_layout()
     return fig
 
@@ -179,9 +270,11 @@ def with_clean_start(frame: pd.DataFrame, attacks) -> pd.DataFrame:
 
 
 def accuracy_vs_eps(frame: pd.DataFrame, *, hue: str = "stats", style: str | None = None,
-                    col: str | None = "attack", title: str | None = None, log_eps: bool = False):
-    """Accuracy (%) against epsilon (in /255 units), one line per ``hue`` value; ``log_eps``: a log
-    ε axis (for sweeps over decades, e.g. 0.25/255 to 8/255; clean rows at ε = 0 are left out)."""
+                    col: str | None = "attack", title: str | None = None, log_eps: bool = False,
+                    legend: str | None = None):
+    """Accuracy (%) against epsilon (in /255 units), one line per ``hue`` value, coloured by
+    :func:`palette`; ``log_eps``: a log ε axis (for sweeps over decades, e.g. 0.25/255 to 8/255; clean
+    rows at ε = 0 are left out); ``legend``: the legend's title (default: :func:`legend_title` of ``hue``)."""
     use_style()
     df = frame.copy()
     if log_eps:
@@ -189,10 +282,12 @@ def accuracy_vs_eps(frame: pd.DataFrame, *, hue: str = "stats", style: str | Non
     df["eps (/255)"] = df["eps"] * 255
     df["accuracy (%)"] = df["accuracy"] * 100
     cols = list(dict.fromkeys(df[col])) if col else [None]
+    levels = list(dict.fromkeys(df[hue]))
     fig, axes = plt.subplots(1, len(cols), figsize=(3.4 * len(cols) + 0.4, 3.4), squeeze=False, sharey=True)
     for ax, c in zip(axes[0], cols):
         sub = df if c is None else df[df[col] == c]
         sns.lineplot(data=sub, x="eps (/255)", y="accuracy (%)", hue=hue, style=style or hue, markers=True,
+                     hue_order=levels, style_order=levels if style in (None, hue) else None, palette=palette(levels),
                      dashes=False, ax=ax, errorbar=("sd") if "seed" in sub and sub["seed"].nunique() > 1 else None)
         ax.set_xlabel("ε (pixel scale, ×1/255)")
         ax.set_ylabel("accuracy (%)")
@@ -201,7 +296,7 @@ def accuracy_vs_eps(frame: pd.DataFrame, *, hue: str = "stats", style: str | Non
             ax.set_xscale("log", base=2)
         if c is not None:
             ax.set_title(label(c) if col == "attack" else f"{col} = {c}")
-    _one_legend(fig, axes[0], title=hue, below=len(cols) > 1)
+    _one_legend(fig, axes[0], title=legend or legend_title(hue))
     if title:
         fig.suptitle(title, y=1.02)
     fig.tight_layout()
@@ -210,13 +305,17 @@ def accuracy_vs_eps(frame: pd.DataFrame, *, hue: str = "stats", style: str | Non
 
 def accuracy_vs_batch_size(frame: pd.DataFrame, *, hue: str = "gradient", style: str = "makeup",
                            title: str | None = None):
-    """Robust accuracy (%) against the inference batch size (log scale)."""
+    """Robust accuracy (%) against the inference batch size (log scale); colour by ``hue`` (display labels,
+    coloured by :func:`palette`), line style by ``style``, each legend section titled by :func:`legend_title`."""
     use_style()
     df = frame.copy()
     df["accuracy (%)"] = df["accuracy"] * 100
+    hue_name, style_name = legend_title(hue), legend_title(style)
+    df[hue_name], df[style_name] = df[hue].map(label), df[style].map(label)
+    levels = list(dict.fromkeys(df[hue_name]))
     fig, ax = plt.subplots(figsize=(5.2, 3.6))
-    sns.lineplot(data=df, x="batch_size", y="accuracy (%)", hue=hue, style=style, markers=True, dashes=True,
-                 ax=ax, errorbar=None)
+    sns.lineplot(data=df, x="batch_size", y="accuracy (%)", hue=hue_name, style=style_name, markers=True,
+                 dashes=True, hue_order=levels, palette=palette(levels), ax=ax, errorbar=None)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("inference batch size (images)")
     ax.set_ylabel("robust accuracy (%)")
@@ -228,37 +327,45 @@ def accuracy_vs_batch_size(frame: pd.DataFrame, *, hue: str = "gradient", style:
     return fig
 
 
-def training_curves(history: pd.DataFrame, *, hue: str = "model", y: str = "loss", ylabel: str = "training loss"):
-    """A per-epoch training metric for several models (``history`` has ``epoch``, ``hue``, ``y``)."""
+def training_curves(history: pd.DataFrame, *, hue: str = "model", y: str = "loss", ylabel: str = "training loss",
+                    legend: str | None = None):
+    """A per-epoch training metric for several models (``history`` has ``epoch``, ``hue``, ``y``), one
+    line per ``hue`` value coloured by :func:`palette`; ``legend``: the legend's title (default:
+    :func:`legend_title` of ``hue``)."""
     use_style()
+    levels = list(dict.fromkeys(history[hue]))
     fig, ax = plt.subplots(figsize=(5.0, 3.4))
     sns.lineplot(data=history, x="epoch", y=y, hue=hue, style=hue, markers=True, dashes=False, ax=ax,
+                 hue_order=levels, style_order=levels, palette=palette(levels),
                  errorbar="sd" if "seed" in history and history["seed"].nunique() > 1 else None)
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
-    _one_legend(fig, [ax], title=hue)
+    _one_legend(fig, [ax], title=legend or legend_title(hue))
     fig.tight_layout()
     return fig
 
 
 def accuracy_bars(frame: pd.DataFrame, *, x: str = "recipe", hue: str = "attack", col: str | None = None,
                   title: str | None = None):
-    """Mean accuracy (%) with the standard deviation over seeds as error bars."""
+    """Mean accuracy (%) with the standard deviation over seeds as error bars, one bar colour per ``hue``
+    value (by :func:`palette`, in the order of the whole frame, so every panel agrees)."""
     use_style()
     df = frame.copy()
     df["accuracy (%)"] = df["accuracy"] * 100
     cols = list(dict.fromkeys(df[col])) if col else [None]
+    levels = list(dict.fromkeys(df[hue]))
     fig, axes = plt.subplots(1, len(cols), figsize=(3.6 * len(cols) + 0.4, 3.4), squeeze=False, sharey=True)
     for ax, c in zip(axes[0], cols):
         sub = df if c is None else df[df[col] == c]
-        sns.barplot(data=sub, x=x, y="accuracy (%)", hue=hue, ax=ax, errorbar="sd", capsize=0.1, err_kws={"linewidth": 1})
-        ax.set_xlabel(x)
+        sns.barplot(data=sub, x=x, y="accuracy (%)", hue=hue, ax=ax, errorbar="sd", capsize=0.1, err_kws={"linewidth": 1},
+                    hue_order=levels, palette=palette(levels))
+        ax.set_xlabel(legend_title(x))
         ax.set_ylabel("accuracy (%)")
         ax.set_ylim(0, 100)
         if c is not None:
             ax.set_title(str(c))
         ax.tick_params(axis="x", labelrotation=20)
-    _one_legend(fig, axes[0], title=hue, below=len(cols) > 1)
+    _one_legend(fig, axes[0], title=legend_title(hue))
     if title:
         fig.suptitle(title, y=1.02)
     fig.tight_layout()
@@ -293,12 +400,12 @@ def ratio_vs_eps(effects: pd.DataFrame, *, margin: float | None = None, title: s
     df["batch vs control"] = [f"{label(a)} / {label(c)}" for a, c in zip(df["attack"], df["control"])]
     stats_ = list(dict.fromkeys(df["statistic"]))
     fig, axes = plt.subplots(1, len(stats_), figsize=(3.6 * len(stats_) + 0.4, 3.4), squeeze=False)
-    palette = dict(zip(dict.fromkeys(df["batch vs control"]), sns.color_palette(n_colors=df["batch vs control"].nunique())))
+    colours = palette(df["batch vs control"])
     for ax, st in zip(axes[0], stats_):
         for name, sub in df[df["statistic"] == st].groupby("batch vs control", sort=False):
             sub = sub.sort_values("eps")
-            ax.plot(sub["eps (/255)"], sub["ratio"], marker="o", color=palette[name], label=name)
-            ax.fill_between(sub["eps (/255)"], sub["low"], sub["high"], color=palette[name], alpha=0.2, lw=0)
+            ax.plot(sub["eps (/255)"], sub["ratio"], marker="o", color=colours[name], label=name)
+            ax.fill_between(sub["eps (/255)"], sub["low"], sub["high"], color=colours[name], alpha=0.2, lw=0)
         ax.axhline(1.0, color="0.3", ls=":", lw=1)
         if margin is not None:
             ax.axhline(margin, color="0.3", ls="--", lw=1)
@@ -307,7 +414,7 @@ def ratio_vs_eps(effects: pd.DataFrame, *, margin: float | None = None, title: s
         ax.set_xlabel("ε (pixel scale, ×1/255)")
         ax.set_ylabel("distance ratio")
         ax.set_title("batch mean" if st == "mean" else "batch variance")
-    _one_legend(fig, axes[0], title="perturbation / control", below=True)
+    _one_legend(fig, axes[0], title="perturbation / control")
     if title:
         fig.suptitle(title, y=1.02)
     fig.tight_layout()
@@ -316,21 +423,24 @@ def ratio_vs_eps(effects: pd.DataFrame, *, margin: float | None = None, title: s
 
 def attack_convergence(curve: pd.DataFrame, *, title: str | None = None):
     """Robust accuracy (%) against the attack's steps (log scale), one line per statistics mode and
-    number of restarts; APGD-CE as separate markers. Flat lines: the attack has converged."""
+    number of restarts; APGD-CE as separate markers. Flat lines: the attack has converged. A model
+    without normalization has no statistics to choose: its line is just ``no norm``."""
     use_style()
     df = curve.copy()
     df["accuracy (%)"] = df["accuracy"] * 100
-    df["condition"] = [f"{model_label(n)}, {label(s)}" for n, s in zip(df["norm"], df["stats"])]
+    cond = LEGEND_TITLES["condition"]
+    df[cond] = [model_label(n) if n == "none" else f"{model_label(n)}, {label(s)}" for n, s in zip(df["norm"], df["stats"])]
     fig, ax = plt.subplots(figsize=(5.2, 3.6))
-    pgd = df[df["attack"] == "pgd"].assign(restarts=lambda d: d["restarts"].astype(int).astype(str) + " restart(s)")
-    sns.lineplot(data=pgd, x="steps", y="accuracy (%)", hue="condition", style="restarts", markers=True, ax=ax,
-                 errorbar=None)
+    pgd = df[df["attack"] == "pgd"].assign(**{"PGD restarts": lambda d: d["restarts"].astype(int).astype(str)})
+    levels = list(dict.fromkeys(df[cond]))
+    colors = palette(levels)
+    sns.lineplot(data=pgd, x="steps", y="accuracy (%)", hue=cond, style="PGD restarts", markers=True, ax=ax,
+                 hue_order=levels, palette=colors, errorbar=None)
     apgd = df[df["attack"] == "apgd"]
     if len(apgd):
-        colors = dict(zip(dict.fromkeys(pgd["condition"]), sns.color_palette(n_colors=pgd["condition"].nunique())))
-        for cond, sub in apgd.groupby("condition", sort=False):
-            ax.scatter(sub["steps"], sub["accuracy (%)"], marker="*", s=120, color=colors.get(cond, "k"),
-                       label=f"APGD-CE, {cond}", zorder=3)
+        for name, sub in apgd.groupby(cond, sort=False):
+            ax.scatter(sub["steps"], sub["accuracy (%)"], marker="*", s=120, color=colors.get(name, "k"),
+                       label=f"APGD-CE, {name}", zorder=3)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("attack steps")
     ax.set_ylabel("robust accuracy (%)")
@@ -349,12 +459,14 @@ def matched_clean(points: pd.DataFrame, *, eps_text: str = "", title: str | None
     df["model"] = [model_label(n, q) for n, q in zip(df["norm"], df["norm_p"])]
     df["clean accuracy (%)"] = df["clean_full"] * 100
     df["robust accuracy (%)"] = df["pgd"] * 100
+    levels = list(dict.fromkeys(df["model"]))
     fig, ax = plt.subplots(figsize=(5.0, 3.6))
-    sns.scatterplot(data=df, x="clean accuracy (%)", y="robust accuracy (%)", hue="model", style="model", s=60, ax=ax)
+    sns.scatterplot(data=df, x="clean accuracy (%)", y="robust accuracy (%)", hue="model", style="model", s=60, ax=ax,
+                    hue_order=levels, style_order=levels, palette=palette(levels))
     ax.set_ylabel(f"PGD accuracy {eps_text} (%)".replace("  ", " "))
     if title:
         ax.set_title(title)
-    _one_legend(fig, [ax])
+    _one_legend(fig, [ax], title="model")
     fig.tight_layout()
     return fig
 

@@ -47,10 +47,13 @@ def in_unit(value: float, unit: str, *, signed: bool = False, spec: str | None =
     """``value`` (stored as the effects store it: accuracies as fractions) shown in ``unit``: x100 for
     points and shares, with the unit's suffix ("points", "×", "%", "epochs") unless ``suffix`` is
     False, a sign with ``signed``, and the unit's usual digits unless ``spec`` (a format spec such
-    as ``"g"``) is given. The one formatter of effects, reasons and the rules' thresholds."""
+    as ``"g"``) is given; a value that rounds to zero carries no sign. The one formatter of effects,
+    reasons and the rules' thresholds."""
     if unit not in _SCALE:
         raise ConfigError(f"unit={unit!r} is not allowed; allowed: {', '.join(map(repr, UNITS))}.")
     text = format(_SCALE[unit] * value, ("+" if signed else "") + (spec or _DIGITS[unit]))
+    if float(text) == 0:  # a value that rounds to zero reads "0.0", not "-0.0" or "+0.0" (as rnorm.tables.number)
+        text = text.lstrip("+-")
     return text + (_SUFFIX[unit] if suffix else "")
 
 

@@ -908,7 +908,7 @@ def test_ebn_ablation_findings_pair_shared_against_separate_branches():
     affine = _ebn_acc({"ebn": (0.94, 0.50)}).assign(share="affine")
     models = _ebn_models(["standard", "ebn"])
     text = ebn.ablation_findings(pd.concat([base, affine], ignore_index=True), models=models)
-    assert "shared γ/β: clean +0.0 points" in text and "PGD 2/255 -10.0 points" in text and "(lower)" in text
+    assert "shared γ/β: clean 0.0 points" in text and "PGD 2/255 -10.0 points" in text and "(lower)" in text
     assert "minus shared statistics" not in text  # only one of the two ablations trained
     assert ebn.ablation_findings(base, models=models) == ""
     # both trained: shared γ/β against shared statistics, paired, which is the comparison Zhang et al. argue about
@@ -918,7 +918,7 @@ def test_ebn_ablation_findings_pair_shared_against_separate_branches():
     assert "PGD 2/255 -8.0 points [95 % CI -8.0, -8.0]" in line and "(lower)" in line and "Zhang et al." in line
     assert "It is below 0 in PGD 2/255, the direction they argue for; no difference is shown in clean accuracy" in line
     assert "a check of the direction, not a test of their account" in line
-    assert "shared statistics: clean +0.0 points" in text and "PGD 2/255 -2.0 points" in text
+    assert "shared statistics: clean 0.0 points" in text and "PGD 2/255 -2.0 points" in text
     # not judged (standard training below its floor): the numbers, without a word for the direction
     text = ebn.ablation_findings(pd.concat([base, affine, stats], ignore_index=True),
                                  models=_ebn_models(["standard", "ebn"], standard_clean=0.5))
