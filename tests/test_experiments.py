@@ -1302,3 +1302,18 @@ def test_executing_a_study_first_restores_its_published_evaluations(tmp_path, mo
         book.run_notebook("05_claims_ledger", book.notebook_params(book.load_profile("smoke"), "05_claims_ledger"),
                           out_dir=tmp_path / "out")
     assert started.value.args == (0,) and calls == []
+
+
+def test_robustnorm_sweep_tunes_only_the_models_tuned_names():
+    from rnorm.experiments import robustnorm
+    both = RobustNormParams(sweep_lrs=[0.05, 0.1], powers=[0.2])
+    assert {(c.norm, c.lr) for c in robustnorm.sweep_runs(both)} == {
+        ("bn", 0.05), ("bn", 0.1), ("robustnorm", 0.05), ("robustnorm", 0.1)}
+    rn_only = RobustNormParams(sweep_lrs=[0.05, 0.1], powers=[0.2], tuned=["robustnorm"], lr=0.1)
+    assert {c.norm for c in robustnorm.sweep_runs(rn_only)} == {"robustnorm"}
+    one = RobustNormParams(sweep_lrs=[0.3], powers=[0.2], tuned=["robustnorm"], lr=0.1)  # one rate: no sweep
+    assert robustnorm.sweep_runs(one) == [] and robustnorm.chosen_lrs(one) == {"robustnorm p=0.2": 0.3}
+    lrs = {c.norm: c.lr for c in robustnorm.runs(one)}
+    assert lrs == {"none": 0.1, "bn": 0.1, "robustnorm": 0.3}  # BatchNorm, not tuned, trains at lr
+    with pytest.raises(ConfigError, match="tuned"):
+        RobustNormParams(tuned=["batchnorm"])

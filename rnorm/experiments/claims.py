@@ -237,7 +237,7 @@ SPECS = {
               CLEAN_MARGIN),
          Part("training speed", SIDE, f"epochs to reach {SPEED_TARGET:.0%} of the reference accuracy, BatchNorm "
                                       f"minus RobustNorm, paired over seeds", SPEED_MARGIN, "epochs")),
-        caveat="learning rates of BatchNorm and RobustNorm chosen by one short sweep on the first seed"),
+        caveat="learning rates chosen by a short sweep on the first seed, for the models chapter 3 names as tuned"),
     "C4": Claim(
         "C4", "An auxiliary BatchNorm for easy examples (EBN) improves both clean and robust accuracy over AdvProp "
               "in most settings of dataset x architecture.", "04_easy_batchnorm",

@@ -50,6 +50,9 @@ class RobustNormParams(TrainingParams):
     sweep_lrs: PositiveFloats = Field(
         (0.1,), min_length=1, description="learning rates swept for BatchNorm and each RobustNorm power (one "
                                           "value: no sweep, that rate)")
+    tuned: choices(("bn", "robustnorm")) = Field(
+        ("bn", "robustnorm"), min_length=1, description="models whose learning rate the sweep chooses: bn, "
+                                                        "robustnorm (a model not tuned trains at lr)")
     sweep_epochs: Int = Field(1, ge=1, description="epochs of each sweep run (first seed)")
     sweep_holdout: Int = Field(200, ge=10, description="training images held out to score the sweep")
     stats_modes: choices(("population", "batch", "population_mean")) = Field(
@@ -78,8 +81,9 @@ def _norm_p(cfg: RunConfig) -> float:
 
 def swept_models(p: RobustNormParams) -> list[tuple[str, float]]:
     """The models whose learning rate the sweep chooses, as ``(norm, norm_p)``: BatchNorm (``norm_p``
-    0, unused) and RobustNorm at each power."""
-    return [("bn", 0.0)] + [("robustnorm", pw) for pw in p.powers]
+    0, unused) and RobustNorm at each power, those of them that ``tuned`` names."""
+    return ([("bn", 0.0)] if "bn" in p.tuned else []) + \
+        ([("robustnorm", pw) for pw in p.powers] if "robustnorm" in p.tuned else [])
 
 
 def sweep_name(norm: str, norm_p: float) -> str:
@@ -177,9 +181,10 @@ def runs(p: RobustNormParams) -> list[RunConfig]:
         if p.include_nonorm:
             out.append(p.run_config(norm="none", seed=s, **base))
         if lrs is not None:
-            out.append(dataclasses.replace(p.run_config(norm="bn", seed=s, **base), lr=lrs[sweep_name("bn", 0.0)]))
+            out.append(dataclasses.replace(p.run_config(norm="bn", seed=s, **base),
+                                           lr=lrs.get(sweep_name("bn", 0.0), p.lr)))
             out += [dataclasses.replace(p.run_config(norm="robustnorm", norm_p=pw, seed=s, **base),
-                                        lr=lrs[sweep_name("robustnorm", pw)]) for pw in p.powers]
+                                        lr=lrs.get(sweep_name("robustnorm", pw), p.lr)) for pw in p.powers]
     return out
 
 
