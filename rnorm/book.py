@@ -399,6 +399,34 @@ def recorded_key(notebook: str, out_dir) -> str | None:
 KEY_FILE = "key.json"  # beside provenance.json: the key and what it was computed from (:func:`key_inputs`)
 
 
+def stale_studies(provs: dict) -> dict[str, str]:
+    """What the ledger must not judge (:func:`rnorm.experiments.ledger.run`'s ``stale``), from the studies'
+    provenances (``{notebook: provenance dict}``, :func:`rnorm.experiments.ledger.provenances`):
+    ``{notebook: reason}`` for the results that the profile they name would not give today: their
+    recorded key (:func:`notebook_key`: notebook source, parameters, code) differs from
+    the key of that notebook under that profile now, or none was recorded (results of an earlier
+    build). A verdict from such results would describe an experiment the book no longer contains,
+    so the ledger leaves them out and says why. Results of custom parameters (no profile) have
+    nothing to be compared with and are kept."""
+    out = {}
+    for nb, prov in provs.items():
+        name = prov.get("profile")
+        if name is None:
+            continue
+        try:
+            want = notebook_key(nb, notebook_params(load_profile(name), nb))
+        except (ConfigError, KeyError) as e:
+            out[nb] = f"not judged: {nb}'s results name profile {name!r}, which cannot give them now ({e})"
+            continue
+        have = prov.get("key")
+        if have != want:
+            how = ("record no key: they come from an earlier build" if have is None
+                   else f"were computed by other code or parameters (key {have}, now {want})")
+            out[nb] = (f"not judged: {nb}'s committed results {how}, so they do not test this claim under the current "
+                       f"protocol; re-execute it (rnorm book --profile {name}).")
+    return out
+
+
 def staleness(profile: dict, notebooks=None, out_dir=None) -> dict[str, list[str]]:
     """``{notebook: reasons}`` for the notebooks of ``profile`` (in execution order) whose outputs are
     missing or whose key changed, and for those that read a stale one or whose recorded inputs

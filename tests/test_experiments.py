@@ -337,15 +337,21 @@ def _provenance(folder: Path, nb: str, profile: str, key: str | None = "current"
     (folder / nb / "provenance.json").write_text(json.dumps({"profile": profile, "key": key, "parameters": {}}))
 
 
+def _stale(folder: Path) -> dict:
+    """What the pipeline hands the ledger: the results under ``folder`` that their profile would not give now."""
+    from rnorm.experiments.ledger import provenances
+    return book.stale_studies(provenances(folder))
+
+
 def test_ledger_refuses_results_of_different_profiles(tmp_path):
     from rnorm.experiments.ledger import LedgerParams, run
     _provenance(tmp_path, "02_stats_swap", "cpu")
     _provenance(tmp_path, "03_robustnorm", "smoke")
     with pytest.raises(ConfigError, match=r"different profiles.*02_stats_swap/provenance.json: cpu.*"
                                           r"03_robustnorm/provenance.json: smoke"):
-        run(LedgerParams(results_dir=str(tmp_path)))
+        run(LedgerParams(results_dir=str(tmp_path)), stale=_stale(tmp_path))
     _provenance(tmp_path, "03_robustnorm", "cpu")
-    assert run(LedgerParams(results_dir=str(tmp_path))).headline["profile"] == "cpu"
+    assert run(LedgerParams(results_dir=str(tmp_path)), stale=_stale(tmp_path)).headline["profile"] == "cpu"
 
 
 @pytest.mark.parametrize("key", [None, "0123456789abcdef"])
@@ -358,7 +364,7 @@ def test_ledger_leaves_out_results_the_profile_would_not_give_now(tmp_path, key)
     _provenance(tmp_path, "03_robustnorm", "smoke", key=key)
     models = pd.DataFrame({"norm": ["bn"], "seed": [0], "clean_full": [0.99]})
     models.to_csv(tmp_path / "03_robustnorm" / "models.csv", index=False)
-    res = run(LedgerParams(results_dir=str(tmp_path)))  # no "different profiles": 03 is left out
+    res = run(LedgerParams(results_dir=str(tmp_path)), stale=_stale(tmp_path))  # no "different profiles": 03 is left out
     assert res.headline["profile"] == "cpu" and res.headline["stale"] == ["03_robustnorm"]
     row = res.frames["ledger"].set_index("claim").loc["C3"]
     assert row["verdict"] == "not run"
