@@ -471,7 +471,8 @@ def test_published_evaluations_travel_with_the_run(env, monkeypatch):
     from rnorm.experiments.common import cached_evaluate
 
     cfg = tiny(epochs=1)
-    monkeypatch.setattr(book, "planned_configs", lambda profile, notebooks=None: [cfg])
+    from _book_patch import patch_book
+    patch_book(monkeypatch, "planned_configs", lambda profile, notebooks=None: [cfg])
     archive = env / "archive"
     x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
     kw = dict(attacks=("clean", "fgsm"), eps=(8 / 255,), batch_sizes=(8,), device="cpu")
