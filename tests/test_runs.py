@@ -533,7 +533,7 @@ def test_archive_roots_from_argument_and_environment(tmp_path, monkeypatch):
     assert runs.archive_roots() == []
     assert runs.archive_roots(tmp_path / "c") == [tmp_path / "c"]
     monkeypatch.delenv("RNORM_ARCHIVE")
-    repo_models = Path(runs.__file__).resolve().parent.parent / "models"
+    repo_models = Path(runs.__file__).resolve().parents[2] / "models"  # rnorm/runs/__init__.py
     assert runs.archive_roots() == ([repo_models] if repo_models.is_dir() else [])
 
 
