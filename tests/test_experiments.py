@@ -11,6 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import rnorm
+from _book_patch import patch_book
 from rnorm import book, cli
 from rnorm._validate import ConfigError
 from rnorm.experiments import REGISTRY, planned_runs
@@ -20,6 +22,7 @@ from rnorm.experiments.shift import ShiftParams
 from rnorm.experiments.stats_swap import StatsSwapParams
 
 REPO = book.REPO
+
 
 
 # --- notebooks: MyST sources paired with output-free .ipynb, parameters cells written for people ----
@@ -365,15 +368,21 @@ def _provenance(folder: Path, nb: str, profile: str, key: str | None = "current"
     (folder / nb / "provenance.json").write_text(json.dumps({"profile": profile, "key": key, "parameters": {}}))
 
 
+def _stale(folder: Path) -> dict:
+    """What the pipeline hands the ledger: the results under ``folder`` that their profile would not give now."""
+    from rnorm.experiments.ledger import provenances
+    return book.stale_studies(provenances(folder))
+
+
 def test_ledger_refuses_results_of_different_profiles(tmp_path):
     from rnorm.experiments.ledger import LedgerParams, run
     _provenance(tmp_path, "02_stats_swap", "cpu")
     _provenance(tmp_path, "03_robustnorm", "smoke")
     with pytest.raises(ConfigError, match=r"different profiles.*02_stats_swap/provenance.json: cpu.*"
                                           r"03_robustnorm/provenance.json: smoke"):
-        run(LedgerParams(results_dir=str(tmp_path)))
+        run(LedgerParams(results_dir=str(tmp_path)), stale=_stale(tmp_path))
     _provenance(tmp_path, "03_robustnorm", "cpu")
-    assert run(LedgerParams(results_dir=str(tmp_path))).headline["profile"] == "cpu"
+    assert run(LedgerParams(results_dir=str(tmp_path)), stale=_stale(tmp_path)).headline["profile"] == "cpu"
 
 
 @pytest.mark.parametrize("key", [None, "0123456789abcdef"])
@@ -386,7 +395,7 @@ def test_ledger_leaves_out_results_the_profile_would_not_give_now(tmp_path, key)
     _provenance(tmp_path, "03_robustnorm", "smoke", key=key)
     models = pd.DataFrame({"norm": ["bn"], "seed": [0], "clean_full": [0.99]})
     models.to_csv(tmp_path / "03_robustnorm" / "models.csv", index=False)
-    res = run(LedgerParams(results_dir=str(tmp_path)))  # no "different profiles": 03 is left out
+    res = run(LedgerParams(results_dir=str(tmp_path)), stale=_stale(tmp_path))  # no "different profiles": 03 is left out
     assert res.headline["profile"] == "cpu" and res.headline["stale"] == ["03_robustnorm"]
     row = res.frames["ledger"].set_index("claim").loc["C3"]
     assert row["verdict"] == "not run"
@@ -526,7 +535,7 @@ def _checkout(folder: Path, package: bool = True) -> Path:
     for d in ("notebooks", "profiles"):
         shutil.copytree(REPO / d, folder / d)
     if package:
-        (folder / "rnorm").symlink_to(Path(book.__file__).resolve().parent, target_is_directory=True)
+        (folder / "rnorm").symlink_to(Path(rnorm.__file__).resolve().parent, target_is_directory=True)
     return folder
 
 
@@ -535,7 +544,7 @@ def _nothing_may_run(monkeypatch, *also):
     def boom(*a, **k):
         raise AssertionError("something ran after a check that should have stopped it")
     for name in ("build_book", "restore_evaluations", *also):
-        monkeypatch.setattr(book, name, boom)
+        patch_book(monkeypatch, name, boom)
     import papermill
     import rnorm.executors
     monkeypatch.setattr(rnorm.executors, "run_all", boom)
@@ -629,12 +638,12 @@ def test_build_and_book_work_on_the_checkout_they_are_run_in(tmp_path, monkeypat
                  ["run", "02_stats_swap"], ["train", "--profile", "smoke"]):
         assert cli.main(argv) == 2, argv
         err = capsys.readouterr().err
-        assert f"this checkout is {bare}, but the rnorm package running is {Path(book.__file__).parent}" in err
+        assert f"this checkout is {bare}, but the rnorm package running is {Path(rnorm.__file__).parent}" in err
     # the library needs no checkout: importing it, or the pipeline module, works anywhere
     proc = subprocess.__dict__["Popen"]  # the real one (run is patched above)
     child = proc([sys.executable, "-c", "import rnorm.norms, rnorm.book; print(rnorm.book.find_root())"],
                  cwd=nowhere, stdout=-1, stderr=-1, text=True,
-                 env={**__import__("os").environ, "PYTHONPATH": str(Path(book.__file__).resolve().parents[1])})
+                 env={**__import__("os").environ, "PYTHONPATH": str(Path(rnorm.__file__).resolve().parents[1])})
     out, err = child.communicate(timeout=120)
     assert child.returncode == 0 and out.strip() == "None", err
 
@@ -1254,7 +1263,7 @@ def test_cli_evaluate_runs_the_notebooks_precomputation_with_its_overrides(monke
     runs, then calls its precompute_evaluations with the -p overrides and the shard given."""
     from rnorm.experiments import ebn
     calls = []
-    monkeypatch.setattr(book, "restore_evaluations", lambda configs, **k: calls.append(("restore", list(configs))))
+    patch_book(monkeypatch, "restore_evaluations", lambda configs, **k: calls.append(("restore", list(configs))))
     monkeypatch.setattr(ebn, "precompute_evaluations",
                         lambda p, shard, shards: calls.append(("eval", p, shard, shards)) or {"a": 3, "b": 0})
     for bad, why in ((["02_stats_swap"], "cannot compute its evaluations ahead; allowed: 04_easy_batchnorm"),
@@ -1283,7 +1292,7 @@ def test_executing_a_study_first_restores_its_published_evaluations(tmp_path, mo
     monkeypatch.setenv("RNORM_DATA", str(data_root))
     monkeypatch.setenv("RNORM_RUNS", str(tmp_path / "runs"))
     calls = []
-    monkeypatch.setattr(book, "restore_evaluations", lambda configs, archive=None: calls.append(list(configs)) or 0)
+    patch_book(monkeypatch, "restore_evaluations", lambda configs, archive=None: calls.append(list(configs)) or 0)
 
     class Executed(Exception):
         pass

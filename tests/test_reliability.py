@@ -109,7 +109,8 @@ def fake_data(data_root, monkeypatch):
 def _no_training(monkeypatch):
     import rnorm.runs as runs
     monkeypatch.setattr(runs, "train", lambda *a, **k: pytest.fail("trained before the check"))
-    monkeypatch.setattr(book, "pretrain", lambda *a, **k: pytest.fail("trained before the check"))
+    from _book_patch import patch_book
+    patch_book(monkeypatch, "pretrain", lambda *a, **k: pytest.fail("trained before the check"))
     import papermill
     monkeypatch.setattr(papermill, "execute_notebook", lambda *a, **k: pytest.fail("kernel started before the check"))
 

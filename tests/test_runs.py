@@ -471,7 +471,8 @@ def test_published_evaluations_travel_with_the_run(env, monkeypatch):
     from rnorm.experiments.common import cached_evaluate
 
     cfg = tiny(epochs=1)
-    monkeypatch.setattr(book, "planned_configs", lambda profile, notebooks=None: [cfg])
+    from _book_patch import patch_book
+    patch_book(monkeypatch, "planned_configs", lambda profile, notebooks=None: [cfg])
     archive = env / "archive"
     x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
     kw = dict(attacks=("clean", "fgsm"), eps=(8 / 255,), batch_sizes=(8,), device="cpu")
@@ -532,7 +533,7 @@ def test_archive_roots_from_argument_and_environment(tmp_path, monkeypatch):
     assert runs.archive_roots() == []
     assert runs.archive_roots(tmp_path / "c") == [tmp_path / "c"]
     monkeypatch.delenv("RNORM_ARCHIVE")
-    repo_models = Path(runs.__file__).resolve().parent.parent / "models"
+    repo_models = Path(runs.__file__).resolve().parents[2] / "models"  # rnorm/runs/__init__.py
     assert runs.archive_roots() == ([repo_models] if repo_models.is_dir() else [])
 
 

@@ -2,7 +2,8 @@
 
 Reads the results the study notebooks wrote (``<results>/<notebook>/``), leaves out results that
 do not come from the current notebooks, parameters and code of the profile they name
-(:func:`stale_studies`), refuses to mix profiles (:func:`check_one_profile`), applies each
+(``stale``, which the book pipeline computes: :func:`rnorm.book.stale_studies`), refuses to mix profiles
+(:func:`check_one_profile`), applies each
 claim's rule (:mod:`rnorm.experiments.verdicts`) and tabulates the scale and cost of the build.
 """
 from __future__ import annotations
@@ -27,7 +28,7 @@ def ledger(root, stale: dict | None = None) -> pd.DataFrame:
     key_effect and caveat (the front page's one effect and one-line caveat, :func:`key_effect` and the
     claim's spec), why (the reason of an undecided verdict, then the preconditions that were checked and hold, each with its
     threshold: the convergence floor and its source, the attack strength), rule. The results of the notebooks in
-    ``stale`` (``{notebook: reason}``, :func:`stale_studies`) are not read: their claims are ``not run``,
+    ``stale`` (``{notebook: reason}``, :func:`rnorm.book.stale_studies`) are not read: their claims are ``not run``,
     with the reason as their why."""
     stale = stale or {}
     r = Results(root, skip=stale)
@@ -60,33 +61,6 @@ def provenances(root) -> dict:
         f = Path(root) / nb / "provenance.json"
         if f.is_file():
             out[nb] = json.loads(f.read_text())
-    return out
-
-
-def stale_studies(provs: dict) -> dict[str, str]:
-    """``{notebook: reason}`` for the results that the profile they name would not give today: their
-    recorded key (:func:`rnorm.book.notebook_key`: notebook source, parameters, code) differs from
-    the key of that notebook under that profile now, or none was recorded (results of an earlier
-    build). A verdict from such results would describe an experiment the book no longer contains,
-    so the ledger leaves them out and says why. Results of custom parameters (no profile) have
-    nothing to be compared with and are kept."""
-    from .. import book
-    out = {}
-    for nb, prov in provs.items():
-        name = prov.get("profile")
-        if name is None:
-            continue
-        try:
-            want = book.notebook_key(nb, book.notebook_params(book.load_profile(name), nb))
-        except (ConfigError, KeyError) as e:
-            out[nb] = f"not judged: {nb}'s results name profile {name!r}, which cannot give them now ({e})"
-            continue
-        have = prov.get("key")
-        if have != want:
-            how = ("record no key: they come from an earlier build" if have is None
-                   else f"were computed by other code or parameters (key {have}, now {want})")
-            out[nb] = (f"not judged: {nb}'s committed results {how}, so they do not test this claim under the current "
-                       f"protocol; re-execute it (rnorm book --profile {name}).")
     return out
 
 
@@ -214,11 +188,11 @@ class LedgerParams(NotebookParams):
     progress: Bool = Field(False, description="unused")
 
 
-def run(p: LedgerParams) -> StudyResult:
-    """Read the studies' results, leave out stale ones (:func:`stale_studies`), refuse mixed profiles,
-    compute every verdict and the scale/timing tables."""
+def run(p: LedgerParams, stale: dict[str, str]) -> StudyResult:
+    """Read the studies' results, leave out the stale ones (``stale``: ``{notebook: reason}``, computed by
+    the book pipeline, :func:`rnorm.book.stale_studies`, so the study never asks the pipeline for keys),
+    refuse mixed profiles, compute every verdict and the scale/timing tables."""
     root = results_root(p.results_dir)
-    stale = stale_studies(provenances(root))
     provs = {nb: prov for nb, prov in provenances(root).items() if nb not in stale}
     profile = check_one_profile(provs, root)
     tf = Path(root) / f"timings-{profile}.json"
