@@ -4,16 +4,15 @@
   temporary file in the *same* folder, flush and fsync it, then ``os.replace`` it over the
   target, so a reader (or a process restarted after a crash) sees either the old file or the
   new one, never a torn one.
-* :class:`FileLock` is a lock file created with ``O_CREAT | O_EXCL`` holding the owner's pid,
-  hostname and a random token. A second process waits (polling) until it is released. A lock
-  left behind by a dead process on this host (its pid no longer exists) is *stale* and is
-  recovered; the check-and-remove runs under a ``flock`` on a sibling guard file (released by
-  the kernel if its holder dies), so two waiters cannot both remove a lock and then both take it.
-  The owner is identified by its pid *and* its start time and the host's boot id (read from
-  /proc where there is one), so a lock whose pid was reused by another process after a restart
-  is recognised as stale too.
-  A lock held from another host is never declared stale (its pid cannot be checked): remove it
-  by hand if that host is gone.
+* :class:`FileLock` is the ``filelock`` package's lock (``flock``: the kernel releases it when its
+  holder dies, so a crashed holder never blocks), holding the owner's pid, hostname, start time
+  and a random token in the locked file for the waiters' message. A second process waits (polling)
+  until it is released. Records written by the lock of earlier versions (held by the file's
+  existence, without a ``flock``) are honoured while their owner lives: the owner is identified by
+  its pid *and* its start time and the host's boot id (read from /proc where there is one), so a
+  record whose pid was reused by another process after a restart is recognised as stale. A record
+  from another host is never declared stale (its pid cannot be checked): remove it by hand if that
+  host is gone.
 """
 from __future__ import annotations
 
@@ -28,10 +27,7 @@ import uuid
 from pathlib import Path
 from typing import Callable
 
-try:  # POSIX only; without it stale-lock recovery is not guarded against a concurrent recoverer.
-    import fcntl
-except ImportError:  # pragma: no cover
-    fcntl = None
+import filelock
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -184,10 +180,9 @@ def pid_alive(pid: int) -> bool:
 
 
 def read_lock(path) -> dict | None:
-    """The owner record of lock file ``path`` (``pid``, ``host``, ``token``, ``time``).
+    """The owner record of lock file ``path`` (``pid``, ``host``, ``token``, ``time``, ``start``, ``boot_id``).
 
-    ``None`` if there is no lock; ``{}`` if it exists but cannot be parsed (being written, or its
-    writer died between creating and writing it).
+    ``None`` if there is no lock; ``{}`` if it exists but cannot be parsed (empty, or being written).
     """
     try:
         text = Path(path).read_text()
@@ -203,14 +198,22 @@ def read_lock(path) -> dict | None:
 
 
 class FileLock:
-    """An inter-process lock held by the existence of a file (``O_CREAT | O_EXCL``).
+    """An inter-process lock on the file ``path``: :class:`filelock.FileLock` (``flock``, which the kernel
+    releases when its holder dies, so a crashed holder never blocks anyone), with the holder's record
+    (:func:`read_lock`: pid, host, start time) written into the locked file, for the waiters' message,
+    and the file removed on release: it exists exactly while the lock is held.
 
     Use as a context manager or with :meth:`acquire` / :meth:`release`. While another process
     holds it, :meth:`acquire` polls every ``poll`` seconds and calls ``on_wait(message)`` once
     (default: print to stderr); after ``timeout`` seconds (``None`` = forever) it raises
-    :class:`LockTimeout`. A lock whose owner is a dead process on this host, or an unreadable
-    lock file older than ``empty_grace`` seconds, is removed and the acquisition retried.
-    Not re-entrant.
+    :class:`LockTimeout`. Not re-entrant.
+
+    Records without a ``flock``, written by the lock file of earlier versions (created with ``O_EXCL``,
+    the lock held by its existence: the long trainings running when this changed), are honoured both
+    ways: this lock writes the same record, and a record found on taking the ``flock`` that names a live
+    process on this host (pid and start time, :func:`owner_alive`) or any process of another host (which
+    cannot be checked), or an unreadable one younger than ``empty_grace`` seconds (being written), counts
+    as held. A record of a dead process is stale: it is replaced, and :attr:`recovered_stale` says so.
     """
 
     def __init__(self, path, *, poll: float = 1.0, timeout: float | None = None,
@@ -222,56 +225,40 @@ class FileLock:
         self.empty_grace = float(empty_grace)
         self.token: str | None = None
         self.recovered_stale = False
+        self._flock = filelock.FileLock(self.path, thread_local=False)
 
-    # -- acquisition --------------------------------------------------------------------------
-    def _try_create(self) -> bool:
-        token = uuid.uuid4().hex
-        try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
+    def _held_by_record(self, rec: dict | None, existed: bool) -> bool:
+        """Whether a record found under our ``flock`` belongs to a holder without one (class docstring)."""
+        if rec is None or (not rec and not existed):  # none, or the empty file filelock just created
             return False
-        rec = {"pid": os.getpid(), "host": socket.gethostname(), "token": token, "time": time.time(),
-               "start": process_start(os.getpid()), "boot_id": boot_id()}
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(rec))
+        if not rec:  # exists but unreadable: being written only while young
+            try:
+                return time.time() - self.path.stat().st_mtime <= self.empty_grace
+            except FileNotFoundError:
+                return False
+        return rec.get("host") != socket.gethostname() or owner_alive(rec)
+
+    def _try_acquire(self) -> bool | dict | None:
+        """Take the lock if it is free (True), else the record of whoever holds it (None or {}: not known)."""
+        existed = self.path.exists()
+        try:
+            self._flock.acquire(blocking=False)
+        except filelock.Timeout:
+            return read_lock(self.path)
+        rec = read_lock(self.path)
+        if self._held_by_record(rec, existed):
+            self._flock.release()
+            return rec
+        self.recovered_stale = bool(rec) or (rec == {} and existed)  # a dead holder's record, replaced
+        token = uuid.uuid4().hex
+        mine = {"pid": os.getpid(), "host": socket.gethostname(), "token": token, "time": time.time(),
+                "start": process_start(os.getpid()), "boot_id": boot_id()}
+        with open(self.path, "w") as f:  # the file filelock holds (flock is advisory: a second fd may write)
+            f.write(json.dumps(mine))
             f.flush()
             os.fsync(f.fileno())
         self.token = token
         return True
-
-    def _is_stale(self, rec: dict | None) -> bool:
-        if rec is None:
-            return False
-        if not rec:  # exists but unreadable: stale only once old enough
-            try:
-                age = time.time() - self.path.stat().st_mtime
-            except FileNotFoundError:
-                return False
-            return age > self.empty_grace
-        if rec.get("host") != socket.gethostname():
-            return False
-        return not owner_alive(rec)
-
-    def _recover_stale(self) -> bool:
-        """Remove the lock if it is stale; True if removed. Guarded by flock on ``<lock>.guard``."""
-        guard_path = self.path.with_name(self.path.name + ".guard")
-        gfd = os.open(guard_path, os.O_CREAT | os.O_RDWR, 0o644)
-        try:
-            if fcntl is not None:
-                fcntl.flock(gfd, fcntl.LOCK_EX)
-            rec = read_lock(self.path)  # re-read under the guard
-            if not self._is_stale(rec):
-                return False
-            try:
-                os.unlink(self.path)
-            except FileNotFoundError:
-                return False
-            self.recovered_stale = True
-            return True
-        finally:
-            if fcntl is not None:
-                fcntl.flock(gfd, fcntl.LOCK_UN)
-            os.close(gfd)
 
     def describe_owner(self, rec: dict | None = None) -> str:
         rec = read_lock(self.path) if rec is None else rec
@@ -285,15 +272,11 @@ class FileLock:
         start = time.monotonic()
         told = False
         while True:
-            if self._try_create():
+            rec = self._try_acquire()
+            if rec is True:
                 return self
-            rec = read_lock(self.path)
-            if self._is_stale(rec) and self._recover_stale():
-                continue
-            if rec is None:  # released between our attempt and the read
-                continue
             if not told:
-                self.on_wait(f"waiting for lock {self.path} held by {self.describe_owner(rec)} "
+                self.on_wait(f"waiting for lock {self.path} held by {self.describe_owner(rec or {})} "
                              f"(polling every {self.poll:g} s; remove the file if that process is gone)")
                 told = True
             if self.timeout is not None and time.monotonic() - start > self.timeout:
@@ -302,6 +285,8 @@ class FileLock:
             time.sleep(self.poll)
 
     def release(self) -> None:
+        """Remove the file (while still holding the ``flock``: a waiter that then locks the removed file
+        sees it unlinked and retries, filelock's own check), then release."""
         if self.token is None:
             return
         rec = read_lock(self.path)
@@ -311,6 +296,7 @@ class FileLock:
             except FileNotFoundError:
                 pass
         self.token = None
+        self._flock.release()
 
     @property
     def held(self) -> bool:

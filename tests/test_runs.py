@@ -345,6 +345,27 @@ def test_file_lock_waits_for_a_live_owner_and_recovers_a_dead_one(tmp_path):
         pass
 
 
+def test_file_lock_held_by_a_live_process_blocks_and_one_killed_holding_it_does_not(tmp_path):
+    """The lock is filelock's flock: a second lock object (here, or in another process) waits for the holder and
+    names it; a holder killed while holding leaves its record behind, and the next taker replaces it."""
+    path = tmp_path / "lock"
+    holder = _io.FileLock(path).acquire()
+    told = []
+    with pytest.raises(_io.LockTimeout):
+        _io.FileLock(path, poll=0.05, timeout=0.2, on_wait=told.append).acquire()
+    assert told and f"pid {os.getpid()}" in told[0]
+    holder.release()
+    assert not path.exists()
+    code = ("import os, sys; from rnorm._io import FileLock; FileLock(sys.argv[1]).acquire(); "
+            "os.kill(os.getpid(), 9)")
+    env = {**os.environ, "PYTHONPATH": str(Path(_io.__file__).resolve().parents[1])}
+    assert subprocess.run([sys.executable, "-c", code, str(path)], env=env).returncode == -9
+    assert _io.read_lock(path)["pid"] != os.getpid()  # the killed holder's record, left behind
+    with _io.FileLock(path, poll=0.05, timeout=2) as lock:
+        assert lock.recovered_stale and _io.read_lock(path)["pid"] == os.getpid()
+    assert not path.exists()
+
+
 def test_atomic_writes(tmp_path):
     _io.atomic_write_text(tmp_path / "a.txt", "hello")
     _io.atomic_write_bytes(tmp_path / "b.bin", b"\x00\x01")
