@@ -49,8 +49,8 @@ def _parser() -> argparse.ArgumentParser:
                                        "source, parameters or code changed, or whose outputs are missing; "
                                        "--rerun: all), then build the book")
     b.add_argument("--profile", default="cpu")
-    b.add_argument("--jobs", default=None, help="parallel training workers, or 'auto' (measure the fastest "
-                                                "workers x threads here; default: the profile's)")
+    b.add_argument("--jobs", default=None, help="parallel training workers, or 'auto' (a rule: one "
+                                                "one-thread worker per core; default: the profile's)")
     b.add_argument("--no-build", action="store_true", help="run the notebooks but do not build the HTML")
     b.add_argument("--rerun", action="store_true", help="re-execute every notebook, not only those whose inputs changed")
     b.add_argument("--dry-run", action="store_true", help="say which notebooks would be executed and why, and which "
@@ -74,8 +74,8 @@ def _parser() -> argparse.ArgumentParser:
                                      "(resumable: an interrupted run continues from its last epoch)")
     t.add_argument("--profile", default="cpu")
     t.add_argument("--only", nargs="+", default=None, help="only the runs of these notebooks")
-    t.add_argument("--jobs", default=None, help="parallel training workers, or 'auto' (measure the fastest "
-                                                "workers x threads here; default: the profile's)")
+    t.add_argument("--jobs", default=None, help="parallel training workers, or 'auto' (a rule: one "
+                                                "one-thread worker per core; default: the profile's)")
     t.add_argument("--match", nargs="+", default=None, metavar="TEXT",
                    help="only the runs whose name contains one of these texts, e.g. standard-e15-s0 to train a "
                         "reference run first and check its convergence floor")
