@@ -53,24 +53,28 @@ def _code_fingerprint(tree: ast.AST) -> str:
     return ast.dump(tree, include_attributes=False)
 
 
-# Modules that cannot change a notebook's results: the command line and the book driver. Package
-# __init__ files are registries (rnorm.experiments imports every study): following them would make
-# every notebook depend on every other one.
+# Modules that cannot change a notebook's results: the command line and the book driver. The
+# registries' __init__ files (rnorm.experiments imports every study) are not followed either: that
+# would make every notebook depend on every other one. Every other package's __init__ is code like
+# any module (rnorm/runs/__init__.py trains the runs) and is followed.
 _NOT_RESULTS = ("rnorm.book", "rnorm.cli")  # packages: their modules too
+_REGISTRIES = ("rnorm", "rnorm.experiments")
 
 
 def code_version(source_code: str) -> dict[str, str]:
     """``{module: hash}`` of every rnorm module the code imports, transitively (imports inside
-    functions included), leaving out package ``__init__`` files and :data:`_NOT_RESULTS`."""
+    functions included), leaving out the registries' ``__init__`` files (:data:`_REGISTRIES`) and
+    :data:`_NOT_RESULTS`."""
     todo = _rnorm_imports(ast.parse(source_code), "rnorm")
     seen: dict[str, str] = {}
     while todo:
         name = todo.pop()
         f = _module_file(name)
         if name in seen or name.startswith(tuple(n + "." for n in _NOT_RESULTS)) or name in _NOT_RESULTS \
-                or f.name == "__init__.py":
+                or name in _REGISTRIES:
             continue
-        seen[name], imports = _module_summary(f.read_text(), name.rsplit(".", 1)[0])
+        package = name if f.name == "__init__.py" else name.rsplit(".", 1)[0]  # what its relative imports start at
+        seen[name], imports = _module_summary(f.read_text(), package)
         todo |= set(imports) - set(seen)
     return dict(sorted(seen.items()))
 
