@@ -6,11 +6,11 @@ clean accuracy (also on the full test set), PGD accuracy over ε for each statis
 (``population`` = the reference ``BN``/``RNT``, ``batch`` = ``BNwoT``/``RN``,
 ``population_mean`` = ``BNM``/``RNM``), APGD-CE at the judged ε, and training curves.
 
-BatchNorm and RobustNorm are tuned alike: for BatchNorm and for each power, a short learning-rate
-sweep on one grid (``sweep_lrs``, ``sweep_epochs`` epochs, first seed) trains on the training set
-minus a held-out part (``sweep_holdout`` images) and keeps the rate with the best held-out
-accuracy; the study's BatchNorm and RobustNorm models then train at their chosen rates (no norm,
-a reference, trains at ``lr``). The reference implementation trains every model at one rate; the
+The models ``tuned`` names (BatchNorm, RobustNorm at each power) are tuned alike: for each, a short
+learning-rate sweep on one grid (``sweep_lrs``, ``sweep_epochs`` epochs, first seed) trains on the
+training set minus a held-out part (``sweep_holdout`` images) and keeps the rate with the best
+held-out accuracy; the study's models then train at their chosen rates (a model not tuned, and no
+norm, a reference, train at ``lr``). The reference implementation trains every model at one rate; the
 sweep departs from it so that neither normalization is judged below its best. The sweep's runs
 must exist before the chosen runs can be named, so :func:`runs` names the chosen runs only once
 the sweep is trained (``rnorm train`` and ``rnorm book`` train in rounds until the list stops
