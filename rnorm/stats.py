@@ -57,6 +57,20 @@ def in_unit(value: float, unit: str, *, signed: bool = False, spec: str | None =
     return text + (_SUFFIX[unit] if suffix else "")
 
 
+def bound_in_unit(value: float, unit: str, *, signed: bool = False, suffix: bool = True) -> str:
+    """A CI bound as :func:`in_unit` writes it, except that a bound which is not zero but rounds to zero at
+    the unit's digits gets up to two more decimals, so that it keeps its side of zero: "[-0.7, -0.04]",
+    not "[-0.7, 0.0]" beside a verdict that says the CI lies below zero."""
+    text = in_unit(value, unit, signed=signed, suffix=suffix)
+    digits = int(_DIGITS.get(unit, ".1f")[1:-1])
+    for extra in (1, 2):
+        if value == 0 or math.isnan(value) or float(in_unit(value, unit, spec=f".{digits + extra - 1}f",
+                                                             suffix=False)) != 0:
+            break
+        text = in_unit(value, unit, signed=signed, spec=f".{digits + extra}f", suffix=suffix)
+    return text
+
+
 @dataclasses.dataclass(frozen=True)
 class Effect:
     """An effect with its 95 % CI, how it was paired and on how many units.
@@ -77,12 +91,16 @@ class Effect:
         return in_unit(v, self.unit, signed=self.unit in ("points", "epochs"),
                        suffix=self.unit in ("ratio", "share"))
 
+    def _fmt_bound(self, v: float) -> str:
+        return bound_in_unit(v, self.unit, signed=self.unit in ("points", "epochs"),
+                             suffix=self.unit in ("ratio", "share"))
+
     def text(self) -> str:
         """E.g. "+4.2 points [95 % CI +1.0, +7.5] (paired over 3000 images x models)"."""
         suffix = {"points": " points", "ratio": "", "share": "", "epochs": " epochs"}[self.unit]
         if math.isnan(self.low):
             return f"{self._fmt(self.estimate)}{suffix} (n = {self.n} {self.paired_over}: no CI)"
-        return (f"{self._fmt(self.estimate)}{suffix} [95 % CI {self._fmt(self.low)}, {self._fmt(self.high)}] "
+        return (f"{self._fmt(self.estimate)}{suffix} [95 % CI {self._fmt_bound(self.low)}, {self._fmt_bound(self.high)}] "
                 f"(paired over {self.n} {self.paired_over})")
 
     def short(self) -> str:
@@ -90,7 +108,7 @@ class Effect:
         suffix = {"points": " points", "ratio": "", "share": "", "epochs": " epochs"}[self.unit]
         if math.isnan(self.low):
             return f"{self._fmt(self.estimate)}{suffix} (no CI)"
-        return f"{self._fmt(self.estimate)}{suffix} [{self._fmt(self.low)}, {self._fmt(self.high)}]"
+        return f"{self._fmt(self.estimate)}{suffix} [{self._fmt_bound(self.low)}, {self._fmt_bound(self.high)}]"
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)

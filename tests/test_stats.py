@@ -182,3 +182,15 @@ def test_in_unit_is_the_one_formatter_of_effects_reasons_and_thresholds():
     assert Part("p", "core", "m", -0.05).threshold() == "CI above -5 points"
     assert Part("p", "core", "m", 1.5, "ratio").threshold() == "CI above 1.5×"
     assert Part("p", "core", "m", 0.0).threshold() == "CI above 0"
+
+
+def test_a_ci_bound_that_rounds_to_zero_keeps_its_side_of_zero():
+    """A refuted part's CI lies wholly below zero: its upper bound must not print as "0.0" (issue 36)."""
+    refuted = stats.Effect(-0.004, -0.007, -0.0004, 3, "seeds")
+    assert "[95 % CI -0.7, -0.04]" in refuted.text() and refuted.short() == "-0.4 points [-0.7, -0.04]"
+    assert stats.bound_in_unit(0.00003, "points", signed=True) == "+0.003 points"   # at most two more decimals
+    assert stats.bound_in_unit(0.0000001, "points", signed=True) == "0.000 points"  # then it gives up, unsigned
+    assert stats.bound_in_unit(0.001, "share") == "0.1 %"
+    zero = stats.Effect(0.0, 0.0, 0.0, 3, "seeds")                                  # a true zero stays "0.0"
+    assert zero.short() == "0.0 points [0.0, 0.0]"
+    assert stats.Effect(0.05, 0.012, 0.09, 3, "seeds").short() == "+5.0 points [+1.2, +9.0]"  # unchanged
