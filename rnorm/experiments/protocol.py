@@ -84,12 +84,14 @@ REFERENCES = {
         0.9125, "ResNet-20 on CIFAR-10: 91.25 % (He et al., Deep Residual Learning, 2016, Table 6; 164 epochs, "
                 "original CIFAR-10 files, not our JPEG copy)"),
     ("cifar10_jpeg", "resnet18"): Reference(
-        0.95, "ResNet-18 (CIFAR stem, width 64) on CIFAR-10: about 95 % (../shared/PAPERS.md, 'Reference points')",
+        0.95, "ResNet-18 (CIFAR stem, width 64) on CIFAR-10: about 95 % (the project's notes, quoted in the "
+              "book's Limitations, 'Reference points')",
         fixed_floor=0.85, fixed_width=16, fixed_reason="fixed for C4–C5 before their runs by the EBN study issue "
                                                        "for standard training of a width-16 ResNet-18 on the lossy "
                                                        "JPEG copy"),
     ("fashion_mnist", "resnet18"): Reference(
-        0.94, "ResNet-18 on FashionMNIST: about 94–95 % (../shared/PAPERS.md, 'Reference points'; the lower end)",
+        0.94, "ResNet-18 on FashionMNIST: about 94–95 % (the project's notes, quoted in the book's Limitations, "
+              "'Reference points'; the lower end)",
         fixed_floor=0.92, fixed_reason="fixed for C4–C5 before their runs by the EBN study issue: standard "
                                        "training of a width-16 ResNet-18 on all of FashionMNIST"),
 }
