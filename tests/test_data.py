@@ -416,13 +416,13 @@ def _split_manifest_hash(root, split):
 
 def _count_decodes(monkeypatch):
     calls = []
-    original = data._decode_jpeg
+    original = data.cifar10_jpeg._decode_jpeg
 
     def counting(b, path):
         calls.append(path)
         return original(b, path)
 
-    monkeypatch.setattr(data, "_decode_jpeg", counting)
+    monkeypatch.setattr(data.cifar10_jpeg, "_decode_jpeg", counting)
     return calls
 
 
@@ -430,7 +430,7 @@ def _forbid_decodes(monkeypatch):
     def forbidden(b, path):
         raise AssertionError(f"decoder called for {path}; the cache should have been used")
 
-    monkeypatch.setattr(data, "_decode_jpeg", forbidden)
+    monkeypatch.setattr(data.cifar10_jpeg, "_decode_jpeg", forbidden)
 
 
 def test_jpeg_cache_used_on_second_load(jpeg_root, tmp_path, monkeypatch):
@@ -802,7 +802,7 @@ def test_real_cifar10_jpeg_second_load_fast(real_root, real_cache, monkeypatch):
         "import json, time\n"
         "from rnorm import data\n"
         "def forbidden(b, path): raise AssertionError('decoded ' + str(path))\n"
-        "data._decode_jpeg = forbidden\n"
+        "data.cifar10_jpeg._decode_jpeg = forbidden\n"
         "out = {}\n"
         "for split in ('train', 'test'):\n"
         "    t = time.perf_counter()\n"

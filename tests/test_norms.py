@@ -335,7 +335,7 @@ def test_rn_mask_spread_for_cuda_gives_the_same_gradient_without_host_syncs(monk
         return xx.grad, m.weight.grad, m.bias.grad
 
     by_index = grads()
-    monkeypatch.setattr(norms, "_spread_by_index", norms._spread_by_mask)
+    monkeypatch.setattr(norms.robustnorm, "_spread_by_index", norms.robustnorm._spread_by_mask)
 
     def sync(*a, **k):
         raise AssertionError("host synchronization in the CUDA backward path")
@@ -848,7 +848,7 @@ def test_rn_constant_channel_gradient_is_finite_and_the_direct_path_at_default_p
     from rnorm import norms
     for spread in ("index", "mask"):
         if spread == "mask":
-            monkeypatch.setattr(norms, "_spread_by_index", norms._spread_by_mask)
+            monkeypatch.setattr(norms.robustnorm, "_spread_by_index", norms.robustnorm._spread_by_mask)
         m = randomize(RobustNorm2d(3).double()).train()
         x = _with_constant_channel()
         if channels_last:
