@@ -235,45 +235,60 @@ def make_attack(name: str, model: nn.Module, eps: float, *, num_classes: int | N
             allowed = sorted(_PARAMS[name]) or ["none"]
             raise ConfigError(f"attack {name!r} takes no parameter {k}={params[k]!r}; allowed: "
                               f"{', '.join(allowed)}." + suggest(k, _PARAMS[name]))
-    if name == "fgsm":
-        impl = torchattacks.FGSM(model, eps=eps)
-        used = {}
-    elif name in NOISE_ATTACKS:
-        impl = _Noise(name[len("noise_"):], eps)
-        used = {}
-    elif name in ("pgd", "easy"):
-        steps = check_int("steps", params.get("steps", 20 if name == "pgd" else 10), min_value=1)
-        alpha = params.get("alpha")
-        alpha = 2.5 * eps / steps if alpha is None else check_float("alpha", alpha, min_value=0.0, max_value=1.0)
-        random_start = check_bool("random_start", params.get("random_start", True))
-        impl = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=random_start)
-        used = {"steps": steps, "alpha": alpha, "random_start": random_start}
-        if name == "easy":
-            impl.set_mode_targeted_by_label(quiet=True)
-        else:
-            restarts = check_int("restarts", params.get("restarts", 1), min_value=1)
-            if restarts > 1 and not random_start:
-                raise ConfigError(f"restarts={restarts} needs random_start=True: without a random start every "
-                                  f"restart runs the same attack.")
-            if restarts > 1:
-                impl = _Restarts(impl, restarts)
-            used["restarts"] = restarts
-    elif name == "apgd":
-        steps = check_int("steps", params.get("steps", 100), min_value=1)
-        restarts = check_int("restarts", params.get("restarts", 1), min_value=1)
-        seed = check_int("seed", params.get("seed", 0), min_value=0)
-        impl = _OwnRNG(torchattacks.APGD(model, norm="Linf", eps=eps, steps=steps, n_restarts=restarts, seed=seed,
-                                         loss="ce", rho=0.75))
-        used = {"steps": steps, "restarts": restarts, "seed": seed}
-    else:
-        version = check_choice("version", params.get("version", "standard"), ("standard", "plus", "rand"))
-        seed = check_int("seed", params.get("seed", 0), min_value=0)
-        n_classes = check_int("n_classes", params.get("n_classes", 10), min_value=2)
-        impl = torchattacks.AutoAttack(model, norm="Linf", eps=eps, version=version, n_classes=n_classes, seed=seed)
-        used = {"version": version, "seed": seed, "n_classes": n_classes}
+    impl, used = _BUILDERS[name](name, model, eps, params)
     if num_classes is not None:
         num_classes = check_int("num_classes", num_classes, min_value=1)
     return Attack(name, eps, used, impl if eps > 0 else None, model=model, num_classes=num_classes)
+
+
+def _fgsm_or_noise(name: str, model: nn.Module, eps: float, params: dict):
+    if name == "fgsm":
+        return torchattacks.FGSM(model, eps=eps), {}
+    return _Noise(name[len("noise_"):], eps), {}
+
+
+def _pgd(name: str, model: nn.Module, eps: float, params: dict):
+    """``pgd`` (untargeted, with ``restarts``) and ``easy`` (PGD targeted at the true label: EBN's easy
+    examples as we read the paper); both with torchattacks' PGD, ``alpha = 2.5 * eps / steps`` by default."""
+    steps = check_int("steps", params.get("steps", 20 if name == "pgd" else 10), min_value=1)
+    alpha = params.get("alpha")
+    alpha = 2.5 * eps / steps if alpha is None else check_float("alpha", alpha, min_value=0.0, max_value=1.0)
+    random_start = check_bool("random_start", params.get("random_start", True))
+    impl = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=random_start)
+    used = {"steps": steps, "alpha": alpha, "random_start": random_start}
+    if name == "easy":
+        impl.set_mode_targeted_by_label(quiet=True)
+        return impl, used
+    restarts = check_int("restarts", params.get("restarts", 1), min_value=1)
+    if restarts > 1 and not random_start:
+        raise ConfigError(f"restarts={restarts} needs random_start=True: without a random start every "
+                          f"restart runs the same attack.")
+    if restarts > 1:
+        impl = _Restarts(impl, restarts)
+    used["restarts"] = restarts
+    return impl, used
+
+
+def _apgd(name: str, model: nn.Module, eps: float, params: dict):
+    steps = check_int("steps", params.get("steps", 100), min_value=1)
+    restarts = check_int("restarts", params.get("restarts", 1), min_value=1)
+    seed = check_int("seed", params.get("seed", 0), min_value=0)
+    impl = _OwnRNG(torchattacks.APGD(model, norm="Linf", eps=eps, steps=steps, n_restarts=restarts, seed=seed,
+                                     loss="ce", rho=0.75))
+    return impl, {"steps": steps, "restarts": restarts, "seed": seed}
+
+
+def _autoattack(name: str, model: nn.Module, eps: float, params: dict):
+    version = check_choice("version", params.get("version", "standard"), ("standard", "plus", "rand"))
+    seed = check_int("seed", params.get("seed", 0), min_value=0)
+    n_classes = check_int("n_classes", params.get("n_classes", 10), min_value=2)
+    impl = torchattacks.AutoAttack(model, norm="Linf", eps=eps, version=version, n_classes=n_classes, seed=seed)
+    return impl, {"version": version, "seed": seed, "n_classes": n_classes}
+
+
+#: The builder of each attack: ``(name, model, eps, params) -> (implementation, parameters used)``.
+_BUILDERS = {"fgsm": _fgsm_or_noise, **{n: _fgsm_or_noise for n in NOISE_ATTACKS}, "pgd": _pgd, "easy": _pgd,
+             "apgd": _apgd, "autoattack": _autoattack}
 
 
 def parse_eps(value) -> float:

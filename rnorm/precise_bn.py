@@ -22,7 +22,6 @@ from ._validate import ConfigError, check_bool, check_choice, check_int
 from .hardware import resolve_device
 
 
-
 def _has_running(m: nn.Module) -> bool:
     if isinstance(m, _norms.RobustNorm2d):
         return True
@@ -126,11 +125,20 @@ def precise_bn(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | No
     dev = resolve_device(device)
 
     out = copy.deepcopy(model).to(dev)
+    batches = _precise_batches(images_t, labels, batch_size, num_batches, check_bool("shuffle", shuffle), seed,
+                               check_bool("augment", augment))
+    _average_over_batches(out, batches, branch, dev)
+    return out
+
+
+def _average_over_batches(out: nn.Module, batches, branch, dev) -> None:
+    """Replace, in place, the running buffers of ``out``'s normalization layers by their averages over
+    ``batches`` (an iterable of image batches) routed to ``branch`` (the momentum ``1 / (k + 1)`` on batch ``k``,
+    fvcore's ``update_bn_stats``). Momenta and training flags are restored afterwards, also when a
+    forward raises; a layer that no batch reached (another branch's buffers) keeps what it had."""
     flags = [(m, m.training) for m in out.modules()]
     layers = [m for m in out.modules() if _has_running(m)]
     saved = {id(m): (m.momentum, {k: v.clone() for k, v in _running_buffers(m).items()}) for m in layers}
-    batches = _precise_batches(images_t, labels, batch_size, num_batches, check_bool("shuffle", shuffle), seed,
-                               check_bool("augment", augment))
     try:
         with torch.no_grad():
             for m in layers:
@@ -153,6 +161,3 @@ def precise_bn(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | No
                         getattr(m, k).copy_(v)
         for m, flag in flags:
             m.training = flag
-    return out
-
-

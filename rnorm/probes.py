@@ -81,21 +81,7 @@ def record_norm_inputs(model: nn.Module, images: torch.Tensor, *, tag=None) -> p
             if index in records:
                 raise RuntimeError(f"norm layer {name!r} ran twice in one forward pass; "
                                    f"record_norm_inputs expects each layer to be used once.")
-            t = inputs[0].detach()
-            if t.dim() != 4:
-                raise RuntimeError(f"norm layer {name!r} got an input of shape {tuple(t.shape)}; expected 4-D.")
-            t = t.double()
-            stats = {"mean": t.mean(dim=(0, 2, 3)), "var": t.var(dim=(0, 2, 3), unbiased=False)}
-            src = _running_source(module)
-            running = {"mean": src.running_mean, "var": getattr(src, "running_var", None)}
-            if isinstance(module, _norms.RobustNorm2d):
-                flat = t.transpose(0, 1).reshape(t.shape[1], -1)
-                lo, hi = torch.aminmax(flat, dim=1)
-                stats["range"] = hi - lo
-                running["range"] = module.running_range
-            records[index] = (name, {k: (v.cpu().numpy(), None if running[k] is None else
-                                          running[k].detach().double().cpu().numpy())
-                                     for k, v in stats.items()})
+            records[index] = (name, _input_stats(module, name, inputs[0]))
         return hook
 
     flags = [(m, m.training) for m in model.modules()]
@@ -109,7 +95,31 @@ def record_norm_inputs(model: nn.Module, images: torch.Tensor, *, tag=None) -> p
             h.remove()
         for m, flag in flags:
             m.training = flag
+    return _records_frame(records, tag)
 
+
+def _input_stats(module: nn.Module, name: str, t: torch.Tensor) -> dict:
+    """``{statistic: (per-channel value, per-channel running estimate or None)}`` of one layer's 4-D
+    input ``t`` over (N, H, W), in float64 (numpy arrays): mean, biased variance, and for RobustNorm
+    the range; the running estimates are those of the buffers that normalize under the current route."""
+    t = t.detach()
+    if t.dim() != 4:
+        raise RuntimeError(f"norm layer {name!r} got an input of shape {tuple(t.shape)}; expected 4-D.")
+    t = t.double()
+    stats = {"mean": t.mean(dim=(0, 2, 3)), "var": t.var(dim=(0, 2, 3), unbiased=False)}
+    src = _running_source(module)
+    running = {"mean": src.running_mean, "var": getattr(src, "running_var", None)}
+    if isinstance(module, _norms.RobustNorm2d):
+        flat = t.transpose(0, 1).reshape(t.shape[1], -1)
+        lo, hi = torch.aminmax(flat, dim=1)
+        stats["range"] = hi - lo
+        running["range"] = module.running_range
+    return {k: (v.cpu().numpy(), None if running[k] is None else running[k].detach().double().cpu().numpy())
+            for k, v in stats.items()}
+
+
+def _records_frame(records: dict, tag) -> pd.DataFrame:
+    """The frame of :func:`record_norm_inputs` (:data:`RECORD_COLUMNS`) from ``{layer index: (name, stats)}``."""
     parts = []
     for index in sorted(records):
         name, stats = records[index]

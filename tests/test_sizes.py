@@ -17,8 +17,9 @@ PACKAGES = ("rnorm", "benchmarks")
 MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 60
 
-#: Over a limit today and still to split (issue 35; rnorm/book and rnorm/runs are split already). Paths of
-#: modules, ``path:qualified.name`` of functions. Remove an entry once it fits; nothing may be added.
+#: Over a limit today and still to split (issue 35; rnorm/book, rnorm/runs, rnorm/evaluate, rnorm/train and
+#: rnorm/plots are split already). Paths of modules, ``path:qualified.name`` of functions. Remove an entry
+#: once it fits; nothing may be added.
 BEING_SPLIT = {
     "rnorm/experiments/ebn.py",
     "rnorm/experiments/verdicts.py",
@@ -26,17 +27,9 @@ BEING_SPLIT = {
     "rnorm/experiments/robustnorm.py:observations",
     "rnorm/experiments/verdicts.py:_recipes",
     "benchmarks/suite.py",
-    "rnorm/evaluate.py",
-    "rnorm/plots.py",
-    "rnorm/train.py",
     "benchmarks/__init__.py:table_rows",
-    "rnorm/attacks.py:make_attack",
     "rnorm/cli.py:_parser",
     "rnorm/cli.py:_dispatch",
-    "rnorm/evaluate.py:evaluate",
-    "rnorm/precise_bn.py:precise_bn",
-    "rnorm/probes.py:record_norm_inputs",
-    "rnorm/train.py:run_epoch",
 }
 
 

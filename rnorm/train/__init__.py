@@ -1,19 +1,9 @@
-"""One training loop, five recipes: what each batch is made of and which branch sees it.
+"""One training loop for five recipes: the examples of a step, the step, the epoch.
 
-Recipes (:data:`RECIPES`), each a list of *slices* ``(branch, kind)``; ``kind`` is ``clean``
-(the batch itself), ``adv`` (untargeted L-inf PGD with random start, :func:`rnorm.attacks.make_attack`
-``"pgd"``) or ``easy`` (PGD *targeted at the true label*, ``"easy"``: EBN's easy examples as
-we read the paper):
-
-==============  =====================================  ==================================
-recipe          slices (branch <- images)              norm
-==============  =====================================  ==================================
-``standard``    main <- clean                          any
-``pgd_at``      main <- adv (Madry et al.: PGD only)    any
-``advprop``     main <- clean, adv <- adv               ``multibn`` with branch ``adv``
-``ebn``         main <- clean, easy <- easy             ``multibn`` with branch ``easy``
-``advprop_ebn`` main <- clean, adv <- adv, easy <- easy ``multibn`` with ``adv``, ``easy``
-==============  =====================================  ==================================
+What each batch is made of and which branch sees it is the recipe's (:mod:`rnorm.train.recipes`:
+:class:`Recipe`, :data:`RECIPES`, :class:`StepSettings`); the optimizer and the learning-rate schedule
+are in :mod:`rnorm.train.schedule`. Both are re-exported here, so ``rnorm.train.RECIPES`` and
+``rnorm.train.make_scheduler`` keep working.
 
 How a step runs (:func:`train_step`):
 
@@ -48,135 +38,21 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import sys
 import time
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import attacks as _attacks
-from ._tensors import stable_seed
-from .hardware import resolve_precision
-from ._validate import ConfigError, as_sequence, check_choice, check_float, check_int
-from .norms import MAIN, route, use_stats
-
-KINDS = ("clean", "adv", "easy")
-ATTACK_STATS = ("batch", "population")
-LOSS_WEIGHTINGS = ("mean", "sum")
-SCHEDULES = ("cosine", "step", "constant")
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """A recipe: the slices of a training batch as ``(branch, kind)`` pairs."""
-
-    name: str
-    slices: tuple[tuple[str, str], ...]
-    description: str
-
-    def __post_init__(self):
-        """Each slice must be a ``(branch, kind)`` pair of strings (kind one of :data:`KINDS`); one
-        bare pair is one slice. A string is never unpacked into characters (``"ab"`` as ``('a', 'b')``)."""
-        slices = self.slices
-        if isinstance(slices, (tuple, list)) and len(slices) == 2 and all(isinstance(v, str) for v in slices):
-            slices = (tuple(slices),)  # one bare (branch, kind) pair is one slice
-        out = []
-        for item in as_sequence("slices", slices):
-            if not isinstance(item, (tuple, list)) or len(item) != 2 or not all(isinstance(v, str) for v in item):
-                raise ConfigError(f"Recipe {self.name!r}: slices={self.slices!r}; each slice is a (branch, kind) "
-                                  f"pair of names, got {item!r}.")
-            check_choice("kind", item[1], KINDS)
-            out.append(tuple(item))
-        object.__setattr__(self, "slices", tuple(out))
-
-    @property
-    def branches(self) -> tuple[str, ...]:
-        """Auxiliary branches the model needs (every slice branch except ``main``)."""
-        return tuple(b for b, _ in self.slices if b != MAIN)
-
-    @property
-    def needs_multibn(self) -> bool:
-        return bool(self.branches)
-
-
-RECIPES: dict[str, Recipe] = {
-    "standard": Recipe("standard", ((MAIN, "clean"),), "clean images through the main norm"),
-    "pgd_at": Recipe("pgd_at", ((MAIN, "adv"),),
-                     "PGD adversarial training (Madry et al.): PGD examples only, main norm"),
-    "advprop": Recipe("advprop", ((MAIN, "clean"), ("adv", "adv")),
-                      "AdvProp: clean through main, PGD examples through branch 'adv'"),
-    "ebn": Recipe("ebn", ((MAIN, "clean"), ("easy", "easy")),
-                  "EBN: clean through main, easy examples (PGD targeted at the true label) through 'easy'"),
-    "advprop_ebn": Recipe("advprop_ebn", ((MAIN, "clean"), ("adv", "adv"), ("easy", "easy")),
-                          "AdvProp + EBN: clean/main, PGD/adv, easy/easy; sum of the three losses"),
-}
-
-
-def get_recipe(recipe) -> Recipe:
-    """The :class:`Recipe` for a name (or the recipe itself)."""
-    if isinstance(recipe, Recipe):
-        return recipe
-    return RECIPES[check_choice("recipe", recipe, tuple(RECIPES))]
-
-
-def branches_for(recipe) -> tuple[str, ...]:
-    """Auxiliary branches a recipe trains: ``()``, ``("adv",)``, ``("easy",)`` or ``("adv", "easy")``."""
-    return get_recipe(recipe).branches
-
-
-def metric_columns(recipe) -> list[str]:
-    """The per-step / per-epoch metric names of a recipe: ``loss`` then ``loss_<b>``, ``acc_<b>``."""
-    cols = ["loss"]
-    for b, _ in get_recipe(recipe).slices:
-        cols += [f"loss_{b}", f"acc_{b}"]
-    return cols
-
-
-# ---------------------------------------------------------------------------------- settings
-@dataclass(frozen=True)
-class StepSettings:
-    """What :func:`train_step` needs from a config (a :class:`rnorm.runs.RunConfig` has all)."""
-
-    train_eps: float = 8 / 255
-    train_steps: int = 5
-    train_alpha: float | None = None
-    attack_stats: str = "batch"
-    loss_weighting: str = "mean"
-    precision: str = "fp32"
-    channels_last: bool = False
-
-    def __post_init__(self):
-        object.__setattr__(self, "train_eps", check_float("train_eps", self.train_eps, min_value=0.0, max_value=1.0))
-        object.__setattr__(self, "train_steps", check_int("train_steps", self.train_steps, min_value=1))
-        if self.train_alpha is not None:
-            object.__setattr__(self, "train_alpha", check_float("train_alpha", self.train_alpha, min_value=0.0,
-                                                                 max_value=1.0, min_inclusive=False))
-        check_choice("attack_stats", self.attack_stats, ATTACK_STATS)
-        check_choice("loss_weighting", self.loss_weighting, LOSS_WEIGHTINGS)
-        object.__setattr__(self, "precision", resolve_precision(self.precision))
-        if not isinstance(self.channels_last, bool):
-            raise ConfigError(f"channels_last={self.channels_last!r} must be True or False.")
-
-    @property
-    def alpha(self) -> float:
-        """PGD step size: ``train_alpha`` or ``2.5 * eps / steps`` (Madry et al.)."""
-        return 2.5 * self.train_eps / self.train_steps if self.train_alpha is None else self.train_alpha
-
-    @classmethod
-    def of(cls, cfg) -> "StepSettings":
-        """From a RunConfig-like object, a dict, ``None`` (defaults) or a StepSettings."""
-        if cfg is None:
-            return cls()
-        if isinstance(cfg, cls):
-            return cfg
-        names = cls.__dataclass_fields__
-        if isinstance(cfg, dict):
-            return cls(**{k: v for k, v in cfg.items() if k in names})
-        return cls(**{k: getattr(cfg, k) for k in names if hasattr(cfg, k)})
+from .. import attacks as _attacks
+from .._tensors import stable_seed
+from .._validate import ConfigError, check_choice  # noqa: F401 - ConfigError: re-exported
+from ..norms import MAIN, route, use_stats  # noqa: F401 - MAIN: importable from here before the split
+from .recipes import (ATTACK_STATS, KINDS, LOSS_WEIGHTINGS, RECIPES, Recipe, StepSettings,  # noqa: F401
+                      branches_for, get_recipe, metric_columns)
+from .schedule import SCHEDULES, LRShape, make_optimizer, make_scheduler  # noqa: F401 - re-exported
 
 
 # ---------------------------------------------------------------------------------- examples
@@ -263,48 +139,12 @@ def step_metrics(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Te
     return out
 
 
-# ---------------------------------------------------------------------------------- schedule
-class LRShape:
-    """Learning-rate factor per *iteration*, for ``torch.optim.lr_scheduler.LambdaLR``.
-
-    Linear warmup over ``warmup_iters`` (factor (i+1)/warmup), then ``cosine`` (from 1 to 0 over
-    the remaining iterations), ``step`` (x0.1 at 50 % and 75 % of all iterations) or
-    ``constant``. A plain object with int/str attributes so the scheduler's state dict stays
-    loadable with ``weights_only=True``.
-    """
-
-    def __init__(self, schedule: str, total_iters: int, warmup_iters: int = 0):
-        self.schedule = check_choice("schedule", schedule, SCHEDULES)
-        self.total_iters = int(total_iters)
-        self.warmup_iters = int(warmup_iters)
-
-    def __call__(self, it: int) -> float:
-        if it < self.warmup_iters:
-            return (it + 1) / self.warmup_iters
-        if self.schedule == "constant":
-            return 1.0
-        if self.schedule == "step":
-            return 0.1 ** ((it >= self.total_iters // 2) + (it >= (3 * self.total_iters) // 4))
-        span = max(1, self.total_iters - self.warmup_iters)
-        t = min(1.0, (it - self.warmup_iters) / span)
-        return 0.5 * (1.0 + math.cos(math.pi * t))
-
-
-def make_optimizer(model: nn.Module, lr: float, momentum: float, weight_decay: float) -> torch.optim.SGD:
-    """SGD (no Nesterov) over all parameters, weight decay on all of them (as the reference code)."""
-    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=False)
-
-
-def make_scheduler(optimizer, schedule: str, total_iters: int, warmup_iters: int = 0):
-    """A per-iteration ``LambdaLR`` with :class:`LRShape`; call ``.step()`` after every optimizer step."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, LRShape(schedule, total_iters, warmup_iters))
-
 
 # ---------------------------------------------------------------------------------- one epoch
 def epoch_plan(n: int, batch_size: int) -> tuple[int, bool]:
     """``(batches per epoch, drop_last)`` for ``n`` training images: the last batch is dropped only
     when it would hold a single image (BatchNorm cannot train on one image)."""
-    from . import data as _data
+    from .. import data as _data
 
     drop_last = n > 1 and n % batch_size == 1
     return _data.num_batches(n, batch_size, drop_last=drop_last), drop_last
@@ -316,6 +156,20 @@ def derive_seed(*parts) -> int:
 
 
 _POSTFIX_EVERY = 25  # batches between progress-bar loss updates
+
+
+def _progress_bar(total: int, desc: str):
+    from tqdm.auto import tqdm
+    return tqdm(total=total, desc=desc, unit="batch", leave=False, file=sys.stderr, dynamic_ncols=True)
+
+
+def _show(bar, i: int, total: int, loss_sum, seen: int, t0: float) -> None:
+    """Advance the bar by batch ``i``; every :data:`_POSTFIX_EVERY` batches (and at the last) show the
+    epoch's mean loss so far and the images per second: reading the loss back costs a host sync."""
+    bar.update(1)
+    if i % _POSTFIX_EVERY == 0 or i + 1 == total:
+        el = time.perf_counter() - t0
+        bar.set_postfix(loss=f"{float(loss_sum) / seen:.3f}", img_s=f"{seen / max(el, 1e-9):.0f}")
 
 
 class _FiniteWatch:
@@ -365,7 +219,7 @@ def run_epoch(model: nn.Module, optimizer, scheduler, images: torch.Tensor, labe
     on CUDA, where a per-step read-back would stall the GPU, the first bad step is tracked on the device
     and raised at the end of the epoch.
     """
-    from . import data as _data
+    from .. import data as _data
 
     rec = get_recipe(recipe)
     if channels_last is not None:  # a run-time choice of rnorm.runs.train, not a field of the config
@@ -375,11 +229,7 @@ def run_epoch(model: nn.Module, optimizer, scheduler, images: torch.Tensor, labe
     total_batches, drop_last = epoch_plan(labels.shape[0], batch_size)
     it = _data.batches(images, labels, batch_size, shuffle=True, seed=seed, epoch=epoch, augment=augment,
                        drop_last=drop_last, device=device)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=total_batches, desc=desc or f"epoch {epoch + 1}", unit="batch", leave=False,
-                   file=sys.stderr, dynamic_ncols=True)
+    bar = _progress_bar(total_batches, desc or f"epoch {epoch + 1}") if progress else None
     cols = metric_columns(rec)
     sums = {c: 0.0 for c in cols}
     seen = 0
@@ -397,10 +247,7 @@ def run_epoch(model: nn.Module, optimizer, scheduler, images: torch.Tensor, labe
                 sums[c] = sums[c] + m[c] * b
             seen += b
             if bar is not None:
-                bar.update(1)
-                if i % _POSTFIX_EVERY == 0 or i + 1 == total_batches:  # the loss shown costs a host sync
-                    el = time.perf_counter() - t0
-                    bar.set_postfix(loss=f"{float(sums['loss']) / seen:.3f}", img_s=f"{seen / max(el, 1e-9):.0f}")
+                _show(bar, i, total_batches, sums["loss"], seen, t0)
     finally:
         if bar is not None:
             bar.close()
