@@ -9,7 +9,8 @@ writes, into ``--out`` (default
 * ``<YYYY-MM-DD>-<machine>.json`` -- environment (torch version, threads, CPU model and flags,
   load average before and after) and one entry per benchmark with a numeric ``value``, its
   ``unit``, ``target`` and ``met`` plus the per-round details;
-* ``<YYYY-MM-DD>-<machine>.md`` and ``latest.md`` -- the table: benchmark, measured, target, met?
+* ``<YYYY-MM-DD>-<machine>.md`` and ``latest.md`` -- the table (:mod:`benchmarks.report`): benchmark,
+  measured, target, met?
 
 The benchmarks (see :mod:`benchmarks.suite`):
 
@@ -57,6 +58,8 @@ from pathlib import Path
 
 from rnorm.hardware import cpu_name as cpu_model
 from rnorm.hardware import native_bf16, resolve_precision
+
+from .report import markdown, table_rows  # noqa: F401  (the report of a run)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -109,140 +112,6 @@ def environment() -> dict:
         native_bf16=native_bf16(), precision_auto_resolves_to=resolve_precision("auto", "cpu"),
         node=platform.node(), loadavg_before=list(load), loaded_before=load[0] >= LOADED,
         rnorm_data=os.environ.get("RNORM_DATA"))
-
-
-def _fmt_ratio(e: dict, key: str = "ratio") -> str:
-    r = e.get(key) or {}
-    if not r:
-        return f"{e['value']:.3g}"
-    clock = f", {r['clock']} time" if "clock" in r else ""
-    return (f"{r['median']:.3f} (IQR {r['q1']:.2f}–{r['q3']:.2f}, range {r['min']:.2f}–{r['max']:.2f}, "
-            f"{r['rounds']} rounds{clock})")
-
-
-def _yes(met) -> str:
-    return "—" if met is None else ("yes" if met else "**no**")
-
-
-def table_rows(results: dict) -> list[tuple[str, str, str, str]]:
-    """(benchmark, measured, target, met?) rows of the markdown table."""
-    b = results["benchmarks"]
-    rows = []
-
-    def add(name, measured, target, met):
-        rows.append((name, measured, target or "(reported)", _yes(met)))
-
-    def err(k):
-        e = b.get(k, {})
-        if "error" in e:
-            add(k, f"ERROR: {e['error'].splitlines()[-1][:120]}", "", False)
-            return True
-        return k not in b
-
-    if not err("train_step_vs_torchvision"):
-        e = b["train_step_vs_torchvision"]
-        ips = e["images_per_s"]
-        add("1. train step, rnorm resnet18-w16 bn / torchvision + nn.BatchNorm2d (throughput ratio)",
-            f"{_fmt_ratio(e)}; {ips['rnorm']:.0f} vs {ips['torchvision']:.0f} img/s", "≥ 0.95", e["met"])
-    if not err("multibn_split_vs_bn"):
-        e = b["multibn_split_vs_bn"]
-        add(f"2. multibn split fwd+bwd [clean; adv; easy] (3×{e['batch'] // 3}) / plain BN (throughput ratio)",
-            _fmt_ratio(e), "≥ 0.90", e["met"])
-    if not err("robustnorm_vs_bn"):
-        e = b["robustnorm_vs_bn"]
-        prev = e["before_change"]["time_ratio"]
-        add("3. robustnorm / bn train step (time ratio)",
-            f"{_fmt_ratio(e, 'time_ratio')}; before the change: {prev['median']:.3f}", "≤ 1.3", e["met"])
-        if "resnet20_time_ratio" in e:
-            r20 = e["resnet20_time_ratio"]
-            add("3b. ResNet-20 (chapter 03): robustnorm / bn train step (time ratio)",
-                "; ".join(f"p={k.split('_p')[1]}: {v['median']:.3f}" for k, v in r20.items()), None, None)
-    if not err("pgd_wrapper_vs_torchattacks"):
-        e = b["pgd_wrapper_vs_torchattacks"]
-        acc = e["adversarial_accuracy_pct"]
-        add(f"4. make_attack('pgd') / torchattacks.PGD, {e['steps']} steps (throughput ratio; adv. acc.)",
-            f"{_fmt_ratio(e)}; adv. acc. {acc['make_attack']:.1f} % vs {acc['torchattacks']:.1f} %",
-            f"≥ 1.0 within noise (±{e['noise_tolerance']:.2f}), same adv. acc.", e["met"])
-    if not err("matmul_peak"):
-        e = b["matmul_peak"]
-        mm, bst = e["mm_peak_gflops"], e["best_gflops"]
-        add(f"5. peak GFLOP/s, {e['threads']} thread(s): torch.mm {e['mm_n']}²; 3×3 conv (oneDNN)",
-            f"mm fp32 {mm['fp32']:.0f}, bf16 {mm['bf16']:.0f}; conv fp32 {bst['conv_fp32']:.0f}, "
-            f"bf16 {bst['conv_bf16']:.0f}", None, None)
-    if not err("recipe_throughput"):
-        e = b["recipe_throughput"]
-        for r, d in e["recipes"].items():
-            f, h = d["fp32"], d["bf16_cl"]
-            add(f"5. recipe {r}: one epoch ({e['epoch_images']} img, train_steps={e['train_steps']}); "
-                "% of best peak (of torch.mm peak)",
-                f"fp32 {f['images_per_s']:.0f} img/s, {f['gflops_per_s']:.0f} GFLOP/s = "
-                f"{100 * f['fraction_of_peak']:.0f} % ({100 * f['fraction_of_mm_peak']:.0f} %); "
-                f"bf16+CL {h['images_per_s']:.0f} img/s, {h['gflops_per_s']:.0f} GFLOP/s = "
-                f"{100 * h['fraction_of_peak']:.0f} % ({100 * h['fraction_of_mm_peak']:.0f} %); "
-                f"bf16/fp32 {d['bf16_over_fp32']['median']:.2f}", None, None)
-    if not err("data_pipeline_share"):
-        e = b["data_pipeline_share"]
-        add("6. data pipeline (rnorm.data.batches incl. crop+flip) share of an epoch",
-            f"{e['value']:.2f} %", "< 5 %", e["met"])
-    if not err("scaling_dataset_size"):
-        e = b["scaling_dataset_size"]
-        add(f"7. epoch time vs training-set size ({', '.join(map(str, e['sizes']))} images)",
-            f"R² = {e['value']:.4f}; {e['slope_ms_per_image']:.2f} ms/image + {e['intercept_s']:.2f} s",
-            None, None)
-    if not err("scaling_processes"):
-        e = b["scaling_processes"]
-        ips = e["images_per_s"]
-        add("7. two 1-thread processes / one 2-thread process, same jobs (throughput ratio)",
-            f"{_fmt_ratio(e)}; {ips['two_1thread_processes']:.0f} vs {ips['one_2thread_process']:.0f} img/s; "
-            f"vs the 2-thread process with OMP_WAIT_POLICY=PASSIVE: {e['ratio_vs_passive']['median']:.2f} "
-            f"({ips['one_2thread_process_passive']:.0f} img/s)", None, None)
-    if not err("threads_two_vs_one"):
-        e = b["threads_two_vs_one"]
-        sec = e["seconds"]
-        add(f"7. train step with {e['threads']} threads / 1 thread, same process (throughput ratio)",
-            f"{_fmt_ratio(e)}; " + ", ".join(f"{k.replace('_', ' ')} {1000 * v:.0f} ms" for k, v in sec.items()),
-            None, None)
-    if not err("precision_auto_isa_capped"):
-        e = b["precision_auto_isa_capped"]
-        ips = e["images_per_s"]
-        cap = "capped at AVX2" if e["cap_in_effect"] else f"cap not in effect: {e['cpu_capability']}"
-        add(f"9. `precision: auto` without native bf16 (kernels {cap}, bf16 flags hidden): resolved run / "
-            "plain fp32 (throughput ratio)",
-            f"resolves to **{e['precision_resolved']}**, channels_last {e['channels_last_resolved']}; "
-            f"{_fmt_ratio(e)}; {ips['auto']:.0f} vs {ips['fp32']:.0f} img/s; forced bf16+CL {ips['bf16_cl']:.0f} "
-            f"img/s ({e['bf16_over_fp32']['median']:.2f}× fp32)", "≥ 0.90 and fp32", e["met"])
-    if not err("bf16_eval_attack"):
-        e = b["bf16_eval_attack"]
-        parts = [f"{r['eps']}: fp32 {r['robust_acc_fp32_pct']:.1f} % vs bf16 {r['robust_acc_bf16_pct']:.1f} %"
-                 for r in e["per_eps"]]
-        add(f"bf16 vs fp32 evaluation attack (PGD, {e['test_images']} test images): robust accuracy",
-            "; ".join(parts) + f" (max |Δ| {e['value']:.1f} pt)", "|Δ| ≤ 0.5 pt", e["met"])
-    return rows
-
-
-def markdown(results: dict) -> str:
-    env = results["environment"]
-    lines = [
-        f"# rnorm benchmarks — {env['date'][:10]}, {results['machine']} ({results['mode']} mode)",
-        "",
-        f"torch {env['torch_version']}, {env['threads']} thread(s) ({env['threads_reason']}), CPU: {env['cpu_model']} "
-        f"({env['cpu_count']} cores, {env['cpu_capability']}, native bf16: "
-        f"{'yes' if env.get('native_bf16') else 'no'}; `precision: auto` resolves to "
-        f"**{env.get('precision_auto_resolves_to', 'n/a')}** here); load average before "
-        f"{', '.join(f'{x:.2f}' for x in env['loadavg_before'])}, after "
-        f"{', '.join(f'{x:.2f}' for x in env.get('loadavg_after', []))}"
-        f"{' — the machine was shared with other jobs' if env['loaded_before'] else ''}. "
-        f"Total {results['total_seconds']:.0f} s. Ratios are medians of per-round ratios of "
-        "interleaved timings (A, B, B, A, ...); with one thread on process CPU time (other jobs' "
-        "time slices left out), else on wall time; the JSON has both.",
-        "",
-        "| benchmark | measured | target | met? |",
-        "| --- | --- | --- | --- |",
-    ]
-    for row in table_rows(results):
-        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in row) + " |")
-    lines.append("")
-    return "\n".join(lines)
 
 
 #: What a benchmark's child must run first, in the same process (it reads their ``ctx`` entries).

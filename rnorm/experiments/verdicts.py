@@ -19,171 +19,39 @@ ledger (:mod:`rnorm.experiments.ledger`) applies them to a whole results folder,
 agree. The rules live apart from the ledger's reading and tabulating of results, because every
 study notebook's key (:func:`rnorm.book.notebook_key`) covers the code it imports: the ledger's
 own code can then change without making the executed chapters stale.
+
+Here: each claim's verdict function (:data:`VERDICTS`) and :func:`findings`, with C1's and C3's sensitivity
+analyses. What they read and measure is in :mod:`rnorm.experiments.evidence` (result frames, per-image
+correctness, effects); how a part is judged and parts and settings combine, by the one spec of
+:mod:`rnorm.experiments.claims`, in :mod:`rnorm.experiments.judge`; C4's and C5's comparison of two
+recipes per setting in :mod:`rnorm.experiments.per_setting`. Every name is importable from here too.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from .. import stats
 from ..attacks import format_eps
-from ..results import read_csv_exact
-from . import protocol
-from .protocol import JUDGED_EPS, MAX_CI_WIDTH, _select
-
-REPRODUCED, PARTLY, NOT, INCONCLUSIVE, NOT_RUN = (stats.REPRODUCED, stats.PARTLY, stats.NOT, stats.INCONCLUSIVE,
-                                                  stats.NOT_RUN)
-
-from . import claims
+from . import claims, protocol
 from .claims import (CLEAN_SENSITIVITY, C4_CLAIMED, C4_READINGS, CLAIMS, CLEAN_MARGIN, HEADLINE_P, NONORM_MARGIN,  # noqa: F401
                      REPAIR_MARGIN, REPAIR_MIN_DROP, ROBUST_MARGIN, RULES, SHIFT_MARGIN, SOURCES, SPECS,
                      SENSITIVITY_EPS, SENSITIVITY_MARGINS, SPEED_MARGIN, SPEED_TARGET, SWAP_MARGIN, combine_parts,
                      over_settings)
+from .evidence import (Results, clean_effect, epochs_to, full_test_bits, judged_ebn_eps, per_image,  # noqa: F401
+                       robust_rows, seed_values, shift_effect, trainings_effect, worst_case)
+from .judge import (INCONCLUSIVE, NOT, NOT_RUN, PARTLY, REPRODUCED, Row, checked, claim_row,  # noqa: F401
+                    most)
+from .per_setting import compare_recipes
+from .protocol import JUDGED_EPS, _select
+
+# The names these helpers had here before they moved (tests and notebooks import them from this module).
+_checked, _claim, _most, _recipes = checked, claim_row, most, compare_recipes
+_robust, _clean_effect, _shift_effect = robust_rows, clean_effect, shift_effect
 
 _J = format_eps(JUDGED_EPS)
-
-
-# --- reading results -----------------------------------------------------------------------------
-
-class Results:
-    """The frames under a results root: ``frame(notebook, name)`` reads ``<root>/<notebook>/<name>.csv``
-    exactly (None when absent). ``Results.of(notebook, frames)`` wraps one study's frames in memory,
-    so a notebook can state its own verdict with the ledger's rule before anything is written."""
-
-    def __init__(self, root=None, skip=()):
-        self.root = None if root is None else Path(root)
-        self._cache = {}
-        self.skip = frozenset(skip)
-
-    @classmethod
-    def of(cls, notebook: str, frames: dict) -> "Results":
-        r = cls(None)
-        r._cache.update({(notebook, k): v for k, v in frames.items()})
-        return r
-
-    def frame(self, notebook: str, name: str) -> pd.DataFrame | None:
-        key = (notebook, name)
-        if notebook in self.skip or (key not in self._cache and self.root is None):
-            return None
-        if key not in self._cache:
-            f = self.root / notebook / f"{name}.csv"
-            self._cache[key] = read_csv_exact(f, keep_default_na=False, na_values=[""]) if f.is_file() else None
-        return self._cache[key]
-
-
-@dataclasses.dataclass
-class Row:
-    """A ledger row before formatting: the verdict, the effect text, its parts and the checks made."""
-
-    verdict: str
-    effect: str = "—"
-    parts: dict = dataclasses.field(default_factory=dict)
-    checks: str = ""
-    held: tuple = ()  # the preconditions that were checked and hold (each a sentence naming its threshold)
-
-
-def per_image(rows: pd.DataFrame, seeds) -> np.ndarray | None:
-    """Per-image correctness (models x images) of one row per seed, the images each row scored.
-
-    Several rows for one seed (e.g. PGD and APGD) are combined per image as the worst case: correct
-    only if correct under every attack, on the images every row scored (a row over the first
-    ``apgd_n`` images of the test subset restricts the comparison to those). None if a seed has no
-    row or the rows lack per-image bits.
-    """
-    from ..evaluate import unpack_bits
-
-    def bits(text: str, n: int) -> np.ndarray:  # padded with False (not scored) to n
-        own = len(bytes.fromhex(text[5:])) * 8  # "bits:" + hex
-        return np.pad(unpack_bits(text, own), (0, n - own))
-
-    out = []
-    for s in seeds:
-        sub = rows[rows["seed"] == s]
-        if sub.empty or "correct_bits" not in sub or not all(isinstance(b, str) and b for b in sub["correct_bits"]):
-            return None
-        n = max(len(bytes.fromhex(b[5:])) * 8 for b in sub["scored_bits"])
-        scored = np.logical_and.reduce([bits(b, n) for b in sub["scored_bits"]])
-        correct = np.logical_and.reduce([bits(b, n) for b in sub["correct_bits"]])
-        out.append((scored, correct))
-    n = max(len(sc) for sc, _ in out)
-    out = [(np.pad(sc, (0, n - len(sc))), np.pad(c, (0, n - len(c)))) for sc, c in out]
-    common = np.logical_and.reduce([sc for sc, _ in out])
-    return np.stack([c[common] for _, c in out])
-
-
-def worst_case(rows: pd.DataFrame, seeds) -> list[float] | None:
-    """Robust accuracy per seed under the worse of the rows' attacks *per image* (an image counts only if
-    it survives every attack), on the images they all scored; the minimum of the rows' accuracies where
-    the rows carry no per-image bits (results of an older layout). None if a seed has no row."""
-    m = per_image(rows, seeds)
-    if m is None:
-        return seed_values(rows, seeds)
-    return [float(v) for v in m.mean(axis=1)]
-
-
-def trainings_effect(rows_a: pd.DataFrame, rows_b: pd.DataFrame, seeds) -> stats.Effect:
-    """``b`` minus ``a`` for two trainings compared seed by seed, per image the worst case of each side's
-    attacks: :func:`rnorm.stats.paired_trainings` where both sides carry per-image results on the same
-    images, else the Student-t interval over the seeds' accuracies (:func:`rnorm.stats.paired_seeds`)."""
-    ma, mb = per_image(rows_a, seeds), per_image(rows_b, seeds)
-    if ma is not None and mb is not None and ma.shape == mb.shape:
-        return stats.paired_trainings(ma, mb)
-    return stats.paired_seeds(worst_case(rows_a, seeds), worst_case(rows_b, seeds))
-
-
-def seed_values(frame: pd.DataFrame, seeds, value: str = "accuracy") -> list[float] | None:
-    """One value per seed (the minimum if several rows, i.e. the strongest attack); None if one is missing."""
-    out = []
-    for s in seeds:
-        v = frame.loc[frame["seed"] == s, value]
-        if v.empty:
-            return None
-        out.append(float(v.min()))
-    return out
-
-
-def _checked(effect, *, margin, checks: dict, max_width: float | None = MAX_CI_WIDTH) -> stats.Verdict:
-    return stats.judge(effect, margin=margin, preconditions=checks,
-                       max_width=max_width if effect is not None and effect.unit == "points" else None)
-
-
-def _claim(core: dict, side: dict | None = None, checks: dict | None = None) -> Row:
-    """Combine a claim's parts into its verdict by the spec's table (:func:`rnorm.experiments.claims.combine_parts`).
-
-    ``checks`` are the claim's own preconditions (description -> bool): the first that fails makes
-    the claim inconclusive whatever its parts say. Then the *core* parts (the effect the claim is
-    about) and the *side* parts (what the claim says comes along) give the verdict the table says;
-    so a null effect is never ``partly``: ``partly`` needs the core effect itself.
-    """
-    side = side or {}
-    parts = {**core, **side}
-    effect = "; ".join(f"{k}: {v.effect.text() if v.effect is not None else '—'}"
-                       + ("" if v.verdict in (REPRODUCED, NOT) else f" ({v.verdict}: {v.reason})")
-                       for k, v in parts.items())
-    held = tuple(what for what, ok in (checks or {}).items() if ok)
-    for what, ok in (checks or {}).items():
-        if not ok:
-            return Row(INCONCLUSIVE, effect, parts, f"Precondition fails: {what}.", held)
-    verdict, case = combine_parts(core, side)
-
-    def named(which, *verdicts_):
-        return ", ".join(f"{k} ({v.verdict})" if v.verdict not in (REPRODUCED, NOT) else k
-                         for k, v in which.items() if v.verdict in verdicts_)
-    refuted = named(parts, NOT)
-    held_parts = named(parts, REPRODUCED)
-    open_ = ", ".join(f"{k} ({v.verdict})" for k, v in parts.items() if v.verdict not in (REPRODUCED, NOT))
-    why = "; ".join(t for t in (f"refuted: {refuted}" if refuted else "", f"holds: {held_parts}" if held_parts else "",
-                                f"undecided: {open_}" if open_ else "") if t)
-    return Row(verdict, effect, parts, "" if verdict == REPRODUCED else f"{case} ({why})", held)
-
-
-def _robust(acc: pd.DataFrame) -> pd.DataFrame:
-    """Robust rows that may enter a verdict: PGD and APGD/AutoAttack (not FGSM or noise)."""
-    return acc[acc["attack"].isin(("pgd",) + protocol.STRONG_ATTACKS)]
 
 
 # --- C1 ----------------------------------------------------------------------------------------------
@@ -200,8 +68,8 @@ def verdict_c1(r: Results) -> Row:
     strong_ok, strong = protocol.attack_strength(pgd)
     parts = {}
     for statistic in ("mean", "var"):
-        eff = _shift_effect(effects, JUDGED_EPS, statistic)
-        parts[f"shift of the {'mean' if statistic == 'mean' else 'variance'} (PGD / sign noise)"] = _checked(
+        eff = shift_effect(effects, JUDGED_EPS, statistic)
+        parts[f"shift of the {'mean' if statistic == 'mean' else 'variance'} (PGD / sign noise)"] = checked(
             eff, margin=SHIFT_MARGIN, checks={strong: strong_ok}, max_width=None)
     clean = per_image(_select(acc[acc["attack"] == "clean"], stats="population"), seeds)
     adv = per_image(_select(pgd, stats="population", gradient="white-box"), seeds)
@@ -211,22 +79,14 @@ def verdict_c1(r: Results) -> Row:
     else:
         drop = float(clean.mean() - adv.mean())
         eff = stats.recovered_fraction(clean, adv, fixed)
-        parts["repair (share of PGD's damage undone by the batch's own statistics)"] = _checked(
+        parts["repair (share of PGD's damage undone by the batch's own statistics)"] = checked(
             eff, margin=REPAIR_MARGIN, max_width=None, checks={
                 strong: strong_ok,
                 f"PGD at {_J} takes only {100 * drop:.1f} points, less than the {100 * REPAIR_MIN_DROP:.0f} a "
                 f"repair could be measured on": drop >= REPAIR_MIN_DROP})
     shift = {k: v for k, v in parts.items() if k.startswith("shift")}
     side = {k: v for k, v in parts.items() if not k.startswith("shift")}
-    return _claim(shift, side, {conv: conv_ok})
-
-
-def _shift_effect(effects: pd.DataFrame, eps: float, statistic: str) -> stats.Effect | None:
-    e = _select(effects, eps=float(eps), attack="pgd", control="noise_sign", reference="precise", statistic=statistic)
-    if e.empty:
-        return None
-    return stats.Effect(float(e["ratio"].iloc[0]), float(e["low"].iloc[0]), float(e["high"].iloc[0]),
-                        int(e["n_images"].iloc[0]), str(e["paired_over"].iloc[0]), unit="ratio")
+    return claim_row(shift, side, {conv: conv_ok})
 
 
 def c1_sensitivity(effects: pd.DataFrame | None, margins=SENSITIVITY_MARGINS, epsilons=SENSITIVITY_EPS) -> pd.DataFrame:
@@ -241,7 +101,7 @@ def c1_sensitivity(effects: pd.DataFrame | None, margins=SENSITIVITY_MARGINS, ep
         return pd.DataFrame(columns=cols)
     rows = []
     for eps in epsilons:
-        got = {st: _shift_effect(effects, eps, st) for st in ("mean", "var")}
+        got = {st: shift_effect(effects, eps, st) for st in ("mean", "var")}
         if any(v is None for v in got.values()):
             continue
         raw = {st: float(_select(effects, eps=float(eps), attack="pgd", control="noise_sign", reference="precise",
@@ -273,7 +133,7 @@ def verdict_c2(r: Results) -> Row:
     if not seeds:
         return Row(NOT_RUN, "—", checks="no seed has both a BN and a no-norm model")
     conv_ok, conv = protocol.convergence(models, norm="bn")
-    rob = _robust(_select(acc, eps=float(JUDGED_EPS)))
+    rob = robust_rows(_select(acc, eps=float(JUDGED_EPS)))
     strong_ok, strength = protocol.attack_strength(rob)
     bn, none = rob[rob["norm"] == "bn"], rob[rob["norm"] == "none"]
     pop_rows, wb_rows = _select(bn, stats="population", gradient="white-box"), _select(bn, stats="batch",
@@ -290,15 +150,15 @@ def verdict_c2(r: Results) -> Row:
     swap, nonorm, clean_part = spec.parts
     pb, bb = per_image(pop_rows, seeds), per_image(wb_rows, seeds)
     core = {swap.name: stats.Verdict(NOT_RUN, None, "no per-image rows") if pb is None or bb is None
-            or pb.shape != bb.shape else _checked(stats.paired_images(pb, bb), margin=swap.margin, checks={})}
+            or pb.shape != bb.shape else checked(stats.paired_images(pb, bb), margin=swap.margin, checks={})}
     side = {nonorm.name: _nonorm_part(nn_, wb, pop, nonorm.margin)}
     clean = sweep[(sweep["attack"] == "clean") & (sweep["norm"] == "bn")]
     cp = per_image(_select(clean, stats="population"), seeds)
     cb = per_image(_select(clean, stats="batch"), seeds)
     side[clean_part.name] = (stats.Verdict(NOT_RUN, None, "no per-image rows") if cp is None or cb is None
-                             else _checked(stats.paired_images(cp, cb), margin=clean_part.margin, checks={}))
-    row = _claim(core, side, checks)
-    earlier = _claim({"batch-statistics BN minus no-norm": _checked(stats.paired_seeds(nn_, wb), margin=nonorm.margin,
+                             else checked(stats.paired_images(cp, cb), margin=clean_part.margin, checks={}))
+    row = claim_row(core, side, checks)
+    earlier = claim_row({"batch-statistics BN minus no-norm": checked(stats.paired_seeds(nn_, wb), margin=nonorm.margin,
                                                                    checks={})},
                      {clean_part.name: side[clean_part.name]}, checks)
     row.checks = "; ".join(t for t in (row.checks, f"under the earlier rule (core part: batch-statistics BN minus "
@@ -311,7 +171,7 @@ def _nonorm_part(nonorm: list, batch: list, population: list, margin: float) -> 
     seeds, against ``margin``; inconclusive where population-statistics BN would not fail the same test
     (the test could then not tell a removed vulnerability from an unchanged one)."""
     effect = stats.paired_seeds(nonorm, batch)
-    v = _checked(effect, margin=margin, checks={})
+    v = checked(effect, margin=margin, checks={})
     control = stats.paired_seeds(nonorm, population)
     power = _nonorm_power(nonorm, population, margin)
     if v.verdict == REPRODUCED and not (control.high < margin):
@@ -335,13 +195,6 @@ def _nonorm_power(nonorm: list, population: list, margin: float) -> str:
 
 # --- C3 ----------------------------------------------------------------------------------------------
 
-def epochs_to(history: pd.DataFrame, target: float) -> float:
-    """The first epoch (``history``'s epochs count from 1) at which ``test_acc`` reaches ``target``;
-    inf if never."""
-    hit = history[history["test_acc"] >= target]
-    return float(hit["epoch"].min()) if len(hit) else math.inf
-
-
 def verdict_c3(r: Results) -> Row:
     nb = "03_robustnorm"
     models, acc, history = r.frame(nb, "models"), r.frame(nb, "accuracy"), r.frame(nb, "history")
@@ -352,7 +205,7 @@ def verdict_c3(r: Results) -> Row:
     if not seeds:
         return Row(NOT_RUN, checks=f"no seed has both BatchNorm and RobustNorm p = {HEADLINE_P:g}")
     ok_bn, t_bn = protocol.convergence(models, norm="bn")
-    rob = _robust(_select(acc, eps=float(JUDGED_EPS), stats="population"))
+    rob = robust_rows(_select(acc, eps=float(JUDGED_EPS), stats="population"))
     strong_ok, strength = protocol.attack_strength(rob)
     bn_rows, rn_rows = _select(rob, norm="bn"), _select(rob, **rn_sel)
     bn, rn = worst_case(bn_rows, seeds), worst_case(rn_rows, seeds)
@@ -363,7 +216,7 @@ def verdict_c3(r: Results) -> Row:
         core[robust_name] = stats.Verdict(NOT_RUN, None, f"no PGD rows at {_J}")
     else:
         floor_ok, floor = protocol.not_at_floor(*bn, *rn)
-        core[robust_name] = _checked(trainings_effect(bn_rows, rn_rows, seeds), margin=ROBUST_MARGIN,
+        core[robust_name] = checked(trainings_effect(bn_rows, rn_rows, seeds), margin=ROBUST_MARGIN,
                                      checks={floor: floor_ok})
     clean_name = "clean accuracy (full test set), RobustNorm minus BatchNorm"
     cb = seed_values(_select(models, norm="bn"), seeds, "clean_full")
@@ -371,9 +224,9 @@ def verdict_c3(r: Results) -> Row:
     if cb is None or cr is None or any(math.isnan(v) for v in cb + cr):
         side[clean_name] = stats.Verdict(INCONCLUSIVE, None, "a model has no full-test-set clean accuracy")
     else:
-        side[clean_name] = _checked(stats.paired_seeds(cb, cr), margin=CLEAN_MARGIN, checks={})
+        side[clean_name] = checked(stats.paired_seeds(cb, cr), margin=CLEAN_MARGIN, checks={})
     side.update(_speed(models, history, seeds, rn_sel))
-    row = _claim(core, side, checks)
+    row = claim_row(core, side, checks)
     ok_rn, t_rn = protocol.convergence(models, **rn_sel)
     if not ok_rn:
         row.effect += (f"; RobustNorm p = {HEADLINE_P:g}, trained for the same epochs and schedule at its swept "
@@ -428,7 +281,7 @@ def _speed(models: pd.DataFrame, history: pd.DataFrame | None, seeds, rn_sel: di
         return {name: stats.Verdict(NOT, None, f"RobustNorm never reached {100 * target:.1f} % test accuracy in "
                                                f"some seed (BatchNorm did)")}
     effect = stats.paired_seeds(er, eb, unit="epochs")
-    v = _checked(effect, margin=SPEED_MARGIN, checks={})
+    v = checked(effect, margin=SPEED_MARGIN, checks={})
     if v.verdict == INCONCLUSIVE and effect.high < 0:  # slower for sure; by more than the margin, undecided
         v = stats.Verdict(INCONCLUSIVE, effect, f"RobustNorm is slower (the CI excludes 0), but whether by more "
                                                 f"than the {-SPEED_MARGIN:g}-epoch margin the data cannot tell")
@@ -437,138 +290,12 @@ def _speed(models: pd.DataFrame, history: pd.DataFrame | None, seeds, rn_sel: di
     return {f"epochs to {100 * target:.1f} % test accuracy, BatchNorm minus RobustNorm": v}
 
 
-# --- C4, C5 ------------------------------------------------------------------------------------------
-
-def _most(settings: dict[str, stats.Verdict], claimed: int | None = None) -> stats.Verdict:
-    """Over settings, by the spec's table (:func:`rnorm.experiments.claims.over_settings`). "Half" is of
-    the ``claimed`` settings where given (a setting not run counts as not tested), else of those judged."""
-    v = [x.verdict for x in settings.values()]
-    if not v:
-        return stats.Verdict(NOT_RUN, None, "no setting")
-    total = max(len(v), claimed or 0)
-    held, partly, refuted = v.count(REPRODUCED), v.count(PARTLY), v.count(NOT)
-    undecided = len(v) - held - partly - refuted
-    untested = f", {total - len(v)} not tested" if total > len(v) else ""
-    counts = (f"{held} of {total} settings hold, {partly} partly, {refuted} refuted"
-              f"{f', {undecided} inconclusive' if undecided else ''}{untested}")
-    verdict = over_settings(v, total)
-    if verdict in (REPRODUCED, NOT):
-        return stats.Verdict(verdict, None, counts if untested else "")
-    if verdict == PARTLY:
-        return stats.Verdict(PARTLY, None, counts)
-    return stats.Verdict(INCONCLUSIVE, None, counts + (": too few settings tested to say whether the claim holds in "
-                                                       "most" if untested and refuted else ""))
-
-
-def _recipes(r: Results, new: str, old: str, robust: bool, claim_settings: tuple[int, str] | None = None) -> Row:
-    """``new`` minus ``old`` per (dataset, arch) setting of chapter 04, paired over seeds, each setting a
-    :func:`_claim` (clean, and with ``robust`` the worst case of PGD and APGD at each judged ε) gated by
-    standard training's floor; combined over settings by :func:`_most`. The reason says how many
-    settings were judged, and of how many the paper's claim covers (``claim_settings``: count, text)."""
-    nb = "04_easy_batchnorm"
-    models, acc = r.frame(nb, "models"), r.frame(nb, "accuracy")
-    if acc is None:
-        return Row(NOT_RUN)
-    if "share" in acc:
-        acc = acc[acc["share"].isin(("none", ""))]
-    if models is not None and "share" in models:  # the sharing ablation's EBN models are not the recipes compared
-        models = models[models["share"].isin(("none", ""))]
-    settings, texts, held = {}, [], []
-    from ..plots import label
-    for (dataset, arch), sub in acc.groupby(["dataset", "arch"], sort=False):
-        name = f"{label(dataset)} / {arch}"
-        main = sub[sub["branch"] == "main"]
-        seeds = sorted(set(main.loc[main["recipe"] == new, "seed"]) & set(main.loc[main["recipe"] == old, "seed"]))
-        if not seeds:
-            continue
-        below = ""
-        conv_ok, conv = protocol.standard_floor(models, dataset, arch)
-        if models is not None and "clean_full" in models:  # clean accuracy on the full test set, per model
-            m = _select(models, dataset=dataset, arch=arch)
-            compared = m[m["recipe"].isin((new, old)) & (m["recipe"] != "standard")]
-            ok_c, t_c = protocol.convergence(compared) if len(compared) else (True, "")
-            below = "" if ok_c else f"; trained by standard training's schedule, {t_c.replace('below', 'stay below')}"
-
-            def clean_by(rec):
-                return seed_values(_select(m, recipe=rec), seeds, "clean_full")
-
-            def clean_bits(rec):
-                return full_test_bits(_select(m, recipe=rec), seeds)
-        else:  # no models frame: the clean rows of the evaluated subset
-            def clean_by(rec):
-                return seed_values(_select(main, attack="clean", recipe=rec), seeds)
-
-            def clean_bits(rec):
-                return None
-        parts, checks = {}, {conv: conv_ok}
-        ca, cb = clean_by(old), clean_by(new)
-        parts["clean"] = (stats.Verdict(NOT_RUN, None, "a model has no clean accuracy recorded") if ca is None
-                          or cb is None else _checked(_clean_effect(ca, cb, clean_bits(old), clean_bits(new)),
-                                                      margin=0.0, checks={}))
-        if robust:
-            rob = _robust(main)
-            ok, strength = protocol.attack_strength(rob)
-            checks[strength] = ok
-            for eps in judged_ebn_eps(models, dataset, arch):
-                at_eps = _select(rob, eps=float(eps))
-                a, b = worst_case(_select(at_eps, recipe=old), seeds), worst_case(_select(at_eps, recipe=new), seeds)
-                if a is None or b is None:
-                    parts[f"robust {format_eps(eps)}"] = stats.Verdict(NOT_RUN, None,
-                                                                       f"no robust rows at {format_eps(eps)}")
-                    continue
-                f_ok, floor = protocol.not_at_floor(*a, *b)
-                effect = trainings_effect(_select(at_eps, recipe=old), _select(at_eps, recipe=new), seeds)
-                parts[f"robust {format_eps(eps)}"] = _checked(effect, margin=ROBUST_MARGIN, checks={floor: f_ok})
-        row = _claim(parts, {}, checks)
-        row.effect += below
-        held += [h for h in row.held if h not in held]
-        settings[name] = stats.Verdict(row.verdict, None, "; ".join(t for t in (row.effect, row.checks) if t))
-        texts.append(f"{name}, {label(new)} minus {label(old)} ({row.verdict}"
-                     f"{': ' + row.checks if row.checks else ''}): {row.effect}")
-    if not settings:
-        return Row(NOT_RUN)
-    overall = _most(settings, claim_settings[0] if claim_settings else None)
-    scope = f"judged in {len(settings)} setting{'s' if len(settings) > 1 else ''} ({', '.join(settings)})"
-    if claim_settings:
-        scope += f" of the {claim_settings[0]} the claim covers ({claim_settings[1]})"
-    return Row(overall.verdict, " | ".join(texts), settings, "; ".join(t for t in (overall.reason, scope) if t),
-               tuple(held))
-
-
-def full_test_bits(models: pd.DataFrame, seeds) -> np.ndarray | None:
-    """Per-image clean correctness on the full test set (seeds x images) from a models frame's
-    ``clean_full_correct``/``clean_full_scored`` bits (:func:`rnorm.experiments.common.models_frame`
-    with ``per_image``); None where a seed lacks them (a build evaluated without per-image bits)."""
-    if "clean_full_correct" not in models:
-        return None
-    rows = models.rename(columns={"clean_full_correct": "correct_bits", "clean_full_scored": "scored_bits"})
-    return per_image(rows[["seed", "correct_bits", "scored_bits"]], seeds)
-
-
-def _clean_effect(a: list, b: list, bits_a: np.ndarray | None, bits_b: np.ndarray | None) -> stats.Effect:
-    """Clean accuracy ``b`` minus ``a`` over seeds: with per-image bits of both sides on the same images,
-    :func:`rnorm.stats.paired_trainings` (the wider of Student-t over seeds and the hierarchical bootstrap
-    over seeds x images); else the Student-t interval over the seeds' accuracies."""
-    if bits_a is not None and bits_b is not None and bits_a.shape == bits_b.shape:
-        return stats.paired_trainings(bits_a, bits_b)
-    return stats.paired_seeds(a, b)
-
-
-def judged_ebn_eps(models: pd.DataFrame | None, dataset: str, arch: str) -> list[float]:
-    """The ε at which C4 is judged in a setting: the training ε of its AdvProp/EBN models (from the
-    models frame) and the dataset's standard ε (:data:`protocol.EBN_STANDARD_EPS`)."""
-    out = []
-    if models is not None and "train_eps" in models:
-        m = _select(models, dataset=dataset, arch=arch)
-        out += sorted(set(m.loc[m["recipe"].isin(("advprop", "ebn", "advprop_ebn")), "train_eps"].astype(float)))
-    std = protocol.EBN_STANDARD_EPS.get(dataset)
-    return out + ([std] if std is not None and all(abs(std - e) > 1e-9 for e in out) else [])
-
+# --- C4, C5 (per setting: rnorm.experiments.per_setting) ---------------------------------------------
 
 def verdict_c4(r: Results) -> Row:
     """C4 on both readings, in one row: the primary reading's verdict (inconclusive where it is not run),
     the secondary's beside it, each against AdvProp under the same rule (:data:`RULES`)."""
-    rows = {lab: _recipes(r, rec, "advprop", robust=True, claim_settings=C4_CLAIMED) for rec, lab in C4_READINGS}
+    rows = {lab: compare_recipes(r, rec, "advprop", robust=True, claim_settings=C4_CLAIMED) for rec, lab in C4_READINGS}
     (p_lab, primary), (s_lab, secondary) = rows.items()
     if primary.verdict == NOT_RUN and secondary.verdict == NOT_RUN:
         return Row(NOT_RUN)
@@ -586,7 +313,7 @@ def verdict_c4(r: Results) -> Row:
 
 
 def verdict_c5(r: Results) -> Row:
-    return _recipes(r, "advprop", "standard", robust=False)
+    return compare_recipes(r, "advprop", "standard", robust=False)
 
 
 VERDICTS = {"C1": verdict_c1, "C2": verdict_c2, "C3": verdict_c3, "C4": verdict_c4, "C5": verdict_c5}
