@@ -7,8 +7,8 @@ below its floor, a failed precondition -- and checks the verdict and its reason.
 from __future__ import annotations
 
 import itertools
-
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -431,9 +431,9 @@ def test_c4_cleaner_but_less_robust_is_not_reproduced_and_says_what_held(two_cla
 def test_c4_and_c5_say_how_many_settings_were_judged():
     r = Results.of("04_easy_batchnorm", _ebn_frames({("fashion_mnist", "resnet18"): GOOD}))
     c4, c5 = verdicts.verdict_c4(r), verdicts.verdict_c5(r)
-    assert ("judged in 1 setting (FashionMNIST / resnet18) of the 4 the claim covers "
+    assert ("judged in 1 setting (FashionMNIST / ResNet-18) of the 4 the claim covers "
             "(FashionMNIST, CIFAR-10 x ResNet-18, ResNet-50)") in c4.checks
-    assert c5.checks.endswith("judged in 1 setting (FashionMNIST / resnet18)")
+    assert c5.checks.endswith("judged in 1 setting (FashionMNIST / ResNet-18)")
     assert "AdvProp minus standard" in c5.effect
 
 
@@ -532,7 +532,7 @@ def test_findings_give_a_part_without_an_effect_its_verdict_and_reason_only():
     text = verdicts.findings("C4", "04_easy_batchnorm", f)
     line = next(t for t in text.splitlines() if t.startswith("- *AdvProp+EBN (primary reading), FashionMNIST"))
     # a setting has a verdict and a reason but no effect of its own: no dashes stand in for one
-    assert line.startswith("- *AdvProp+EBN (primary reading), FashionMNIST / resnet18*: **partly** (")
+    assert line.startswith("- *AdvProp+EBN (primary reading), FashionMNIST / ResNet-18*: **partly** (")
     assert "— —" not in line
     assert "robust 0.1: — (not run: no robust rows at 0.1)" in line
 
@@ -697,3 +697,24 @@ def test_c5_clean_part_uses_the_hierarchical_ci_when_the_models_carry_per_image_
     assert clean.verdict == verdicts.INCONCLUSIVE and "2000 images" in clean.reason
     big = verdicts.verdict_c5(Results.of("04_easy_batchnorm", frames(40)))
     assert big.verdict == verdicts.REPRODUCED, big
+
+
+def test_front_page_key_effect_of_a_claim_judged_per_setting_is_the_clean_effect_in_each_setting(two_claimed):
+    """C4 and C5's parts are settings: the front page shows the clean part's effect with its CI in each, in
+    plain names, of the reading that decides (the primary where it is run, else the secondary)."""
+    from rnorm.experiments.ledger import key_effect
+    frames = _ebn_frames({k: GOOD for k in TWO})
+    c5 = key_effect(verdicts.verdict_c5(Results.of("04_easy_batchnorm", frames)))
+    # AdvProp minus standard is 2.0 points in the hand-made frame (0.945 - 0.925) plus each model's jitter
+    # (sd 0.3 points), in both settings; each estimate is followed by its CI
+    number = r"([+-]\d+\.\d) \[[+-]\d+\.\d+, [+-]\d+\.\d+\]"
+    m = re.fullmatch(rf"clean, AdvProp minus standard \(points\): FashionMNIST {number}; "
+                     rf"CIFAR-10 \(lossy JPEG copy\) {number}", c5)
+    assert m and all(abs(float(g) - 2.0) < 0.6 for g in m.groups()), c5
+    c4 = key_effect(verdicts.verdict_c4(Results.of("04_easy_batchnorm", frames)))
+    m = re.match(rf"AdvProp\+EBN \(primary reading\): clean, AdvProp\+EBN minus AdvProp \(points\): "
+                 rf"FashionMNIST {number}", c4)
+    assert m and abs(float(m.group(1)) - 2.0) < 0.6, c4
+    no_primary = {k: v for k, v in GOOD.items() if k != "advprop_ebn"}
+    c4 = key_effect(verdicts.verdict_c4(Results.of("04_easy_batchnorm", _ebn_frames({k: no_primary for k in TWO}))))
+    assert c4.startswith("two-branch EBN (secondary reading): clean, ")

@@ -24,6 +24,7 @@ class Row:
     parts: dict = dataclasses.field(default_factory=dict)
     checks: str = ""
     held: tuple = ()  # the preconditions that were checked and hold (each a sentence naming its threshold)
+    key: str = ""  # the front page's one effect where the parts are settings (:func:`per_setting.compare_recipes`)
 
 
 def checked(effect, *, margin, checks: dict, max_width: float | None = MAX_CI_WIDTH) -> stats.Verdict:

@@ -46,8 +46,11 @@ def ledger(root, stale: dict | None = None) -> pd.DataFrame:
 
 def key_effect(row) -> str:
     """The one effect the front page shows for a claim: its first core part with an effect, as
-    "name: estimate [95 % CI]"; where no part has an effect (C4, whose parts are settings), the
+    "name: estimate [95 % CI]"; where the parts are settings (C4, C5), the clean part's effect in each
+    setting (the row's ``key``, from :func:`rnorm.experiments.per_setting.compare_recipes`); else the
     verdict of each part."""
+    if getattr(row, "key", ""):
+        return row.key
     for name, part in row.parts.items():
         if part.effect is not None:
             return f"{name}: {part.effect.short()}"

@@ -30,20 +30,25 @@ def compare_recipes(r: Results, new: str, old: str, robust: bool, claim_settings
     if frames is None:
         return Row(NOT_RUN)
     models, acc = frames
-    settings, texts, held = {}, [], []
+    settings, texts, held, keys = {}, [], [], []
     from ..plots import label
     for (dataset, arch), sub in acc.groupby(["dataset", "arch"], sort=False):
         row = _setting(sub, models, dataset, arch, new, old, robust)
         if row is None:
             continue
-        name = f"{label(dataset)} / {arch}"
+        name = f"{label(dataset)} / {label(arch)}"
         held += [h for h in row.held if h not in held]
+        clean = row.parts.get("clean")
+        if clean is not None and clean.effect is not None:
+            keys.append(f"{label(dataset)} {clean.effect.short().replace(' points', '')}")
         settings[name] = stats.Verdict(row.verdict, None, "; ".join(t for t in (row.effect, row.checks) if t))
         texts.append(f"{name}, {label(new)} minus {label(old)} ({row.verdict}"
                      f"{': ' + row.checks if row.checks else ''}): {row.effect}")
     if not settings:
         return Row(NOT_RUN)
-    return _over_settings(settings, texts, held, claim_settings)
+    row = _over_settings(settings, texts, held, claim_settings)
+    row.key = f"clean, {label(new)} minus {label(old)} (points): " + "; ".join(keys) if keys else ""
+    return row
 
 
 def _frames(r: Results) -> tuple[pd.DataFrame | None, pd.DataFrame] | None:

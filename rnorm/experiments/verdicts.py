@@ -309,7 +309,8 @@ def verdict_c4(r: Results) -> Row:
                        if t)
     parts = {f"{lab}, {name}": v for lab, row in rows.items() for name, v in row.parts.items()}
     held = tuple(dict.fromkeys(primary.held + secondary.held))
-    return Row(verdict, effect, parts, checks, held)
+    key = next((f"{lab}: {row.key}" for lab, row in rows.items() if row.key), "")
+    return Row(verdict, effect, parts, checks, held, key)
 
 
 def verdict_c5(r: Results) -> Row:

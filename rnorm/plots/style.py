@@ -15,6 +15,8 @@ import seaborn as sns
 LABELS = {
     # datasets: the lossy JPEG copy always says so
     "fashion_mnist": "FashionMNIST", "cifar10": "CIFAR-10", "cifar10_jpeg": "CIFAR-10 (lossy JPEG copy)",
+    # networks
+    "resnet18": "ResNet-18", "resnet20": "ResNet-20", "resnet50": "ResNet-50",
     # normalizations
     "bn": "BatchNorm", "robustnorm": "RobustNorm", "none": "no norm", "multibn": "BatchNorm + auxiliary BNs",
     # statistics modes
