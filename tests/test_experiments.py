@@ -880,7 +880,7 @@ def test_ebn_headline_says_where_ebn_ranks_and_gives_words_only_where_the_ci_exc
     acc.loc[clean_ebn, "accuracy"] = [0.927, 0.934, 0.941]
     models = _ebn_models(["standard", "advprop", "ebn"])
     text = ebn.headline(acc, models=models)
-    assert text.startswith("**In short (FashionMNIST / ResNet-18, main branch, used at inference):** under PGD 2/255 alone "
+    assert text.startswith("**In short (FashionMNIST / resnet18, main branch, used at inference):** under PGD 2/255 alone "
                            "(PGD only: the ledger's verdicts take, per image, the worse of PGD-20 and APGD-CE where "
                            "run, which can only be lower), EBN is the least robust of the 3 recipes (59.2 %): -11.0 points [95 % CI -11.0, -11.0]")
     assert "against standard training (lower), -17.0 points" in text and "against AdvProp (lower)." in text
@@ -1006,7 +1006,7 @@ def test_ebn_slice_loss_findings_by_hand():
     other = alike.assign(dataset="cifar10_jpeg")
     both = ebn.slice_loss_findings(pd.concat([h, other], ignore_index=True))
     assert "In every setting the easy slice's loss is below the clean slice's" in both
-    assert "In FashionMNIST / ResNet-18 the slices' losses differ enough" in both
+    assert "In FashionMNIST / resnet18 the slices' losses differ enough" in both
 
 
 def test_ebn_ablation_table_compares_the_three_sharings_on_the_attacks_all_three_had():
