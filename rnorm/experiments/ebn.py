@@ -22,8 +22,8 @@ from ..results import StudyResult
 from ..runs import RunConfig
 from ..train import LOSS_WEIGHTINGS, branches_for
 from .common import EVALUATION_FILES, cached_evaluate, models_frame, setup, train_runs
-from .params import (Attacks, Bool, CellType, ConfigError, Eps, Epsilons, Field, Int, Seeds, TrainingParams, choices,
-                     model_validator, params_model)
+from .params import (Attacks, Bool, CellType, ConfigError, Eps, Epsilons, Field, Int, Seeds, TrainingParams,
+                     check_at_most_test_n, choices, model_validator, params_model)
 # The chapter's tables and findings frames live in their own modules; their names stay importable from here.
 from .ebn_findings import (COMPARED, ablation_frame, attack_name, branch_frame, category,  # noqa: F401
                            direction_words, effect, headline_frame, judged, mean_over_seeds, paired, ranking_frame,
@@ -97,9 +97,7 @@ class EBNParams(TrainingParams):
 
     @model_validator(mode="after")
     def _check_ebn(self):
-        if self.apgd_n > self.test_n:
-            raise ConfigError(f"apgd_n={self.apgd_n} is out of range; allowed: an integer in [1, {self.test_n}] "
-                              f"(at most test_n).")
+        check_at_most_test_n("apgd_n", self.apgd_n, self.test_n)
         if self.apgd_n < self.eval_batch_size:
             raise ConfigError(f"apgd_n={self.apgd_n} is smaller than eval_batch_size={self.eval_batch_size}; "
                               f"allowed: at least one inference batch of images.")

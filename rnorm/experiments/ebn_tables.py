@@ -23,7 +23,6 @@ def with_full_clean(acc: pd.DataFrame, clean_full: pd.DataFrame | None) -> pd.Da
     return pd.concat([full, kept, acc[acc["attack"] != "clean"]], ignore_index=True)
 
 
-
 def _display(acc: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     return accuracy_table(acc, by, labelled=("dataset", "recipe"))
 
@@ -42,8 +41,8 @@ def branch_table(acc: pd.DataFrame) -> pd.DataFrame:
 def ablation_table(acc: pd.DataFrame) -> pd.DataFrame:
     """EBN through the main branch with separate (``none``), shared-affine and shared-statistics
     branches, in the settings where the ablation was trained (:func:`ablation_rows`; empty when it did not
-    run). Without APGD-CE, which attacks only the separate-branch models (:data:`~rnorm.experiments.ebn.APGD_RECIPES`), so that
-    every column compares all three."""
+    run). Without APGD-CE, which attacks only the separate-branch models
+    (:data:`~rnorm.experiments.ebn.APGD_RECIPES`), so that every column compares all three."""
     abl = ablation_rows(acc)
     abl = abl[abl["attack"] != "apgd"]
     return _display(abl, ["dataset", "arch", "share"]) if len(abl) else abl
@@ -51,8 +50,8 @@ def ablation_table(acc: pd.DataFrame) -> pd.DataFrame:
 
 def ablation_rows(acc: pd.DataFrame) -> pd.DataFrame:
     """EBN's main-branch rows in the settings (dataset, arch) where a shared-branch variant was trained:
-    a setting with separate-branch EBN alone (the ablation runs in one setting, :func:`~rnorm.experiments.ebn.ablation_setting`)
-    has nothing to compare and is left out."""
+    a setting with separate-branch EBN alone (the ablation runs in one setting,
+    :func:`~rnorm.experiments.ebn.ablation_setting`) has nothing to compare and is left out."""
     ebn_main = acc[(acc["recipe"] == "ebn") & (acc["branch"] == "main")]
     shared = ebn_main.loc[ebn_main["share"] != "none", ["dataset", "arch"]].drop_duplicates()
     return ebn_main.merge(shared, on=["dataset", "arch"])
@@ -73,7 +72,6 @@ def with_every_hue_level(rows: pd.DataFrame, *, x: str, hue: str, col: str) -> p
     pad = pd.DataFrame([{col: c, x: rows.loc[rows[col] == c, x].iloc[0], hue: level, "accuracy": float("nan")}
                         for c in dict.fromkeys(rows[col]) for level in levels])
     return pd.concat([pad, rows], ignore_index=True)
-
 
 
 def cost_table(history: pd.DataFrame) -> pd.DataFrame:

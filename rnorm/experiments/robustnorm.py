@@ -51,8 +51,8 @@ class RobustNormParams(TrainingParams):
         description=f"RobustNorm powers p (the reference uses 0.2 and 1.0; the ledger judges {HEADLINE_P:g})")
     include_nonorm: Bool = Field(True, description="also train and evaluate the network without normalization")
     sweep_lrs: PositiveFloats = Field(
-        (0.1,), min_length=1, description="learning rates swept for BatchNorm and each RobustNorm power (one "
-                                          "value: no sweep, that rate)")
+        (0.1,), min_length=1, description="learning rates swept for the models `tuned` names (BatchNorm, each "
+                                          "RobustNorm power; one value: no sweep, that rate)")
     tuned: choices(("bn", "robustnorm")) = Field(
         ("bn", "robustnorm"), min_length=1, description="models whose learning rate the sweep chooses: bn, "
                                                         "robustnorm (a model not tuned trains at lr)")

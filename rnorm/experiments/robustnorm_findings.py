@@ -54,8 +54,6 @@ def matched_trend(points: pd.DataFrame, reference: tuple = ("bn", "none")) -> tu
     return (float(intercept), float(slope)), pd.DataFrame(rows, columns=cols)
 
 
-
-
 def matched_sides(trend: pd.DataFrame) -> pd.DataFrame:
     """:func:`matched_trend`'s frame with ``side``: where each power's mean residual lies against the line
     through the reference models, ``"above"`` or ``"below"`` where its 95 % CI excludes 0, ``"on"`` (not
