@@ -851,23 +851,71 @@ def _ebn_models(recipes, standard_clean: float = 0.93, seeds=(0, 1, 2)) -> pd.Da
                          for r in recipes for s in seeds])
 
 
+def _chapter_text(notebook: str, ns: dict, first: str, stop: str | None = None) -> str:
+    """The markdown a chapter's prose cells display, executed on synthetic frames: the code cells of
+    ``notebooks/<notebook>.md`` from the first whose source holds ``first`` up to (not with) the first
+    holding ``stop`` (only that one cell without ``stop``), in the namespace ``ns`` (the frames, ``P``...)."""
+    import jupytext
+    from IPython.display import Markdown
+    from rnorm import plots
+    from rnorm.experiments import ebn, protocol, robustnorm
+    cells = [c.source for c in jupytext.read(Path(rnorm.__file__).resolve().parents[1] / "notebooks"
+                                             / f"{notebook}.md").cells if c.cell_type == "code"]
+    start = next(i for i, c in enumerate(cells) if first in c)
+    end = next(i for i, c in enumerate(cells) if i > start and stop in c) if stop else start + 1
+    shown = []
+    ns = {"ebn": ebn, "robustnorm": robustnorm, "plots": plots, "protocol": protocol, "Markdown": Markdown,
+          "display": lambda m: shown.append(m.data), **ns}
+    for source in cells[start:end]:
+        exec(source, ns)
+    return "\n\n".join(shown)
+
+
+def _ebn_text(acc: pd.DataFrame, models, clean_full=None, history=None, loss_weighting: str = "mean") -> str:
+    """Chapter 4's "What this shows" prose (every cell before the verdicts'), on synthetic frames."""
+    frames = {"models": models, "clean_full": acc.iloc[:0] if clean_full is None else clean_full,
+              "history": pd.DataFrame() if history is None else history}
+    return _chapter_text("04_easy_batchnorm", {"acc": acc, "res": type("R", (), {"frames": frames}),
+                                               "P": EBNParams(loss_weighting=loss_weighting)},
+                         "ebn.versus_frame(", 'verdicts.findings("C4"')
+
+
 def test_ebn_ranking_says_plainly_when_ebn_is_last_and_by_how_much():
     from rnorm.experiments import ebn
     acc = _ebn_acc({"standard": (0.93, 0.70), "advprop": (0.935, 0.76), "ebn": (0.94, 0.59)})
-    text = ebn.ranking_findings(acc, models=_ebn_models(["standard", "advprop", "ebn"]))
+    models = _ebn_models(["standard", "advprop", "ebn"])
+    rank = ebn.ranking_frame(acc, models=models)
+    # PGD: AdvProp 76.2 > standard 70.2 > EBN 59.2 (means over seeds 0-2 of v + 0.002 s), each step a constant
+    # paired difference (a CI that excludes 0); EBN alone lowest of 3
+    pgd = rank[rank["attack"] == "pgd"]
+    assert list(pgd["recipe"]) == ["advprop", "standard", "ebn"] and list(pgd["position"]) == [0, 1, 2]
+    assert list(pgd["sign"]) == ["", ">", ">"] and pgd["mean"].tolist() == pytest.approx([0.762, 0.702, 0.592])
+    assert list(pgd["alone_lowest"]) == [False, False, True] and set(pgd["attack_name"]) == {"PGD 2/255"}
+    # clean: EBN 94.2 > AdvProp 93.7 > standard 93.2; EBN is not lowest there
+    clean = rank[rank["attack"] == "clean"]
+    assert list(clean["recipe"]) == ["ebn", "advprop", "standard"] and list(clean["sign"]) == ["", ">", ">"]
+    assert clean["mean"].tolist() == pytest.approx([0.942, 0.937, 0.932])
+    assert not clean.loc[clean["recipe"] == "ebn", "alone_lowest"].item() and rank["judged"].all()
+    vs = ebn.versus_frame(acc, models=models).set_index(["reference", "attack"])
+    assert vs.loc[("advprop", "pgd"), ["estimate", "low", "high"]].tolist() == pytest.approx([-0.17] * 3)
+    assert vs.loc[("advprop", "pgd"), "category"] == "lower" and vs.loc[("advprop", "clean"), "category"] == "higher"
+    assert vs.loc[("advprop", "clean"), "estimate"] == pytest.approx(0.005) and vs["n_seeds"].eq(3).all()
+    # the chapter's words on these frames
+    text = _ebn_text(acc, models)
     pgd_line = [line for line in text.splitlines() if line.startswith("- PGD accuracy at 2/255")][0]
     assert "AdvProp 76.2 % > standard 70.2 % > EBN 59.2 %" in pgd_line and "EBN has the lowest mean of the 3 recipes" in pgd_line
     assert "EBN minus AdvProp -17.0 points [95 % CI -17.0, -17.0]" in pgd_line and "(lower)" in pgd_line
     clean_line = [line for line in text.splitlines() if line.startswith("- clean accuracy")][0]
     assert "lowest mean" not in clean_line and "(higher)" in clean_line
-    # clean: EBN 94.2 > AdvProp 93.7 > standard 93.2, each step a constant paired difference (CI excludes 0)
     assert "EBN 94.2 % > AdvProp 93.7 % > standard 93.2 %" in clean_line
     # neighbours whose paired CI holds 0 are "≈", not ">", whatever their means
     close = acc.copy()
     close.loc[(close["recipe"] == "standard") & (close["attack"] == "clean"), "accuracy"] = [0.945, 0.93, 0.94]
-    line = [x for x in ebn.ranking_findings(close, models=_ebn_models(["standard", "advprop", "ebn"])).splitlines()
-            if x.startswith("- clean accuracy")][0]
-    # standard (93.83) vs EBN (94.2): per seed -0.5, -1.2, -0.4 points, CI holds 0
+    clean = ebn.ranking_frame(close, models=models).query("attack == 'clean'")
+    # standard (93.83) vs EBN (94.2): per seed -0.5, -1.2, -0.4 points, CI holds 0; AdvProp 93.7 vs standard alike
+    assert list(clean["recipe"]) == ["ebn", "standard", "advprop"] and list(clean["sign"]) == ["", "≈", "≈"]
+    assert clean["mean"].tolist() == pytest.approx([0.942, 0.93833333, 0.937])
+    line = [x for x in _ebn_text(close, models).splitlines() if x.startswith("- clean accuracy")][0]
     assert "EBN 94.2 % ≈ standard 93.8 % ≈ AdvProp 93.7 %" in line
 
 
@@ -875,11 +923,19 @@ def test_ebn_headline_says_where_ebn_ranks_and_gives_words_only_where_the_ci_exc
     from rnorm.experiments import ebn
     acc = _ebn_acc({"standard": (0.93, 0.70), "advprop": (0.935, 0.76), "ebn": (0.931, 0.59)})
     # EBN's clean accuracy by seed against standard: -0.3 / +0.2 / +0.7 points, against AdvProp -0.8 / -0.3 / +0.2:
-    # both CIs hold 0
+    # both CIs hold 0 (mean +0.2, sd 0.5, half-width 4.303 * 0.5 / sqrt(3) = 1.24 points)
     clean_ebn = (acc["recipe"] == "ebn") & (acc["attack"] == "clean")
     acc.loc[clean_ebn, "accuracy"] = [0.927, 0.934, 0.941]
     models = _ebn_models(["standard", "advprop", "ebn"])
-    text = ebn.headline(acc, models=models)
+    (h,) = ebn.headline_frame(acc, models=models).itertuples()
+    assert (h.refs, h.attack, h.attack_name, h.place, h.n_recipes) == ("standard,advprop", "pgd", "PGD 2/255", "least", 3)
+    assert h.eps == pytest.approx(2 / 255) and h.ebn_mean == pytest.approx(0.592)
+    vs = ebn.versus_frame(acc, models=models).set_index(["reference", "attack"])
+    assert vs.loc[("standard", "pgd"), "estimate"] == pytest.approx(-0.11) and vs.loc[("standard", "pgd"), "category"] == "lower"
+    assert vs.loc[("standard", "clean"), ["estimate", "low", "high"]].tolist() == pytest.approx([0.002, -0.010422, 0.014422], abs=1e-6)
+    assert vs.loc[("advprop", "clean"), ["estimate", "low", "high"]].tolist() == pytest.approx([-0.003, -0.015422, 0.009422], abs=1e-6)
+    assert set(vs.loc[(slice(None), "clean"), "category"]) == {"none"}
+    text = _ebn_text(acc, models).split("\n\n")[0]
     assert text.startswith("**In short (FashionMNIST / resnet18, main branch, used at inference):** under PGD 2/255 alone "
                            "(PGD only: the ledger's verdicts take, per image, the worse of PGD-20 and APGD-CE where "
                            "run, which can only be lower), EBN is the least robust of the 3 recipes (59.2 %): -11.0 points [95 % CI -11.0, -11.0]")
@@ -888,17 +944,21 @@ def test_ebn_headline_says_where_ebn_ranks_and_gives_words_only_where_the_ci_exc
     assert "+0.2 points [95 % CI -1.0, +1.4] (paired over 3 seeds) against standard training (no difference shown)" \
         in clean and "-0.3 points [95 % CI -1.5, +0.9] (paired over 3 seeds) against AdvProp (no difference shown)" in clean
     # not judged (standard below its floor) or no EBN: no lead at all
-    assert ebn.headline(acc, models=_ebn_models(["standard", "advprop", "ebn"], standard_clean=0.5)) == ""
-    assert ebn.headline(acc[acc["recipe"] != "ebn"], models=models) == ""
+    assert ebn.headline_frame(acc, models=_ebn_models(["standard", "advprop", "ebn"], standard_clean=0.5)).empty
+    assert ebn.headline_frame(acc[acc["recipe"] != "ebn"], models=models).empty
     # EBN level with standard training under PGD (a CI that holds 0): no place among the recipes is claimed
     level = _ebn_acc({"standard": (0.93, 0.70), "advprop": (0.935, 0.76), "ebn": (0.931, 0.70)})
     level.loc[(level["recipe"] == "ebn") & (level["attack"] == "pgd"), "accuracy"] = [0.69, 0.71, 0.70]
-    text = ebn.headline(level, models=models)
+    (h,) = ebn.headline_frame(level, models=models).itertuples()
+    assert h.place == "" and h.ebn_mean == pytest.approx(0.70)
+    vs = ebn.versus_frame(level, models=models).set_index(["reference", "attack"])
+    assert vs.loc[("standard", "pgd"), "category"] == "none" and vs.loc[("advprop", "pgd"), "category"] == "lower"
+    text = _ebn_text(level, models).split("\n\n")[0]
     assert "APGD-CE where run, which can only be lower), EBN scores 70.0 %: " in text and "least" not in text and "most" not in text
     assert "against standard training (no difference shown)" in text.split("On clean")[0]
     # every PGD accuracy at the floor: no robust lead either
     floor = acc.assign(accuracy=np.where(acc["attack"] == "pgd", 0.0, acc["accuracy"]))
-    assert ebn.headline(floor, models=models) == ""
+    assert ebn.headline_frame(floor, models=models).empty
 
 
 def test_ebn_tables_take_clean_accuracy_from_the_full_test_set():
@@ -916,26 +976,43 @@ def test_ebn_ablation_findings_pair_shared_against_separate_branches():
     base = _ebn_acc({"ebn": (0.94, 0.60)})
     affine = _ebn_acc({"ebn": (0.94, 0.50)}).assign(share="affine")
     models = _ebn_models(["standard", "ebn"])
-    text = ebn.ablation_findings(pd.concat([base, affine], ignore_index=True), models=models)
-    assert "shared γ/β: clean 0.0 points" in text and "PGD 2/255 -10.0 points" in text and "(lower)" in text
-    assert "minus shared statistics" not in text  # only one of the two ablations trained
-    assert ebn.ablation_findings(base, models=models) == ""
+
+    def rows(frame):
+        return frame.set_index(["share", "reference", "attack"])
+
+    one = rows(ebn.ablation_frame(pd.concat([base, affine], ignore_index=True), models=models))
+    assert one.loc[("affine", "none", "clean"), "estimate"] == pytest.approx(0.0)
+    assert one.loc[("affine", "none", "clean"), "category"] == "none"
+    assert one.loc[("affine", "none", "pgd"), ["estimate", "low", "high"]].tolist() == pytest.approx([-0.10] * 3)
+    assert one.loc[("affine", "none", "pgd"), "category"] == "lower" and one.loc[("affine", "none", "pgd"), "attack_name"] == "PGD 2/255"
+    assert "stats" not in one.index.get_level_values("reference")  # only one of the two ablations trained
+    assert ebn.ablation_frame(base, models=models).empty
     # both trained: shared γ/β against shared statistics, paired, which is the comparison Zhang et al. argue about
     stats = _ebn_acc({"ebn": (0.94, 0.58)}).assign(share="stats")
-    text = ebn.ablation_findings(pd.concat([base, affine, stats], ignore_index=True), models=models)
+    both = rows(ebn.ablation_frame(pd.concat([base, affine, stats], ignore_index=True), models=models))
+    assert both.loc[("affine", "stats", "pgd"), ["estimate", "low", "high"]].tolist() == pytest.approx([-0.08] * 3)
+    assert both.loc[("affine", "stats", "pgd"), "category"] == "lower" and both.loc[("affine", "stats", "clean"), "category"] == "none"
+    assert both.loc[("stats", "none", "pgd"), "estimate"] == pytest.approx(-0.02) and both["n_seeds"].eq(3).all()
+    text = _ebn_text(pd.concat([base, affine, stats], ignore_index=True), models)
     line = [x for x in text.splitlines() if "shared γ/β minus shared statistics" in x][0]
     assert "PGD 2/255 -8.0 points [95 % CI -8.0, -8.0]" in line and "(lower)" in line and "Zhang et al." in line
     assert "It is below 0 in PGD 2/255, the direction they argue for; no difference is shown in clean accuracy" in line
     assert "a check of the direction, not a test of their account" in line
     assert "shared statistics: clean 0.0 points" in text and "PGD 2/255 -2.0 points" in text
-    # not judged (standard training below its floor): the numbers, without a word for the direction
-    text = ebn.ablation_findings(pd.concat([base, affine, stats], ignore_index=True),
-                                 models=_ebn_models(["standard", "ebn"], standard_clean=0.5))
+    # not judged (standard training below its floor): the numbers, without a direction
+    low = _ebn_models(["standard", "ebn"], standard_clean=0.5)
+    unjudged = rows(ebn.ablation_frame(pd.concat([base, affine, stats], ignore_index=True), models=low))
+    assert unjudged["category"].isna().all() and not unjudged["judged"].any()
+    assert unjudged.loc[("affine", "stats", "pgd"), "estimate"] == pytest.approx(-0.08)
+    text = _ebn_text(pd.concat([base, affine, stats], ignore_index=True), low)
     line = [x for x in text.splitlines() if "shared γ/β minus shared statistics" in x][0]
     assert "-8.0 points" in line and "(lower)" not in line and "they argue for" not in line
-    # the opposite direction is said as plainly
+    # the opposite direction is kept as plainly
     stats_lower = _ebn_acc({"ebn": (0.94, 0.45)}).assign(share="stats")
-    text = ebn.ablation_findings(pd.concat([base, affine, stats_lower], ignore_index=True), models=models)
+    other = rows(ebn.ablation_frame(pd.concat([base, affine, stats_lower], ignore_index=True), models=models))
+    assert other.loc[("affine", "stats", "pgd"), "estimate"] == pytest.approx(0.05)
+    assert other.loc[("affine", "stats", "pgd"), "category"] == "higher"
+    text = _ebn_text(pd.concat([base, affine, stats_lower], ignore_index=True), models)
     assert "It is above 0, against their view, in PGD 2/255; no difference is shown in clean accuracy" in text and "they argue for" not in text
 
 
@@ -944,26 +1021,30 @@ def test_ebn_direction_category_covers_every_case_by_hand():
     from rnorm.experiments import ebn
     a, b = [0.50, 0.52, 0.54], [0.60, 0.61, 0.65]  # differences 0.10, 0.09, 0.11: CI well above 0
     e = stats.paired_seeds(a, b)
-    assert ebn._category(e, a, b, "pgd", True) == "higher"
-    assert ebn._category(stats.paired_seeds(b, a), b, a, "pgd", True) == "lower"
+    assert ebn.category(e, a, b, "pgd", True) == "higher"
+    assert ebn.category(stats.paired_seeds(b, a), b, a, "pgd", True) == "lower"
     noisy = [0.50, 0.53, 0.53]  # differences 0.0, -0.01, +0.01 to [0.50, 0.52, 0.54]: a narrow CI that spans 0
-    assert ebn._category(stats.paired_seeds(noisy, [0.50, 0.52, 0.54]), noisy, [0.50, 0.52, 0.54], "clean", True) == "none"
-    assert ebn._category(e, a, b, "pgd", False) is None  # not judged: no direction at all
+    assert ebn.category(stats.paired_seeds(noisy, [0.50, 0.52, 0.54]), noisy, [0.50, 0.52, 0.54], "clean", True) == "none"
+    assert ebn.category(e, a, b, "pgd", False) is None  # not judged: no direction at all
     two = stats.paired_seeds(a[:2], b[:2])  # fewer than 3 seeds: no CI
-    assert ebn._category(two, a[:2], b[:2], "pgd", True) == "no CI" and ebn._category(None, a, b, "pgd", True) == "no CI"
+    assert ebn.category(two, a[:2], b[:2], "pgd", True) == "no CI" and ebn.category(None, a, b, "pgd", True) == "no CI"
     zeros, tiny = [0.0, 0.0, 0.0], [0.004, 0.006, 0.005]  # every robust accuracy at the floor
-    assert ebn._category(stats.paired_seeds(zeros, tiny), zeros, tiny, "pgd", True) == "floor"
-    assert ebn._category(stats.paired_seeds(zeros, tiny), zeros, tiny, "clean", True) == "higher"  # no floor on clean
+    assert ebn.category(stats.paired_seeds(zeros, tiny), zeros, tiny, "pgd", True) == "floor"
+    assert ebn.category(stats.paired_seeds(zeros, tiny), zeros, tiny, "clean", True) == "higher"  # no floor on clean
     # the words follow the category, and say nothing where there is no direction to give
-    assert ebn._direction(e, a, b, "pgd", True, ("up", "down", "flat")) == " (up)"
-    assert ebn._direction(e, a, b, "pgd", False, ("up", "down", "flat")) == ""
-    assert "floor" in ebn._direction(stats.paired_seeds(zeros, tiny), zeros, tiny, "pgd", True, ("up", "down", "flat"))
+    words = ("up", "down", "flat")
+    assert ebn.direction_words(ebn.category(e, a, b, "pgd", True), words) == " (up)"
+    assert ebn.direction_words(ebn.category(stats.paired_seeds(b, a), b, a, "pgd", True), words) == " (down)"
+    assert ebn.direction_words("none", words) == " (flat)"
+    assert ebn.direction_words(ebn.category(e, a, b, "pgd", False), words) == ""
+    assert ebn.direction_words("no CI", words) == "" and ebn.direction_words(float("nan"), words) == ""  # NaN: a frame's None
+    assert "floor" in ebn.direction_words(ebn.category(stats.paired_seeds(zeros, tiny), zeros, tiny, "pgd", True), words)
     # a CI that holds 0 and is wider than the protocol's 20 points cannot tell a difference from none
     spread = [0.30, 0.80, 0.50]  # differences from a: -0.20, +0.28, -0.04: mean 0.013, CI about ±0.61
     wide = stats.paired_seeds(a, spread)
     assert wide.low < 0 < wide.high and wide.high - wide.low > 0.20
-    assert ebn._category(wide, a, spread, "pgd", True) == "wide"
-    assert ebn._direction(wide, a, spread, "pgd", True, ("up", "down", "flat")) == " (CI wider than 20 points: too wide to tell)"
+    assert ebn.category(wide, a, spread, "pgd", True) == "wide"
+    assert ebn.direction_words("wide", words) == " (CI wider than 20 points: too wide to tell)"
 
 
 def test_ebn_slice_loss_findings_by_hand():
@@ -978,35 +1059,50 @@ def test_ebn_slice_loss_findings_by_hand():
             rows.append(dict(common, recipe="advprop", share="none", loss_adv=2 * main))
             rows.append(dict(common, recipe="ebn", share="affine", loss_main=9.0, loss_easy=9.0))  # left out
     h = pd.DataFrame(rows)
-    text = ebn.slice_loss_findings(h)
+    s = ebn.slice_loss_frame(h).set_index(["recipe", "slice"])
     # first epoch: clean (0.6 + 0.8) / 2, easy (0.3 + 0.32) / 2; last: (0.1 + 0.3) / 2, (0.02 + 0.03) / 2;
     # median ratio per seed 0.2 and 0.1, mean 15 %
+    assert sorted(s.index) == [("advprop", "adv"), ("advprop", "main"), ("ebn", "easy"), ("ebn", "main")]
+    assert s.loc[("ebn", "main"), ["first", "last"]].tolist() == pytest.approx([0.7, 0.2])
+    assert np.isnan(s.loc[("ebn", "main"), "ratio"])
+    assert s.loc[("ebn", "easy"), ["first", "last", "ratio"]].tolist() == pytest.approx([0.31, 0.025, 0.15])
+    assert s.loc[("advprop", "adv"), ["first", "last", "ratio"]].tolist() == pytest.approx([1.4, 0.4, 2.0])
+    assert s["n_seeds"].eq(2).all() and s["epochs_min"].eq(3).all() and s["epochs_max"].eq(3).all()
+    assert not (s[["first", "last"]] == 9.0).any().any()  # the sharing ablation is left out
+    r = ebn.slice_readings(ebn.slice_loss_frame(h))
+    assert r[["dataset", "easy_below", "apart"]].values.tolist() == [["fashion_mnist", True, True]]
+    text = _ebn_text(_ebn_acc({"standard": (0.93, 0.70)}), _ebn_models(["standard"]), history=h)
     assert ("EBN (2 seeds, 3 epochs): clean slice 0.7 → 0.2; easy slice 0.31 → 0.025 (median over epochs 15 % "
             "of the clean slice's)") in text
     assert "adversarial slice 1.4 → 0.4 (median over epochs 200 % of the clean slice's)" in text
-    assert "9" not in text.split("\n\n")[0] and "weight (½ for AdvProp and EBN" in text
-    assert "every term has weight 1" in ebn.slice_loss_findings(h, "sum")
-    assert ebn.slice_loss_findings(h[h["recipe"] == "standard"]) == ""
-    assert ebn.slice_loss_findings(h.drop(columns="epoch")) == "" and ebn.slice_loss_findings(None) == ""
-    one = ebn.slice_loss_findings(h[h["epoch"] == 1])
-    assert "EBN (2 seeds, 1 epoch): clean slice 0.7; easy slice 0.31 (median over epochs 45 %" in one
-    uneven = ebn.slice_loss_findings(h[(h["seed"] == 0) | (h["epoch"] < 3)])  # seed 1 stopped after 2 epochs
-    assert "EBN (2 seeds, 2–3 epochs)" in uneven
-    assert "Here the easy slice's loss is below the clean slice's. That checks the implementation" in text
+    assert "weight (½ for AdvProp and EBN" in text and "Here the easy slice's loss is below the clean slice's" in text
     assert "confounds EBN" in text and "AdvProp against standard training (C5)" in text
+    assert "every term has weight 1" in _ebn_text(_ebn_acc({"standard": (0.93, 0.70)}), _ebn_models(["standard"]),
+                                                  history=h, loss_weighting="sum")
+    assert ebn.slice_loss_frame(h[h["recipe"] == "standard"]).empty
+    assert ebn.slice_loss_frame(h.drop(columns="epoch")).empty and ebn.slice_loss_frame(None).empty
+    one = ebn.slice_loss_frame(h[h["epoch"] == 1]).set_index(["recipe", "slice"])
+    assert one.loc[("ebn", "easy"), "ratio"] == pytest.approx(0.45) and one["epochs_max"].eq(1).all()
+    assert one.loc[("ebn", "easy"), "first"] == one.loc[("ebn", "easy"), "last"] == pytest.approx(0.31)
+    uneven = ebn.slice_loss_frame(h[(h["seed"] == 0) | (h["epoch"] < 3)])  # seed 1 stopped after 2 epochs
+    assert uneven["epochs_min"].eq(2).all() and uneven["epochs_max"].eq(3).all()
     # alike slices (easy at 80 %, adversarial at 120 % of the clean loss): no confound is argued from them
     alike = h.assign(loss_easy=h["loss_main"] * 0.8, loss_adv=h["loss_main"] * 1.2)
-    assert "confounds" not in ebn.slice_loss_findings(alike) and "80 % of the clean slice's" in \
-        ebn.slice_loss_findings(alike)
-    # an easy slice harder than the clean one contradicts our reading, and the text says so
+    a = ebn.slice_loss_frame(alike).set_index(["recipe", "slice"])
+    assert a.loc[("ebn", "easy"), "ratio"] == pytest.approx(0.8) and a.loc[("advprop", "adv"), "ratio"] == pytest.approx(1.2)
+    assert ebn.slice_readings(ebn.slice_loss_frame(alike))[["easy_below", "apart"]].values.tolist() == [[True, False]]
+    # an easy slice harder than the clean one contradicts our reading
     harder = h.assign(loss_easy=h["loss_main"] * 1.1)
-    assert "does not do what we read it to do" in ebn.slice_loss_findings(harder)
-    # decided per setting: a second setting whose slices are alike is named apart, and the confound is argued
-    # for the first one only
+    assert ebn.slice_readings(ebn.slice_loss_frame(harder))["easy_below"].tolist() == [False]
+    # decided per setting: a second setting whose slices are alike is apart from the first
     other = alike.assign(dataset="cifar10_jpeg")
-    both = ebn.slice_loss_findings(pd.concat([h, other], ignore_index=True))
-    assert "In every setting the easy slice's loss is below the clean slice's" in both
-    assert "In FashionMNIST / resnet18 the slices' losses differ enough" in both
+    both = ebn.slice_readings(ebn.slice_loss_frame(pd.concat([h, other], ignore_index=True)))
+    assert both[["dataset", "easy_below", "apart"]].values.tolist() == [["fashion_mnist", True, True],
+                                                                       ["cifar10_jpeg", True, False]]
+    text = _ebn_text(_ebn_acc({"standard": (0.93, 0.70)}), _ebn_models(["standard"]),
+                     history=pd.concat([h, other], ignore_index=True))
+    assert "In every setting the easy slice's loss is below the clean slice's" in text
+    assert "In FashionMNIST / resnet18 the slices' losses differ enough" in text
 
 
 def test_ebn_ablation_table_compares_the_three_sharings_on_the_attacks_all_three_had():
@@ -1023,7 +1119,8 @@ def test_ebn_ablation_table_compares_the_three_sharings_on_the_attacks_all_three
     cifar = _ebn_acc({"ebn": (0.86, 0.20)}).assign(dataset="cifar10_jpeg", eps=lambda f: f["eps"] * 2)
     both = ebn.ablation_table(pd.concat([base, apgd, *shared, cifar], ignore_index=True))
     assert list(both["dataset"]) == ["FashionMNIST"] * 3 and len(both.columns) == 5
-    assert ebn.ablation_findings(pd.concat([base, *shared, cifar], ignore_index=True), models=None).count("CIFAR") == 0
+    assert set(ebn.ablation_frame(pd.concat([base, *shared, cifar], ignore_index=True), models=None)["dataset"]) \
+        == {"fashion_mnist"}
 
 
 def test_ebn_bars_give_an_attack_one_colour_in_every_panel_and_the_legend_every_attack():
@@ -1055,15 +1152,19 @@ def test_ebn_bars_give_an_attack_one_colour_in_every_panel_and_the_legend_every_
 
 def test_ebn_findings_end_each_settings_list_before_the_next_settings_heading():
     """Markdown reads a line right after a list item as part of that item: without a blank line, the
-    second setting's heading would render inside the first setting's last bullet."""
+    second setting's heading would render inside the first setting's last bullet. The frames keep the
+    settings apart, in order, each judged on its own."""
     from rnorm.experiments import ebn
     fm = _ebn_acc({"standard": (0.93, 0.70), "advprop": (0.95, 0.60), "ebn": (0.94, 0.50)})
     acc = pd.concat([fm, fm.assign(dataset="cifar10_jpeg")], ignore_index=True)
     models = _ebn_models(["standard", "advprop", "ebn"])
     models = pd.concat([models, models.assign(dataset="cifar10_jpeg", clean_full=0.86)], ignore_index=True)
-    for text in (ebn.ranking_findings(acc, models=models), ebn.branch_findings(acc, models=models)):
-        lines = text.splitlines()
-        heads = [i for i, x in enumerate(lines) if x.startswith("**")]
+    for frame in (ebn.ranking_frame(acc, models=models), ebn.branch_frame(acc, models=models)):
+        assert list(dict.fromkeys(frame["dataset"])) == ["fashion_mnist", "cifar10_jpeg"]
+        assert frame.groupby("dataset")["judged"].nunique().eq(1).all()  # one judgement per setting
+    lines = _ebn_text(acc, models).splitlines()
+    for name in ("main branch** (the branch used at inference", "difference from standard training"):
+        heads = [i for i, x in enumerate(lines) if x.startswith("**") and name in x]
         assert len(heads) == 2 and lines[heads[1] - 1] == "" and lines[heads[1] - 2].startswith("- ")
         assert "CIFAR-10 (lossy JPEG copy)" in lines[heads[1]]
 
@@ -1072,21 +1173,29 @@ def test_ebn_ranking_ties_are_equal_and_never_make_ebn_last():
     from rnorm.experiments import ebn
     acc = _ebn_acc({"standard": (0.93, 0.0), "advprop": (0.935, 0.0), "ebn": (0.94, 0.0)}, seeds=(0,))
     acc.loc[acc["attack"] == "pgd", "accuracy"] = 0.0
-    text = ebn.ranking_findings(acc, models=_ebn_models(["standard", "advprop", "ebn"], seeds=(0,)))
-    pgd_line = [x for x in text.splitlines() if x.startswith("- PGD")][0]
-    assert "standard 0.0 %, AdvProp 0.0 %, EBN 0.0 %" in pgd_line and "lowest" not in pgd_line  # one seed: no CI
+    pgd = ebn.ranking_frame(acc, models=_ebn_models(["standard", "advprop", "ebn"], seeds=(0,))).query("attack == 'pgd'")
+    # one seed: no CI, so no sign but ","; a tie is no one's lowest
+    assert list(pgd["recipe"]) == ["standard", "advprop", "ebn"] and list(pgd["sign"]) == ["", ",", ","]
+    assert (pgd["mean"] == 0.0).all() and not pgd["alone_lowest"].any()
     three = _ebn_acc({"standard": (0.93, 0.0), "advprop": (0.935, 0.0), "ebn": (0.94, 0.0)})
     three.loc[three["attack"] == "pgd", "accuracy"] = 0.0
-    line = [x for x in ebn.ranking_findings(three, models=_ebn_models(["standard", "advprop", "ebn"])).splitlines()
+    pgd = ebn.ranking_frame(three, models=_ebn_models(["standard", "advprop", "ebn"])).query("attack == 'pgd'")
+    assert list(pgd["sign"]) == ["", "≈", "≈"] and not pgd["alone_lowest"].any()  # all at the floor
+    line = [x for x in _ebn_text(three, _ebn_models(["standard", "advprop", "ebn"])).splitlines()
             if x.startswith("- PGD")][0]
-    assert "standard 0.0 % ≈ AdvProp 0.0 % ≈ EBN 0.0 %" in line and "lowest" not in line  # all at the floor
+    assert "standard 0.0 % ≈ AdvProp 0.0 % ≈ EBN 0.0 %" in line and "lowest" not in line
 
 
 def test_ebn_branch_findings_say_helps_and_hurts_only_where_the_ci_excludes_zero():
     from rnorm.experiments import ebn
     acc = _ebn_acc({"standard": (0.93, 0.70), "advprop": (0.95, 0.60)})
     acc["params"] = np.where(acc["attack"] == "pgd", json.dumps({"steps": 20, "random_start": True}), "")
-    text = ebn.branch_findings(acc, models=_ebn_models(["standard", "advprop"]))
+    models = _ebn_models(["standard", "advprop"])
+    b = ebn.branch_frame(acc, models=models)
+    assert b[["recipe", "branch", "attack", "attack_name", "category"]].values.tolist() == [
+        ["advprop", "main", "clean", "clean", "higher"], ["advprop", "main", "pgd", "PGD-20 2/255", "lower"]]
+    assert b["estimate"].tolist() == pytest.approx([0.02, -0.10]) and b["judged"].all() and not b["at_floor"].any()
+    text = _ebn_text(acc, models)
     line = [x for x in text.splitlines() if x.startswith("- AdvProp, main branch")][0]
     assert "clean +2.0 points" in line and "(helps)" in line
     assert "PGD-20 2/255 -10.0 points" in line and "(hurts)" in line and "Not judged" not in text
@@ -1097,11 +1206,19 @@ def test_ebn_findings_give_no_direction_when_standard_training_is_below_its_floo
     from rnorm.experiments import ebn
     acc = _ebn_acc({"standard": (0.93, 0.70), "advprop": (0.95, 0.60), "ebn": (0.96, 0.50)})
     low = _ebn_models(["standard", "advprop", "ebn"], standard_clean=0.90)
-    for text in (ebn.branch_findings(acc, models=low), ebn.ranking_findings(acc, models=low)):
-        assert "Not judged: below the convergence floor (92.0 %" in text and "BatchNorm seed 0 at 90.0 %" in text
-        assert not any(w in text for w in ("(helps)", "(hurts)", "(higher)", "(lower)", "no difference shown"))
-        assert "+2.0 points" in text or "+1.0 points" in text  # the numbers are still shown
-    assert "Not judged: no full-test-set clean accuracy" in ebn.ranking_findings(acc, models=None)
+    for frame in (ebn.branch_frame(acc, models=low), ebn.versus_frame(acc, models=low)):
+        assert not frame["judged"].any() and frame["category"].isna().all()
+        assert frame["why"].str.contains(r"below the convergence floor \(92.0 %").all()
+        assert frame["why"].str.contains("BatchNorm seed 0 at 90.0 %").all()
+        assert frame["estimate"].notna().all()  # the numbers are still there
+    rank = ebn.ranking_frame(acc, models=low)
+    assert not rank["judged"].any() and set(rank.loc[rank["position"] > 0, "sign"]) == {","}
+    text = _ebn_text(acc, low)
+    assert "Not judged: below the convergence floor (92.0 %" in text and "BatchNorm seed 0 at 90.0 %" in text
+    assert not any(w in text for w in ("(helps)", "(hurts)", "(higher)", "(lower)", "no difference shown"))
+    assert "+2.0 points" in text and "+1.0 points" in text  # the numbers are still shown
+    assert ebn.ranking_frame(acc, models=None)["why"].str.contains("no full-test-set clean accuracy").all()
+    assert "Not judged: no full-test-set clean accuracy" in _ebn_text(acc, None)
 
 
 def test_ebn_findings_say_when_every_robust_accuracy_is_at_the_attack_floor():
@@ -1109,8 +1226,10 @@ def test_ebn_findings_say_when_every_robust_accuracy_is_at_the_attack_floor():
     acc = _ebn_acc({"standard": (0.93, 0.004), "advprop": (0.95, 0.0)})
     acc.loc[acc["attack"] == "pgd", "accuracy"] = np.where(acc.loc[acc["attack"] == "pgd", "recipe"] == "standard",
                                                            0.008, 0.0)
-    line = [x for x in ebn.branch_findings(acc, models=_ebn_models(["standard", "advprop"])).splitlines()
-            if x.startswith("- AdvProp")][0]
+    models = _ebn_models(["standard", "advprop"])
+    pgd = ebn.branch_frame(acc, models=models).query("attack == 'pgd'").iloc[0]
+    assert pgd["estimate"] == pytest.approx(-0.008) and pgd["at_floor"] and pgd["category"] == "floor"
+    line = [x for x in _ebn_text(acc, models).splitlines() if x.startswith("- AdvProp")][0]
     assert "PGD 2/255 -0.8 points" in line and "(both at the attack's floor" in line and "(hurts)" not in line
 
 
@@ -1184,6 +1303,7 @@ def test_robustnorm_observations_state_every_power_the_apgd_gap_and_epochs_to_ta
     """Synthetic CIFAR-10 JPEG ResNet-20 results with known answers: RobustNorm p=0.2 is 5 points more robust
     and 2 points less accurate than BatchNorm on every seed; APGD finds 3 points more than PGD against BatchNorm;
     BatchNorm reaches the speed target (82.1 %) at epoch 3, RobustNorm at epoch 4."""
+    from rnorm import plots
     from rnorm.experiments import robustnorm
     p = RobustNormParams(dataset="cifar10_jpeg", powers=[0.2, 1.0], seeds=[0, 1, 2], epochs=5)
     acc, models, hist = [], [], []
@@ -1198,8 +1318,29 @@ def test_robustnorm_observations_state_every_power_the_apgd_gap_and_epochs_to_ta
             models.append(dict(norm=norm, norm_p=q, seed=s, clean_full=clean + j))
             hist += [dict(epoch=e, test_acc=[0.5, 0.7, 0.83, 0.85, 0.86][max(0, e - 1 - late)], norm=norm, norm_p=q,
                           seed=s) for e in range(1, 6)]
-    text = robustnorm.observations(p, {"accuracy": pd.DataFrame(acc), "models": pd.DataFrame(models),
-                                       "history": pd.DataFrame(hist)})
+    frames = {"accuracy": pd.DataFrame(acc), "models": pd.DataFrame(models), "history": pd.DataFrame(hist)}
+    eff = robustnorm.power_effects(p.powers, frames).set_index(["norm_p", "quantity"])
+    # BatchNorm has no APGD-CE partner among the RobustNorm rows: clean and PGD only
+    assert list(eff.index) == [(0.2, "clean"), (0.2, "pgd"), (1.0, "clean"), (1.0, "pgd")]
+    assert eff.loc[(0.2, "clean"), ["estimate", "low", "high"]].tolist() == pytest.approx([-0.02] * 3)
+    assert eff.loc[(0.2, "pgd"), "estimate"] == pytest.approx(0.05) and eff.loc[(1.0, "clean"), "estimate"] == pytest.approx(-0.07)
+    assert eff.loc[(1.0, "pgd"), "estimate"] == pytest.approx(0.0, abs=1e-12) and eff["n_seeds"].eq(3).all()
+    assert eff.loc[0.2, "judged"].all() and not eff.loc[1.0, "judged"].any()  # the ledger judges p=0.2 only
+    gaps = robustnorm.apgd_gaps(frames["accuracy"])
+    assert gaps[["norm", "n_seeds", "reading"]].values.tolist() == [["bn", 3, "overstates"]]
+    assert gaps["gap"].iloc[0] == pytest.approx(3.0)
+    assert robustnorm.apgd_gaps(frames["accuracy"].query("attack == 'pgd'")).empty
+    speed = robustnorm.epochs_to_target(p.dataset, p.arch, frames["history"])
+    assert speed["target"].iloc[0] == pytest.approx(0.821, abs=5e-4)
+    per_model = {plots.model_label(n, q): list(g["epochs"]) for (n, q), g in
+                 speed.groupby(["norm", "norm_p"], dropna=False, sort=False)}
+    assert per_model["BatchNorm"] == [3, 3, 3] and per_model["RobustNorm p=0.2"] == [4, 4, 4]
+    assert robustnorm.epochs_to_target(p.dataset, p.arch, None).empty
+    # the chapter's words on these frames
+    points = robustnorm.matched_clean(frames["models"], frames["accuracy"])
+    text = _chapter_text("03_robustnorm", {"P": p, "res": type("R", (), {"frames": frames}), "acc": frames["accuracy"],
+                                           "points": points, "label": plots.label(p.dataset)},
+                         "robustnorm.power_effects(")
     p02 = [x for x in text.splitlines() if "RobustNorm p=0.2 minus BatchNorm" in x][0]
     assert "(the power the ledger judges)" in p02 and "clean accuracy -2.0 points" in p02
     assert "PGD-20 at 1/255 +5.0 points" in p02
@@ -1208,6 +1349,14 @@ def test_robustnorm_observations_state_every_power_the_apgd_gap_and_epochs_to_ta
     speed = [x for x in text.splitlines() if "Epochs to 82.1 %" in x][0]
     assert "BatchNorm 3, 3, 3" in speed and "RobustNorm p=0.2 4, 4, 4" in speed
     assert "lossy JPEG copy" in text
+
+
+def test_robustnorm_matched_sides_place_each_power_against_the_line():
+    from rnorm.experiments import robustnorm
+    trend = pd.DataFrame(dict(norm_p=[0.2, 0.5, 1.0, 2.0], residual=[0.04, -0.03, 0.01, 0.02],
+                              low=[0.01, -0.05, -0.02, float("nan")], high=[0.07, -0.01, 0.04, float("nan")],
+                              n_seeds=[3, 3, 3, 2], inside=[True] * 4))
+    assert robustnorm.matched_sides(trend)["side"].tolist() == ["above", "below", "on", "no CI"]
 
 
 def test_ebn_precompute_evaluates_each_trained_run_once_over_its_shards_and_trains_nothing(monkeypatch, tmp_path):

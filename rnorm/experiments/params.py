@@ -193,6 +193,12 @@ def config_error(error: ValidationError, cls) -> ConfigError:
     return ConfigError(" ".join(_message(e, cls) for e in errors))
 
 
+def check_at_most_test_n(name: str, value: int, test_n: int) -> None:
+    """A count of test images (``apgd_n``, ``curve_n``: the first of the ``test_n``) is at most ``test_n``."""
+    if value > test_n:
+        raise ConfigError(f"{name}={value} is out of range; allowed: an integer in [1, {test_n}] (at most test_n).")
+
+
 def params_model(cls):
     """Make ``cls`` a notebook's parameters: a frozen (so hashable) pydantic dataclass that refuses
     unknown names, validates its defaults too, refuses NaN and infinities, and raises a

@@ -26,11 +26,14 @@ import pandas as pd
 from ..evaluate import summarize, test_subset
 from ..results import StudyResult
 from ..runs import RunConfig, find_run
-from .common import accuracy_table, cached_evaluate, models_frame, setup, train_runs
+from .common import cached_evaluate, models_frame, setup, train_runs
 from .claims import HEADLINE_P
 from .params import (Arch, Attacks, Bool, ConfigError, Dataset, Epsilons, Field, Float, Int, PositiveFloats,
                      TrainingParams, choices, model_validator, params_model)
 from .protocol import JUDGED_EPS
+# The chapter's findings frames live in their own module; their names stay importable from here.
+from .robustnorm_findings import (apgd_gaps, effect, epochs_to_target, matched_clean, matched_sides,  # noqa: F401
+                                  matched_trend, power_effects, table)
 
 
 @params_model
@@ -48,8 +51,8 @@ class RobustNormParams(TrainingParams):
         description=f"RobustNorm powers p (the reference uses 0.2 and 1.0; the ledger judges {HEADLINE_P:g})")
     include_nonorm: Bool = Field(True, description="also train and evaluate the network without normalization")
     sweep_lrs: PositiveFloats = Field(
-        (0.1,), min_length=1, description="learning rates swept for BatchNorm and each RobustNorm power (one "
-                                          "value: no sweep, that rate)")
+        (0.1,), min_length=1, description="learning rates swept for the models `tuned` names (BatchNorm, each "
+                                          "RobustNorm power; one value: no sweep, that rate)")
     tuned: choices(("bn", "robustnorm")) = Field(
         ("bn", "robustnorm"), min_length=1, description="models whose learning rate the sweep chooses: bn, "
                                                         "robustnorm (a model not tuned trains at lr)")
@@ -214,124 +217,12 @@ def run(p: RobustNormParams) -> StudyResult:
                           for c, r in sweep.items()], ignore_index=True) \
         if sweep else pd.DataFrame(columns=["epoch", "val_acc", "norm", "norm_p", "lr"])
     models = models_frame(trained, device)
-    table = summarize(acc, ["norm", "norm_p", "attack", "eps", "stats"])
+    summary_table = summarize(acc, ["norm", "norm_p", "attack", "eps", "stats"])
     return StudyResult(p.NOTEBOOK, p, {"accuracy": acc, "history": history, "lr_sweep": lr_sweep, "models": models},
-                       table, {"models": models.to_dict(orient="records"), "chosen_lrs": chosen_lrs(p)},
+                       summary_table, {"models": models.to_dict(orient="records"), "chosen_lrs": chosen_lrs(p)},
                        list(trained.values()) + list(sweep.values()), str(device))
 
 
 def headline(cfg: RunConfig, p: RobustNormParams) -> bool:
     """Whether a model enters the ledger's C3 comparison: BatchNorm, and RobustNorm at the ledger's power."""
     return cfg.norm == "bn" or (cfg.norm == "robustnorm" and abs(cfg.norm_p - HEADLINE_P) < 1e-9)
-
-
-def table(acc: pd.DataFrame, stats: str = "population") -> pd.DataFrame:
-    """Clean and robust accuracy (%) as "mean ± sd" per model, one column per attack and epsilon (for display)."""
-    from ..plots import model_label
-    sub = acc[acc["stats"] == stats]
-    sub = sub.assign(model=[model_label(n, q) for n, q in zip(sub["norm"], sub["norm_p"])])
-    return accuracy_table(sub, ["model"])
-
-
-def matched_clean(models: pd.DataFrame, acc: pd.DataFrame, eps: float = JUDGED_EPS) -> pd.DataFrame:
-    """One point per model and seed: clean accuracy (full test set) and PGD accuracy at ``eps``
-    (population statistics), for the view at matched clean accuracy: a normalization that is
-    more robust only because it is less accurate lies on the others' trend, not above it."""
-    pgd = acc[(acc["attack"] == "pgd") & (acc["stats"] == "population") & np.isclose(acc["eps"], eps, rtol=0, atol=1e-9)]
-    keys = ["norm", "norm_p", "seed"]
-    m = models.assign(norm_p=models["norm_p"].astype(float))
-    p = pgd.assign(norm_p=pgd["norm_p"].astype(float))[keys + ["accuracy"]].rename(columns={"accuracy": "pgd"})
-    return m[keys + ["clean_full"]].merge(p, on=keys, how="inner")
-
-
-def matched_trend(points: pd.DataFrame, reference: tuple = ("bn", "none")) -> tuple[tuple[float, float] | None, pd.DataFrame]:
-    """The view at matched clean accuracy, as numbers: a line ``robust = a + b * clean`` fitted (least
-    squares) on the ``reference`` models' points (BatchNorm and no norm, every seed), and for each
-    RobustNorm power the residual per seed (its robust accuracy minus the line at its clean accuracy)
-    with their mean and Student-t 95 % CI over seeds. Positive: more robust than its clean accuracy
-    predicts. ``inside`` says whether every clean accuracy of that power lies within the reference
-    points' range (otherwise the line is extrapolated). Returns ``(None, empty)`` without two
-    distinct reference clean accuracies."""
-    from .. import stats
-    ref = points[points["norm"].isin(reference)]
-    cols = ["norm_p", "residual", "low", "high", "n_seeds", "inside"]
-    if ref["clean_full"].nunique() < 2:
-        return None, pd.DataFrame(columns=cols)
-    slope, intercept = np.polyfit(ref["clean_full"].astype(float), ref["pgd"].astype(float), 1)
-    rows = []
-    for pw, sub in points[points["norm"] == "robustnorm"].groupby("norm_p"):
-        res = sub["pgd"] - (intercept + slope * sub["clean_full"])
-        e = stats.paired_seeds(np.zeros(len(res)), res.to_numpy())
-        rows.append(dict(norm_p=float(pw), residual=e.estimate, low=e.low, high=e.high, n_seeds=len(res),
-                         inside=bool(sub["clean_full"].between(ref["clean_full"].min(), ref["clean_full"].max()).all())))
-    return (float(intercept), float(slope)), pd.DataFrame(rows, columns=cols)
-
-
-def observations(p: RobustNormParams, frames: dict) -> str:
-    """What the chapter shows beyond the ledger's rule, as markdown bullets computed from the frames:
-    every power against BatchNorm (robust at the judged ε and clean, paired over seeds, with 95 % CIs;
-    p=1.0 is reported, not judged), the view at matched clean accuracy, the APGD-CE gap, the epochs to
-    the speed target per model."""
-    from .. import stats
-    from ..attacks import format_eps
-    from ..plots import label, model_label
-    from .protocol import reference
-    from .verdicts import SPEED_TARGET, epochs_to
-    from .verdicts import seed_values
-    acc, models, history = frames["accuracy"], frames["models"], frames["history"]
-    where = f"{label(p.dataset)}, {p.arch} width {p.width}"
-    j = format_eps(JUDGED_EPS)
-    pop = acc[(acc["stats"] == "population") & np.isclose(acc["eps"].astype(float), JUDGED_EPS, rtol=0, atol=1e-9)]
-    out = [f"In {where} (numbers in points of accuracy, mean over seeds with a 95 % CI over the paired seeds):"]
-
-    bn_models = models[models["norm"] == "bn"]
-    for pw in p.powers:
-        rn_models = models[(models["norm"] == "robustnorm") & np.isclose(models["norm_p"].astype(float), pw)]
-        seeds = sorted(set(bn_models["seed"]) & set(rn_models["seed"]))
-        if not seeds:
-            continue
-        name = model_label("robustnorm", pw)
-        clean = stats.paired_seeds(seed_values(bn_models, seeds, "clean_full"),
-                                   seed_values(rn_models, seeds, "clean_full"))
-        parts = [f"clean accuracy {clean.text()}"]
-        for attack in ("pgd", "apgd"):
-            a = pop[pop["attack"] == attack]
-            b, r = a[a["norm"] == "bn"], a[(a["norm"] == "robustnorm") & np.isclose(a["norm_p"].astype(float), pw)]
-            if set(seeds) <= set(b["seed"]) and set(seeds) <= set(r["seed"]):
-                e = stats.paired_seeds(seed_values(b, seeds), seed_values(r, seeds))
-                parts.append(f"{'PGD-' + str(p.pgd_steps) if attack == 'pgd' else 'APGD-CE'} at {j} {e.text()}")
-        judged = " (the power the ledger judges)" if abs(pw - HEADLINE_P) < 1e-9 else " (reported, not judged by a rule)"
-        out.append(f"- **{name} minus BatchNorm**{judged}: " + "; ".join(parts) + ".")
-    pgd, apgd = pop[pop["attack"] == "pgd"], pop[pop["attack"] == "apgd"]
-    if len(apgd):
-        keys = ["norm", "norm_p", "seed"]
-        both = pgd.assign(norm_p=pgd["norm_p"].astype(float))[keys + ["accuracy"]].merge(
-            apgd.assign(norm_p=apgd["norm_p"].astype(float))[keys + ["accuracy"]], on=keys, suffixes=("_pgd", "_apgd"))
-        for (n, q), sub in both.groupby(["norm", "norm_p"], dropna=False):
-            gap = 100 * (sub["accuracy_pgd"] - sub["accuracy_apgd"]).mean()
-            verdict = ("the PGD rows overstate robustness by that much." if gap > 1 else
-                       "APGD-CE is the weaker attack here, so the PGD rows are the ones to trust." if gap < -1 else
-                       "the two attacks agree within a point.")
-            out.append(f"- APGD-CE finds {gap:.1f} points more than PGD-{p.pgd_steps} against {model_label(n, q)} "
-                       f"at {j} (mean over {len(sub)} seeds): {verdict}")
-    intercept_slope, trend = matched_trend(matched_clean(models, acc))
-    for _, t in trend.iterrows():
-        if np.isnan(t["low"]):
-            side, ci = "cannot be placed against", f" ({int(t['n_seeds'])} seed(s): no CI)"
-        else:
-            side = "lies above" if t["low"] > 0 else "lies below" if t["high"] < 0 else "is not distinguishable from"
-            ci = f" [95 % CI {100 * t['low']:+.1f}, {100 * t['high']:+.1f}]"
-        out.append(f"- **At matched clean accuracy**, {model_label('robustnorm', t['norm_p'])} {side} the line "
-                   f"through BatchNorm and no norm: {100 * t['residual']:+.1f} points{ci} of PGD accuracy at {j}"
-                   + ("" if t["inside"] else " (its clean accuracy lies outside their range: the line is extrapolated)")
-                   + ".")
-    ref = reference(p.dataset, p.arch)
-    if ref is not None and history is not None and len(history):
-        target = SPEED_TARGET * ref.accuracy
-        texts = []
-        for (n, q), sub in history.groupby(["norm", "norm_p"], dropna=False, sort=False):
-            ep = [epochs_to(h, target) for _, h in sub.groupby("seed")]
-            texts.append(f"{model_label(n, q)} " + ", ".join("never" if e == np.inf else f"{e:.0f}" for e in ep))
-        out.append(f"- **Epochs to {100 * target:.1f} % test accuracy** (per seed, of {p.epochs} under the cosine "
-                   f"schedule, so late epochs mostly reflect the schedule): " + "; ".join(texts) + ".")
-    return "\n".join(out)

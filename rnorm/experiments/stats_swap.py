@@ -27,7 +27,7 @@ from ..results import StudyResult
 from ..runs import RunConfig
 from .common import cached_evaluate, models_frame, setup, train_runs
 from .params import (Arch, Attacks, Bool, ConfigError, Dataset, Epsilons, Field, Float, Int, Seeds,
-                     TrainingParams, ints, model_validator, params_model)
+                     TrainingParams, check_at_most_test_n, ints, model_validator, params_model)
 from .protocol import JUDGED_EPS
 from .shift import repair_grid
 
@@ -65,9 +65,7 @@ class StatsSwapParams(TrainingParams):
 
     @model_validator(mode="after")
     def _check_stats_swap(self):
-        if self.curve_n > self.test_n:
-            raise ConfigError(f"curve_n={self.curve_n} is out of range; allowed: an integer in [1, {self.test_n}] "
-                              f"(at most test_n).")
+        check_at_most_test_n("curve_n", self.curve_n, self.test_n)
         missing = sorted(set(self.sweep_seeds) - set(self.seeds))
         if missing:
             raise ConfigError(f"sweep_seeds={list(self.sweep_seeds)!r} names seeds {missing} that are not in "
