@@ -936,7 +936,7 @@ def test_ebn_headline_says_where_ebn_ranks_and_gives_words_only_where_the_ci_exc
     assert vs.loc[("advprop", "clean"), ["estimate", "low", "high"]].tolist() == pytest.approx([-0.003, -0.015422, 0.009422], abs=1e-6)
     assert set(vs.loc[(slice(None), "clean"), "category"]) == {"none"}
     text = _ebn_text(acc, models).split("\n\n")[0]
-    assert text.startswith("**In short (FashionMNIST / resnet18, main branch, used at inference):** under PGD 2/255 alone "
+    assert text.startswith("**In short (FashionMNIST / ResNet-18, main branch, used at inference):** under PGD 2/255 alone "
                            "(PGD only: the ledger's verdicts take, per image, the worse of PGD-20 and APGD-CE where "
                            "run, which can only be lower), EBN is the least robust of the 3 recipes (59.2 %): -11.0 points [95 % CI -11.0, -11.0]")
     assert "against standard training (lower), -17.0 points" in text and "against AdvProp (lower)." in text
@@ -1102,7 +1102,7 @@ def test_ebn_slice_loss_findings_by_hand():
     text = _ebn_text(_ebn_acc({"standard": (0.93, 0.70)}), _ebn_models(["standard"]),
                      history=pd.concat([h, other], ignore_index=True))
     assert "In every setting the easy slice's loss is below the clean slice's" in text
-    assert "In FashionMNIST / resnet18 the slices' losses differ enough" in text
+    assert "In FashionMNIST / ResNet-18 the slices' losses differ enough" in text
 
 
 def test_ebn_ablation_table_compares_the_three_sharings_on_the_attacks_all_three_had():

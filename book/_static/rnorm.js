@@ -1,8 +1,44 @@
 // Marks every table box that is wider than the page (html_js_files in _config.yml): rnorm.css then shows a
-// "scroll" hint above it and a fading right edge until the reader has scrolled to its end.
+// "scroll" hint above it and a fading right edge until the reader has scrolled to its end. On a phone, a figure
+// of several panels side by side (wider than PANEL_ASPECT per panel) keeps a readable size, about PANEL_PX per
+// panel, inside a box of its own that scrolls sideways with the same cue, instead of shrinking to the screen.
 (function () {
   "use strict";
   var BOXES = "div.output.text_html, div.pst-scrollable-table-container, .rnorm-scroll";
+  var PHONE = window.matchMedia ? window.matchMedia("(max-width: 600px)") : null;
+  var PANEL_ASPECT = 1.5;  // width / height of one panel of rnorm.plots' figures (about 5 x 3.4 in)
+  var PANEL_PX = 330;      // the smallest width at which one panel's text stays readable
+
+  function wideFigures() {
+    var found = [];
+    document.querySelectorAll("div.cell_output img, figure img").forEach(function (img) {
+      var fit = function () {
+        if (!img.naturalWidth || !img.naturalHeight) return;
+        var panels = Math.round(img.naturalWidth / img.naturalHeight / PANEL_ASPECT);
+        if (panels < 2) return;
+        var box = img.closest(".rnorm-scroll");
+        if (!box) {
+          box = document.createElement("div");
+          box.className = "rnorm-scroll rnorm-figure-box";
+          img.parentNode.insertBefore(box, img);
+          box.appendChild(img);
+        }
+        img.classList.add("rnorm-wide-figure");
+        img.style.minWidth = PHONE && PHONE.matches ? (panels * PANEL_PX) + "px" : "";
+        update(box);
+      };
+      if (img.complete) fit(); else img.addEventListener("load", fit);
+      found.push(img);
+    });
+    if (PHONE && PHONE.addEventListener) {
+      PHONE.addEventListener("change", function () {
+        found.forEach(function (img) { if (img.classList.contains("rnorm-wide-figure")) {
+          var panels = Math.round(img.naturalWidth / img.naturalHeight / PANEL_ASPECT);
+          img.style.minWidth = PHONE.matches ? (panels * PANEL_PX) + "px" : "";
+          update(img.closest(".rnorm-scroll")); } });
+      });
+    }
+  }
 
   function boxes() {
     var found = [];
@@ -28,7 +64,8 @@
     if (overflows && !has) {
       hint = document.createElement("p");
       hint.className = "rnorm-scroll-hint";
-      hint.textContent = "This table is wider than the page: scroll it sideways \u2192";
+      hint.textContent = (box.querySelector("table") ? "This table" : "This figure") +
+        " is wider than the page: scroll it sideways \u2192";
       box.parentNode.insertBefore(hint, box);
     } else if (!overflows && has) {
       hint.remove();
@@ -36,6 +73,7 @@
   }
 
   function init() {
+    wideFigures();
     var all = boxes();
     all.forEach(function (box) {
       update(box);

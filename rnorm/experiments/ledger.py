@@ -172,7 +172,7 @@ def eps_curves(root, stale: dict | None = None) -> pd.DataFrame:
     a = r.frame("04_easy_batchnorm", "accuracy")
     if has(a, "branch", "share", "dataset", "arch", "recipe"):
         f = pgd(a[(a["branch"] == "main") & (a["share"].isin(("none", "")))])
-        setting = [f"{label(d)} / {ar}" for d, ar in zip(f["dataset"], f["arch"])]
+        setting = [f"{label(d)} / {label(ar)}" for d, ar in zip(f["dataset"], f["arch"])]
         parts.append(f.assign(claim="C4", setting=setting, curve=f["recipe"].map(label)))  # C5's models too
     if not parts:
         return pd.DataFrame(columns=cols)
