@@ -158,3 +158,23 @@ def test_show_formats_every_cell_and_hides_the_index():
     for raw in ("87.000000", "NaN", "True", "False", "nan"):
         assert raw not in html
     assert "87.0" in html and "–" in html and "yes" in html
+
+
+def test_lr_sweep_curves_are_small_multiples_with_one_colour_per_rate_and_the_chosen_rate_thick():
+    import matplotlib.pyplot
+    rows = [dict(model=m, lr=lr, epoch=e, val=50 + e + 10 * lr)
+            for m, rates in (("BatchNorm", (0.1, 0.4)), ("RobustNorm p=1", (0.05, 0.1, 0.4))) for lr in rates
+            for e in (1, 2, 3)]
+    fig = plots.lr_sweep_curves(pd.DataFrame(rows), chosen={"BatchNorm": 0.4, "RobustNorm p=1": 0.1})
+    bn, rn = fig.axes[:2]
+    assert bn.get_title() == "BatchNorm (chosen: 0.4)" and rn.get_title() == "RobustNorm p=1 (chosen: 0.1)"
+    colour = {ax.get_title(): {line.get_label(): to_hex(line.get_color()) for line in ax.get_lines()}
+              for ax in (bn, rn)}
+    assert colour[bn.get_title()]["0.1"] == colour[rn.get_title()]["0.1"]       # a rate, one colour
+    assert len(set(colour[rn.get_title()].values())) == 3                         # rates told apart
+    width = {line.get_label(): line.get_linewidth() for line in rn.get_lines()}
+    assert width["0.1"] > width["0.05"] == width["0.4"]                          # the chosen rate stands out
+    legend = fig.legends[0]
+    assert legend.get_title().get_text() == "learning rate"
+    assert [t.get_text() for t in legend.get_texts()] == ["0.05", "0.1", "0.4"]  # every rate, though the first
+    matplotlib.pyplot.close(fig)                                                  # panel lacks 0.05

@@ -65,9 +65,7 @@ def with_every_hue_level(rows: pd.DataFrame, *, x: str, hue: str, col: str) -> p
     first panel's legend: two settings evaluated at different ε (FashionMNIST at 0.1, CIFAR-10 at
     8/255) would give one level two colours and leave the second panel's levels out of the legend. With
     every level in every panel, in one order, a level has one colour and the legend names them all; a
-    level a panel lacks leaves an empty slot. Done here, not in :mod:`rnorm.plots`, because that module
-    is part of every cached evaluation's key (through :mod:`rnorm.results`), and editing it would
-    recompute every evaluation of the study."""
+    level a panel lacks leaves an empty slot."""
     levels = list(dict.fromkeys(rows[hue]))
     pad = pd.DataFrame([{col: c, x: rows.loc[rows[col] == c, x].iloc[0], hue: level, "accuracy": float("nan")}
                         for c in dict.fromkeys(rows[col]) for level in levels])

@@ -20,7 +20,7 @@ import matplotlib
 matplotlib.use(os.environ.get("MPLBACKEND", "Agg"))  # before pyplot is imported (by the modules below)
 
 from .figures import (_batches_at, _shown_eps, accuracy_bars, accuracy_vs_batch_size,  # noqa: E402,F401
-                      accuracy_vs_eps, attack_convergence, channel_scatter, matched_clean, note_figure,
+                      accuracy_vs_eps, attack_convergence, channel_scatter, lr_sweep_curves, matched_clean, note_figure,
                       ratio_vs_eps, shift_by_layer, training_curves, with_clean_start)
 from .output import FORMATS, _metadata, glue_figure, save  # noqa: E402,F401
 from .style import (_C, COLOUR_GROUPS, COLOURS, LABELS, LEGEND_TITLES, OKABE_ITO, PALETTE,  # noqa: E402,F401

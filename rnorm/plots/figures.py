@@ -9,6 +9,8 @@ curves; and :func:`note_figure` where a figure's data does not exist. All in the
 """
 from __future__ import annotations
 
+import matplotlib
+import matplotlib.lines
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
@@ -182,6 +184,36 @@ def training_curves(history: pd.DataFrame, *, hue: str = "model", y: str = "loss
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
     _one_legend(fig, [ax], title=legend or legend_title(hue))
+    fig.tight_layout()
+    return fig
+
+
+def lr_sweep_curves(sweep: pd.DataFrame, *, y: str = "val", ylabel: str = "held-out accuracy (%)",
+                    chosen: dict | None = None):
+    """A learning-rate sweep as small multiples: one panel per ``model`` (display labels), one line per
+    ``lr`` over ``epoch``, each rate in the same colour in every panel (a sequential colour-blind-safe ramp,
+    viridis without its faint yellow end, light to dark as the rate grows). ``chosen``: ``{model: lr}``,
+    drawn thicker and named in the panel's title."""
+    use_style()
+    models = list(dict.fromkeys(sweep["model"]))
+    lrs = sorted(dict.fromkeys(sweep["lr"]))
+    ramp = matplotlib.colormaps["viridis"]
+    colour = {lr: ramp(0.85 * (1 - i / max(1, len(lrs) - 1))) for i, lr in enumerate(lrs)}
+    fig, axes = plt.subplots(1, len(models), figsize=(3.4 * len(models) + 0.4, 3.2), squeeze=False, sharey=True)
+    for ax, model in zip(axes[0], models):
+        sub = sweep[sweep["model"] == model]
+        best = (chosen or {}).get(model)
+        for lr in lrs:
+            line = sub[sub["lr"] == lr].sort_values("epoch")
+            if len(line):
+                ax.plot(line["epoch"], line[y], marker="o", markersize=3, color=colour[lr], label=f"{lr:g}",
+                        linewidth=2.6 if lr == best else 1.2)
+        ax.set_title(model + (f" (chosen: {best:g})" if best is not None else ""))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+    handles = [matplotlib.lines.Line2D([], [], color=colour[lr], marker="o", markersize=3) for lr in lrs]
+    fig.legend(handles, [f"{lr:g}" for lr in lrs], title="learning rate", loc="upper center",  # every rate, below
+               bbox_to_anchor=(0.5, 0.0), frameon=False, ncol=len(lrs))
     fig.tight_layout()
     return fig
 
