@@ -857,14 +857,15 @@ def _chapter_text(notebook: str, ns: dict, first: str, stop: str | None = None) 
     holding ``stop`` (only that one cell without ``stop``), in the namespace ``ns`` (the frames, ``P``...)."""
     import jupytext
     from IPython.display import Markdown
-    from rnorm import plots
+    from rnorm import plots, stats
     from rnorm.experiments import ebn, protocol, robustnorm
     cells = [c.source for c in jupytext.read(Path(rnorm.__file__).resolve().parents[1] / "notebooks"
                                              / f"{notebook}.md").cells if c.cell_type == "code"]
     start = next(i for i, c in enumerate(cells) if first in c)
     end = next(i for i, c in enumerate(cells) if i > start and stop in c) if stop else start + 1
     shown = []
-    ns = {"ebn": ebn, "robustnorm": robustnorm, "plots": plots, "protocol": protocol, "Markdown": Markdown,
+    ns = {"ebn": ebn, "robustnorm": robustnorm, "plots": plots, "stats": stats, "protocol": protocol,
+          "Markdown": Markdown,
           "display": lambda m: shown.append(m.data), **ns}
     for source in cells[start:end]:
         exec(source, ns)
