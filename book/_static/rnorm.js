@@ -1,30 +1,35 @@
 // Marks every table box that is wider than the page (html_js_files in _config.yml): rnorm.css then shows a
 // "scroll" hint above it and a fading right edge until the reader has scrolled to its end. On a phone, a figure
-// of several panels side by side (wider than PANEL_ASPECT per panel) keeps a readable size, about PANEL_PX per
-// panel, inside a box of its own that scrolls sideways with the same cue, instead of shrinking to the screen.
+// of several panels (rnorm.plots draws one panel at most WIDE_PX pixels wide, so a wider image has several)
+// keeps a readable size, PHONE_SCALE of its own pixels, inside a box of its own that scrolls sideways with the
+// same cue, instead of shrinking to the screen's width.
 (function () {
   "use strict";
   var BOXES = "div.output.text_html, div.pst-scrollable-table-container, .rnorm-scroll";
   var PHONE = window.matchMedia ? window.matchMedia("(max-width: 600px)") : null;
-  var PANEL_ASPECT = 1.5;  // width / height of one panel of rnorm.plots' figures (about 5 x 3.4 in)
-  var PANEL_PX = 330;      // the smallest width at which one panel's text stays readable
+  var WIDE_PX = 700;       // the natural width above which a figure has several panels side by side
+  var PHONE_SCALE = 0.75;  // of its natural width: the smallest at which its text stays readable
+
+  function phoneWidth(img) {
+    return PHONE && PHONE.matches ? Math.round(PHONE_SCALE * img.naturalWidth) + "px" : "";
+  }
 
   function wideFigures() {
     var found = [];
     document.querySelectorAll("div.cell_output img, figure img").forEach(function (img) {
       var fit = function () {
-        if (!img.naturalWidth || !img.naturalHeight) return;
-        var panels = Math.round(img.naturalWidth / img.naturalHeight / PANEL_ASPECT);
-        if (panels < 2) return;
+        if (!img.naturalWidth || img.naturalWidth <= WIDE_PX) return;
         var box = img.closest(".rnorm-scroll");
         if (!box) {
           box = document.createElement("div");
           box.className = "rnorm-scroll rnorm-figure-box";
           img.parentNode.insertBefore(box, img);
           box.appendChild(img);
+          box.addEventListener("scroll", function () { update(box); }, { passive: true });
+          window.addEventListener("resize", function () { update(box); });
         }
         img.classList.add("rnorm-wide-figure");
-        img.style.minWidth = PHONE && PHONE.matches ? (panels * PANEL_PX) + "px" : "";
+        img.style.minWidth = phoneWidth(img);
         update(box);
       };
       if (img.complete) fit(); else img.addEventListener("load", fit);
@@ -32,10 +37,11 @@
     });
     if (PHONE && PHONE.addEventListener) {
       PHONE.addEventListener("change", function () {
-        found.forEach(function (img) { if (img.classList.contains("rnorm-wide-figure")) {
-          var panels = Math.round(img.naturalWidth / img.naturalHeight / PANEL_ASPECT);
-          img.style.minWidth = PHONE.matches ? (panels * PANEL_PX) + "px" : "";
-          update(img.closest(".rnorm-scroll")); } });
+        found.forEach(function (img) {
+          if (!img.classList.contains("rnorm-wide-figure")) return;
+          img.style.minWidth = phoneWidth(img);
+          update(img.closest(".rnorm-scroll"));
+        });
       });
     }
   }
