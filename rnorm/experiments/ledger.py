@@ -49,7 +49,7 @@ def key_effect(row) -> str:
     "name: estimate [95 % CI]"; where the parts are settings (C4, C5), the clean part's effect in each
     setting (the row's ``key``, from :func:`rnorm.experiments.per_setting.compare_recipes`); else the
     verdict of each part."""
-    if getattr(row, "key", ""):
+    if row.key:
         return row.key
     for name, part in row.parts.items():
         if part.effect is not None:

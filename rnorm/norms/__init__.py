@@ -10,18 +10,8 @@ Three layers, one registry and three model-wide switches:
   :func:`use_stats` and :func:`route` set the statistics mode / branch of every layer of a model,
   as a plain call or as a context manager that restores the previous setting.
 
-Statistics modes (what the layer normalizes with when it is in ``eval()`` mode):
-
-``population``       the running estimates from training: what BatchNorm does at inference
-                     (reference code ``BN`` / ``RNT``).
-``batch``            the statistics of the current inference batch: the papers' "stats swap"
-                     (reference ``BNwoT`` / ``RN``). Never updates the running buffers.
-``population_mean``  running mean with the batch's scale (variance or range) (``BNM`` / ``RNM``).
-
-In ``train()`` mode every layer uses batch statistics and updates its running buffers, exactly
-as ``nn.BatchNorm2d`` does, whatever the statistics mode. To compute on a batch with batch
-statistics *without* touching the buffers (what an attack inside training needs), put the model
-in ``eval()`` and use ``stats="batch"``; torchattacks calls ``model.eval()`` itself.
+The statistics modes (``population``, ``batch``, ``population_mean``) and what ``train()`` mode does
+whatever the mode are described once, in :mod:`rnorm.norms.base`.
 
 One module per concept; every name is importable from ``rnorm.norms`` (a test that patches a private
 helper patches it in its own module, where the code looks it up):
