@@ -10,6 +10,14 @@
   var WIDE_PX = 700;       // the natural width above which a figure has several panels side by side
   var PHONE_SCALE = 0.75;  // of its natural width: the smallest at which its text stays readable
 
+  var watched = [];  // every scroll box, tables' and figures': one scroll listener each, one resize listener for all
+
+  function watch(box) {
+    if (watched.indexOf(box) >= 0) return;
+    watched.push(box);
+    box.addEventListener("scroll", function () { update(box); }, { passive: true });
+  }
+
   function phoneWidth(img) {
     return PHONE && PHONE.matches ? Math.round(PHONE_SCALE * img.naturalWidth) + "px" : "";
   }
@@ -25,9 +33,8 @@
           box.className = "rnorm-scroll rnorm-figure-box";
           img.parentNode.insertBefore(box, img);
           box.appendChild(img);
-          box.addEventListener("scroll", function () { update(box); }, { passive: true });
-          window.addEventListener("resize", function () { update(box); });
         }
+        watch(box);
         img.classList.add("rnorm-wide-figure");
         img.style.minWidth = phoneWidth(img);
         update(box);
@@ -81,11 +88,8 @@
   function init() {
     wideFigures();
     var all = boxes();
-    all.forEach(function (box) {
-      update(box);
-      box.addEventListener("scroll", function () { update(box); }, { passive: true });
-    });
-    window.addEventListener("resize", function () { all.forEach(update); });
+    all.forEach(function (box) { watch(box); update(box); });
+    window.addEventListener("resize", function () { watched.forEach(update); });
     if (window.ResizeObserver) {  // a table that grows later (web fonts, MathJax) is marked then
       var seen = new ResizeObserver(function () { all.forEach(update); });
       all.forEach(function (box) { seen.observe(box); box.querySelectorAll("table").forEach(function (t) { seen.observe(t); }); });

@@ -53,6 +53,8 @@ _FASHION_CLASSES = (
 )
 _CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 _CIFAR_STD = (0.2470, 0.2435, 0.2616)
+_CIFAR_SHAPES = dict(num_classes=10, in_channels=3, image_size=32, mean=_CIFAR_MEAN, std=_CIFAR_STD,
+                     classes=_CIFAR_CLASSES, augment_default=True)  # the original and its JPEG copy share these
 
 
 DATASETS: dict[str, DatasetInfo] = {
@@ -71,30 +73,18 @@ DATASETS: dict[str, DatasetInfo] = {
     ),
     "cifar10": DatasetInfo(
         name="cifar10",
-        num_classes=10,
-        in_channels=3,
-        image_size=32,
-        mean=_CIFAR_MEAN,
-        std=_CIFAR_STD,
-        classes=_CIFAR_CLASSES,
-        augment_default=True,
         lossy=False,
         description="CIFAR-10, official python-version batches via torchvision "
         "(50,000 train / 10,000 test, 32x32 RGB); standard mean/std.",
+        **_CIFAR_SHAPES,
     ),
     "cifar10_jpeg": DatasetInfo(
         name="cifar10_jpeg",
-        num_classes=10,
-        in_channels=3,
-        image_size=32,
-        mean=_CIFAR_MEAN,
-        std=_CIFAR_STD,
-        classes=_CIFAR_CLASSES,
-        augment_default=True,
         lossy=True,
         description="CIFAR-10 re-encoded as JPEG (quality 75, 4:2:0) by a third party; LOSSY, "
         "not the original CIFAR-10. Samples ordered by (class, file name). Uses the standard "
         "CIFAR-10 mean/std, not its own statistics.",
+        **_CIFAR_SHAPES,
     ),
 }
 

@@ -31,6 +31,16 @@ def _shown_eps(frame: pd.DataFrame, eps) -> list[float]:
     return present if len(present) <= 2 else [present[0], present[-1]]
 
 
+def _facets(df: pd.DataFrame, col: str | None, panel_width: float):
+    """One row of panels sharing the y axis, one per value of ``col`` (in order of appearance; one panel
+    when ``col`` is None): the figure, and ``(axis, value, rows)`` for each panel."""
+    values = list(dict.fromkeys(df[col])) if col else [None]
+    fig, axes = plt.subplots(1, len(values), figsize=(panel_width * len(values) + 0.4, 3.4), squeeze=False,
+                             sharey=True)
+    panels = [(ax, v, df if v is None else df[df[col] == v]) for ax, v in zip(axes[0], values)]
+    return fig, axes[0], panels
+
+
 def _batches_at(frame: pd.DataFrame, eps: float) -> pd.DataFrame:
     """The rows of ``frame`` perturbed at ``eps`` and its clean rows, with ``batch`` the kind's display label."""
     rows = frame[((frame["eps"] - eps).abs() < 1e-9) | (frame["attack"] == "clean")]
@@ -124,11 +134,9 @@ def accuracy_vs_eps(frame: pd.DataFrame, *, hue: str = "stats", style: str | Non
         df = df[df["eps"] > 0]
     df["eps (/255)"] = df["eps"] * 255
     df["accuracy (%)"] = df["accuracy"] * 100
-    cols = list(dict.fromkeys(df[col])) if col else [None]
     levels = list(dict.fromkeys(df[hue]))
-    fig, axes = plt.subplots(1, len(cols), figsize=(3.4 * len(cols) + 0.4, 3.4), squeeze=False, sharey=True)
-    for ax, c in zip(axes[0], cols):
-        sub = df if c is None else df[df[col] == c]
+    fig, axes, panels = _facets(df, col, 3.4)
+    for ax, c, sub in panels:
         sns.lineplot(data=sub, x="eps (/255)", y="accuracy (%)", hue=hue, style=style or hue, markers=True,
                      hue_order=levels, style_order=levels if style in (None, hue) else None, palette=palette(levels),
                      dashes=False, ax=ax, errorbar=("sd") if "seed" in sub and sub["seed"].nunique() > 1 else None)
@@ -139,7 +147,7 @@ def accuracy_vs_eps(frame: pd.DataFrame, *, hue: str = "stats", style: str | Non
             ax.set_xscale("log", base=2)
         if c is not None:
             ax.set_title(label(c) if col == "attack" else f"{col} = {c}")
-    _one_legend(fig, axes[0], title=legend or legend_title(hue))
+    _one_legend(fig, axes, title=legend or legend_title(hue))
     if title:
         fig.suptitle(title, y=1.02)
     fig.tight_layout()
@@ -225,11 +233,9 @@ def accuracy_bars(frame: pd.DataFrame, *, x: str = "recipe", hue: str = "attack"
     use_style()
     df = frame.copy()
     df["accuracy (%)"] = df["accuracy"] * 100
-    cols = list(dict.fromkeys(df[col])) if col else [None]
     levels = list(dict.fromkeys(df[hue]))
-    fig, axes = plt.subplots(1, len(cols), figsize=(3.6 * len(cols) + 0.4, 3.4), squeeze=False, sharey=True)
-    for ax, c in zip(axes[0], cols):
-        sub = df if c is None else df[df[col] == c]
+    fig, axes, panels = _facets(df, col, 3.6)
+    for ax, c, sub in panels:
         sns.barplot(data=sub, x=x, y="accuracy (%)", hue=hue, ax=ax, errorbar="sd", capsize=0.1, err_kws={"linewidth": 1},
                     hue_order=levels, palette=palette(levels))
         ax.set_xlabel(legend_title(x))
@@ -238,7 +244,7 @@ def accuracy_bars(frame: pd.DataFrame, *, x: str = "recipe", hue: str = "attack"
         if c is not None:
             ax.set_title(str(c))
         ax.tick_params(axis="x", labelrotation=20)
-    _one_legend(fig, axes[0], title=legend_title(hue))
+    _one_legend(fig, axes, title=legend_title(hue))
     if title:
         fig.suptitle(title, y=1.02)
     fig.tight_layout()
