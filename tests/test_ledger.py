@@ -254,7 +254,7 @@ def test_c3_reproduced_and_its_parts():
     v = _c3(_c3_frames(bn_pgd=0.05, rn_pgd=0.15))
     assert v.verdict == verdicts.REPRODUCED, v
     assert set(v.parts) == {f"robust accuracy at {format_eps(J)}, RobustNorm minus BatchNorm", "clean accuracy (full test set), RobustNorm minus BatchNorm",
-                            "epochs to 82.1 % test accuracy, BatchNorm minus RobustNorm"}
+                            "training speed: epochs to 82.1 % test accuracy (90% of 91.25 %), BatchNorm minus RobustNorm"}
 
 
 def test_c3_a_null_effect_is_never_partly_or_reproduced():
@@ -277,7 +277,7 @@ def test_c3_slower_training_and_lower_clean_accuracy_are_refuted_parts():
     v = _c3(_c3_frames(bn_pgd=0.05, rn_pgd=0.15, bn_clean=0.80, rn_clean=0.80))
     assert v.verdict == verdicts.INCONCLUSIVE and "below the convergence floor" in v.checks  # the schedule fails
     v = _c3(_c3_frames(bn_pgd=0.05, rn_pgd=0.15, rn_epochs_late=6))
-    speed = [p for k, p in v.parts.items() if k.startswith("epochs")][0]
+    speed = [p for k, p in v.parts.items() if k.startswith("training speed")][0]
     assert speed.verdict == verdicts.NOT
     assert v.verdict == verdicts.PARTLY and "epochs to" in v.checks  # more robust, but slower to train
     v = _c3(_c3_frames(bn_pgd=0.15, rn_pgd=0.05))
@@ -659,7 +659,7 @@ def test_c3_speed_slower_for_sure_says_so_even_where_the_margin_cannot_be_decide
     late = {0: 2, 1: 3, 2: 4}  # RobustNorm 2, 3, 4 epochs later: CI [-5.5, -0.5] excludes 0, contains -2
     rn = h["norm"] == "robustnorm"
     h.loc[rn, "test_acc"] = [min(0.95, 0.05 * max(0, e - late[s])) for e, s in zip(h.loc[rn, "epoch"], h.loc[rn, "seed"])]
-    speed = [p for k, p in _c3(f).parts.items() if k.startswith("epochs to")][0]
+    speed = [p for k, p in _c3(f).parts.items() if k.startswith("training speed")][0]
     assert speed.effect.low < -2 < speed.effect.high < 0
     assert speed.verdict == verdicts.INCONCLUSIVE
     assert speed.reason.startswith("RobustNorm is slower (the CI excludes 0), but whether by more than the 2-epoch")
@@ -704,17 +704,38 @@ def test_front_page_key_effect_of_a_claim_judged_per_setting_is_the_clean_effect
     plain names, of the reading that decides (the primary where it is run, else the secondary)."""
     from rnorm.experiments.ledger import key_effect
     frames = _ebn_frames({k: GOOD for k in TWO})
-    c5 = key_effect(verdicts.verdict_c5(Results.of("04_easy_batchnorm", frames)))
+    c5 = key_effect(verdicts.verdict_c5(Results.of("04_easy_batchnorm", frames)), "C5")
     # AdvProp minus standard is 2.0 points in the hand-made frame (0.945 - 0.925) plus each model's jitter
     # (sd 0.3 points), in both settings; each estimate is followed by its CI
     number = r"([+-]\d+\.\d) \[[+-]\d+\.\d+, [+-]\d+\.\d+\]"
     m = re.fullmatch(rf"clean, AdvProp minus standard \(points\): FashionMNIST {number}; "
                      rf"CIFAR-10 \(lossy JPEG copy\) {number}", c5)
     assert m and all(abs(float(g) - 2.0) < 0.6 for g in m.groups()), c5
-    c4 = key_effect(verdicts.verdict_c4(Results.of("04_easy_batchnorm", frames)))
+    c4 = key_effect(verdicts.verdict_c4(Results.of("04_easy_batchnorm", frames)), "C4")
     m = re.match(rf"AdvProp\+EBN \(primary reading\): clean, AdvProp\+EBN minus AdvProp \(points\): "
                  rf"FashionMNIST {number}", c4)
     assert m and abs(float(m.group(1)) - 2.0) < 0.6, c4
     no_primary = {k: v for k, v in GOOD.items() if k != "advprop_ebn"}
-    c4 = key_effect(verdicts.verdict_c4(Results.of("04_easy_batchnorm", _ebn_frames({k: no_primary for k in TWO}))))
+    c4 = key_effect(verdicts.verdict_c4(Results.of("04_easy_batchnorm", _ebn_frames({k: no_primary for k in TWO}))), "C4")
     assert c4.startswith("two-branch EBN (secondary reading): clean, ")
+
+
+def test_front_page_status_says_what_each_part_or_setting_did_in_the_specs_short_names(two_claimed):
+    """The front page's "what each part did": C3's parts by their short names in the spec; C4's settings per
+    reading, a reading with no setting judged as "not run", and the claimed settings not tested counted."""
+    from rnorm.experiments.ledger import caveat, key_effect, part_status
+    v = _c3(_c3_frames(bn_pgd=0.05, rn_pgd=0.15))
+    assert part_status(v, "C3") == "robust holds · clean holds · speed holds"
+    assert key_effect(v, "C3").endswith("(rule: CI above 0)")
+    assert caveat(v, "C3") == claims.SPECS["C3"].caveat  # every model at its floor: nothing added
+    no_primary = {k: w for k, w in GOOD.items() if k != "advprop_ebn"}
+    c4 = verdicts.verdict_c4(Results.of("04_easy_batchnorm", _ebn_frames({k: no_primary for k in TWO})))
+    said = part_status(c4, "C4")
+    assert said.startswith("AdvProp+EBN: not run; two-branch EBN: FashionMNIST ") and said.count("CIFAR-10") == 1, said
+    assert said.endswith(f"; {claims.C4_CLAIMED[0] - 2} of {claims.C4_CLAIMED[0]} settings not tested"), said
+
+
+def test_scale_summary_groups_claims_of_one_scale():
+    from rnorm.experiments.ledger import scale_summary
+    assert scale_summary({"C1": "a", "C2": "a", "C3": "a", "C4": "b", "C5": "b"}) == "C1–C3: a. C4, C5: b."
+    assert scale_summary({"C1": "a", "C2": "b", "C3": "a"}) == "C1, C3: a. C2: b."

@@ -2,7 +2,8 @@
 // "scroll" hint above it and a fading right edge until the reader has scrolled to its end. On a phone, a figure
 // of several panels (rnorm.plots draws one panel at most WIDE_PX pixels wide, so a wider image has several)
 // keeps a readable size, PHONE_SCALE of its own pixels, inside a box of its own that scrolls sideways with the
-// same cue, instead of shrinking to the screen's width.
+// same cue, instead of shrinking to the screen's width. In a table with a "verdict" column (the front page's),
+// each verdict cell is marked with its verdict, which rnorm.css sets as a coloured badge.
 (function () {
   "use strict";
   var BOXES = "div.output.text_html, div.pst-scrollable-table-container, .rnorm-scroll";
@@ -85,7 +86,26 @@
     }
   }
 
+  var VERDICTS = ["reproduced", "partly", "not reproduced", "inconclusive", "not run"];
+
+  function verdictBadges() {
+    document.querySelectorAll("table").forEach(function (table) {
+      var head = Array.prototype.map.call(table.querySelectorAll("thead th"), function (th) {
+        return th.textContent.trim().toLowerCase();
+      });
+      var col = head.indexOf("verdict");
+      if (col < 0) return;
+      table.querySelectorAll("tbody tr").forEach(function (tr) {
+        var cell = tr.children[col];
+        var said = cell ? cell.textContent.trim().toLowerCase() : "";
+        if (VERDICTS.indexOf(said) < 0) return;
+        cell.classList.add("rnorm-verdict", "rnorm-verdict-" + said.replace(/ /g, "-"));
+      });
+    });
+  }
+
   function init() {
+    verdictBadges();
     wideFigures();
     var all = boxes();
     all.forEach(function (box) { watch(box); update(box); });

@@ -53,7 +53,9 @@ class Part:
 
     ``name`` is how the part is called in the verdict rows; ``measures`` says what is compared and
     how it is paired; ``role`` is ``core`` (the effect the claim is about) or ``side`` (what the
-    claim says comes along). ``unit`` is the :class:`rnorm.stats.Effect` unit the margin is in."""
+    claim says comes along). ``unit`` is the :class:`rnorm.stats.Effect` unit the margin is in; ``short`` is
+    the part's name on the front page (default: ``name``). A verdict row names the part ``name``, or ``name``
+    followed by what it measured there (:meth:`Claim.part_of`)."""
 
     name: str
     role: str
@@ -61,6 +63,7 @@ class Part:
     margin: float
     unit: str = "points"
     note: str = ""
+    short: str = ""
 
     def threshold(self) -> str:
         """The margin as the rule prints it, e.g. "CI above 1.5×" or "CI above -5 points"."""
@@ -88,6 +91,11 @@ class Claim:
     preconditions: tuple = ()
     over_settings: bool = False
     caveat: str = ""
+
+    def part_of(self, row_name: str) -> Part | None:
+        """The part a verdict row's part named ``row_name`` is: the one whose name starts it (None: none)."""
+        found = [p for p in self.parts if row_name.startswith(p.name)]
+        return max(found, key=lambda p: len(p.name)) if found else None
 
     def part(self, key: str) -> Part:
         """The part whose name starts with ``key``."""
@@ -198,12 +206,12 @@ SPECS = {
         f"On BN models trained normally, at ε = {_J}, on the probe images.",
         (Part("shift of the mean (PGD / sign noise)", CORE,
               "distance of the PGD batch's per-channel mean from the PreciseBN population mean, over that of random "
-              f"sign noise of the same L-inf radius, averaged over seeds ({_HIER})", SHIFT_MARGIN, "ratio"),
+              f"sign noise of the same L-inf radius, averaged over seeds ({_HIER})", SHIFT_MARGIN, "ratio", short="mean shift"),
          Part("shift of the variance (PGD / sign noise)", CORE,
-              f"the same for the per-channel variance ({_HIER})", SHIFT_MARGIN, "ratio"),
+              f"the same for the per-channel variance ({_HIER})", SHIFT_MARGIN, "ratio", short="variance shift"),
          Part("repair (share of PGD's damage undone by the batch's own statistics)", SIDE,
               "scoring the PGD images (crafted with population statistics) with the statistics of their own batch "
-              f"gives back at least {REPAIR_MARGIN:.0%} of what PGD took ({_HIER})", REPAIR_MARGIN, "share")),
+              f"gives back at least {REPAIR_MARGIN:.0%} of what PGD took ({_HIER})", REPAIR_MARGIN, "share", short="repair")),
         preconditions=(f"PGD takes at least {100 * REPAIR_MIN_DROP:.0f} points, for the repair part",),
         caveat="the verdict depends on ε and on the margin (chapter 1's sensitivity analysis)"),
     "C2": Claim(
@@ -213,31 +221,31 @@ SPECS = {
         f"At ε = {_J}, inference batch 128, white-box attack through the batch's statistics ({_WORST}).",
         (Part("robust accuracy, batch minus population statistics (same weights)", CORE,
               f"the same BN models scored with batch and with population statistics, each attacked white-box ({_HIER})",
-              SWAP_MARGIN, note="[made the core part after the data were read, on a reviewer's request; the earlier "
+              SWAP_MARGIN, short="robust, batch vs population statistics", note="[made the core part after the data were read, on a reviewer's request; the earlier "
                                 "rule's verdict is printed beside it]"),
          Part("batch-statistics BN minus no-norm", SIDE,
               "robust accuracy of BN with batch statistics against the model without normalization, paired over "
               "seeds; counted only where it has power, i.e. where BN with population statistics would fail the same "
               "test (otherwise inconclusive: it could not tell a removed vulnerability from an unchanged one)",
-              NONORM_MARGIN),
+              NONORM_MARGIN, short="vs no-norm"),
          Part("clean accuracy, batch minus population statistics", SIDE,
-              f"the same weights, paired over images ({_HIER})", CLEAN_MARGIN)),
+              f"the same weights, paired over images ({_HIER})", CLEAN_MARGIN, short="clean")),
         preconditions=("BN with population statistics is clearly more vulnerable than the no-norm model (paired over "
                        "seeds, CI above 0)",),
-        caveat="core part chosen after the data were read, on a reviewer's request (the earlier rule's verdict is in "
-               "the ledger)"),
+        caveat="core part chosen after the data were read, on a reviewer's request (the ledger gives the earlier "
+               "rule's verdict)"),
     "C3": Claim(
         "C3", "RobustNorm is more robust than BatchNorm under attack while keeping BatchNorm's clean accuracy "
               "and training speed.", "03_robustnorm",
         f"RobustNorm p = {HEADLINE_P:g} (the reference default, population statistics = RNT) against BatchNorm, "
         f"trained alike.",
         (Part("robust accuracy", CORE, f"at ε = {_J} ({_WORST}), RobustNorm minus BatchNorm, {_TRAININGS}",
-              ROBUST_MARGIN),
+              ROBUST_MARGIN, short="robust"),
          Part("clean accuracy", SIDE, "on the full test set, RobustNorm minus BatchNorm, paired over seeds",
-              CLEAN_MARGIN),
+              CLEAN_MARGIN, short="clean"),
          Part("training speed", SIDE, f"epochs to reach {SPEED_TARGET:.0%} of the reference accuracy, BatchNorm "
-                                      f"minus RobustNorm, paired over seeds", SPEED_MARGIN, "epochs")),
-        caveat="learning rates chosen by a short sweep on the first seed, for the models chapter 3 names as tuned"),
+                                      f"minus RobustNorm, paired over seeds", SPEED_MARGIN, "epochs", short="speed")),
+        caveat="learning rates from a short sweep on the first seed, for the models chapter 3 names as tuned"),
     "C4": Claim(
         "C4", "An auxiliary BatchNorm for easy examples (EBN) improves both clean and robust accuracy over AdvProp "
               "in most settings of dataset x architecture.", "04_easy_batchnorm",
@@ -250,14 +258,14 @@ SPECS = {
                               + ", ".join(f"{k}: {format_eps(e)}" for k, e in protocol.EBN_STANDARD_EPS.items())
                               + f"), the recipe minus AdvProp, {_TRAININGS}", ROBUST_MARGIN)),
         over_settings=True,
-        caveat="judged on AdvProp+EBN, our reading of the paper (two-branch EBN beside it); no ResNet-50"),
+        caveat="AdvProp+EBN is our reading of the paper (two-branch EBN beside it); width 16"),
     "C5": Claim(
         "C5", "AdvProp (adversarial examples through an auxiliary BN) improves clean accuracy over standard training.",
         "04_easy_batchnorm", "Per setting (dataset x architecture):",
         (Part("clean", CORE, f"clean accuracy on the full test set, AdvProp minus standard training, {_TRAININGS}",
               0.0),),
         over_settings=True,
-        caveat="width-16 ResNet-18 in the two CPU settings; the CI covers seeds and the full test set's images"),
+        caveat="width-16 ResNet-18 only; margin 0, so any gain counts"),
 }
 
 CLAIMS = {cid: c.statement for cid, c in SPECS.items()}

@@ -25,6 +25,7 @@ class Row:
     checks: str = ""
     held: tuple = ()  # the preconditions that were checked and hold (each a sentence naming its threshold)
     key: str = ""  # the front page's one effect where the parts are settings (:func:`per_setting.compare_recipes`)
+    caveats: tuple = ()  # what the data say the front page must add to the claim's caveat (each a short phrase)
 
 
 def checked(effect, *, margin, checks: dict, max_width: float | None = MAX_CI_WIDTH) -> stats.Verdict:

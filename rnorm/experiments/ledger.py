@@ -17,7 +17,8 @@ import pandas as pd
 
 from ..results import StudyResult, results_root
 from .params import Bool, ConfigError, Device, Field, Int, NotebookParams, params_model
-from .claims import CLAIMS, RULES, SOURCES, SPECS
+from .claims import (C4_CLAIMED, C4_READINGS, CLAIMS, INCONCLUSIVE, NOT, NOT_RUN, PARTLY, REPRODUCED, RULES,
+                     SOURCES, SPECS)
 from .verdicts import VERDICTS, Results
 
 STUDIES = ("01_distribution_shift", "02_stats_swap", "03_robustnorm", "04_easy_batchnorm")
@@ -39,22 +40,66 @@ def ledger(root, stale: dict | None = None) -> pd.DataFrame:
         reason = v.checks if not v.checks or v.checks.endswith(".") else v.checks + "."
         why = stale.get(SOURCES[cid], " ".join(t for t in (reason, held) if t))
         rows.append({"claim": cid, "statement": claim, "experiment": SOURCES[cid], "effect": v.effect,
-                     "verdict": v.verdict, "why": why, "rule": RULES[cid], "key_effect": key_effect(v),
-                     "caveat": SPECS[cid].caveat})
+                     "verdict": v.verdict, "why": why, "rule": RULES[cid], "key_effect": key_effect(v, cid),
+                     "status": part_status(v, cid), "caveat": caveat(v, cid)})
     return pd.DataFrame(rows)
 
 
-def key_effect(row) -> str:
-    """The one effect the front page shows for a claim: its first core part with an effect, as
-    "name: estimate [95 % CI]"; where the parts are settings (C4, C5), the clean part's effect in each
-    setting (the row's ``key``, from :func:`rnorm.experiments.per_setting.compare_recipes`); else the
-    verdict of each part."""
+#: How the front page says what a part's (or a setting's) verdict did.
+PART_WORDS = {REPRODUCED: "holds", PARTLY: "partly", NOT: "refuted", INCONCLUSIVE: "undecided", NOT_RUN: "not run"}
+
+
+def key_effect(row, cid: str) -> str:
+    """The one effect the front page shows for claim ``cid``: its first part with an effect, as
+    "name: estimate [95 % CI] (rule: CI above <margin>)", the margin from the claim's spec; where the parts are
+    settings (C4, C5), the clean part's effect in each setting (the row's ``key``, from
+    :func:`rnorm.experiments.per_setting.compare_recipes`); else the verdict of each part."""
     if row.key:
         return row.key
     for name, part in row.parts.items():
         if part.effect is not None:
-            return f"{name}: {part.effect.short()}"
+            spec = SPECS[cid].part_of(name)
+            return f"{name}: {part.effect.short()}" + (f" (rule: {spec.threshold()})" if spec else "")
     return "; ".join(f"{name}: {part.verdict}" for name, part in row.parts.items()) or "—"
+
+
+def part_status(row, cid: str) -> str:
+    """What each part of claim ``cid``'s verdict did, in the spec's short names, e.g. "robust holds · clean holds
+    · speed undecided"; for a claim over settings, each setting's verdict (grouped by reading where the claim has
+    several: C4), a reading with no setting judged as "not run", and the settings claimed but not tested."""
+    spec = SPECS[cid]
+    if not spec.over_settings:
+        return " · ".join(f"{(spec.part_of(n).short or spec.part_of(n).name) if spec.part_of(n) else n} "
+                          f"{PART_WORDS.get(p.verdict, p.verdict)}" for n, p in row.parts.items())
+    readings = dict(C4_READINGS) if cid == "C4" else {}
+    groups: dict = {label: [] for label in readings.values()}
+    for name, p in row.parts.items():
+        reading, _, setting = name.rpartition(", ") if name.startswith(tuple(readings.values())) else ("", "", name)
+        groups.setdefault(reading, []).append(f"{setting.split(' / ')[0]} {PART_WORDS.get(p.verdict, p.verdict)}")
+    untested = C4_CLAIMED[0] - max((len(g) for g in groups.values()), default=0) if cid == "C4" else 0
+    tail = [f"{untested} of {C4_CLAIMED[0]} settings not tested"] if untested > 0 else []
+    said = [(f"{reading.split(' (')[0]}: " if reading else "") + (" · ".join(g) if g else PART_WORDS[NOT_RUN])
+            for reading, g in groups.items()]
+    return "; ".join(said + tail)
+
+
+def caveat(row, cid: str) -> str:
+    """The front page's one-line caveat of claim ``cid``: its spec's (reading, coverage), then what the data
+    add (the row's ``caveats``, e.g. a compared model below its floor)."""
+    return "; ".join((SPECS[cid].caveat,) + tuple(row.caveats))
+
+
+def scale_summary(texts: dict) -> str:
+    """The scale of the claims' experiments in one line, claims of the same scale together: ``texts`` is
+    ``{claim: scale text}`` (:func:`scale_text`), e.g. "C1–C3: CIFAR-10 … · 3 seeds. C4, C5: …"."""
+    groups: dict = {}
+    for cid, text in texts.items():
+        groups.setdefault(text, []).append(cid)
+    def name(ids):
+        nums = [int(i[1:]) for i in ids]
+        run = len(ids) > 2 and nums == list(range(nums[0], nums[0] + len(nums)))
+        return f"{ids[0]}–{ids[-1]}" if run else ", ".join(ids)
+    return " ".join(f"{name(ids)}: {text}." for text, ids in groups.items())
 
 
 def provenances(root) -> dict:

@@ -231,6 +231,7 @@ def verdict_c3(r: Results) -> Row:
     if not ok_rn:
         row.effect += (f"; RobustNorm p = {HEADLINE_P:g}, trained for the same epochs and schedule at its swept "
                        f"learning rate, stays {t_rn}")
+        row.caveats += (f"RobustNorm p = {HEADLINE_P:g} stays below the convergence floor",)
     return row
 
 
@@ -287,7 +288,8 @@ def _speed(models: pd.DataFrame, history: pd.DataFrame | None, seeds, rn_sel: di
                                                 f"than the {-SPEED_MARGIN:g}-epoch margin the data cannot tell")
     elif v.verdict == INCONCLUSIVE and effect.low > 0:
         v = stats.Verdict(INCONCLUSIVE, effect, "RobustNorm is faster (the CI excludes 0); " + v.reason)
-    return {f"epochs to {100 * target:.1f} % test accuracy, BatchNorm minus RobustNorm": v}
+    return {f"{name}: epochs to {100 * target:.1f} % test accuracy ({SPEED_TARGET:.0%} of {100 * ref.accuracy:.2f} %), "
+            f"BatchNorm minus RobustNorm": v}
 
 
 # --- C4, C5 (per setting: rnorm.experiments.per_setting) ---------------------------------------------
