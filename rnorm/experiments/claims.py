@@ -218,7 +218,7 @@ SPECS = {
         "C2", "Evaluating BatchNorm with the statistics of the inference batch (stats swap) makes its adversarial "
               "vulnerability disappear: about as robust as a network without BN, at about the same clean accuracy.",
         "02_stats_swap",
-        f"At ε = {_J}, inference batch 128, white-box attack through the batch's statistics ({_WORST}).",
+        f"At ε = {_J}, inference batch {protocol.JUDGED_BATCH}, white-box attack through the batch's statistics ({_WORST}).",
         (Part("robust accuracy, batch minus population statistics (same weights)", CORE,
               f"the same BN models scored with batch and with population statistics, each attacked white-box ({_HIER})",
               SWAP_MARGIN, short="robust, batch vs population statistics", note="[made the core part after the data were read, on a reviewer's request; the earlier "

@@ -17,6 +17,7 @@ import pandas as pd
 
 from ..results import StudyResult, results_root
 from .params import Bool, ConfigError, Device, Field, Int, NotebookParams, params_model
+from . import protocol
 from .claims import (C4_CLAIMED, C4_READINGS, CLAIMS, INCONCLUSIVE, NOT, NOT_RUN, PARTLY, REPRODUCED, RULES,
                      SOURCES, SPECS)
 from .verdicts import VERDICTS, Results
@@ -184,7 +185,7 @@ def eps_curves(root, stale: dict | None = None) -> pd.DataFrame:
     setting, ε and seed with PGD accuracy (PGD with random start, the chapters' sweep), read from the
     results the ledger judges (stale chapters left out). C1: BatchNorm with population statistics and
     with the adversarial batch's own statistics (the repair); C2: BatchNorm with population statistics,
-    with batch statistics (white-box and transfer), and no norm, at inference batch 128; C3: every
+    with batch statistics (white-box and transfer), and no norm, at inference batch :data:`~rnorm.experiments.protocol.JUDGED_BATCH`; C3: every
     normalization with population statistics; C4 (whose models C5 also judges): every recipe through the
     main branch."""
     from ..plots import label, model_label
@@ -207,7 +208,8 @@ def eps_curves(root, stale: dict | None = None) -> pd.DataFrame:
         parts.append(f.assign(claim="C1", setting="", curve=stats_curve(f)))
     a = r.frame("02_stats_swap", "eps_sweep")
     if has(a, "stats", "gradient", "norm", "batch_size"):
-        f = pgd(a[a["batch_size"] == 128]) if (a["batch_size"] == 128).any() else pgd(a)
+        judged = a["batch_size"] == protocol.JUDGED_BATCH
+        f = pgd(a[judged]) if judged.any() else pgd(a)
         curve = [model_label(n) if n != "bn" else c for n, c in zip(f["norm"], stats_curve(f))]
         parts.append(f.assign(claim="C2", setting="", curve=curve))
     a = r.frame("03_robustnorm", "accuracy")

@@ -34,6 +34,7 @@ import math
 import pandas as pd
 
 JUDGED_EPS = 1 / 255
+JUDGED_BATCH = 128  # C2: the inference batch size at which the stats swap is judged (its batch-size sweep shows the rest)
 FLOOR_FRACTION = 0.95
 MIN_ATTACK_STEPS = 20
 ATTACK_FLOOR = 0.01

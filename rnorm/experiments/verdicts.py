@@ -128,7 +128,8 @@ def verdict_c2(r: Results) -> Row:
         return Row(NOT_RUN)
     strong = r.frame(nb, "strong")
     acc = pd.concat([sweep, strong], ignore_index=True) if strong is not None else sweep
-    acc = acc[acc["batch_size"] == 128] if (acc["batch_size"] == 128).any() else acc
+    judged = acc["batch_size"] == protocol.JUDGED_BATCH
+    acc = acc[judged] if judged.any() else acc
     seeds = sorted(set(models.loc[models["norm"] == "bn", "seed"]) & set(models.loc[models["norm"] == "none", "seed"]))
     if not seeds:
         return Row(NOT_RUN, "—", checks="no seed has both a BN and a no-norm model")
