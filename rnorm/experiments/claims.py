@@ -136,14 +136,18 @@ SHARED_PRECONDITIONS = (
     f"a CI on an accuracy difference is at most {100 * protocol.MAX_CI_WIDTH:.0f} points wide",
 )
 
-#: How a claim's parts combine, in order: the first case that applies gives the verdict. A failed
-#: precondition (the claim's own or a shared one) makes the claim inconclusive before this table.
+#: How a claim's parts combine, in order: ``(case, applies, verdict)``, and the first case whose ``applies``
+#: (of the core and the side parts' verdicts) is true gives the verdict. The rule text prints the cases, so the
+#: words and the test are one entry. A failed precondition (the claim's own or a shared one) makes the claim
+#: inconclusive before this table.
 COMBINATION = (
-    ("a core part is refuted", NOT),
-    ("no core part holds and none is refuted", INCONCLUSIVE),
-    ("some core parts hold, none is refuted, some are undecided", PARTLY),
-    ("every core part holds and every side part holds", REPRODUCED),
-    ("every core part holds and some side part does not (refuted or undecided)", PARTLY),
+    ("no core part was measured", lambda c, s: not c, NOT_RUN),
+    ("a core part is refuted", lambda c, s: NOT in c, NOT),
+    ("no core part holds and none is refuted", lambda c, s: REPRODUCED not in c, INCONCLUSIVE),
+    ("some core parts hold, none is refuted, some are undecided", lambda c, s: any(v != REPRODUCED for v in c),
+     PARTLY),
+    ("every core part holds and every side part holds", lambda c, s: all(v == REPRODUCED for v in s), REPRODUCED),
+    ("every core part holds and some side part does not (refuted or undecided)", lambda c, s: True, PARTLY),
 )
 
 
@@ -152,51 +156,38 @@ def combine_parts(core: dict, side: dict) -> tuple[str, str]:
     name -> :class:`rnorm.stats.Verdict`), and the case that applied."""
     c = [v.verdict for v in core.values()]
     s = [v.verdict for v in side.values()]
-    if not c or NOT in c:
-        case = COMBINATION[0] if c else ("no core part", NOT_RUN)
-    elif REPRODUCED not in c:
-        case = COMBINATION[1]
-    elif any(v != REPRODUCED for v in c):
-        case = COMBINATION[2]
-    elif all(v == REPRODUCED for v in s):
-        case = COMBINATION[3]
-    else:
-        case = COMBINATION[4]
-    return case[1], case[0]
+    case, _, verdict = next(entry for entry in COMBINATION if entry[1](c, s))
+    return verdict, case
 
 
 def combination_text() -> str:
     """:data:`COMBINATION` in words."""
-    return ("Parts combine as (the first case that applies): " + "; ".join(f"{case}: {v}" for case, v in COMBINATION)
+    return ("Parts combine as (the first case that applies): " + "; ".join(f"{case}: {v}" for case, _, v in COMBINATION)
             + "; a failed precondition makes the claim inconclusive before any part counts.")
 
 
-#: How C4/C5 combine their settings, in order (``half`` is of the settings the claim covers where
-#: that is known, a setting not run counting as not tested).
+#: How C4/C5 combine their settings, in order: ``(case, applies, verdict)``, ``applies`` of the counts of wins,
+#: partly and refuted settings and the number of settings (of those the claim covers where that is known, a
+#: setting not run counting as not tested); the first case that applies gives the verdict.
 OVER_SETTINGS = (
-    ("more than half of the settings are wins", REPRODUCED),
-    ("more than half are refuted", NOT),
-    ("some are wins or partly and none is refuted", PARTLY),
-    ("otherwise", INCONCLUSIVE),
+    ("more than half of the settings are wins", lambda held, partly, refuted, total: held > total / 2, REPRODUCED),
+    ("more than half are refuted", lambda held, partly, refuted, total: refuted > total / 2, NOT),
+    ("some are wins or partly and none is refuted",
+     lambda held, partly, refuted, total: bool(held or partly) and not refuted, PARTLY),
+    ("otherwise", lambda held, partly, refuted, total: True, INCONCLUSIVE),
 )
 
 
 def over_settings(verdicts: list[str], total: int) -> str:
     """The verdict :data:`OVER_SETTINGS` gives to per-setting verdicts, out of ``total`` settings."""
-    held, partly, refuted = verdicts.count(REPRODUCED), verdicts.count(PARTLY), verdicts.count(NOT)
-    if held > total / 2:
-        return OVER_SETTINGS[0][1]
-    if refuted > total / 2:
-        return OVER_SETTINGS[1][1]
-    if (held or partly) and not refuted:
-        return OVER_SETTINGS[2][1]
-    return OVER_SETTINGS[3][1]
+    counts = verdicts.count(REPRODUCED), verdicts.count(PARTLY), verdicts.count(NOT), total
+    return next(verdict for _, applies, verdict in OVER_SETTINGS if applies(*counts))
 
 
 def over_settings_text() -> str:
     return (f"Over the settings (of the {C4_CLAIMED[0]} the claim covers, {C4_CLAIMED[1]}, for C4; a setting not "
             "run counts as not tested), a setting is judged by its parts as above, and: "
-            + "; ".join(f"{case}: {v}" for case, v in OVER_SETTINGS) + ".")
+            + "; ".join(f"{case}: {v}" for case, _, v in OVER_SETTINGS) + ".")
 
 
 SPECS = {
