@@ -718,3 +718,16 @@ def test_front_page_key_effect_of_a_claim_judged_per_setting_is_the_clean_effect
     no_primary = {k: v for k, v in GOOD.items() if k != "advprop_ebn"}
     c4 = key_effect(verdicts.verdict_c4(Results.of("04_easy_batchnorm", _ebn_frames({k: no_primary for k in TWO}))))
     assert c4.startswith("two-branch EBN (secondary reading): clean, ")
+
+
+def test_scale_and_timings_tables_show_chapter_titles_and_display_labels():
+    from rnorm.experiments import ledger
+    provs = {"04_easy_batchnorm": {"parameters": {"datasets": ["fashion_mnist", "cifar10_jpeg"], "archs": ["resnet18"],
+                                                  "width": 16, "epochs": 15, "epochs_by_dataset": {"cifar10_jpeg": 30},
+                                                  "seeds": [0, 1, 2], "test_n": 1000}, "wall_seconds": 60.0}}
+    row = ledger.scale_display(ledger.scale_table(provs)).iloc[0]
+    assert row["chapter"] == "Easy Batch Normalization and AdvProp (C4, C5)"
+    assert row["dataset(s)"] == "FashionMNIST, CIFAR-10 (lossy JPEG copy)" and row["network(s)"] == "ResNet-18"
+    assert row["epochs"] == "15 (CIFAR-10 (lossy JPEG copy): 30)"
+    steps = list(ledger.timings_display(ledger.timings_table(provs, None))["step"])
+    assert steps[0] == "Easy Batch Normalization and AdvProp (C4, C5)" and steps[1].startswith("sum of the steps")
