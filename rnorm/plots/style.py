@@ -11,25 +11,7 @@ import matplotlib
 import pandas as pd
 import seaborn as sns
 
-# Display labels, applied only when drawing or printing; frames and the ledger keep the names.
-LABELS = {
-    # datasets: the lossy JPEG copy always says so
-    "fashion_mnist": "FashionMNIST", "cifar10": "CIFAR-10", "cifar10_jpeg": "CIFAR-10 (lossy JPEG copy)",
-    # networks
-    "resnet18": "ResNet-18", "resnet20": "ResNet-20", "resnet50": "ResNet-50",
-    # normalizations
-    "bn": "BatchNorm", "robustnorm": "RobustNorm", "none": "no norm", "multibn": "BatchNorm + auxiliary BNs",
-    # statistics modes
-    "population": "population stats", "batch": "batch stats", "population_mean": "running mean, batch var",
-    "precise": "PreciseBN population stats",
-    # recipes
-    "standard": "standard", "pgd_at": "PGD-AT", "advprop": "AdvProp", "ebn": "EBN", "advprop_ebn": "AdvProp+EBN",
-    # attacks, gradients, batch make-up, references
-    "clean": "clean", "fgsm": "FGSM", "pgd": "PGD", "autoattack": "AutoAttack", "easy": "easy (targeted to y)",
-    "apgd": "APGD-CE", "noise_sign": "sign noise", "noise_uniform": "uniform noise",
-    "white-box": "white-box", "transfer": "transfer", "all": "all adversarial", "mixed": "mixed",
-    "ema": "EMA population stats",
-}
+from ..labels import LABELS, network_label  # noqa: F401 - the display labels live there (stdlib only)
 
 
 # Okabe & Ito's colour-blind-safe palette (Color Universal Design, 2008) without its vermilion, which sits
