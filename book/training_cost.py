@@ -24,13 +24,12 @@ OUT = REPO / "book" / "training-cost.md"
 _spec = importlib.util.spec_from_file_location("_rnorm_labels", REPO / "rnorm" / "labels.py")
 _labels = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_labels)
-LABELS, network_label = _labels.LABELS, _labels.network_label
-SHARED = {"affine": "shared γ/β", "stats": "shared statistics"}  # EBN's sharing ablation
+LABELS, SHARE_LABELS, network_label = _labels.LABELS, _labels.SHARE_LABELS, _labels.network_label
 
 
 def _recipe(cfg: dict) -> str:
     norm = LABELS.get(cfg["norm"], cfg["norm"]) + (f" p={cfg['norm_p']:g}" if cfg["norm"] == "robustnorm" else "")
-    share = "" if cfg.get("share", "none") in ("none", "", None) else f", {SHARED.get(cfg['share'], cfg['share'])}"
+    share = "" if cfg.get("share", "none") in ("none", "", None) else f", {SHARE_LABELS.get(cfg['share'], cfg['share'])}"
     sweep = ", learning-rate sweep" if cfg.get("holdout") else ""  # chapter 3's sweep holds images out
     return f"{LABELS.get(cfg['recipe'], cfg['recipe'])} ({norm}{share}{sweep})"
 

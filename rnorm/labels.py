@@ -22,6 +22,9 @@ LABELS = {
     "ema": "EMA population stats",
 }
 
+# EBN's sharing ablation (a run's ``share``): what its auxiliary branches share with the main one
+SHARE_LABELS = {"none": "separate", "affine": "shared γ/β", "stats": "shared statistics"}
+
 
 def network_label(arch: str, width) -> str:
     """``ResNet-20, width 16``: a network and its width as a reader sees them."""

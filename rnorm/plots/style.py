@@ -11,7 +11,7 @@ import matplotlib
 import pandas as pd
 import seaborn as sns
 
-from ..labels import LABELS, network_label  # noqa: F401 - the display labels live there (stdlib only)
+from ..labels import LABELS, SHARE_LABELS, network_label  # noqa: F401 - the display labels live there (stdlib only)
 
 
 # Okabe & Ito's colour-blind-safe palette (Color Universal Design, 2008) without its vermilion, which sits
