@@ -29,7 +29,8 @@ LABELS, SHARE_LABELS, network_label = _labels.LABELS, _labels.SHARE_LABELS, _lab
 
 def _recipe(cfg: dict) -> str:
     norm = LABELS.get(cfg["norm"], cfg["norm"]) + (f" p={cfg['norm_p']:g}" if cfg["norm"] == "robustnorm" else "")
-    share = "" if cfg.get("share", "none") in ("none", "", None) else f", {SHARE_LABELS.get(cfg['share'], cfg['share'])}"
+    shared = cfg.get("share", "none")
+    share = "" if shared in ("none", "", None) else f", {SHARE_LABELS.get(shared, shared)}"
     sweep = ", learning-rate sweep" if cfg.get("holdout") else ""  # chapter 3's sweep holds images out
     return f"{LABELS.get(cfg['recipe'], cfg['recipe'])} ({norm}{share}{sweep})"
 
