@@ -1,6 +1,7 @@
 """Writes book/training-cost.md, the Reproducing page's table of what training the published runs cost, from
 the files each run in models/ carries: config.json (what was trained), history.csv (epoch_seconds: the time
-of each epoch) and environment.json (CPU, threads, precision). Standard library only; run from anywhere:
+of each epoch) and environment.json (CPU, threads, precision). Standard library only (the display labels come from
+rnorm/labels.py, read from its file); run from anywhere:
 
     python book/training_cost.py
 
@@ -10,6 +11,7 @@ published since), so rerun it after `rnorm publish`.
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 from collections import defaultdict
 from pathlib import Path
@@ -17,15 +19,20 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "book" / "training-cost.md"
 
-
-DATASETS = {"cifar10_jpeg": "CIFAR-10 (lossy JPEG copy)", "cifar10": "CIFAR-10", "fashion_mnist": "FashionMNIST"}
+# The book's display labels (rnorm/labels.py, standard library only), loaded from its file so that this script
+# needs neither the package installed nor its dependencies.
+_spec = importlib.util.spec_from_file_location("_rnorm_labels", REPO / "rnorm" / "labels.py")
+_labels = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_labels)
+LABELS, SHARE_LABELS, network_label = _labels.LABELS, _labels.SHARE_LABELS, _labels.network_label
 
 
 def _recipe(cfg: dict) -> str:
-    norm = cfg["norm"] + (f" p={cfg['norm_p']:g}" if cfg["norm"] == "robustnorm" else "")
-    share = "" if cfg.get("share", "none") in ("none", "", None) else f", shared {cfg['share']}"
+    norm = LABELS.get(cfg["norm"], cfg["norm"]) + (f" p={cfg['norm_p']:g}" if cfg["norm"] == "robustnorm" else "")
+    shared = cfg.get("share", "none")
+    share = "" if shared in ("none", "", None) else f", {SHARE_LABELS.get(shared, shared)}"
     sweep = ", learning-rate sweep" if cfg.get("holdout") else ""  # chapter 3's sweep holds images out
-    return f"{cfg['recipe']} ({norm}{share}{sweep})"
+    return f"{LABELS.get(cfg['recipe'], cfg['recipe'])} ({norm}{share}{sweep})"
 
 
 def rows(models: Path = REPO / "models") -> list[dict]:
@@ -35,7 +42,8 @@ def rows(models: Path = REPO / "models") -> list[dict]:
         env = json.loads((run / "environment.json").read_text())
         with open(run / "history.csv", newline="") as f:
             seconds = sum(float(r["epoch_seconds"]) for r in csv.DictReader(f))
-        key = (DATASETS.get(cfg["dataset"], cfg["dataset"]), f"{cfg['arch']} width {cfg['width']}", _recipe(cfg), cfg["epochs"])
+        key = (LABELS.get(cfg["dataset"], cfg["dataset"]), network_label(cfg["arch"], cfg["width"]), _recipe(cfg),
+               cfg["epochs"])
         groups[key].append((seconds, env.get("cpu", "?"), env.get("threads", "?"), env.get("precision", "?")))
     out = []
     for (dataset, arch, recipe, epochs), runs in groups.items():

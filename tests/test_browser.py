@@ -183,7 +183,7 @@ def test_methods_states_the_floor_constants_of_the_code():
     ref = protocol.REFERENCES[("cifar10_jpeg", "resnet20")]
     for stated in (f"`protocol.FLOOR_FRACTION` ({protocol.FLOOR_FRACTION:.2f})",
                    f"`claims.SPEED_TARGET` ({verdicts.SPEED_TARGET:.2f})",
-                   f"`-claims.SPEED_MARGIN` ({-verdicts.SPEED_MARGIN:g})",
+                   f"`claims.SPEED_MARGIN` ({verdicts.SPEED_MARGIN:g})", f"at most {-verdicts.SPEED_MARGIN:g} epochs more",
                    f"records {100 * ref.accuracy:.2f} %",
                    f"{verdicts.SPEED_TARGET:.2f} × {100 * ref.accuracy:.2f} %",
                    f"epochs to {100 * verdicts.SPEED_TARGET * ref.accuracy:.1f} % test accuracy"):

@@ -1476,3 +1476,12 @@ def test_robustnorm_sweep_tunes_only_the_models_tuned_names():
     assert lrs == {"none": 0.1, "bn": 0.1, "robustnorm": 0.3}  # BatchNorm, not tuned, trains at lr
     with pytest.raises(ConfigError, match="tuned"):
         RobustNormParams(tuned=["batchnorm"])
+
+
+def test_c3_speed_target_text_says_what_the_target_is_a_fraction_of_beside_the_floor():
+    from rnorm.experiments import protocol, robustnorm, verdicts
+    ref = protocol.reference("cifar10_jpeg", "resnet20")
+    text = robustnorm.speed_target_text("cifar10_jpeg", "resnet20", 16)
+    assert text.startswith(f"{100 * verdicts.SPEED_TARGET * ref.accuracy:.1f} % test accuracy, "
+                           f"{verdicts.SPEED_TARGET:.0%} of the published accuracy")
+    assert ref.describe(16) in text and robustnorm.speed_target_text("cifar10", "resnet50") == ""

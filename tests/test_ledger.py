@@ -739,3 +739,16 @@ def test_scale_summary_groups_claims_of_one_scale():
     from rnorm.experiments.ledger import scale_summary
     assert scale_summary({"C1": "a", "C2": "a", "C3": "a", "C4": "b", "C5": "b"}) == "C1–C3: a. C4, C5: b."
     assert scale_summary({"C1": "a", "C2": "b", "C3": "a"}) == "C1, C3: a. C2: b."
+
+
+def test_scale_and_timings_tables_show_chapter_titles_and_display_labels():
+    from rnorm.experiments import ledger
+    provs = {"04_easy_batchnorm": {"parameters": {"datasets": ["fashion_mnist", "cifar10_jpeg"], "archs": ["resnet18"],
+                                                  "width": 16, "epochs": 15, "epochs_by_dataset": {"cifar10_jpeg": 30},
+                                                  "seeds": [0, 1, 2], "test_n": 1000}, "wall_seconds": 60.0}}
+    row = ledger.scale_display(ledger.scale_table(provs)).iloc[0]
+    assert row["chapter"] == "Easy Batch Normalization and AdvProp (C4, C5)"
+    assert row["dataset(s)"] == "FashionMNIST, CIFAR-10 (lossy JPEG copy)" and row["network(s)"] == "ResNet-18"
+    assert row["epochs"] == "15 (CIFAR-10 (lossy JPEG copy): 30)"
+    steps = list(ledger.timings_display(ledger.timings_table(provs, None))["step"])
+    assert steps[0] == "Easy Batch Normalization and AdvProp (C4, C5)" and steps[1].startswith("sum of the steps")

@@ -178,3 +178,28 @@ def test_lr_sweep_curves_are_small_multiples_with_one_colour_per_rate_and_the_ch
     assert legend.get_title().get_text() == "learning rate"
     assert [t.get_text() for t in legend.get_texts()] == ["0.05", "0.1", "0.4"]  # every rate, though the first
     matplotlib.pyplot.close(fig)                                                  # panel lacks 0.05
+
+
+def test_every_method_has_one_colour_of_its_own_in_bars_and_lines_alike():
+    """No two methods (normalizations, recipes) share a colour anywhere in the book, BatchNorm and standard
+    training (BatchNorm trained the standard way) the one exception; a recipe's bar has exactly its line's
+    colour (seaborn would desaturate bars), and the panels are titled by their value alone."""
+    methods = {name: colour.lower() for group in plots.METHOD_GROUPS for name, colour in plots.COLOUR_GROUPS[group].items()}
+    assert methods["standard"] == methods["BatchNorm"]
+    rest = {k: v for k, v in methods.items() if k != "standard"}
+    assert len(set(rest.values())) == len(rest), rest
+    assert methods["EBN"] != methods["RobustNorm p=1"] and methods["AdvProp"] != methods["RobustNorm p=0.2"]
+    recipes = ["standard", "AdvProp", "EBN", "AdvProp+EBN"]
+    rows = pd.DataFrame([dict(setting=s, attack=a, recipe=r, seed=k, accuracy=0.5)
+                         for s in ("FashionMNIST / ResNet-18", "CIFAR-10 (lossy JPEG copy) / ResNet-18")
+                         for a in ("clean", "APGD-CE 2/255") for r in recipes for k in (0, 1)])
+    fig = plots.accuracy_bars(rows, x="attack", hue="recipe", col="setting")
+    bars = {to_hex(p.get_facecolor()) for ax in fig.axes for p in ax.patches if p.get_height() > 0}
+    assert bars == {plots.COLOURS[r].lower() for r in recipes}
+    lines = _line_colours(plots.accuracy_vs_eps(rows[rows["attack"] != "clean"].assign(eps=2 / 255, curve=rows["recipe"]),
+                                                hue="curve", col="setting", legend="recipe"))
+    assert lines == {r: plots.COLOURS[r].lower() for r in recipes}
+    fig.canvas.draw()
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["clean", "APGD-CE\n2/255"]
+    assert [ax.get_title() for ax in fig.axes] == ["FashionMNIST / ResNet-18", "CIFAR-10 (lossy JPEG copy) /\nResNet-18"]
+    assert plots.network_label("resnet20", 16) == "ResNet-20, width 16"

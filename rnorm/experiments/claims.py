@@ -18,6 +18,7 @@ import dataclasses
 
 from .. import stats
 from ..attacks import format_eps
+from ..labels import LABELS
 from . import protocol
 
 REPRODUCED, PARTLY, NOT, INCONCLUSIVE, NOT_RUN = (stats.REPRODUCED, stats.PARTLY, stats.NOT, stats.INCONCLUSIVE,
@@ -246,7 +247,7 @@ SPECS = {
         "easy examples, no adversarial ones). Per setting (dataset x architecture):",
         (Part("clean", CORE, f"clean accuracy on the full test set, the recipe minus AdvProp, {_TRAININGS}", 0.0),
          Part("robust", CORE, f"robust accuracy ({_WORST}) at the recipes' training ε and at a standard ε ("
-                              + ", ".join(f"{k}: {format_eps(e)}" for k, e in protocol.EBN_STANDARD_EPS.items())
+                              + ", ".join(f"{LABELS.get(k, k)}: {format_eps(e)}" for k, e in protocol.EBN_STANDARD_EPS.items())
                               + f"), the recipe minus AdvProp, {_TRAININGS}", ROBUST_MARGIN)),
         over_settings=True,
         caveat="AdvProp+EBN is our reading of the paper (two-branch EBN beside it); width 16"),

@@ -24,7 +24,7 @@ def with_full_clean(acc: pd.DataFrame, clean_full: pd.DataFrame | None) -> pd.Da
 
 
 def _display(acc: pd.DataFrame, by: list[str]) -> pd.DataFrame:
-    return accuracy_table(acc, by, labelled=("dataset", "recipe"))
+    return accuracy_table(acc, by, labelled=("dataset", "arch", "recipe"))
 
 
 def main_table(acc: pd.DataFrame, branch: str = "main") -> pd.DataFrame:

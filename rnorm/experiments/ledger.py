@@ -162,6 +162,37 @@ def scale_text(row) -> str:
     return f"{datasets} · {archs} width {row['width']} · {epochs} · {row['seeds']} seeds"
 
 
+def chapter_title(notebook: str) -> str:
+    """A notebook's chapter title (:data:`rnorm.experiments.REGISTRY`) for a reader; other steps unchanged."""
+    from . import REGISTRY
+    return REGISTRY[notebook].title if notebook in REGISTRY else notebook
+
+
+def scale_display(scale: pd.DataFrame) -> pd.DataFrame:
+    """:func:`scale_table` as the ledger shows it: chapter titles, datasets and networks by their display
+    labels (:func:`rnorm.plots.label`), and the per-dataset epochs with the datasets' labels."""
+    from ..plots import label
+
+    def names(cell):
+        return ", ".join(label(v.strip()) for v in str(cell).split(",")) if str(cell) else ""
+
+    def epochs(row):
+        text = str(row["epochs"])
+        for d in str(row["dataset(s)"]).split(","):  # "15 (cifar10_jpeg: 30)" -> plain names
+            text = text.replace(f"{d.strip()}:", f"{label(d.strip())}:")
+        return text
+    if not len(scale):
+        return scale
+    return scale.assign(notebook=scale["notebook"].map(chapter_title), epochs=scale.apply(epochs, axis=1),
+                        **{"dataset(s)": scale["dataset(s)"].map(names), "arch(s)": scale["arch(s)"].map(names)}
+                        ).rename(columns={"notebook": "chapter", "arch(s)": "network(s)"})
+
+
+def timings_display(timings: pd.DataFrame) -> pd.DataFrame:
+    """:func:`timings_table` as the Reproducing page shows it: each notebook's step by its chapter title."""
+    return timings.assign(step=timings["step"].map(chapter_title)) if len(timings) else timings
+
+
 def timings_table(provs: dict, timings: dict | None) -> pd.DataFrame:
     """Minutes per step: the training ``rnorm book`` did before executing (from ``timings-<profile>.json``,
     when present; runs already trained or published cost nothing there) and each notebook."""

@@ -33,7 +33,7 @@ from .params import (Arch, Attacks, Bool, ConfigError, Dataset, Epsilons, Field,
 from .protocol import JUDGED_EPS
 # The chapter's findings frames live in their own module; their names stay importable from here.
 from .robustnorm_findings import (apgd_gaps, effect, epochs_to_target, matched_clean, matched_sides,  # noqa: F401
-                                  matched_trend, power_effects, table)
+                                  matched_trend, power_effects, speed_target_text, table)
 
 
 @params_model

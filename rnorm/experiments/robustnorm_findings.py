@@ -130,3 +130,16 @@ def epochs_to_target(dataset: str, arch: str, history: pd.DataFrame | None) -> p
             for (n, q), sub in history.groupby(["norm", "norm_p"], dropna=False, sort=False)
             for s, h in sub.groupby("seed")]
     return pd.DataFrame(rows, columns=cols)
+
+
+def speed_target_text(dataset: str, arch: str, width=None) -> str:
+    """C3's speed target in words, beside the convergence floor it is easily mistaken for: both are fractions
+    of the setting's published accuracy (:func:`rnorm.experiments.protocol.reference`), the target
+    :data:`~rnorm.experiments.claims.SPEED_TARGET` of it; empty without a reference."""
+    from .protocol import reference
+    from .verdicts import SPEED_TARGET
+    ref = reference(dataset, arch)
+    if ref is None:
+        return ""
+    return (f"{100 * SPEED_TARGET * ref.accuracy:.1f} % test accuracy, {SPEED_TARGET:.0%} of the published accuracy "
+            f"the convergence floor rests on (the floor is {ref.describe(width)})")

@@ -23,6 +23,7 @@ from .figures import (_batches_at, _shown_eps, accuracy_bars, accuracy_vs_batch_
                       accuracy_vs_eps, attack_convergence, channel_scatter, lr_sweep_curves, matched_clean, note_figure,
                       ratio_vs_eps, shift_by_layer, training_curves, with_clean_start)
 from .output import FORMATS, _metadata, glue_figure, save  # noqa: E402,F401
-from .style import (_C, COLOUR_GROUPS, COLOURS, LABELS, LEGEND_TITLES, OKABE_ITO, PALETTE,  # noqa: E402,F401
+from .style import (_C, COLOUR_GROUPS, COLOURS, LABELS, LEGEND_TITLES, METHOD_GROUPS,  # noqa: E402,F401
+                    OKABE_ITO, PALETTE, SHARE_LABELS,
                     _one_legend, attack_label, condition_label, eps_label, label, legend_title, model_label,
-                    palette, use_style)
+                    network_label, palette, use_style)

@@ -9,6 +9,8 @@ curves; and :func:`note_figure` where a figure's data does not exist. All in the
 """
 from __future__ import annotations
 
+import textwrap
+
 import matplotlib
 import matplotlib.lines
 import matplotlib.pyplot as plt
@@ -39,6 +41,17 @@ def _facets(df: pd.DataFrame, col: str | None, panel_width: float):
                              sharey=True)
     panels = [(ax, v, df if v is None else df[df[col] == v]) for ax, v in zip(axes[0], values)]
     return fig, axes[0], panels
+
+
+def _panel_title(value, width: int = 26) -> str:
+    """A panel's title: its value alone, on two lines when long (at " / " between a dataset and a network,
+    else at a space), so that the titles of neighbouring panels never run into each other."""
+    text = str(value)
+    if len(text) <= width:
+        return text
+    if " / " in text:
+        return text.replace(" / ", " /\n", 1)
+    return textwrap.fill(text, width)
 
 
 def _batches_at(frame: pd.DataFrame, eps: float) -> pd.DataFrame:
@@ -146,7 +159,7 @@ def accuracy_vs_eps(frame: pd.DataFrame, *, hue: str = "stats", style: str | Non
         if log_eps:
             ax.set_xscale("log", base=2)
         if c is not None:
-            ax.set_title(label(c) if col == "attack" else f"{col} = {c}")
+            ax.set_title(_panel_title(label(c)))  # the value alone: the figure's caption names what varies
     _one_legend(fig, axes, title=legend or legend_title(hue))
     if title:
         fig.suptitle(title, y=1.02)
@@ -234,16 +247,20 @@ def accuracy_bars(frame: pd.DataFrame, *, x: str = "recipe", hue: str = "attack"
     df = frame.copy()
     df["accuracy (%)"] = df["accuracy"] * 100
     levels = list(dict.fromkeys(df[hue]))
-    fig, axes, panels = _facets(df, col, 3.6)
+    groups = max(df[df[col] == c][x].nunique() for c in dict.fromkeys(df[col])) if col else df[x].nunique()
+    fig, axes, panels = _facets(df, col, max(3.6, 0.62 * groups))  # room for each group's two-line label
     for ax, c, sub in panels:
+        # saturation 1: a bar has its label's colour exactly, as its line has in every other figure
         sns.barplot(data=sub, x=x, y="accuracy (%)", hue=hue, ax=ax, errorbar="sd", capsize=0.1, err_kws={"linewidth": 1},
-                    hue_order=levels, palette=palette(levels))
+                    hue_order=levels, palette=palette(levels), saturation=1)
         ax.set_xlabel(legend_title(x))
         ax.set_ylabel("accuracy (%)")
         ax.set_ylim(0, 100)
         if c is not None:
-            ax.set_title(str(c))
-        ax.tick_params(axis="x", labelrotation=20)
+            ax.set_title(_panel_title(c))
+        # "APGD-CE 2/255" on two lines, "APGD-CE" over "2/255", level: no label runs into the next
+        ax.set_xticks(ax.get_xticks(), [t.get_text().replace(" ", "\n", 1) for t in ax.get_xticklabels()])
+        ax.tick_params(axis="x", labelrotation=0, labelsize="small")
     _one_legend(fig, axes, title=legend_title(hue))
     if title:
         fig.suptitle(title, y=1.02)

@@ -11,25 +11,7 @@ import matplotlib
 import pandas as pd
 import seaborn as sns
 
-# Display labels, applied only when drawing or printing; frames and the ledger keep the names.
-LABELS = {
-    # datasets: the lossy JPEG copy always says so
-    "fashion_mnist": "FashionMNIST", "cifar10": "CIFAR-10", "cifar10_jpeg": "CIFAR-10 (lossy JPEG copy)",
-    # networks
-    "resnet18": "ResNet-18", "resnet20": "ResNet-20", "resnet50": "ResNet-50",
-    # normalizations
-    "bn": "BatchNorm", "robustnorm": "RobustNorm", "none": "no norm", "multibn": "BatchNorm + auxiliary BNs",
-    # statistics modes
-    "population": "population stats", "batch": "batch stats", "population_mean": "running mean, batch var",
-    "precise": "PreciseBN population stats",
-    # recipes
-    "standard": "standard", "pgd_at": "PGD-AT", "advprop": "AdvProp", "ebn": "EBN", "advprop_ebn": "AdvProp+EBN",
-    # attacks, gradients, batch make-up, references
-    "clean": "clean", "fgsm": "FGSM", "pgd": "PGD", "autoattack": "AutoAttack", "easy": "easy (targeted to y)",
-    "apgd": "APGD-CE", "noise_sign": "sign noise", "noise_uniform": "uniform noise",
-    "white-box": "white-box", "transfer": "transfer", "all": "all adversarial", "mixed": "mixed",
-    "ema": "EMA population stats",
-}
+from ..labels import LABELS, SHARE_LABELS, network_label  # noqa: F401 - the display labels live there (stdlib only)
 
 
 # Okabe & Ito's colour-blind-safe palette (Color Universal Design, 2008) without its vermilion, which sits
@@ -51,8 +33,11 @@ COLOUR_GROUPS = {
         "BatchNorm, batch stats (transfer)": _C["sky blue"], "BatchNorm, PreciseBN population stats": _C["reddish purple"],
         "population stats": _C["blue"], "batch stats": _C["bluish green"], "white-box": _C["bluish green"],
         "transfer": _C["sky blue"]},
-    "recipe": {"standard": _C["blue"], "PGD-AT": _C["sky blue"], "AdvProp": _C["orange"], "EBN": _C["reddish purple"],
-               "AdvProp+EBN": _C["bluish green"]},
+    # a recipe's colour is no model's: no method shares a colour with another anywhere in the book (standard
+    # training is BatchNorm's reference, and keeps its blue); with the models' four, the recipes take the
+    # palette's remaining strong colours, then its grey and yellow (:data:`METHOD_GROUPS`)
+    "recipe": {"standard": _C["blue"], "PGD-AT": _C["sky blue"], "AdvProp": _C["bluish green"], "EBN": _C["yellow"],
+               "AdvProp+EBN": _C["grey"]},
     # the kinds of batch whose statistics chapter 1 probes, and its ratios (perturbation / control)
     "batch": {"clean": _C["black"], "FGSM": _C["orange"], "PGD": _C["reddish purple"], "sign noise": _C["sky blue"],
               "uniform noise": _C["bluish green"]},
@@ -60,6 +45,9 @@ COLOUR_GROUPS = {
                                "sign noise / clean": _C["sky blue"], "uniform noise / clean": _C["bluish green"],
                                "uniform noise / sign noise": _C["blue"]},
 }
+#: The groups whose entries are methods (networks' normalizations, training recipes): one colour per method
+#: in the whole book, BatchNorm and standard training (BatchNorm trained the standard way) the one exception.
+METHOD_GROUPS = ("model", "recipe")
 COLOURS = {lab: colour for group in COLOUR_GROUPS.values() for lab, colour in group.items()}
 # Legend titles by the column a figure colours by: what its entries are.
 LEGEND_TITLES = {"condition": "model, statistics at inference", "stats": "statistics at inference",
