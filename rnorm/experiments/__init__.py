@@ -16,6 +16,7 @@ from types import ModuleType
 
 from .._validate import check_choice
 from . import ebn, ledger, robustnorm, shift, stats_swap
+from .chapters import TITLES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,11 +35,11 @@ class Notebook:
 
 
 REGISTRY: dict[str, Notebook] = {nb.name: nb for nb in (
-    Notebook("01_distribution_shift", "Distribution shift of BatchNorm inputs (C1)", shift.ShiftParams, shift),
-    Notebook("02_stats_swap", "The stats swap (C2)", stats_swap.StatsSwapParams, stats_swap),
-    Notebook("03_robustnorm", "RobustNorm against BatchNorm (C3)", robustnorm.RobustNormParams, robustnorm),
-    Notebook("04_easy_batchnorm", "Easy Batch Normalization and AdvProp (C4, C5)", ebn.EBNParams, ebn),
-    Notebook("05_claims_ledger", "Claims ledger", ledger.LedgerParams, ledger, reads=ledger.STUDIES),
+    Notebook("01_distribution_shift", TITLES["01_distribution_shift"], shift.ShiftParams, shift),
+    Notebook("02_stats_swap", TITLES["02_stats_swap"], stats_swap.StatsSwapParams, stats_swap),
+    Notebook("03_robustnorm", TITLES["03_robustnorm"], robustnorm.RobustNormParams, robustnorm),
+    Notebook("04_easy_batchnorm", TITLES["04_easy_batchnorm"], ebn.EBNParams, ebn),
+    Notebook("05_claims_ledger", TITLES["05_claims_ledger"], ledger.LedgerParams, ledger, reads=ledger.STUDIES),
 )}
 
 

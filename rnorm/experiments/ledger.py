@@ -18,6 +18,7 @@ import pandas as pd
 from ..results import StudyResult, results_root
 from .params import Bool, ConfigError, Device, Field, Int, NotebookParams, params_model
 from . import protocol
+from .chapters import TITLES
 from .claims import (C4_CLAIMED, C4_READINGS, CLAIMS, INCONCLUSIVE, NOT, NOT_RUN, PARTLY, REPRODUCED, RULES,
                      SOURCES, SPECS)
 from .verdicts import VERDICTS, Results
@@ -163,9 +164,8 @@ def scale_text(row) -> str:
 
 
 def chapter_title(notebook: str) -> str:
-    """A notebook's chapter title (:data:`rnorm.experiments.REGISTRY`) for a reader; other steps unchanged."""
-    from . import REGISTRY
-    return REGISTRY[notebook].title if notebook in REGISTRY else notebook
+    """A notebook's chapter title (:data:`rnorm.experiments.chapters.TITLES`) for a reader; other steps unchanged."""
+    return TITLES.get(notebook, notebook)
 
 
 def scale_display(scale: pd.DataFrame) -> pd.DataFrame:
