@@ -9,7 +9,6 @@ claim's rule (:mod:`rnorm.experiments.verdicts`) and tabulates the scale and cos
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Optional
 
@@ -71,8 +70,10 @@ def part_status(row, cid: str) -> str:
     several: C4), a reading with no setting judged as "not run", and the settings claimed but not tested."""
     spec = SPECS[cid]
     if not spec.over_settings:
-        return " · ".join(f"{(spec.part_of(n).short or spec.part_of(n).name) if spec.part_of(n) else n} "
-                          f"{PART_WORDS.get(p.verdict, p.verdict)}" for n, p in row.parts.items())
+        def short(name):
+            part = spec.part_of(name)
+            return (part.short or part.name) if part else name
+        return " · ".join(f"{short(n)} {PART_WORDS.get(p.verdict, p.verdict)}" for n, p in row.parts.items())
     readings = dict(C4_READINGS) if cid == "C4" else {}
     groups: dict = {label: [] for label in readings.values()}
     for name, p in row.parts.items():
@@ -150,17 +151,28 @@ def scale_table(provs: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _labels(cell) -> str:
+    """A comma-separated cell of names (``"fashion_mnist, cifar10_jpeg"``) by their display labels."""
+    from ..plots import label
+    return ", ".join(label(v.strip()) for v in str(cell).split(",")) if str(cell) else ""
+
+
+def _plain_epochs(row) -> str:
+    """A :func:`scale_table` row's epochs with the datasets' display labels: "15 (cifar10_jpeg: 30)" ->
+    "15 (CIFAR-10 (lossy JPEG copy): 30)"."""
+    from ..plots import label
+    text = str(row["epochs"])
+    for d in str(row["dataset(s)"]).split(","):
+        text = text.replace(f"{d.strip()}:", f"{label(d.strip())}:")
+    return text
+
+
 def scale_text(row) -> str:
     """One row of :func:`scale_table` in words, for the verdicts at a glance: datasets (display labels),
     networks (plain names) with their width, epochs, seeds, e.g. "FashionMNIST · ResNet-18 width 16 · 15 epochs · 3 seeds"."""
-    from ..plots import label
-    datasets = ", ".join(label(d.strip()) for d in str(row["dataset(s)"]).split(","))
-    epochs = str(row["epochs"])
+    epochs = _plain_epochs(row)
     epochs = f"{epochs} epochs" if epochs.isdigit() else f"epochs {epochs}"
-    for d in str(row["dataset(s)"]).split(","):  # "15 (cifar10_jpeg: 30)" -> plain names
-        epochs = epochs.replace(f"{d.strip()}:", f"{label(d.strip())}:")
-    archs = ", ".join(re.sub(r"^resnet(\d+)$", r"ResNet-\1", a.strip()) for a in str(row["arch(s)"]).split(","))
-    return f"{datasets} · {archs} width {row['width']} · {epochs} · {row['seeds']} seeds"
+    return f"{_labels(row['dataset(s)'])} · {_labels(row['arch(s)'])} width {row['width']} · {epochs} · {row['seeds']} seeds"
 
 
 def chapter_title(notebook: str) -> str:
@@ -171,20 +183,10 @@ def chapter_title(notebook: str) -> str:
 def scale_display(scale: pd.DataFrame) -> pd.DataFrame:
     """:func:`scale_table` as the ledger shows it: chapter titles, datasets and networks by their display
     labels (:func:`rnorm.plots.label`), and the per-dataset epochs with the datasets' labels."""
-    from ..plots import label
-
-    def names(cell):
-        return ", ".join(label(v.strip()) for v in str(cell).split(",")) if str(cell) else ""
-
-    def epochs(row):
-        text = str(row["epochs"])
-        for d in str(row["dataset(s)"]).split(","):  # "15 (cifar10_jpeg: 30)" -> plain names
-            text = text.replace(f"{d.strip()}:", f"{label(d.strip())}:")
-        return text
     if not len(scale):
         return scale
-    return scale.assign(notebook=scale["notebook"].map(chapter_title), epochs=scale.apply(epochs, axis=1),
-                        **{"dataset(s)": scale["dataset(s)"].map(names), "arch(s)": scale["arch(s)"].map(names)}
+    return scale.assign(notebook=scale["notebook"].map(chapter_title), epochs=scale.apply(_plain_epochs, axis=1),
+                        **{"dataset(s)": scale["dataset(s)"].map(_labels), "arch(s)": scale["arch(s)"].map(_labels)}
                         ).rename(columns={"notebook": "chapter", "arch(s)": "network(s)"})
 
 
